@@ -1,0 +1,94 @@
+"""Dagster resources: thin, configurable handles on the catalog, the store and the landing folder."""
+
+from functools import cache
+from pathlib import Path
+
+from dagster import ConfigurableResource
+
+from dagster_project.catalog import Catalog
+from dagster_project.ingest.fits_structure import StructureLimits
+from dagster_project.ingest.instruments import InstrumentRegistry
+from dagster_project.ingest.landing import LandingConfig
+from dagster_project.settings import Settings
+from dagster_project.store import ProductStore
+
+
+@cache
+def _migrated_catalog(database_url: str) -> Catalog:
+    """One engine per process and URL; migrations applied on first use."""
+    catalog = Catalog(database_url)
+    catalog.migrate()
+    return catalog
+
+
+class CatalogResource(ConfigurableResource):
+    """The PostgreSQL or SQLite catalog (``DATABASE_URL``)."""
+
+    database_url: str
+
+    def catalog(self) -> Catalog:
+        return _migrated_catalog(self.database_url)
+
+
+class StoreResource(ConfigurableResource):
+    """Root folder of raw archive, calibration masters and image products (``ASTRO_STORE_DIR``)."""
+
+    root: str
+
+    def store(self) -> ProductStore:
+        return ProductStore(Path(self.root))
+
+
+class LandingResource(ConfigurableResource):
+    """Landing and quarantine folders and the rules for taking files in."""
+
+    landing_dir: str
+    store_dir: str
+    quarantine_dir: str
+    survey: str = "local"
+    instruments_file: str | None = None
+    settle_seconds: float = 2.0
+    truncated_after_seconds: float = 300.0
+    max_file_bytes: int = 4 * 2**30
+    max_hdus: int = 16
+    keep_originals: bool = False
+
+    def config(self) -> LandingConfig:
+        return LandingConfig(
+            landing_dir=Path(self.landing_dir),
+            store_dir=Path(self.store_dir),
+            quarantine_dir=Path(self.quarantine_dir),
+            survey=self.survey,
+            limits=StructureLimits(max_file_bytes=self.max_file_bytes, max_hdus=self.max_hdus),
+            keep_originals=self.keep_originals,
+        )
+
+    def registry(self) -> InstrumentRegistry:
+        return InstrumentRegistry.from_yaml(Path(self.instruments_file) if self.instruments_file else None)
+
+
+class PipelineConfigResource(ConfigurableResource):
+    """Science parameters shared by the stages (recorded in PreprocessRun/DifferenceRun parameters)."""
+
+    detection_threshold: float = 5.0
+    detect_cosmic_rays: bool = True
+    max_candidates_per_frame: int = 500
+
+
+def resources_from_settings(settings: Settings) -> dict:
+    return {
+        "catalog": CatalogResource(database_url=settings.database_url),
+        "store": StoreResource(root=str(settings.store_dir)),
+        "landing": LandingResource(
+            landing_dir=str(settings.landing_dir),
+            store_dir=str(settings.store_dir),
+            quarantine_dir=str(settings.quarantine_dir),
+            survey=settings.survey,
+            instruments_file=str(settings.instruments_file) if settings.instruments_file else None,
+            settle_seconds=settings.settle_seconds,
+            truncated_after_seconds=settings.truncated_after_seconds,
+            max_file_bytes=settings.max_file_bytes,
+            max_hdus=settings.max_hdus,
+        ),
+        "pipeline": PipelineConfigResource(detection_threshold=settings.detection_threshold),
+    }

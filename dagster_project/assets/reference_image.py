@@ -1,0 +1,55 @@
+"""reference_image: per field and band, the best-seeing good calibrated frame, frozen as a numbered version."""
+
+import shutil
+from pathlib import Path
+
+from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
+
+from dagster_project.assets.calibrated_image import calibrated_image
+from dagster_project.assets.metadata import NIGHTLY_FRESHNESS, file_metadata, png_markdown, rounded
+from dagster_project.assets.partitions import field_band_partitions
+from dagster_project.catalog import queries
+from dagster_project.resources import CatalogResource, StoreResource
+from dagster_project.science.preview import image_preview_png
+from dagster_project.science.reference_selection import choose_reference
+
+
+@asset(
+    partitions_def=field_band_partitions,
+    deps=[calibrated_image],
+    group_name="references",
+    kinds={"fits"},
+    freshness_policy=NIGHTLY_FRESHNESS,
+    description="The reference image of one field and band: the best-seeing good calibrated frame so far. "
+    "Each materialization is a new version; differences record which version they used.",
+)
+def reference_image(context: AssetExecutionContext, catalog: CatalogResource, store: StoreResource) -> MaterializeResult:
+    products = store.store()
+    with catalog.catalog().session() as session:
+        frames = queries.calibrated_frames_of_field_band(session, context.partition_key)
+        choice = choose_reference([f.quality for f in frames])
+        if choice is None:
+            raise Failure(f"no calibrated frame of {context.partition_key} is good enough for a reference "
+                          f"({len(frames)} looked at)", allow_retries=False)
+        chosen = frames[choice.index]
+        current = queries.current_reference(session, chosen.field_name, chosen.filter_band)
+        version = (current.version + 1) if current else 1
+        target = products.reference_path(context.partition_key, version)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(chosen.path, target)  # frozen: later re-calibration does not change a version
+        reference = queries.record_reference(
+            session, field_name=chosen.field_name, filter_band=chosen.filter_band,
+            source_observation=queries.get_observation(session, chosen.observation_key), path=str(target),
+            seeing=chosen.quality.get("seeing_arcsec"), depth=chosen.quality.get("depth_5sigma_e"),
+            selection_reason=choice.reason, dagster_run_id=context.run_id)
+        version, source = reference.version, chosen.observation_key
+    planes = products.read_planes(Path(target))
+    preview = image_preview_png(planes.data, mask=planes.mask, max_size=256)
+    return MaterializeResult(
+        metadata={
+            **file_metadata(Path(target)), "reference_version": version, "source_observation": source,
+            "selection_reason": choice.reason, "frames_considered": len(frames),
+            **rounded({k: chosen.quality.get(k) for k in ("seeing_arcsec", "fwhm_px", "sky_rms_e", "depth_5sigma_e")}),
+            "preview": png_markdown(preview, f"reference v{version}"),
+        },
+    )

@@ -1,0 +1,181 @@
+"""Command line: ``python -m dagster_project <command>`` (see ``--help``)."""
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from dagster_project.settings import Settings
+
+
+def _catalog(settings: Settings):
+    from dagster_project.catalog import Catalog
+
+    catalog = Catalog(settings.database_url)
+    catalog.migrate()
+    return catalog
+
+
+def cmd_simulate_night(args, settings: Settings) -> int:
+    from dagster_project.simulator import simulate_night
+
+    night = simulate_night(
+        Path(args.out), n_fields=args.fields, n_epochs=args.epochs, size=args.size, bands=tuple(args.bands),
+        n_bias=args.bias, n_flats=args.flats, transients_per_frame=args.transients, seed=args.seed,
+        night=args.night,
+    )
+    print(json.dumps(night.summary, indent=2, default=str))
+    return 0
+
+
+def cmd_process(args, settings: Settings) -> int:
+    from dagster_project.runner import process_folder
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        print(f"error: {folder} is not a folder", file=sys.stderr)
+        return 2
+    report = process_folder(folder, settings, wait=args.wait)
+    _print_status(settings)
+    if report.waiting_files:
+        print(f"{len(report.waiting_files)} file(s) were still being written and were left for later "
+              "(use --wait to wait for them)")
+    if report.failed:
+        print(f"{len(report.failed)} run(s) failed: " + ", ".join(f"{r.job_name}[{r.partition_key}]" for r in report.failed))
+        return 1
+    return 0
+
+
+def cmd_demo(args, settings: Settings) -> int:
+    from dagster_project.runner import process_folder
+    from dagster_project.simulator import load_truth, simulate_night
+
+    folder = settings.home / "demo-night"
+    print(f"simulating a night of {args.fields} fields x {args.epochs} epochs at {args.size}x{args.size} into {folder}")
+    simulate_night(folder, n_fields=args.fields, n_epochs=args.epochs, size=args.size, seed=args.seed)
+    print(f"processing it (Dagster instance: {settings.dagster_home}, catalog: {settings.database_url})")
+    report = process_folder(folder, settings, wait=True)
+    _print_status(settings)
+    truth = load_truth(folder / "truth.csv")
+    _print_recovery(settings, truth)
+    print("\nopen the Dagster UI on this instance with:  make ui")
+    return 1 if report.failed else 0
+
+
+def _print_status(settings: Settings) -> None:
+    from dagster_project.catalog import queries
+
+    with _catalog(settings).session() as session:
+        summary = queries.catalog_summary(session)
+    print("\ncatalog summary")
+    for section, counts in summary.items():
+        if isinstance(counts, dict):
+            print(f"  {section:<14} " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+        else:
+            print(f"  {section:<14} {counts}")
+
+
+def _print_recovery(settings: Settings, truth: list[dict]) -> None:
+    from dagster_project.catalog import queries
+    from dagster_project.science.recovery import match_injections
+
+    with _catalog(settings).session() as session:
+        detected = [dict(row, file=row["raw_file"]) for row in queries.candidates_for_export(session)]
+    report = match_injections(truth, detected)
+    print(f"\ninjected transients recovered: {report.n_recovered}/{report.n_injected}; "
+          f"with S/N >= {report.bright_snr:g}: {report.n_bright_recovered}/{report.n_bright} "
+          f"({report.bright_fraction:.0%})")
+
+
+EXPORT_COLUMNS = ("raw_file", "observation_id", "ra", "dec", "x", "y", "snr", "flux", "flux_error", "flags")
+
+
+def cmd_candidates_export(args, settings: Settings) -> int:
+    from dagster_project.catalog import queries
+
+    with _catalog(settings).session() as session:
+        rows = queries.candidates_for_export(session)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.format == "json":
+        out.write_text(json.dumps([{k: row[k] for k in EXPORT_COLUMNS} for row in rows], indent=1, default=str))
+    else:
+        with out.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=EXPORT_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({**row, "flags": "|".join(row["flags"]) if isinstance(row["flags"], list) else row["flags"]})
+    print(f"wrote {len(rows)} candidates to {out}")
+    return 0
+
+
+def cmd_status(args, settings: Settings) -> int:
+    _print_status(settings)
+    return 0
+
+
+def cmd_migrate(args, settings: Settings) -> int:
+    _catalog(settings)
+    print(f"catalog at {settings.database_url} is at the latest schema")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dagster_project", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sim = sub.add_parser("simulate-night", help="write a simulated night of raw FITS frames")
+    sim.add_argument("--out", required=True, help="folder to write into (e.g. the landing folder)")
+    sim.add_argument("--fields", type=int, default=2)
+    sim.add_argument("--epochs", type=int, default=3)
+    sim.add_argument("--size", type=int, default=2048, help="data section is size x size pixels")
+    sim.add_argument("--bands", nargs="+", default=["r"])
+    sim.add_argument("--bias", type=int, default=5, help="bias frames (0 for a night without calibration)")
+    sim.add_argument("--flats", type=int, default=5, help="flat frames per band")
+    sim.add_argument("--transients", type=int, default=10, help="injected transients per science frame")
+    sim.add_argument("--seed", type=int, default=42)
+    sim.add_argument("--night", default="2026-11-21", help="local date at the start of the night")
+    sim.set_defaults(func=cmd_simulate_night)
+
+    proc = sub.add_parser("process", help="ingest a folder of raw FITS frames and run the pipeline to completion")
+    proc.add_argument("folder")
+    proc.add_argument("--wait", action="store_true", help="wait for files still being written")
+    proc.set_defaults(func=cmd_process)
+
+    demo = sub.add_parser("demo", help="simulate a night and process it end to end")
+    demo.add_argument("--fields", type=int, default=2)
+    demo.add_argument("--epochs", type=int, default=3)
+    demo.add_argument("--size", type=int, default=2048)
+    demo.add_argument("--seed", type=int, default=42)
+    demo.set_defaults(func=cmd_demo)
+
+    cands = sub.add_parser("candidates", help="candidate catalog")
+    cands_sub = cands.add_subparsers(dest="action", required=True)
+    export = cands_sub.add_parser("export", help="one row per candidate")
+    export.add_argument("--format", choices=("csv", "json"), default="csv")
+    export.add_argument("--out", required=True)
+    export.set_defaults(func=cmd_candidates_export)
+
+    sub.add_parser("status", help="counts of files, observations and candidates").set_defaults(func=cmd_status)
+    sub.add_parser("migrate", help="bring the catalog schema up to date").set_defaults(func=cmd_migrate)
+    return parser
+
+
+def ensure_dagster_home(settings: Settings) -> None:
+    """Point Dagster at the project-local instance unless DAGSTER_HOME says otherwise."""
+    os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))
+    home = Path(os.environ["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    template = Path(__file__).resolve().parent.parent / "deploy" / "dagster.yaml"
+    if not (home / "dagster.yaml").exists() and template.exists():
+        shutil.copy(template, home / "dagster.yaml")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings.from_env()
+    ensure_dagster_home(settings)
+    return args.func(args, settings)

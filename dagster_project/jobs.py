@@ -1,0 +1,37 @@
+"""Jobs over the asset graph.
+
+* ``observation_job`` — the whole per-observation chain; use it for CLI backfills
+  (``dagster job backfill -j observation_job``).
+* ``calibrate_job`` / ``difference_job`` — its two halves, launched by the sensors:
+  calibration as soon as a frame lands, differencing once the field has a reference.
+* ``reference_job`` — the reference image of one field and band.
+"""
+
+from dagster import AssetSelection, define_asset_job
+
+from dagster_project.assets.partitions import field_band_partitions, observations_partitions
+
+calibrate_job = define_asset_job(
+    "calibrate_job",
+    selection=AssetSelection.assets("raw_observation", "calibrated_image"),
+    partitions_def=observations_partitions,
+    description="Validate the archived raw frame and calibrate it.",
+)
+difference_job = define_asset_job(
+    "difference_job",
+    selection=AssetSelection.assets("difference_image", "candidates"),
+    partitions_def=observations_partitions,
+    description="ZOGY difference against the field's current reference, then candidate detection.",
+)
+observation_job = define_asset_job(
+    "observation_job",
+    selection=AssetSelection.assets("raw_observation", "calibrated_image", "difference_image", "candidates"),
+    partitions_def=observations_partitions,
+    description="The whole per-observation chain (for backfills).",
+)
+reference_job = define_asset_job(
+    "reference_job",
+    selection=AssetSelection.assets("reference_image"),
+    partitions_def=field_band_partitions,
+    description="Choose and freeze the reference image of one field and band.",
+)

@@ -1,0 +1,70 @@
+"""Raw-arrival sensor: the landing folder → catalog → observation partitions → calibration runs."""
+
+import json
+
+from dagster import (
+    DefaultSensorStatus,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from dagster_project.assets.partitions import field_band_partitions, observations_partitions
+from dagster_project.catalog.pipeline_queries import observations_awaiting_calibration
+from dagster_project.ingest.landing import decode_seen, encode_seen, scan_landing, summarize
+from dagster_project.jobs import calibrate_job
+from dagster_project.keys import field_band_of
+from dagster_project.resources import CatalogResource, LandingResource
+from dagster_project.settings import Settings
+
+#: files taken per tick, so that a tick stays well inside the sensor time-out
+MAX_FILES_PER_TICK = 200
+
+
+def build_raw_arrival_sensor(interval_seconds: int):
+    @sensor(
+        name="raw_arrival_sensor",
+        job=calibrate_job,
+        minimum_interval_seconds=interval_seconds,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Validates new FITS files in the landing folder, registers them, adds one partition per "
+        "observation and requests its calibration. Bad files are quarantined with a reason.",
+    )
+    def raw_arrival_sensor(context: SensorEvaluationContext, catalog: CatalogResource, landing: LandingResource):
+        # The cursor only remembers files still being written; what was taken is known by the
+        # catalog (sha256) and by the file having left the landing folder, so a restart loses nothing.
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        scan = scan_landing(
+            landing.config(), catalog.catalog(), landing.registry(), decode_seen(cursor.get("waiting")),
+            settle_seconds=landing.settle_seconds, truncated_after=landing.truncated_after_seconds,
+            max_files=MAX_FILES_PER_TICK,
+        )
+        for outcome in scan.outcomes:
+            if outcome.status in ("quarantined", "duplicate"):
+                context.log.warning(f"{outcome.path}: {outcome.status}: {outcome.reason}")
+        with catalog.catalog().session() as session:
+            planned = observations_awaiting_calibration(session)
+        known = set(context.instance.get_dynamic_partitions(observations_partitions.name))
+        known_fields = set(context.instance.get_dynamic_partitions(field_band_partitions.name))
+        new_keys = [p.partition_key for p in planned if p.partition_key not in known]
+        new_fields = sorted({field_band_of(p.partition_key) for p in planned} - known_fields)
+        new_cursor = json.dumps({"waiting": encode_seen(scan.waiting)})
+        if not planned and not scan.outcomes:
+            context.update_cursor(new_cursor)
+            return SkipReason(f"nothing new; {len(scan.waiting)} file(s) still being written")
+        context.log.info(f"landing scan: {summarize(scan.outcomes)}; {len(planned)} observation(s) to calibrate")
+        return SensorResult(
+            run_requests=[RunRequest(run_key=p.run_key, partition_key=p.partition_key) for p in planned],
+            dynamic_partitions_requests=[
+                observations_partitions.build_add_request(new_keys),
+                field_band_partitions.build_add_request(new_fields),
+            ],
+            cursor=new_cursor,
+        )
+
+    return raw_arrival_sensor
+
+
+raw_arrival_sensor = build_raw_arrival_sensor(Settings.from_env().sensor_interval_seconds)

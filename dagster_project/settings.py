@@ -1,0 +1,70 @@
+"""Every setting of the platform, read from the environment in one place.
+
+=============================  ==========================================  =================================
+variable                       meaning                                     default
+=============================  ==========================================  =================================
+``ASTRO_HOME``                 root of all local state                     ``./var``
+``ASTRO_LANDING_DIR``          folder the telescopes write raw FITS into   ``$ASTRO_HOME/landing``
+``ASTRO_STORE_DIR``            raw archive, masters, products              ``$ASTRO_HOME/store``
+``ASTRO_QUARANTINE_DIR``       rejected files, with a ``.reason`` file     ``$ASTRO_HOME/quarantine``
+``DATABASE_URL``               catalog (SQLAlchemy URL)                    ``sqlite:///$ASTRO_HOME/catalog.sqlite``
+``DAGSTER_HOME``               Dagster instance (``dagster.yaml``)         ``$ASTRO_HOME/dagster``
+``ASTRO_SURVEY``               survey name new frames are filed under      ``local``
+``ASTRO_INSTRUMENTS_FILE``     YAML of per-instrument header keywords      (built-in standard keywords)
+``ASTRO_SENSOR_INTERVAL``      seconds between landing-folder scans        ``10``
+``ASTRO_SETTLE_SECONDS``       a file must be unchanged this long          ``2``
+``ASTRO_TRUNCATED_AFTER``      an incomplete file unchanged this long is   ``300``
+                               quarantined as truncated (seconds)
+``ASTRO_MAX_FILE_MB``          larger files are quarantined                ``4096``
+``ASTRO_MAX_HDUS``             files with more HDUs are quarantined        ``16``
+``ASTRO_DETECTION_THRESHOLD``  S_corr threshold for candidates (sigma)     ``5``
+=============================  ==========================================  =================================
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _path(name: str, default: Path) -> Path:
+    value = os.environ.get(name)
+    return Path(value).expanduser().resolve() if value else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    landing_dir: Path
+    store_dir: Path
+    quarantine_dir: Path
+    database_url: str
+    dagster_home: Path
+    survey: str
+    instruments_file: Path | None
+    sensor_interval_seconds: int
+    settle_seconds: float
+    truncated_after_seconds: float
+    max_file_bytes: int
+    max_hdus: int
+    detection_threshold: float
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        home = _path("ASTRO_HOME", Path.cwd() / "var")
+        instruments = os.environ.get("ASTRO_INSTRUMENTS_FILE")
+        return cls(
+            home=home,
+            landing_dir=_path("ASTRO_LANDING_DIR", home / "landing"),
+            store_dir=_path("ASTRO_STORE_DIR", home / "store"),
+            quarantine_dir=_path("ASTRO_QUARANTINE_DIR", home / "quarantine"),
+            database_url=os.environ.get("DATABASE_URL") or f"sqlite:///{home / 'catalog.sqlite'}",
+            dagster_home=_path("DAGSTER_HOME", home / "dagster"),
+            survey=os.environ.get("ASTRO_SURVEY", "local"),
+            instruments_file=Path(instruments).expanduser() if instruments else None,
+            sensor_interval_seconds=int(os.environ.get("ASTRO_SENSOR_INTERVAL", "10")),
+            settle_seconds=float(os.environ.get("ASTRO_SETTLE_SECONDS", "2")),
+            truncated_after_seconds=float(os.environ.get("ASTRO_TRUNCATED_AFTER", "300")),
+            max_file_bytes=int(float(os.environ.get("ASTRO_MAX_FILE_MB", "4096")) * 2**20),
+            max_hdus=int(os.environ.get("ASTRO_MAX_HDUS", "16")),
+            detection_threshold=float(os.environ.get("ASTRO_DETECTION_THRESHOLD", "5")),
+        )
