@@ -83,7 +83,8 @@ def _print_recovery(settings: Settings, truth: list[dict]) -> None:
     from dagster_project.science.recovery import match_injections
 
     with _catalog(settings).session() as session:
-        detected = [dict(row, file=row["raw_file"]) for row in queries.candidates_for_export(session)]
+        detected = [dict(row, file=row["original_name"], is_negative="negative" in row["flags"])
+                    for row in queries.candidates_for_export(session)]
     report = match_injections(truth, detected)
     print(f"\ninjected transients recovered: {report.n_recovered}/{report.n_injected}; "
           f"with S/N >= {report.bright_snr:g}: {report.n_bright_recovered}/{report.n_bright} "
@@ -91,6 +92,10 @@ def _print_recovery(settings: Settings, truth: list[dict]) -> None:
 
 
 EXPORT_COLUMNS = ("raw_file", "observation_id", "ra", "dec", "x", "y", "snr", "flux", "flux_error", "flags")
+
+
+def _export_row(row: dict) -> dict:
+    return {"raw_file": row["original_name"], **{k: row[k] for k in EXPORT_COLUMNS if k != "raw_file"}}
 
 
 def cmd_candidates_export(args, settings: Settings) -> int:
@@ -101,13 +106,13 @@ def cmd_candidates_export(args, settings: Settings) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "json":
-        out.write_text(json.dumps([{k: row[k] for k in EXPORT_COLUMNS} for row in rows], indent=1, default=str))
+        out.write_text(json.dumps([_export_row(row) for row in rows], indent=1, default=str))
     else:
         with out.open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=EXPORT_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             for row in rows:
-                writer.writerow({**row, "flags": "|".join(row["flags"]) if isinstance(row["flags"], list) else row["flags"]})
+                writer.writerow({**_export_row(row), "flags": "|".join(row["flags"])})
     print(f"wrote {len(rows)} candidates to {out}")
     return 0
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_context
 
 from dagster_project.definitions import defs
-from dagster_project.resources import LandingResource, resources_from_settings
+from dagster_project.resources import resources_from_settings
 from dagster_project.settings import Settings
 
 
@@ -54,9 +54,7 @@ def process_folder(folder: Path, settings: Settings, *, wait: bool = False, wait
                    progress: Callable[[str], None] = print) -> ProcessReport:
     """Ingest every FITS file below ``folder`` and run the pipeline on them to completion."""
     instance = DagsterInstance.get()
-    resources = resources_from_settings(settings)
-    landing: LandingResource = resources["landing"]
-    resources["landing"] = landing.model_copy(update={"landing_dir": str(folder.resolve()), "keep_originals": True})
+    resources = resources_from_settings(settings, landing_dir=folder.resolve(), keep_originals=True)
     arrival = defs.resolve_sensor_def("raw_arrival_sensor")
     pipeline = defs.resolve_sensor_def("reference_and_difference_sensor")
     report = ProcessReport()

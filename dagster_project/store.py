@@ -20,6 +20,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
+from dagster_project.science.calibration import MasterFrame
 from dagster_project.science.images import ImagePlanes
 from dagster_project.science.masks import MASK_DTYPE
 
@@ -70,8 +71,11 @@ class ProductStore:
 
         return _atomic_write(path, write)
 
-    def write_master(self, path: Path, data: np.ndarray, header: fits.Header) -> Path:
-        return _atomic_write(path, lambda tmp: fits.writeto(tmp, np.asarray(data, np.float32), header, overwrite=True))
+    def write_master(self, path: Path, master: MasterFrame, header: fits.Header) -> Path:
+        """DATA and MASK extensions; the combined frame's noise and count in the primary header."""
+        header = header.copy()
+        header["MASTER"], header["NFRAMES"], header["NOISE"] = master.kind, master.n_frames, master.noise
+        return self.write_maps(path, header, {"DATA": master.data, "MASK": master.mask})
 
     def write_table(self, path: Path, table: Table) -> Path:
         return _atomic_write(path, lambda tmp: table.write(tmp, format="ascii.ecsv", overwrite=True))
@@ -93,8 +97,9 @@ class ProductStore:
                 maps[name] = data.astype(MASK_DTYPE) if name == "MASK" else data.astype(np.float32)
         return maps, header
 
-    def read_master(self, path: Path) -> np.ndarray:
-        return fits.getdata(path).astype(np.float32)
+    def read_master(self, path: Path) -> MasterFrame:
+        maps, header = self.read_maps(path, ("DATA", "MASK"))
+        return MasterFrame(header["MASTER"], maps["DATA"], int(header["NFRAMES"]), float(header["NOISE"]), maps["MASK"])
 
 
 _WCS_KEYS = ("WCSAXES", "CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2", "CD1_1", "CD1_2",

@@ -18,7 +18,7 @@ from dagster_project.assets.calibration_masters import masters_for
 from dagster_project.assets.metadata import NIGHTLY_FRESHNESS, Stopwatch, file_metadata, png_markdown, rounded
 from dagster_project.assets.partitions import observations_partitions
 from dagster_project.assets.raw_observation import raw_observation
-from dagster_project.catalog import queries
+from dagster_project.catalog import pipeline_queries, queries
 from dagster_project.catalog.models import RunStatus
 from dagster_project.resources import CatalogResource, PipelineConfigResource, StoreResource
 from dagster_project.science.calibration import calibrate_science_frame, calibrated_header
@@ -49,7 +49,6 @@ def calibrated_image(context: AssetExecutionContext, catalog: CatalogResource, s
         run_id, night, band = run.id, observation.night, observation.filter_band
         raw_path, instrument = Path(raw.stored_path), observation.instrument or raw.instrument
         output = products.observation_dir(night, observation.observation_id) / "calibrated.fits"
-        pixel_scale = observation.pixel_scale
         with watch.step("masters"):
             masters = masters_for(session, products, instrument=instrument, night=night, band=band)
     try:
@@ -62,11 +61,11 @@ def calibrated_image(context: AssetExecutionContext, catalog: CatalogResource, s
         with watch.step("calibrate"):
             result = calibrate_science_frame(
                 raw_adu, gain=float(raw_header["GAIN"]), read_noise_e=float(raw_header["RDNOISE"]),
-                saturate_adu=float(raw_header["SATURATE"]), master_bias=masters.bias.data,
-                master_flat=masters.flat.data, biassec=raw_header.get("BIASSEC"),
+                saturate_adu=float(raw_header["SATURATE"]), master_bias=masters.bias.frame,
+                master_flat=masters.flat.frame, biassec=raw_header.get("BIASSEC"),
                 trimsec=raw_header.get("TRIMSEC"), detect_cosmic_rays=pipeline.detect_cosmic_rays)
-            header = calibrated_header(raw_header, trimsec=raw_header.get("TRIMSEC"))
-            planes = ImagePlanes(result.data, result.variance, result.mask, header)
+            header = calibrated_header(raw_header, result)
+            planes = ImagePlanes(result.planes.data, result.planes.variance, result.planes.mask, header)
         with watch.step("characterize"):
             quality = characterize_image(planes)
         with watch.step("write"):
@@ -78,12 +77,13 @@ def calibrated_image(context: AssetExecutionContext, catalog: CatalogResource, s
         _finish(catalog, run_id, RunStatus.FAILED, error_message=f"{type(exc).__name__}: {exc}")
         raise
 
-    seeing = quality.fwhm_px * pixel_scale if pixel_scale else None
+    seeing = quality.seeing_arcsec if np.isfinite(quality.seeing_arcsec) else None
     figures = rounded({
-        "fwhm_px": quality.fwhm_px, "seeing_arcsec": seeing, "ellipticity": quality.ellipticity,
-        "sky_e": quality.sky_e, "sky_rms_e": quality.rms_e, "n_psf_stars": quality.n_stars,
-        "depth_5sigma_e": quality.depth_5sigma_e, "masked_fraction": float((planes.mask != 0).mean()),
-        **result.stats,
+        "fwhm_px": quality.psf.fwhm_px, "seeing_arcsec": seeing, "ellipticity": quality.psf.ellipticity,
+        "sky_e": float(np.median(quality.background.background)), "sky_rms_e": quality.background.median_rms,
+        "n_psf_stars": quality.psf.n_stars, "n_stars": quality.n_stars, "depth_5sigma_e": quality.depth_5sigma_e,
+        "masked_fraction": float((planes.mask != 0).mean()),
+        **{k: v for k, v in result.stats.items() if isinstance(v, (int, float))},
     })
     wcs_ok = planes.wcs.has_celestial
     good = (planes.mask == 0)
@@ -91,8 +91,10 @@ def calibrated_image(context: AssetExecutionContext, catalog: CatalogResource, s
     _finish(catalog, run_id, RunStatus.COMPLETED, processed_fits_path=str(output), calibration_applied=True,
             wcs_aligned=wcs_ok, quality=figures, processing_time_seconds=watch.total,
             master_bias_id=masters.bias.master_id, master_flat_id=masters.flat.master_id,
-            calibration_note="; ".join(masters.notes) or None, seeing=seeing,
+            calibration_note="; ".join(masters.notes) or None,
             wcs_info={k: header[k] for k in ("CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2") if k in header})
+    with catalog.catalog().session() as session:
+        pipeline_queries.record_seeing(session, context.partition_key, seeing)
     preview = image_preview_png(planes.data, mask=planes.mask, max_size=256)
     products.write_bytes(output.with_name("calibrated.png"), preview)
     return MaterializeResult(
@@ -113,4 +115,4 @@ class _Blocked(Exception):
 
 def _finish(catalog: CatalogResource, run_id, status: RunStatus, **fields) -> None:
     with catalog.catalog().session() as session:
-        queries.finish_preprocess_run(session, queries.get_preprocess_run(session, run_id), status=status, **fields)
+        queries.finish_preprocess_run(session, pipeline_queries.get_preprocess_run(session, run_id), status=status, **fields)

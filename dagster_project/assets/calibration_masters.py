@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from dagster_project.catalog import queries
 from dagster_project.catalog.models import CalibrationMaster, FrameType, MasterKind
-from dagster_project.science.calibration import make_master_bias, make_master_flat
+from dagster_project.science.calibration import MasterFrame, make_master_bias, make_master_flat
 from dagster_project.store import ProductStore
 
 
@@ -23,8 +23,7 @@ from dagster_project.store import ProductStore
 class MasterInUse:
     master_id: object
     night: str
-    data: np.ndarray
-    n_frames: int
+    frame: MasterFrame
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ def _read_raw(path: str) -> np.ndarray:
 
 
 def _use(master: CalibrationMaster, store: ProductStore) -> MasterInUse:
-    return MasterInUse(master.id, master.night, store.read_master(Path(master.path)), master.n_frames)
+    return MasterInUse(master.id, master.night, store.read_master(Path(master.path)))
 
 
 def _ensure(session: Session, store: ProductStore, *, kind: MasterKind, instrument: str, night: str,
@@ -61,16 +60,17 @@ def _ensure(session: Session, store: ProductStore, *, kind: MasterKind, instrume
         if kind is MasterKind.FLAT and bias is None:
             return None, None
         raws = [_read_raw(f.stored_path) for f in frames]
-        sections = [(f.header.get("BIASSEC"), f.header.get("TRIMSEC")) for f in frames]
+        # one camera, one night: every frame shares the readout layout
+        sections = {"biassec": frames[0].header.get("BIASSEC"), "trimsec": frames[0].header.get("TRIMSEC")}
         if kind is MasterKind.BIAS:
-            master = make_master_bias(raws, sections=sections)
+            master = make_master_bias(raws, **sections)
         else:
-            master = make_master_flat(raws, bias.data, sections=sections)
+            master = make_master_flat(raws, master_bias=bias.frame, **sections)
         path = store.calibration_master_path(instrument, night, kind.value, band or None)
-        header = fits.Header({"MASTER": kind.value, "NIGHT": night, "INSTRUME": instrument, "NFRAMES": len(frames)})
+        header = fits.Header({"NIGHT": night, "INSTRUME": instrument})
         if band:
             header["FILTER"] = band
-        store.write_master(path, master.data, header)
+        store.write_master(path, master, header)
         existing = queries.upsert_master(
             session, kind=kind, instrument=instrument, night=night, filter_band=band, path=str(path),
             n_frames=len(frames), input_file_ids=ids, stats=master.stats)

@@ -8,7 +8,7 @@ from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 from dagster_project.assets.calibrated_image import calibrated_image
 from dagster_project.assets.metadata import NIGHTLY_FRESHNESS, file_metadata, png_markdown, rounded
 from dagster_project.assets.partitions import field_band_partitions
-from dagster_project.catalog import queries
+from dagster_project.catalog import pipeline_queries, queries
 from dagster_project.resources import CatalogResource, StoreResource
 from dagster_project.science.preview import image_preview_png
 from dagster_project.science.reference_selection import choose_reference
@@ -26,22 +26,22 @@ from dagster_project.science.reference_selection import choose_reference
 def reference_image(context: AssetExecutionContext, catalog: CatalogResource, store: StoreResource) -> MaterializeResult:
     products = store.store()
     with catalog.catalog().session() as session:
-        frames = queries.calibrated_frames_of_field_band(session, context.partition_key)
+        frames = pipeline_queries.calibrated_frames_of_field_band(session, context.partition_key)
         choice = choose_reference([f.quality for f in frames])
         if choice is None:
             raise Failure(f"no calibrated frame of {context.partition_key} is good enough for a reference "
                           f"({len(frames)} looked at)", allow_retries=False)
         chosen = frames[choice.index]
-        current = queries.current_reference(session, chosen.field_name, chosen.filter_band)
-        version = (current.version + 1) if current else 1
-        target = products.reference_path(context.partition_key, version)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(chosen.path, target)  # frozen: later re-calibration does not change a version
         reference = queries.record_reference(
             session, field_name=chosen.field_name, filter_band=chosen.filter_band,
-            source_observation=queries.get_observation(session, chosen.observation_key), path=str(target),
+            source_observation=queries.get_observation(session, chosen.observation_key), path="",
             seeing=chosen.quality.get("seeing_arcsec"), depth=chosen.quality.get("depth_5sigma_e"),
             selection_reason=choice.reason, dagster_run_id=context.run_id)
+        target = products.reference_path(context.partition_key, reference.version)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # a frozen copy: re-calibrating the source frame later does not change this version
+        shutil.copyfile(chosen.path, target)
+        reference.path = str(target)
         version, source = reference.version, chosen.observation_key
     planes = products.read_planes(Path(target))
     preview = image_preview_png(planes.data, mask=planes.mask, max_size=256)

@@ -1,6 +1,7 @@
 """Queries that decide what the pipeline should run next (used by sensors and the CLI)."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
@@ -10,6 +11,7 @@ from dagster_project.catalog.models import (
     Observation,
     ObservationStatus,
     PreprocessRun,
+    RawDataFile,
     ReferenceImage,
     RunStatus,
 )
@@ -92,3 +94,48 @@ def observations_awaiting_difference(session: Session) -> list[PlannedRun]:
 def plan_next_runs(session: Session) -> list[PlannedRun]:
     return observations_awaiting_calibration(session) + field_bands_awaiting_reference(session) + \
         observations_awaiting_difference(session)
+
+
+def get_preprocess_run(session: Session, run_id) -> PreprocessRun:
+    return session.get_one(PreprocessRun, run_id)
+
+
+def get_difference_run(session: Session, run_id) -> DifferenceRun:
+    return session.get_one(DifferenceRun, run_id)
+
+
+def record_seeing(session: Session, observation_key: str, seeing_arcsec: float | None) -> None:
+    """Store the measured seeing (arcsec, PSF FWHM) on the observation."""
+    if seeing_arcsec is not None and seeing_arcsec > 0:
+        session.scalar(select(Observation).where(Observation.observation_id == observation_key)).seeing = seeing_arcsec
+
+
+@dataclass(frozen=True)
+class CalibratedFrame:
+    observation_key: str
+    field_name: str
+    filter_band: str
+    path: str
+    quality: dict
+
+
+def calibrated_frames_of_field_band(session: Session, field_band: str) -> list[CalibratedFrame]:
+    """Calibrated frames whose ``<field>-<band>`` key is ``field_band``, oldest first."""
+    rows = session.execute(
+        select(Observation, PreprocessRun)
+        .join(PreprocessRun, PreprocessRun.observation_id == Observation.id)
+        .where(Observation.status.in_(CALIBRATED), PreprocessRun.status == RunStatus.COMPLETED)
+        .order_by(Observation.observation_time)
+    )
+    return [
+        CalibratedFrame(obs.observation_id, obs.field_name, obs.filter_band, pre.processed_fits_path, dict(pre.quality))
+        for obs, pre in rows
+        if field_band_key(obs.field_name, obs.filter_band) == field_band
+    ]
+
+
+def raw_file_arrived_from(session: Session, sha256: str, landing_path: str) -> bool:
+    """Whether this content was already taken from this path (and its stored copy still exists)."""
+    rows = session.scalars(select(RawDataFile).where(RawDataFile.sha256 == sha256,
+                                                     RawDataFile.landing_path == landing_path))
+    return any(row.stored_path and Path(row.stored_path).exists() for row in rows)

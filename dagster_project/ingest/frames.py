@@ -190,7 +190,7 @@ def describe_frame(path: Path, structure: FitsStructure, registry: InstrumentReg
 def _check_pixels(path: Path, data_offset: int) -> None:
     """The data must decode and must not be empty of information."""
     try:
-        with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
+        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
             data = hdul[0].data
             if data is None:
                 raise InvalidFitsFile("primary HDU holds no data")

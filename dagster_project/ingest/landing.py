@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dagster_project.catalog import Catalog, queries
+from dagster_project.catalog import Catalog, pipeline_queries, queries
 from dagster_project.ingest.fits_structure import InvalidFitsFile, StructureLimits, inspect_fits_structure
 from dagster_project.ingest.frames import FrameInfo, describe_frame
 from dagster_project.ingest.instruments import InstrumentRegistry
@@ -180,7 +180,7 @@ def ingest_file(config: LandingConfig, catalog: Catalog, registry: InstrumentReg
     """Take one file that :func:`assess` found ready (or rejected) into the platform."""
     sha256 = sha256_of(path)
     with catalog.session() as session:
-        if config.keep_originals and queries.raw_file_arrived_from(session, sha256, str(path)):
+        if config.keep_originals and pipeline_queries.raw_file_arrived_from(session, sha256, str(path)):
             return IngestOutcome(str(path), "known", "", sha256=sha256)  # taken by an earlier run
         known = queries.find_raw_file_by_sha256(session, sha256)
         if known is not None:

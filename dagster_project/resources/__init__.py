@@ -75,12 +75,14 @@ class PipelineConfigResource(ConfigurableResource):
     max_candidates_per_frame: int = 500
 
 
-def resources_from_settings(settings: Settings) -> dict:
+def resources_from_settings(settings: Settings, landing_dir: Path | None = None, keep_originals: bool = False) -> dict:
+    """The resources of the code location; ``landing_dir``/``keep_originals`` for batch processing of a folder."""
     return {
         "catalog": CatalogResource(database_url=settings.database_url),
         "store": StoreResource(root=str(settings.store_dir)),
         "landing": LandingResource(
-            landing_dir=str(settings.landing_dir),
+            landing_dir=str(landing_dir or settings.landing_dir),
+            keep_originals=keep_originals,
             store_dir=str(settings.store_dir),
             quarantine_dir=str(settings.quarantine_dir),
             survey=settings.survey,

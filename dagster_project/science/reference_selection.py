@@ -13,7 +13,7 @@ class ReferenceChoice:
 
 def choose_reference(
     qualities: Sequence[Mapping[str, float]],
-    min_psf_stars: int = 10,
+    min_psf_stars: int = 5,
     max_masked_fraction: float = 0.2,
     max_ellipticity: float = 0.3,
 ) -> ReferenceChoice | None:
