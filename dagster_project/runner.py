@@ -63,8 +63,9 @@ def process_folder(folder: Path, settings: Settings, *, wait: bool = False, wait
     deadline = time.monotonic() + wait_timeout
     while True:
         context = build_sensor_context(instance=instance, cursor=cursor, resources=resources, definitions=defs)
-        requests = _apply(arrival(context), instance)
-        cursor = context.cursor
+        result = arrival(context)
+        requests = _apply(result, instance)
+        cursor = result.cursor if isinstance(result, SensorResult) and result.cursor else context.cursor
         _execute(requests, "calibrate_job", instance, resources, attempted, report, progress)
         while requests := [r for r in _apply(pipeline(build_sensor_context(
                 instance=instance, resources=resources, definitions=defs)), instance) if r.run_key not in attempted]:

@@ -4,7 +4,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from dagster import DagsterInstance, build_sensor_context
+from dagster import DagsterInstance, SensorResult, build_sensor_context
 
 from dagster_project.catalog import Catalog
 from dagster_project.resources import resources_from_settings
@@ -26,7 +26,7 @@ class Platform:
         """Evaluate ``sensor`` once; returns (result, new cursor)."""
         context = build_sensor_context(instance=self.instance, cursor=cursor, resources=self.resources)
         result = sensor(context)
-        return result, context.cursor
+        return result, result.cursor if isinstance(result, SensorResult) and result.cursor else context.cursor
 
     def waiting(self, cursor: str | None) -> list[str]:
         return sorted(json.loads(cursor)["waiting"]) if cursor else []

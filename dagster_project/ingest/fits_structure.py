@@ -19,6 +19,7 @@ CARD = 80
 VALID_BITPIX = {8, 16, 32, 64, -32, -64}
 SIGNATURE = b"SIMPLE  ="
 EXTENSION_SIGNATURE = b"XTENSION="
+_PRINTABLE = bytes(range(0x20, 0x7F))
 
 
 class InvalidFitsFile(ValueError):
@@ -72,16 +73,14 @@ def _read_header(fh, offset: int, limits: StructureLimits, index: int) -> tuple[
         block = fh.read(BLOCK)
         if len(block) < BLOCK:
             raise _Incomplete(f"HDU {index}: header ends before its END card")
+        if block.translate(None, _PRINTABLE):  # FITS headers are printable ASCII only
+            raise InvalidFitsFile(f"HDU {index}: header holds non-printable bytes (no END card before the data?)")
         raw += block
         # END must start a card: look only at card boundaries of this block
         for start in range(len(raw) - BLOCK, len(raw), CARD):
             if raw[start : start + 8] == b"END     ":
                 try:
-                    text = raw.decode("ascii")
-                except UnicodeDecodeError:
-                    raise InvalidFitsFile(f"HDU {index}: header holds non-ASCII bytes") from None
-                try:
-                    header = fits.Header.fromstring(text[: start + CARD])
+                    header = fits.Header.fromstring(raw[: start + CARD].decode("ascii"))
                 except Exception as exc:  # astropy raises several types for broken cards
                     raise InvalidFitsFile(f"HDU {index}: unreadable header ({exc})") from None
                 return header, offset + len(raw)

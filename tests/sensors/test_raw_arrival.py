@@ -140,10 +140,13 @@ def test_bad_files_are_quarantined_and_good_ones_still_taken(platform, night):
 def test_duplicate_content_is_recorded_not_processed_twice(platform, night):
     first = science(night)[0]
     shutil.copy(first, platform.landing / first.name)
-    platform.tick(raw_arrival_sensor)
+    before, _ = platform.tick(raw_arrival_sensor)
     shutil.copy(first, platform.landing / "copy_of_first.fits")
     result, _ = platform.tick(raw_arrival_sensor)
-    assert not isinstance(result, SensorResult) or not result.run_requests
+    # only the first file's (not yet launched) run is asked for again, under the same run_key
+    assert [r.run_key for r in result.run_requests] == [r.run_key for r in before.run_requests]
+    assert not result.dynamic_partitions_requests[0].partition_keys or \
+        result.dynamic_partitions_requests[0].partition_keys == before.dynamic_partitions_requests[0].partition_keys
     rows = {r.original_name: r for r in raw_rows(platform)}
     assert rows["copy_of_first.fits"].status == RawFileStatus.DUPLICATE
     assert rows["copy_of_first.fits"].duplicate_of_id == rows[first.name].id

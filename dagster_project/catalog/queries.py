@@ -1,0 +1,504 @@
+"""Named catalog queries and lifecycle operations for the ingest layer, assets, sensors and CLI.
+
+Every function takes a :class:`~sqlalchemy.orm.Session` first, flushes (so the
+database checks its constraints at once) but never commits: the caller's
+``Catalog.session()`` block is the transaction.
+
+Lifecycle functions accept entities loaded in an earlier session: they re-read
+the row (locked ``FOR UPDATE`` on PostgreSQL) and return the current instance,
+which is what callers should keep using.
+"""
+
+import copy
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from dagster_project.catalog.healpix import angular_separation_deg, cone_index_ranges, healpix_indices
+from dagster_project.catalog.models import (
+    CalibrationMaster,
+    Candidate,
+    DifferenceRun,
+    FrameType,
+    MasterKind,
+    Observation,
+    ObservationStatus,
+    PreprocessRun,
+    RawDataFile,
+    RawFileStatus,
+    ReferenceImage,
+    RunStatus,
+    Survey,
+    utcnow,
+)
+from dagster_project.catalog.states import check_transition, transition
+
+T = TypeVar("T")
+
+MJD_OF_UNIX_EPOCH = 40587.0
+
+
+class NotFound(LookupError):
+    """The catalog has no such row."""
+
+
+def _current(session: Session, entity: T) -> T:
+    """The entity's row as it is now in the database, in this session, locked for update on PostgreSQL."""
+    session.flush()
+    found = session.get(type(entity), entity.id, populate_existing=True, with_for_update=True)
+    if found is None:
+        raise NotFound(f"{entity!r} is not in the catalog (id {entity.id})")
+    return found
+
+
+def set_status(session: Session, entity: T, new_status: Any, *, reason: str | None = None) -> T:
+    """Any other status change (e.g. promote or reject a candidate, archive an observation), via the state machine."""
+    entity = _current(session, entity)
+    transition(entity, new_status, reason=reason)
+    session.flush()
+    return entity
+
+
+# --- surveys and raw files ----------------------------------------------------------------------------------------
+
+def get_or_create_survey(session: Session, name: str, **fields: Any) -> Survey:
+    """The survey called ``name``; created with ``fields`` if new (existing rows are not updated)."""
+    survey = session.scalar(sa.select(Survey).where(Survey.name == name))
+    if survey is not None:
+        return survey
+    try:
+        with session.begin_nested():  # a concurrent creator wins the race: then read its row
+            survey = Survey(name=name, **fields)
+            session.add(survey)
+    except IntegrityError:
+        survey = session.scalars(sa.select(Survey).where(Survey.name == name)).one()
+    return survey
+
+
+def find_raw_file_by_sha256(session: Session, sha256: str) -> RawDataFile | None:
+    """The stored file with this content (duplicate records only point at it)."""
+    return session.scalar(sa.select(RawDataFile).where(RawDataFile.sha256 == sha256,
+                                                       RawDataFile.status != RawFileStatus.DUPLICATE))
+
+
+def latest_raw_file_version(session: Session, original_name: str) -> RawDataFile | None:
+    """The most recent arrival of a file called ``original_name``, whatever its status."""
+    return session.scalar(sa.select(RawDataFile).where(RawDataFile.original_name == original_name)
+                          .order_by(RawDataFile.version.desc()).limit(1))
+
+
+def next_raw_file_version(session: Session, original_name: str) -> int:
+    """The version the next arrival of ``original_name`` will get (versions count arrivals of a name)."""
+    latest = latest_raw_file_version(session, original_name)
+    return 1 if latest is None else latest.version + 1
+
+
+def _insert_raw_file(session: Session, status: RawFileStatus, original_name: str, **fields: Any) -> RawDataFile:
+    raw = RawDataFile(original_name=original_name, version=next_raw_file_version(session, original_name),
+                      status=status, **fields)
+    session.add(raw)
+    session.flush()
+    return raw
+
+
+def register_raw_file(session: Session, *, original_name: str, sha256: str, **fields: Any) -> RawDataFile:
+    """Record an accepted file as the next version of its name.
+
+    The previously accepted version of that name (different content, necessarily:
+    identical content is a duplicate) becomes ``superseded``, and an observation
+    made from it is archived: its pixels were replaced. ``fields`` are
+    RawDataFile columns or relationships (landing_path, stored_path, size_bytes,
+    frame_type, instrument, filter_band, night, observation_time, header, survey, ...).
+    """
+    known = find_raw_file_by_sha256(session, sha256)
+    if known is not None:
+        raise ValueError(f"content {sha256} is already stored as {known!r}: register it with register_duplicate_file")
+    previous = session.scalars(sa.select(RawDataFile).where(RawDataFile.original_name == original_name,
+                                                            RawDataFile.status == RawFileStatus.ACCEPTED)).all()
+    raw = _insert_raw_file(session, RawFileStatus.ACCEPTED, original_name, sha256=sha256, **fields)
+    for old in previous:
+        transition(old, RawFileStatus.SUPERSEDED)
+        if old.observation is not None and old.observation.status != ObservationStatus.ARCHIVED:
+            transition(old.observation, ObservationStatus.ARCHIVED,
+                       reason=f"raw file superseded by {original_name} version {raw.version}")
+    session.flush()
+    return raw
+
+
+def register_quarantined_file(session: Session, *, original_name: str, reason: str, **fields: Any) -> RawDataFile:
+    """Record a file rejected on arrival (``stored_path``: where it sits in the quarantine folder)."""
+    return _insert_raw_file(session, RawFileStatus.QUARANTINED, original_name, quarantine_reason=reason, **fields)
+
+
+def register_duplicate_file(session: Session, *, original: RawDataFile | uuid.UUID | str, original_name: str,
+                            **fields: Any) -> RawDataFile:
+    """Record a file whose content is already stored as ``original`` (a row or its id)."""
+    original_id = original.id if isinstance(original, RawDataFile) else uuid.UUID(str(original))
+    return _insert_raw_file(session, RawFileStatus.DUPLICATE, original_name, duplicate_of_id=original_id, **fields)
+
+
+def quarantine_raw_file(session: Session, raw_file: RawDataFile, stored_path: str, reason: str) -> RawDataFile:
+    """An accepted file found bad later: it moved to ``stored_path`` in the quarantine folder."""
+    raw_file = _current(session, raw_file)
+    transition(raw_file, RawFileStatus.QUARANTINED, reason=reason)
+    raw_file.stored_path = stored_path
+    session.flush()
+    return raw_file
+
+
+# --- observations -------------------------------------------------------------------------------------------------
+
+def create_observation(session: Session, *, ra: float, dec: float, observation_time: datetime,
+                       mjd: float | None = None, **fields: Any) -> Observation:
+    """A new ``ingested`` observation; its MJD (if not given) and HEALPix index are derived from it.
+
+    ``fields``: survey (or survey_id), raw_file, observation_id, field_name, night,
+    filter_band, exposure_time, fits_url, instrument, pixel_scale, airmass, naxis1, naxis2, ...
+    """
+    if mjd is None:
+        mjd = MJD_OF_UNIX_EPOCH + observation_time.timestamp() / 86400.0
+    observation = Observation(ra=ra, dec=dec, observation_time=observation_time, mjd=mjd,
+                              status=ObservationStatus.INGESTED, **fields)
+    session.add(observation)
+    session.flush()
+    return observation
+
+
+def get_observation(session: Session, observation_id: str) -> Observation:
+    """The observation with this external id (= Dagster partition key)."""
+    observation = session.scalar(sa.select(Observation).where(Observation.observation_id == observation_id))
+    if observation is None:
+        raise NotFound(f"no observation with observation_id {observation_id!r}")
+    return observation
+
+
+def list_observations(session: Session, field_name: str | None = None, filter_band: str | None = None,
+                      night: str | None = None, status: ObservationStatus | None = None) -> list[Observation]:
+    """Observations matching every given filter, in time order."""
+    stmt = sa.select(Observation).order_by(Observation.observation_time, Observation.observation_id)
+    for column, value in ((Observation.field_name, field_name), (Observation.filter_band, filter_band),
+                          (Observation.night, night), (Observation.status, status)):
+        if value is not None:
+            stmt = stmt.where(column == value)
+    return list(session.scalars(stmt))
+
+
+def cone_search(session: Session, model: type[T], ra: float, dec: float, radius_deg: float,
+                *where: sa.ColumnElement[bool]) -> list[T]:
+    """Rows of ``model`` (Observation or Candidate) within ``radius_deg`` of (ra, dec), nearest first.
+
+    The HEALPix index narrows the scan to the pixels overlapping the cone; the
+    exact great-circle distance decides. ``where``: extra filters, e.g.
+    ``Candidate.status == CandidateStatus.NEW``.
+    """
+    stmt = sa.select(model).where(*where)
+    ranges = cone_index_ranges(ra, dec, radius_deg)
+    if ranges is not None:
+        stmt = stmt.where(sa.or_(*(sa.and_(model.healpix_index >= start, model.healpix_index < stop)
+                                   for start, stop in ranges)))
+    rows = list(session.scalars(stmt))
+    if not rows:
+        return []
+    separation = angular_separation_deg(ra, dec, [r.ra for r in rows], [r.dec for r in rows])
+    return [rows[i] for i in separation.argsort(kind="stable") if separation[i] <= radius_deg]
+
+
+# --- calibration --------------------------------------------------------------------------------------------------
+
+def calibration_frames(session: Session, instrument: str, night: str, frame_type: FrameType | str,
+                       filter_band: str | None = None) -> list[RawDataFile]:
+    """Accepted raw frames of one type, instrument and night (and band, if given), in time order."""
+    stmt = (sa.select(RawDataFile)
+            .where(RawDataFile.status == RawFileStatus.ACCEPTED, RawDataFile.instrument == instrument,
+                   RawDataFile.night == night, RawDataFile.frame_type == FrameType(frame_type))
+            .order_by(RawDataFile.observation_time, RawDataFile.original_name))
+    if filter_band is not None:
+        stmt = stmt.where(RawDataFile.filter_band == filter_band)
+    return list(session.scalars(stmt))
+
+
+def _master_band(kind: MasterKind, filter_band: str | None) -> str:
+    return "" if kind is MasterKind.BIAS else (filter_band or "")
+
+
+def latest_master(session: Session, instrument: str, kind: MasterKind | str, filter_band: str | None,
+                  on_or_before_night: str) -> CalibrationMaster | None:
+    """The newest master of this kind built for a night on or before ``on_or_before_night`` (band ignored for bias)."""
+    kind = MasterKind(kind)
+    return session.scalar(
+        sa.select(CalibrationMaster)
+        .where(CalibrationMaster.instrument == instrument, CalibrationMaster.kind == kind,
+               CalibrationMaster.filter_band == _master_band(kind, filter_band),
+               CalibrationMaster.night <= on_or_before_night)  # 'YYYY-MM-DD' sorts chronologically
+        .order_by(CalibrationMaster.night.desc()).limit(1))
+
+
+def upsert_master(session: Session, *, kind: MasterKind | str, instrument: str, night: str, filter_band: str | None,
+                  path: str, n_frames: int, input_file_ids: Iterable[uuid.UUID | str],
+                  stats: dict[str, Any] | None = None) -> CalibrationMaster:
+    """Record a master, replacing the row of a previous build for the same key (its id is kept).
+
+    One atomic ``INSERT ... ON CONFLICT DO UPDATE``, so concurrent rebuilds cannot collide.
+    """
+    kind = MasterKind(kind)
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    now = utcnow()
+    stmt = insert(CalibrationMaster).values(
+        kind=kind, instrument=instrument, night=night, filter_band=_master_band(kind, filter_band), path=path,
+        n_frames=n_frames, input_file_ids=[str(i) for i in input_file_ids], stats=stats or {},
+        created_at=now, updated_at=now)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["instrument", "kind", "night", "filter_band"],
+        set_={name: stmt.excluded[name] for name in ("path", "n_frames", "input_file_ids", "stats", "updated_at")},
+    ).returning(CalibrationMaster)
+    return session.scalars(stmt, execution_options={"populate_existing": True}).one()
+
+
+# --- preprocessing and differencing runs ----------------------------------------------------------------------------
+
+#: what one attempt produces, and its value before the attempt has produced anything
+PREPROCESS_OUTCOME: dict[str, Any] = {
+    "calibration_applied": False, "wcs_aligned": False, "registration_quality": None, "processed_fits_path": None,
+    "wcs_info": None, "quality": {}, "master_bias_id": None, "master_flat_id": None, "calibration_note": None,
+    "processing_time_seconds": None, "finished_at": None,
+}
+DIFFERENCE_OUTCOME: dict[str, Any] = {
+    "difference_image_path": None, "significance_map_path": None, "noise_level": None, "detection_threshold": None,
+    "candidates_found": 0, "quality": {}, "processing_time_seconds": None, "finished_at": None,
+}
+#: fields a finish_* call may set, besides those of the outcome
+_FINISH_EXTRA = {PreprocessRun: {"master_bias", "master_flat"}, DifferenceRun: set()}
+
+
+def _begin_attempt(run: PreprocessRun | DifferenceRun, outcome: dict[str, Any], parameters: dict[str, Any] | None,
+                   dagster_run_id: str | None) -> None:
+    """Reset ``run`` to a fresh attempt and move it to running (pending → running)."""
+    if run.status == RunStatus.RUNNING:  # its worker died without finishing: record that, then retry
+        transition(run, RunStatus.FAILED, reason=f"abandoned: superseded by Dagster run {dagster_run_id}")
+    if run.status != RunStatus.PENDING:
+        transition(run, RunStatus.PENDING)
+    for name, value in outcome.items():
+        setattr(run, name, copy.copy(value))
+    run.parameters = dict(parameters or {})
+    run.dagster_run_id = dagster_run_id
+    run.started_at = utcnow()
+    transition(run, RunStatus.RUNNING)
+
+
+def _end_attempt(run: PreprocessRun | DifferenceRun, observation_status: ObservationStatus, status: RunStatus,
+                 outcome: dict[str, Any], fields: dict[str, Any]) -> None:
+    error_message = fields.pop("error_message", None)
+    unknown = set(fields) - (set(outcome) - {"finished_at"}) - _FINISH_EXTRA[type(run)]
+    if unknown:
+        raise TypeError(f"{type(run).__name__} has no outcome field(s) {sorted(unknown)}")
+    check_transition(run, status)  # both, before either changes
+    check_transition(run.observation, observation_status)
+    for name, value in fields.items():
+        setattr(run, name, value)
+    run.finished_at = utcnow()
+    if "processing_time_seconds" not in fields and run.started_at is not None:
+        run.processing_time_seconds = (run.finished_at - run.started_at).total_seconds()
+    transition(run, status, reason=error_message)
+    transition(run.observation, observation_status, reason=error_message)
+
+
+def start_preprocess_run(session: Session, observation: Observation, parameters: dict[str, Any] | None,
+                         dagster_run_id: str | None) -> PreprocessRun:
+    """Start (or restart) the calibration of ``observation``: its single run row goes to running.
+
+    A re-run resets the row's outcome and bumps ``retry_count``; a row left
+    ``running`` by a dead worker is first marked failed ("abandoned"). The
+    observation moves to ``preprocessing``.
+    """
+    observation = _current(session, observation)
+    if observation.status != ObservationStatus.PREPROCESSING:  # else: resuming an abandoned attempt
+        transition(observation, ObservationStatus.PREPROCESSING)
+    run = session.scalar(sa.select(PreprocessRun).where(PreprocessRun.observation_id == observation.id)
+                         .with_for_update())
+    if run is None:
+        run = PreprocessRun(observation=observation, status=RunStatus.PENDING, retry_count=0)
+        session.add(run)
+    else:
+        run.retry_count += 1
+    _begin_attempt(run, PREPROCESS_OUTCOME, parameters, dagster_run_id)
+    session.flush()
+    return run
+
+
+_PREPROCESS_RESULT = {RunStatus.COMPLETED: ObservationStatus.PREPROCESSED, RunStatus.FAILED: ObservationStatus.FAILED,
+                      RunStatus.BLOCKED: ObservationStatus.BLOCKED}
+
+
+def finish_preprocess_run(session: Session, run: PreprocessRun, *, status: RunStatus, **fields: Any) -> PreprocessRun:
+    """End the attempt as completed, failed or blocked; the observation follows (preprocessed/failed/blocked).
+
+    ``fields``: outcome columns (processed_fits_path, quality, wcs_info, calibration_applied,
+    wcs_aligned, registration_quality, master_bias / master_bias_id, master_flat(_id),
+    calibration_note, processing_time_seconds — measured from started_at if not given)
+    and ``error_message``, which also becomes the observation's status_reason.
+    """
+    if status not in _PREPROCESS_RESULT:
+        raise ValueError(f"a preprocess run ends completed, failed or blocked, not {status!r}")
+    run = _current(session, run)
+    _end_attempt(run, _PREPROCESS_RESULT[status], status, PREPROCESS_OUTCOME, fields)
+    session.flush()
+    return run
+
+
+def start_difference_run(session: Session, observation: Observation, reference: ReferenceImage | None,
+                         parameters: dict[str, Any] | None, dagster_run_id: str | None,
+                         algorithm: str = "zogy") -> DifferenceRun:
+    """Start (or restart) the subtraction of ``reference`` from ``observation``.
+
+    The reference version is snapshotted on the run. A restart resets the row,
+    bumps ``retry_count`` and deletes the previous attempt's candidates. The
+    observation must be calibrated (its preprocess run completed) and moves to
+    ``differencing``. ``reference`` is None when there is none yet: finish the
+    run as blocked (waiting for one) or skipped.
+    """
+    observation = _current(session, observation)
+    preprocess = observation.preprocess_run
+    if preprocess is None or preprocess.status != RunStatus.COMPLETED:
+        raise ValueError(f"{observation!r} is not calibrated: no completed preprocess run")
+    if observation.status != ObservationStatus.DIFFERENCING:  # else: resuming an abandoned attempt
+        transition(observation, ObservationStatus.DIFFERENCING)
+    run = session.scalar(sa.select(DifferenceRun).where(DifferenceRun.observation_id == observation.id)
+                         .with_for_update())
+    if run is None:
+        run = DifferenceRun(observation=observation, status=RunStatus.PENDING, retry_count=0)
+        session.add(run)
+    else:
+        run.retry_count += 1
+        session.execute(sa.delete(Candidate).where(Candidate.difference_run_id == run.id))
+        session.expire(run, ["candidates"])
+    _begin_attempt(run, DIFFERENCE_OUTCOME, parameters, dagster_run_id)
+    run.algorithm = algorithm
+    run.reference_image = None if reference is None else session.get(ReferenceImage, reference.id)  # this session's
+    run.reference_observation_id = None if reference is None else reference.source_observation_id
+    run.reference_version = None if reference is None else reference.version
+    session.flush()
+    return run
+
+
+# skipped: nothing to subtract for good (e.g. the frame is its own reference), so differencing is over
+_DIFFERENCE_RESULT = {RunStatus.COMPLETED: ObservationStatus.DIFFERENCED,
+                      RunStatus.SKIPPED: ObservationStatus.DIFFERENCED,
+                      RunStatus.FAILED: ObservationStatus.FAILED, RunStatus.BLOCKED: ObservationStatus.BLOCKED}
+
+
+def finish_difference_run(session: Session, run: DifferenceRun, *, status: RunStatus, **fields: Any) -> DifferenceRun:
+    """End the attempt: completed or skipped → observation differenced; failed / blocked → the same.
+
+    ``fields``: outcome columns (difference_image_path, significance_map_path, noise_level,
+    detection_threshold, candidates_found, quality, processing_time_seconds) and
+    ``error_message`` (the reason, also for blocked and skipped runs).
+    """
+    if status not in _DIFFERENCE_RESULT:
+        raise ValueError(f"a difference run ends completed, failed, blocked or skipped, not {status!r}")
+    run = _current(session, run)
+    _end_attempt(run, _DIFFERENCE_RESULT[status], status, DIFFERENCE_OUTCOME, fields)
+    session.flush()
+    return run
+
+
+# --- references -----------------------------------------------------------------------------------------------------
+
+def current_reference(session: Session, field_name: str, filter_band: str) -> ReferenceImage | None:
+    return session.scalar(sa.select(ReferenceImage).where(ReferenceImage.field_name == field_name,
+                                                          ReferenceImage.filter_band == filter_band,
+                                                          ReferenceImage.is_current))
+
+
+def record_reference(session: Session, field_name: str, filter_band: str, source_observation: Observation, path: str,
+                     seeing: float | None, depth: float | None, selection_reason: str | None,
+                     dagster_run_id: str | None) -> ReferenceImage:
+    """Make a new reference version current for (field, band); the previous one stays, no longer current."""
+    latest = session.scalar(sa.select(sa.func.max(ReferenceImage.version))
+                            .where(ReferenceImage.field_name == field_name, ReferenceImage.filter_band == filter_band))
+    previous = current_reference(session, field_name, filter_band)
+    if previous is not None:
+        previous.is_current = False
+        session.flush()  # before the insert: the partial unique index allows one current row
+    reference = ReferenceImage(
+        field_name=field_name, filter_band=filter_band, version=(latest or 0) + 1,
+        source_observation_id=source_observation.id, path=path, seeing=seeing, depth=depth,
+        selection_reason=selection_reason, is_current=True, dagster_run_id=dagster_run_id)
+    session.add(reference)
+    session.flush()
+    return reference
+
+
+# --- candidates -----------------------------------------------------------------------------------------------------
+
+def _plain(value: Any) -> Any:
+    """numpy scalars (np.bool_, np.int64, ...) as Python values: database drivers reject them."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def replace_candidates(session: Session, difference_run: DifferenceRun, rows: Sequence[dict[str, Any]]) -> int:
+    """Make ``rows`` the run's candidates, dropping any earlier set; returns how many were stored.
+
+    Each row holds Candidate columns (ra, dec, pixel_x, pixel_y, flux, flux_error,
+    significance, snr, fwhm, ellipticity, position_angle, is_* flags, features);
+    run, observation and HEALPix index are filled in. Also sets ``candidates_found``.
+    """
+    run = _current(session, difference_run)
+    session.execute(sa.delete(Candidate).where(Candidate.difference_run_id == run.id))
+    if rows:
+        pixels = healpix_indices([row["ra"] for row in rows], [row["dec"] for row in rows])
+        session.execute(sa.insert(Candidate), [
+            {**{key: _plain(value) for key, value in row.items()}, "difference_run_id": run.id,
+             "observation_id": run.observation_id, "healpix_index": int(pixel)}
+            for row, pixel in zip(rows, pixels, strict=True)])
+    session.expire(run, ["candidates"])
+    run.candidates_found = len(rows)
+    session.flush()
+    return len(rows)
+
+
+_FLAGS = (("saturated", Candidate.is_saturated), ("blended", Candidate.is_blended), ("edge", Candidate.is_edge),
+          ("negative", Candidate.is_negative))
+
+
+def candidates_for_export(session: Session) -> list[dict[str, Any]]:
+    """Every candidate with its provenance, by observation then pixel row/column.
+
+    Keys: original_name (of the raw file), observation_id, ra, dec, x, y (0-based
+    pixels), snr, flux, flux_error, flags (names of the set flags, e.g. ["edge"]).
+    """
+    stmt = (sa.select(Candidate, Observation.observation_id, RawDataFile.original_name)
+            .join(Observation, Candidate.observation_id == Observation.id)
+            .outerjoin(RawDataFile, RawDataFile.observation_id == Observation.id)
+            .order_by(Observation.observation_id, Candidate.pixel_y, Candidate.pixel_x))
+    return [
+        {"original_name": original_name, "observation_id": observation_id, "ra": c.ra, "dec": c.dec,
+         "x": c.pixel_x, "y": c.pixel_y, "snr": c.snr, "flux": c.flux, "flux_error": c.flux_error,
+         "flags": [name for name, column in _FLAGS if getattr(c, column.key)]}
+        for c, observation_id, original_name in session.execute(stmt)
+    ]
+
+
+def _count_by_status(session: Session, model: type) -> dict[str, int]:
+    counts = dict(session.execute(sa.select(model.status, sa.func.count()).group_by(model.status)).all())
+    return {status.value: counts.get(status, 0) for status in model.status.type.enum_class}
+
+
+def catalog_summary(session: Session) -> dict[str, Any]:
+    """Counts for dashboards and the CLI: raw files and observations by status, candidates, references.
+
+    ``references`` counts the current ones (one per field and band), ``reference_versions`` all.
+    """
+    return {
+        "raw_files": _count_by_status(session, RawDataFile),
+        "observations": _count_by_status(session, Observation),
+        "candidates": session.scalar(sa.select(sa.func.count()).select_from(Candidate)),
+        "references": session.scalar(sa.select(sa.func.count()).where(ReferenceImage.is_current)),
+        "reference_versions": session.scalar(sa.select(sa.func.count()).select_from(ReferenceImage)),
+    }

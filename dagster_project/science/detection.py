@@ -1,0 +1,281 @@
+"""Transient candidates from a ZOGY subtraction.
+
+Candidates are connected regions of ``|S_corr| >= threshold`` (S_corr is
+already the matched-filter significance, so it is thresholded without
+further smoothing and a single pixel above threshold is a detection, as for
+the ideal detector), found separately for positive (brightening, new) and
+negative (fading: brighter in the reference) sources. Regions larger than a
+PSF core are split by :func:`photutils.segmentation.deblend_sources`.
+
+Masked pixels
+-------------
+Masked pixels are NaN in every ZOGY output, so no detection peaks on them.
+Candidates whose footprint (disk of radius one FWHM of P_D around the
+position) is more than ``max_masked_fraction`` masked are DROPPED (counted
+in ``meta['n_dropped_masked']``): they are residuals of cosmic rays, bleed
+trails, bad columns or the overlap edge. The others keep
+``masked_fraction`` and are FLAGGED ``is_saturated`` (SATURATED or BLEED
+within two FWHM) and ``is_edge`` (EDGE bit within two FWHM, or closer than
+``edge_margin`` to the frame border).
+"""
+
+import warnings
+
+import numpy as np
+from astropy.table import Table
+from photutils.centroids import centroid_quadratic, centroid_sources
+from photutils.segmentation import SegmentationImage, SourceCatalog, deblend_sources, detect_sources
+from photutils.utils.exceptions import NoDetectionsWarning
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from .masks import MaskBit
+from .zogy import ZogyResult
+
+_COLUMNS = (
+    "id", "x", "y", "ra", "dec", "flux", "flux_err", "snr", "scorr_peak", "significance", "is_negative",
+    "fwhm", "ellipticity", "position_angle", "sharpness", "n_opposite_pixels", "ref_distance_px",
+    "masked_fraction", "area", "is_saturated", "is_edge", "is_blended",
+)
+
+
+def _psf_fwhm(stamp: np.ndarray) -> float:
+    """FWHM (px) of a PSF stamp from the area above half its maximum, ``2 sqrt(area / pi)``."""
+    return float(2.0 * np.sqrt(np.count_nonzero(stamp >= 0.5 * stamp.max()) / np.pi))
+
+
+def _interpolate(image: np.ndarray, x: float, y: float) -> float:
+    """Cubic-spline value of a smooth ``image`` at ``(x, y)``; the nearest pixel if masked pixels are near."""
+    iy, ix = int(round(y)), int(round(x))
+    y0, x0 = max(iy - 3, 0), max(ix - 3, 0)
+    cut = image[y0 : iy + 4, x0 : ix + 4]
+    if not np.all(np.isfinite(cut)):
+        return float(image[iy, ix])
+    return float(ndimage.map_coordinates(cut.astype(np.float64), [[y - y0], [x - x0]], order=3, mode="nearest")[0])
+
+
+def _disk(cut_shape, cx, cy, radius):
+    yy, xx = np.ogrid[: cut_shape[0], : cut_shape[1]]
+    return (xx - cx) ** 2 + (yy - cy) ** 2 <= radius**2
+
+
+def _empty_table() -> Table:
+    bool_cols = {"is_negative", "is_saturated", "is_edge", "is_blended"}
+    int_cols = {"id", "n_opposite_pixels", "area"}
+    return Table(
+        {c: np.zeros(0, dtype=bool if c in bool_cols else int if c in int_cols else float) for c in _COLUMNS}
+    )
+
+
+def _segments(data: np.ndarray, invalid: np.ndarray, threshold: float, deblend_area: float | None):
+    """Regions of ``data >= threshold``; those larger than ``deblend_area`` px are deblended.
+
+    Returns the SegmentationImage (or None) and the set of deblended labels.
+    """
+    with warnings.catch_warnings():  # "no sources found" is an ordinary outcome here
+        warnings.simplefilter("ignore", NoDetectionsWarning)
+        segm = detect_sources(data, threshold, 1, mask=invalid)
+    if segm is None or deblend_area is None:
+        return segm, set()
+    large = segm.labels[segm.areas > deblend_area]
+    if large.size == 0:
+        return segm, set()
+    segm = deblend_sources(data, segm, 3, labels=large, progress_bar=False)
+    return segm, set(segm.deblended_labels.tolist())
+
+
+def detect_transients(
+    result: ZogyResult,
+    mask: np.ndarray | None = None,
+    *,
+    threshold: float = 5.0,
+    wcs=None,
+    ref_sources: Table | None = None,
+    psf_fwhm: float | None = None,
+    edge_margin: int | None = None,
+    max_masked_fraction: float = 0.5,
+    opposite_threshold: float = 3.0,
+    deblend: bool = True,
+) -> Table:
+    """Find positive and negative point sources in S_corr and measure them.
+
+    Parameters
+    ----------
+    result : ZogyResult
+        Output of :func:`~dagster_project.science.zogy.zogy`.
+    mask : ndarray of uint16, optional
+        Combined :class:`~dagster_project.science.masks.MaskBit` field on the
+        new grid, for the flags and the masked fraction.
+    threshold : float
+        Detection threshold on ``|S_corr|`` (sigma).
+    wcs : astropy.wcs.WCS, optional
+        WCS of the new image, for ``ra``/``dec`` (deg); NaN without.
+    ref_sources : astropy.table.Table, optional
+        Reference sources with ``x``, ``y`` ALREADY on the new image's grid,
+        for ``ref_distance_px``.
+    psf_fwhm : float, optional
+        FWHM (px) setting the footprint and flag radii; default: that of
+        ``result.P_D``.
+    edge_margin : int, optional
+        Candidates closer than this to the frame border are flagged
+        ``is_edge``; default ``ceil(2 * psf_fwhm)``.
+    max_masked_fraction : float
+        Candidates with a larger masked fraction are dropped.
+    opposite_threshold : float
+        S_corr level (sigma) of the opposite sign counted in ``n_opposite_pixels``.
+    deblend : bool
+        Deblend regions larger than twice the PSF core area.
+
+    Returns
+    -------
+    astropy.table.Table
+        One row per candidate, most significant first:
+
+        * ``id`` (1-based), ``x``, ``y``: 0-based position on the new grid
+          (quadratic fit to the 3x3 pixels around the S_corr peak),
+          ``ra``, ``dec`` (deg).
+        * ``flux``, ``flux_err``: ZOGY PSF-photometry flux (``result.flux``
+          interpolated at the position; new-image e- when F_n = 1), negative
+          for fading sources.
+        * ``snr`` = ``|flux| / flux_err``; ``scorr_peak`` (signed S_corr at the
+          position); ``significance`` = ``|scorr_peak|``; ``is_negative``.
+        * ``fwhm`` (px), ``ellipticity``, ``position_angle`` (deg CCW from +x):
+          image moments of D (sign-flipped for negative sources, negative
+          pixels ignored) in the footprint.
+        * ``sharpness``: peak of D within 1 px divided by the peak a point
+          source of this flux would have (``|flux| F_D max(P_D)``): ~0.7-1.2
+          for point sources, > 1.5 for cosmic rays and hot pixels, < 0.5 for
+          extended residuals.
+        * ``n_opposite_pixels``: pixels within 2 FWHM with S_corr beyond
+          ``opposite_threshold`` of the opposite sign (dipoles from
+          mis-registration or PSF mismatch).
+        * ``ref_distance_px``: distance (new-grid px) to the nearest reference
+          source (NaN without ``ref_sources``).
+        * ``masked_fraction`` in the footprint; ``area``: pixels above threshold.
+        * ``is_saturated``, ``is_edge``, ``is_blended`` (deblended, or another
+          candidate within 2 FWHM).
+
+        ``meta`` holds ``threshold`` and ``n_dropped_masked``.
+    """
+    scorr = result.S_corr
+    if mask is not None and np.shape(mask) != scorr.shape:
+        raise ValueError(f"mask shape {np.shape(mask)} differs from S_corr shape {scorr.shape}")
+    if not threshold > 0:
+        raise ValueError(f"threshold must be > 0, got {threshold}")
+    mask = np.zeros(scorr.shape, dtype=np.uint16) if mask is None else np.asarray(mask)
+    fwhm = _psf_fwhm(result.P_D) if psf_fwhm is None else float(psf_fwhm)
+    edge_margin = int(np.ceil(2.0 * fwhm)) if edge_margin is None else int(edge_margin)
+    invalid = ~np.isfinite(scorr) | result.mask
+    masked = invalid | (mask != 0)
+    filled = np.where(invalid, np.float32(0), scorr)
+    ny, nx = scorr.shape
+
+    # One label image: positive sources first, then negative ones.
+    labels = np.zeros(scorr.shape, dtype=np.int32)
+    sign_of, is_deblended = [], []
+    deblend_area = 2.0 * np.pi * fwhm**2 / 4.0 if deblend else None
+    for sign in (1.0, -1.0):
+        segm, blended = _segments(sign * filled, invalid, threshold, deblend_area)
+        if segm is None:
+            continue
+        labels[segm.data > 0] = segm.data[segm.data > 0] + len(sign_of)
+        is_deblended.extend(lab in blended for lab in segm.labels)
+        sign_of.extend([sign] * segm.n_labels)
+    n = len(sign_of)
+    if n == 0:
+        table = _empty_table()
+        table.meta.update(threshold=threshold, n_dropped_masked=0)
+        return table
+    sign_of = np.asarray(sign_of)
+
+    xpk, ypk = np.zeros(n), np.zeros(n)
+    for i, sl in enumerate(ndimage.find_objects(labels)):  # peak pixel of each segment
+        values = np.where(labels[sl] == i + 1, sign_of[i] * filled[sl], -np.inf)
+        py, px = np.unravel_index(np.argmax(values), values.shape)
+        xpk[i], ypk[i] = px + sl[1].start, py + sl[0].start
+    area = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    # Sub-pixel peak of the matched-filter image: quadratic fit to the 3x3 pixels around the maximum.
+    x, y = xpk.copy(), ypk.copy()
+    for sign in (1.0, -1.0):
+        sel = np.flatnonzero(sign_of == sign)
+        if sel.size:
+            cx, cy = centroid_sources(
+                sign * filled, xpk[sel], ypk[sel], box_size=3, mask=invalid, centroid_func=centroid_quadratic,
+                fit_boxsize=3,
+            )
+            ok = np.isfinite(cx) & np.isfinite(cy) & (np.hypot(cx - xpk[sel], cy - ypk[sel]) <= 1.0)
+            x[sel[ok]], y[sel[ok]] = cx[ok], cy[ok]
+
+    scorr_peak, flux, flux_err, sharpness = (np.full(n, np.nan) for _ in range(4))
+    n_opposite = np.zeros(n, dtype=int)
+    masked_fraction = np.zeros(n)
+    is_saturated = np.zeros(n, dtype=bool)
+    is_edge = np.zeros(n, dtype=bool)
+    footprints = np.zeros(scorr.shape, dtype=np.int32)  # disk of radius FWHM per candidate, for D moments
+    peak_psf = result.F_D * float(result.P_D.max())
+    r_flag = 2.0 * fwhm
+    h = int(np.ceil(r_flag))
+    for i in np.argsort(-np.abs(filled[ypk.astype(int), xpk.astype(int)])):  # brightest claim footprints first
+        sign = sign_of[i]
+        scorr_peak[i] = _interpolate(scorr, x[i], y[i])
+        flux[i] = _interpolate(result.flux, x[i], y[i])
+        flux_err[i] = _interpolate(result.flux_err, x[i], y[i])
+        ix, iy = int(round(x[i])), int(round(y[i]))
+        y0, x0 = max(iy - h, 0), max(ix - h, 0)
+        sl = (slice(y0, iy + h + 1), slice(x0, ix + h + 1))
+        near = _disk(scorr[sl].shape, x[i] - x0, y[i] - y0, r_flag)
+        core = _disk(scorr[sl].shape, x[i] - x0, y[i] - y0, fwhm)
+        n_opposite[i] = int(np.count_nonzero((-sign * filled[sl] > opposite_threshold) & near))
+        masked_fraction[i] = float(masked[sl][core].mean())
+        bits = np.bitwise_or.reduce(mask[sl][near].ravel()) if near.any() else 0
+        is_saturated[i] = bool(bits & (MaskBit.SATURATED | MaskBit.BLEED))
+        is_edge[i] = bool(bits & MaskBit.EDGE)
+        footprints[sl][core & (footprints[sl] == 0)] = i + 1
+        d_near = sign * result.D[max(iy - 1, 0) : iy + 2, max(ix - 1, 0) : ix + 2]
+        if np.isfinite(d_near).any() and np.isfinite(flux[i]) and flux[i] != 0:
+            sharpness[i] = float(np.nanmax(d_near)) / (abs(flux[i]) * peak_psf)
+
+    # Moments of D in the footprints (SourceCatalog ignores negative pixels for moments).
+    d_fwhm, d_ell, d_pa = (np.full(n, np.nan) for _ in range(3))
+    present = np.unique(footprints[footprints > 0])
+    if present.size:
+        sign_map = np.zeros(n + 1)
+        sign_map[1:] = sign_of
+        signed_d = np.where(invalid, 0.0, result.D * sign_map[footprints])
+        cat = SourceCatalog(signed_d, SegmentationImage(footprints), mask=invalid)
+        rows = present - 1
+        d_fwhm[rows] = np.asarray(cat.fwhm.value, dtype=float)
+        d_ell[rows] = np.asarray(cat.ellipticity.value, dtype=float)
+        d_pa[rows] = np.asarray(cat.orientation.value, dtype=float)
+
+    is_edge |= (x < edge_margin) | (y < edge_margin) | (x > nx - 1 - edge_margin) | (y > ny - 1 - edge_margin)
+    is_blended = np.asarray(is_deblended, dtype=bool)
+    if n > 1:
+        d_nn, _ = cKDTree(np.column_stack([x, y])).query(np.column_stack([x, y]), k=2)
+        is_blended |= d_nn[:, 1] < 2.0 * fwhm
+    ref_distance = np.full(n, np.nan)
+    if ref_sources is not None and len(ref_sources) > 0:
+        ref_xy = np.column_stack([np.asarray(ref_sources["x"], float), np.asarray(ref_sources["y"], float)])
+        ref_distance, _ = cKDTree(ref_xy).query(np.column_stack([x, y]))
+    ra, dec = np.full(n, np.nan), np.full(n, np.nan)
+    if wcs is not None:
+        ra, dec = (np.asarray(v, dtype=float) for v in wcs.celestial.pixel_to_world_values(x, y))
+
+    table = Table(
+        {
+            "id": np.zeros(n, dtype=int),
+            "x": x, "y": y, "ra": ra, "dec": dec,
+            "flux": flux, "flux_err": flux_err, "snr": np.abs(flux) / flux_err,
+            "scorr_peak": scorr_peak, "significance": np.abs(scorr_peak), "is_negative": sign_of < 0,
+            "fwhm": d_fwhm, "ellipticity": d_ell, "position_angle": d_pa, "sharpness": sharpness,
+            "n_opposite_pixels": n_opposite, "ref_distance_px": ref_distance,
+            "masked_fraction": masked_fraction, "area": area,
+            "is_saturated": is_saturated, "is_edge": is_edge, "is_blended": is_blended,
+        }
+    )
+    keep = masked_fraction <= max_masked_fraction
+    table = table[keep]
+    table.sort("significance", reverse=True)
+    table["id"] = np.arange(1, len(table) + 1)
+    table.meta.update(threshold=threshold, n_dropped_masked=int(np.count_nonzero(~keep)))
+    return table

@@ -1,0 +1,267 @@
+"""Write a simulated night of raw FITS frames, as a telescope would.
+
+The only I/O of the simulated telescope; the rendering is
+:mod:`dagster_project.science.simulation`. Used by
+``python -m dagster_project simulate-night`` and by tests.
+
+Files
+-----
+``{INSTRUME}_{YYYYMMDD}_{seq:04d}_{kind}[_{field}]_{band}.fits`` with ``kind``
+``bias``, ``flat`` or ``sci``, ``YYYYMMDD`` the local date at the start of the
+night and ``seq`` counting from 1 in writing order: biases (afternoon), twilight
+flats per band, then the science exposures in time order. Each file is a single
+primary HDU, BITPIX = 16 with BZERO = 32768 (uint16 ADU), with CHECKSUM/DATASUM.
+Every file (and ``truth.csv``) is written under a hidden temporary name
+``.NAME.partial`` in the same folder and renamed into place, so a process
+watching the folder never sees a partial ``.fits`` file.
+
+``truth.csv`` lists the injected transients: ``file`` (base name), ``field``,
+``band``, ``epoch``, ``ra``, ``dec`` (deg), ``x``, ``y`` (true 0-based position
+in the trimmed data section), ``flux_e`` (electrons before the flat field) and
+``snr_optimal``.
+"""
+
+import csv
+import io
+import itertools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from astropy.io import fits
+from astropy.time import Time
+
+from dagster_project.science.simulation import (
+    DetectorSpec,
+    EpochConditions,
+    FieldSpec,
+    RawFrame,
+    band_response,
+    draw_epoch_conditions,
+    make_detector,
+    make_sky_model,
+    simulate_bias_frame,
+    simulate_flat_frame,
+    simulate_science_frame,
+)
+
+TRUTH_COLUMNS = ("file", "field", "band", "epoch", "ra", "dec", "x", "y", "flux_e", "snr_optimal")
+_TRUTH_TYPES = {"epoch": int, "ra": float, "dec": float, "x": float, "y": float, "flux_e": float, "snr_optimal": float}
+
+#: Independent random streams, so changing one part (e.g. n_flats) leaves the others unchanged.
+_DETECTOR, _FIELDS, _SKY, _CONDITIONS, _BIAS, _FLAT, _SCIENCE = range(7)
+
+#: UTC schedule of the night relative to 00:00 UTC of the night's date (hours); a
+#: Chilean-like site (LONG-OBS = -70.7), so all of it is the same local night.
+_BIAS_START_H, _FLAT_START_H, _SCIENCE_START_H, _SCIENCE_END_H = 21.0, 23.75, 25.0, 32.5
+_SCIENCE_EXPTIME_S, _OVERHEAD_S = 60.0, 30.0
+
+
+@dataclass
+class SimulatedNight:
+    """What :func:`simulate_night` wrote.
+
+    Attributes
+    ----------
+    out_dir : Path
+    paths : dict of str to list of Path
+        Written FITS files by kind (``bias``, ``flat``, ``sci``) in writing order.
+    truth : list of dict
+        Rows of ``truth.csv`` (typed values), one per injected transient.
+    truth_path : Path
+    conditions : dict of str to EpochConditions
+        Conditions of each science frame by file name (seeing, WCS error...).
+    summary : dict
+        Short JSON-safe overview.
+    """
+
+    out_dir: Path
+    paths: dict[str, list[Path]]
+    truth: list[dict]
+    truth_path: Path
+    conditions: dict[str, EpochConditions]
+    summary: dict
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` through ``write(fh)`` into ``.NAME.partial`` and rename it into place."""
+    temporary = path.with_name(f".{path.name}.partial")
+    try:
+        with open(temporary, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_raw_frame(path: Path, frame: RawFrame) -> None:
+    """Write ``frame`` as a uint16 primary HDU (BITPIX 16, BZERO 32768) with checksums."""
+    hdu = fits.PrimaryHDU(data=frame.data, header=frame.header)
+    # A fixed comment: astropy's default is the current time, which would make reruns differ.
+    hdu.add_checksum(when="simulated raw frame")
+    write_atomically(path, hdu.writeto)
+
+
+def load_truth(path: Path) -> list[dict]:
+    """Read ``truth.csv`` back into dicts with typed values (``epoch`` int, numbers float)."""
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = set(TRUTH_COLUMNS) - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: missing truth columns {sorted(missing)}")
+        return [{k: _TRUTH_TYPES.get(k, str)(v) for k, v in row.items()} for row in reader]
+
+
+def _truth_csv(rows: list[dict]) -> bytes:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=TRUTH_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    formats = {"ra": "{:.8f}", "dec": "{:.8f}", "x": "{:.4f}", "y": "{:.4f}", "flux_e": "{:.3f}",
+               "snr_optimal": "{:.4f}"}
+    for row in rows:
+        writer.writerow({k: formats.get(k, "{}").format(v) for k, v in row.items()})
+    return text.getvalue().encode()
+
+
+def frame_name(instrument: str, night: date, seq: int, kind: str, band: str, field: str | None = None) -> str:
+    """``{INSTRUME}_{YYYYMMDD}_{seq:04d}_{kind}[_{field}]_{band}.fits``."""
+    return f"{instrument}_{night:%Y%m%d}_{seq:04d}_{kind}{'_' + field if field else ''}_{band}.fits"
+
+
+def _science_schedule(
+    n_fields: int, bands: tuple[str, ...], n_epochs: int, midnight_mjd: float, spec: DetectorSpec, seed: int
+) -> list[tuple[int, int, int, EpochConditions]]:
+    """(field, band, epoch, conditions) of every science exposure, in time order.
+
+    Each epoch visits every field and band in turn; epochs are spread over the night.
+    """
+    exposure_days = (_SCIENCE_EXPTIME_S + _OVERHEAD_S) / 86400
+    block = n_fields * len(bands) * exposure_days
+    spacing = max(block, min(1.5 / 24, (_SCIENCE_END_H - _SCIENCE_START_H) / 24 / n_epochs))
+    start = midnight_mjd + _SCIENCE_START_H / 24
+    schedule = []
+    for f in range(n_fields):
+        for b, band in enumerate(bands):
+            mjds = [start + e * spacing + (f * len(bands) + b) * exposure_days for e in range(n_epochs)]
+            rng = np.random.default_rng([seed, _CONDITIONS, f, b])
+            series = draw_epoch_conditions(mjds, spec, rng, band=band, exptime=_SCIENCE_EXPTIME_S)
+            schedule += [(f, b, e, c) for e, c in enumerate(series)]
+    return sorted(schedule, key=lambda item: item[3].mjd)
+
+
+def simulate_night(
+    out_dir,
+    *,
+    n_fields: int = 2,
+    n_epochs: int = 3,
+    size: int = 2048,
+    bands: tuple[str, ...] = ("r",),
+    n_bias: int = 5,
+    n_flats: int = 5,
+    transients_per_frame: int = 10,
+    overscan: int = 32,
+    seed: int = 42,
+    night: str = "2026-11-21",
+) -> SimulatedNight:
+    """Simulate and write one night of raw frames into ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        Created if needed; existing files of the same names are replaced.
+    n_fields, n_epochs : int
+        Fields ``F001``... each observed ``n_epochs`` times in every band.
+        Epoch 0 of each field and band has the best seeing and no transients.
+    size : int
+        The data section is ``size`` x ``size`` pixels (>= 64).
+    bands : tuple of str
+        Filters, a subset of :data:`~dagster_project.science.simulation.BANDS`.
+    n_bias, n_flats : int
+        Bias frames, and twilight flats per band (0 and 0 for a night without
+        calibration frames).
+    transients_per_frame : int
+        Transients injected into every science frame of epoch >= 1.
+    overscan : int
+        Overscan columns (0 for none: no BIASSEC/TRIMSEC keywords).
+    seed : int
+        Everything is a function of ``seed``: the same seed writes identical bytes.
+    night : str
+        ``YYYY-MM-DD``, local date at the start of the night.
+    """
+    if n_fields < 1 or n_epochs < 1 or n_bias < 0 or n_flats < 0 or transients_per_frame < 0:
+        raise ValueError("need n_fields >= 1, n_epochs >= 1 and non-negative frame and transient counts")
+    if not bands or len(set(bands)) != len(bands):
+        raise ValueError(f"bands must be a non-empty tuple of distinct names, got {bands!r}")
+    for band in bands:
+        band_response(band)
+    night_date = date.fromisoformat(night)
+    spec = DetectorSpec(nx=size, ny=size, overscan=overscan)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    detector = make_detector(spec, np.random.default_rng([seed, _DETECTOR]))
+    field_rng = np.random.default_rng([seed, _FIELDS])
+    fields = [
+        FieldSpec(f"F{i + 1:03d}", float(field_rng.uniform(0.0, 360.0)), float(field_rng.uniform(-60.0, 10.0)))
+        for i in range(n_fields)
+    ]
+    midnight = Time(night_date.isoformat(), scale="utc").mjd
+    paths: dict[str, list[Path]] = {"bias": [], "flat": [], "sci": []}
+    sequence = itertools.count(1)
+
+    def write(frame: RawFrame, kind: str, band: str, field: str | None = None) -> Path:
+        path = out_dir / frame_name(spec.instrument, night_date, next(sequence), kind, band, field)
+        write_raw_frame(path, frame)
+        paths[kind].append(path)
+        return path
+
+    for i in range(n_bias):
+        rng = np.random.default_rng([seed, _BIAS, i])
+        mjd = midnight + _BIAS_START_H / 24 + i * 30.0 / 86400
+        write(simulate_bias_frame(detector, rng, mjd=mjd, band=bands[0]), "bias", bands[0])
+    for b, band in enumerate(bands):
+        for i in range(n_flats):
+            rng = np.random.default_rng([seed, _FLAT, b, i])
+            mjd = midnight + _FLAT_START_H / 24 + (b * n_flats + i) * 60.0 / 86400
+            # twilight fades: each flat has its own level
+            frame = simulate_flat_frame(detector, rng, mjd=mjd, band=band, level_adu=rng.uniform(15000.0, 25000.0))
+            write(frame, "flat", band)
+
+    skies = [make_sky_model(fld, spec, np.random.default_rng([seed, _SKY, f])) for f, fld in enumerate(fields)]
+    truth: list[dict] = []
+    conditions: dict[str, EpochConditions] = {}
+    for f, b, epoch, cond in _science_schedule(n_fields, bands, n_epochs, midnight, spec, seed):
+        field, band = fields[f], bands[b]
+        frame = simulate_science_frame(
+            detector, field, skies[f], cond, band, np.random.default_rng([seed, _SCIENCE, f, b, epoch]),
+            n_transients=transients_per_frame if epoch >= 1 else 0,
+        )
+        path = write(frame, "sci", band, field.name)
+        conditions[path.name] = cond
+        truth += [
+            dict(file=path.name, field=field.name, band=band, epoch=epoch, ra=t.ra, dec=t.dec, x=t.x, y=t.y,
+                 flux_e=t.flux_e, snr_optimal=t.snr_optimal)
+            for t in frame.transients
+        ]
+
+    truth_path = out_dir / "truth.csv"
+    payload = _truth_csv(truth)
+    write_atomically(truth_path, lambda fh: fh.write(payload))
+    summary = {
+        "night": night,
+        "out_dir": str(out_dir),
+        "files": {kind: len(p) for kind, p in paths.items()},
+        "fields": {fld.name: {"ra": round(fld.ra_deg, 6), "dec": round(fld.dec_deg, 6)} for fld in fields},
+        "bands": list(bands),
+        "epochs": n_epochs,
+        "size": size,
+        "transients": len(truth),
+        "seed": seed,
+    }
+    return SimulatedNight(out_dir, paths, truth, truth_path, conditions, summary)

@@ -1,0 +1,165 @@
+"""ZOGY against analytic expectations: noise statistics, exact cancellation, optimal S/N."""
+
+import numpy as np
+import pytest
+
+from dagster_project.science.psf_models import moffat_stamp, render_point_sources
+from dagster_project.science.zogy import zogy
+
+SHAPE = (384, 384)
+PSF_NEW = moffat_stamp(25, 3.0)
+PSF_REF = moffat_stamp(33, 4.5, ellipticity=0.1, theta_deg=20.0)
+SIGMA_NEW, SIGMA_REF = 10.0, 6.0
+
+
+def _constant(value):
+    return np.full(SHAPE, value, dtype=np.float32)
+
+
+def _noise(rng, sigma):
+    return (rng.normal(size=SHAPE) * sigma).astype(np.float32)
+
+
+def _run(new, ref, psf_new=PSF_NEW, psf_ref=PSF_REF, var_new=None, var_ref=None, **kwargs):
+    return zogy(
+        new, ref, psf_new, psf_ref,
+        var_new=_constant(SIGMA_NEW**2) if var_new is None else var_new,
+        var_ref=_constant(SIGMA_REF**2) if var_ref is None else var_ref,
+        sigma_new=SIGMA_NEW, sigma_ref=SIGMA_REF, **kwargs,
+    )
+
+
+@pytest.mark.parametrize("astrometric_rms", [(0.0, 0.0), (0.05, 0.03)])
+def test_scorr_of_pure_noise_has_unit_variance(astrometric_rms):
+    rng = np.random.default_rng(1)
+    values = []
+    for _ in range(3):
+        result = _run(_noise(rng, SIGMA_NEW), _noise(rng, SIGMA_REF), flux_ratio_ref=1.3, astrometric_rms=astrometric_rms)
+        values.append(result.S_corr.ravel())
+        assert result.S_corr.dtype == np.float32
+        assert abs(result.scorr_std - 1.0) < 0.04
+        assert abs(result.d_std - 1.0) < 0.04  # D is unit-variance white noise
+    values = np.concatenate(values)
+    assert abs(np.mean(values)) < 0.03
+    assert abs(np.std(values) - 1.0) < 0.03
+    # No edge effect: the outer 10 px have the same spread as the interior.
+    edge = np.concatenate([result.S_corr[:10].ravel(), result.S_corr[-10:].ravel()])
+    assert abs(np.std(edge) - 1.0) < 0.1
+
+
+def _star_field(rng, n=40, margin=-5):
+    """Stars everywhere, including partly outside the frame (margin < 0), to test the edges."""
+    x = rng.uniform(margin, SHAPE[1] - 1 - margin, n)
+    y = rng.uniform(margin, SHAPE[0] - 1 - margin, n)
+    return x, y, 10 ** rng.uniform(3, 5, n)
+
+
+def test_identical_noise_free_pair_subtracts_to_zero():
+    x, y, f = _star_field(np.random.default_rng(2))
+    image = render_point_sources(SHAPE, x, y, f, 3.0).astype(np.float32)
+    result = _run(image, image, psf_new=PSF_NEW, psf_ref=PSF_NEW)
+    # The brightest star peaks at ~1e4 sigma in D's units; the difference is round-off.
+    assert np.nanmax(np.abs(result.D)) < 1e-3
+    assert np.nanmax(np.abs(result.S_corr)) < 1e-3
+
+
+def test_consistent_pair_with_different_psfs_subtracts_to_zero_up_to_the_edges():
+    x, y, f = _star_field(np.random.default_rng(3))
+    flux_ratio = 1.7
+    new = render_point_sources(SHAPE, x, y, f, 3.0, stamp_size=25).astype(np.float32)
+    ref = (flux_ratio * render_point_sources(SHAPE, x, y, f, 4.5, 3.0, 0.1, 20.0, stamp_size=33)).astype(np.float32)
+    result = _run(new, ref, flux_ratio_ref=flux_ratio)
+    assert np.isfinite(result.D).all()
+    peak_in_sigma = new.max() / SIGMA_NEW
+    # Sub-pixel star positions are not exactly "PSF convolved with a pixel grid",
+    # which leaves ~1e-4 of the peak; nothing else does.
+    interior = (slice(15, -15), slice(15, -15))
+    assert np.max(np.abs(result.D[interior])) < 5e-4 * peak_in_sigma
+    # Stars cut by the frame border cannot cancel exactly, but their residual
+    # stays within a few pixels of the border (inside detection's edge margin).
+    yy, xx = np.indices(SHAPE)
+    border_distance = np.minimum.reduce([xx, yy, SHAPE[1] - 1 - xx, SHAPE[0] - 1 - yy])
+    assert np.max(np.abs(result.S_corr[border_distance >= 5])) < 3.0
+
+
+def _optimal_snr(flux, flux_ratio, with_source_noise):
+    """s_diff of shared/notes/measuring-detection-depth.md for a source in the new image only."""
+    model = flux * PSF_NEW
+    var_new = SIGMA_NEW**2 + (model if with_source_noise else 0.0)
+    s_new2 = np.sum(model**2 / var_new)
+    s_ref2 = np.sum((flux_ratio * flux * PSF_REF) ** 2) / SIGMA_REF**2
+    return (1.0 / s_new2 + 1.0 / s_ref2) ** -0.5
+
+
+@pytest.mark.parametrize("with_source_noise", [False, True])
+def test_injected_source_is_recovered_at_its_optimal_snr_and_flux(with_source_noise):
+    flux, flux_ratio = 1300.0, 1.7
+    grid = np.linspace(30, SHAPE[0] - 31, 6).round()
+    xt, yt = np.meshgrid(grid, grid)
+    xt, yt = xt.ravel(), yt.ravel()
+    transients = render_point_sources(SHAPE, xt, yt, np.full(xt.size, flux), 3.0, stamp_size=25)
+    var_new = (SIGMA_NEW**2 + transients * with_source_noise).astype(np.float32)
+    expected = _optimal_snr(flux, flux_ratio, with_source_noise)
+    peaks, fluxes, errors = [], [], []
+    for seed in range(3):
+        rng = np.random.default_rng(10 + seed)
+        new = (transients + rng.normal(size=SHAPE) * np.sqrt(var_new)).astype(np.float32)
+        result = _run(new, _noise(rng, SIGMA_REF), var_new=var_new, flux_ratio_ref=flux_ratio)
+        iy, ix = yt.astype(int), xt.astype(int)
+        peaks.append(result.S_corr[iy, ix])
+        fluxes.append(result.flux[iy, ix])
+        errors.append(result.flux_err[iy, ix])
+    peaks, fluxes, errors = map(np.concatenate, (peaks, fluxes, errors))
+    assert np.mean(peaks) == pytest.approx(expected, rel=0.10)
+    assert np.median(flux / errors) == pytest.approx(expected, rel=0.10)
+    pulls = (fluxes - flux) / errors
+    assert abs(np.mean(pulls)) < 3.0 / np.sqrt(pulls.size)
+    assert 0.7 < np.std(pulls) < 1.3
+
+
+def test_psf_of_d_and_flux_zero_point():
+    result = _run(_noise(np.random.default_rng(4), SIGMA_NEW), _noise(np.random.default_rng(5), SIGMA_REF), flux_ratio_ref=2.0)
+    assert result.P_D.sum() == pytest.approx(1.0)
+    assert result.P_D.shape[0] % 2 == 1
+    yy, xx = np.indices(result.P_D.shape) - result.P_D.shape[0] // 2
+    assert abs(np.sum(xx * result.P_D)) < 1e-6 and abs(np.sum(yy * result.P_D)) < 1e-6
+    assert result.F_D == pytest.approx(2.0 / np.sqrt(SIGMA_NEW**2 * 4.0 + SIGMA_REF**2))
+
+
+def test_masked_pixels_are_nan_and_do_not_leak():
+    rng = np.random.default_rng(6)
+    new, ref = _noise(rng, SIGMA_NEW), _noise(rng, SIGMA_REF)
+    new[100:110, 200:205] = 1e6  # e.g. a saturated core, masked
+    ref[300, 50] = np.nan  # a non-finite pixel, not in the mask
+    mask = np.zeros(SHAPE, dtype=np.uint16)
+    mask[100:110, 200:205] = 1
+    result = _run(new, ref, mask=mask)
+    assert np.isnan(result.S_corr[100:110, 200:205]).all()
+    assert np.isnan(result.D[300, 50]) and result.mask[300, 50]
+    good = ~result.mask
+    assert np.isfinite(result.S_corr[good]).all()
+    assert np.nanmax(np.abs(result.S_corr)) < 6.0  # nothing leaks from the masked 1e6 pixels
+    assert abs(np.nanstd(result.S_corr[95:115, 195:210]) - 1.0) < 0.3  # right next to the hole
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(new=np.zeros((10, 10))), "one shape"),
+        (dict(psf_new=np.ones((4, 5))), "odd"),
+        (dict(sigma_new=0.0), "sigma_new"),
+        (dict(flux_ratio_ref=-1.0), "flux_ratio_ref"),
+        (dict(astrometric_rms=(-0.1, 0.0)), "astrometric_rms"),
+        (dict(var_ref=np.ones((5, 5))), "var_ref"),
+        (dict(mask=np.ones(SHAPE, dtype=np.uint16)), "every pixel"),
+    ],
+)
+def test_bad_input_raises(kwargs, message):
+    args = dict(
+        new=_constant(0), ref=_constant(0), psf_new=PSF_NEW, psf_ref=PSF_REF, var_new=_constant(1), var_ref=_constant(1),
+        sigma_new=1.0, sigma_ref=1.0,
+    )
+    args.update(kwargs)
+    new, ref, psf_new, psf_ref = (args.pop(k) for k in ("new", "ref", "psf_new", "psf_ref"))
+    with pytest.raises(ValueError, match=message):
+        zogy(new, ref, psf_new, psf_ref, **args)
