@@ -51,9 +51,9 @@ def _apply(result, instance: DagsterInstance) -> list:
 
 
 def process_folder(folder: Path, settings: Settings, *, wait: bool = False, wait_timeout: float = 3600.0,
-                   progress: Callable[[str], None] = print) -> ProcessReport:
+                   progress: Callable[[str], None] = print, instance: DagsterInstance | None = None) -> ProcessReport:
     """Ingest every FITS file below ``folder`` and run the pipeline on them to completion."""
-    instance = DagsterInstance.get()
+    instance = instance or DagsterInstance.get()
     resources = resources_from_settings(settings, landing_dir=folder.resolve(), keep_originals=True)
     arrival = defs.resolve_sensor_def("raw_arrival_sensor")
     pipeline = defs.resolve_sensor_def("reference_and_difference_sensor")
