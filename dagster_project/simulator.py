@@ -50,7 +50,7 @@ from dagster_project.science.simulation import (
 )
 
 TRUTH_COLUMNS = ("file", "field", "band", "epoch", "ra", "dec", "x", "y", "flux_e", "snr_optimal")
-_TRUTH_TYPES = {"epoch": int, "ra": float, "dec": float, "x": float, "y": float, "flux_e": float, "snr_optimal": float}
+_TRUTH_TYPES = {"epoch": int, **{k: float for k in ("ra", "dec", "x", "y", "flux_e", "snr_optimal")}}
 
 #: Independent random streams, so changing one part (e.g. n_flats) leaves the others unchanged.
 _DETECTOR, _FIELDS, _SKY, _CONDITIONS, _BIAS, _FLAT, _SCIENCE = range(7)

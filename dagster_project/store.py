@@ -95,6 +95,9 @@ class ProductStore:
             for name in names:
                 data = hdul[name].data
                 maps[name] = data.astype(MASK_DTYPE) if name == "MASK" else data.astype(np.float32)
+        # the primary HDU holds no pixels; describe the planes so the WCS applies to a 2-D image
+        ny, nx = maps[names[0]].shape
+        header["NAXIS"], header["NAXIS1"], header["NAXIS2"] = 2, nx, ny
         return maps, header
 
     def read_master(self, path: Path) -> MasterFrame:

@@ -12,6 +12,7 @@
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import sqlalchemy as sa
@@ -24,7 +25,8 @@ DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "postgres_url" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "postgres_url" in fixtures or "[postgres" in item.nodeid:
             item.add_marker(pytest.mark.postgres)
 
 
@@ -33,8 +35,9 @@ def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'catalog.sqlite'}"
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """URL of a new, empty database on the test server, dropped on exit (skip or fail when unreachable)."""
     server_url = sa.make_url(os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL))
     # AUTOCOMMIT: CREATE/DROP DATABASE refuse to run in a transaction. Short timeout: fail fast when down.
     server = make_engine(server_url.update_query_dict({"connect_timeout": "5"})).execution_options(
@@ -55,6 +58,12 @@ def postgres_url() -> Iterator[str]:
         with server.connect() as connection:
             connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         server.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(params=[pytest.param("sqlite", id="sqlite"),

@@ -109,7 +109,8 @@ def detect_transients(
     threshold : float
         Detection threshold on ``|S_corr|`` (sigma).
     wcs : astropy.wcs.WCS, optional
-        WCS of the new image, for ``ra``/``dec`` (deg); NaN without.
+        WCS of the new image, for ``ra``/``dec`` (deg); NaN without a
+        celestial WCS.
     ref_sources : astropy.table.Table, optional
         Reference sources with ``x``, ``y`` ALREADY on the new image's grid,
         for ``ref_distance_px``.
@@ -258,7 +259,7 @@ def detect_transients(
         ref_xy = np.column_stack([np.asarray(ref_sources["x"], float), np.asarray(ref_sources["y"], float)])
         ref_distance, _ = cKDTree(ref_xy).query(np.column_stack([x, y]))
     ra, dec = np.full(n, np.nan), np.full(n, np.nan)
-    if wcs is not None:
+    if wcs is not None and wcs.has_celestial:
         ra, dec = (np.asarray(v, dtype=float) for v in wcs.celestial.pixel_to_world_values(x, y))
 
     table = Table(

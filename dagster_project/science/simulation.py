@@ -705,7 +705,6 @@ def render_scene(
     return image
 
 
-
 # --------------------------------------------------------------------------- transients
 
 
@@ -762,6 +761,8 @@ def flux_for_snr(snr: float, psf: np.ndarray, background_e, read_noise_e: float,
     """Flux (e-) whose :func:`optimal_snr` equals ``snr`` (root of a monotonic function)."""
     if not snr > 0:
         raise ValueError(f"snr must be > 0, got {snr}")
+    if not np.any(np.asarray(psf) * np.asarray(response) > 0):
+        raise ValueError("the PSF (times the response) has no positive pixel: no flux reaches that S/N")
 
     def excess(flux):
         return optimal_snr(flux, psf, background_e, read_noise_e, response) - snr

@@ -20,8 +20,8 @@ Conventions
 * PSFs are odd stamps centred on their central pixel; they are normalised to
   unit sum here.
 
-Equations (numbers as in the paper)
------------------------------------
+Equations (numbers of the published ApJ paper)
+---------------------------------------------
 * eq. 13: D^ = (F_r P_r^ N^ - F_n P_n^ R^) / sqrt(sigma_n^2 F_r^2 |P_r^|^2 + sigma_r^2 F_n^2 |P_n^|^2)
 * eq. 14: P_D^ = F_r F_n P_r^ P_n^ / (F_D sqrt(...)),  eq. 15: F_D = F_r F_n / sqrt(sigma_n^2 F_r^2 + sigma_r^2 F_n^2)
 * eqs. 12/17: S = F_D D (x) conj(P_D) = S_N - S_R with S_N = k_n (x) N, S_R = k_r (x) R
@@ -39,7 +39,8 @@ Implementation notes
   the sky) by at least the kernel size, and the variance maps with them;
   since masked and padded pixels carry zero signal AND zero variance,
   S_corr stays unit-variance up to the frame and mask borders (no
-  wrap-around, no reflected noise).
+  wrap-around, no reflected noise). Stars cut by the frame border cannot
+  cancel exactly; their residual stays within a few pixels of the border.
 * Masked or non-finite pixels are set to 0 with variance 0 in BOTH images
   before the transforms, and to NaN in every output map.
 * PSF stamps are embedded with their centre at pixel (0, 0) of the padded
@@ -47,8 +48,11 @@ Implementation notes
 * FFTs of the padded size in float32: 4 forward (N, R, V_n, V_r), 4
   inverse (D, S_N, S_R, V_S; 3 without the astrometric term) and 4
   half-cost transforms of the stamps (P_n, P_r, k_n^2, k_r^2): about 10
-  rfft2-equivalents. The squared kernels, P_D and F_S are computed on a
-  small grid in float64.
+  rfft2-equivalents. The squared kernels (cropped to the larger stamp
+  size), P_D and F_S are computed on a small grid in float64.
+* D is unit-variance white noise except at frequencies where both PSFs have
+  less than 1e-12 of their zero-frequency power (float32 round-off), which
+  are not amplified.
 """
 
 from dataclasses import dataclass

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,21 +16,38 @@ from dagster_project.definitions import defs
 from dagster_project.runner import process_folder
 from dagster_project.science.recovery import match_injections
 from dagster_project.simulator import load_truth, simulate_night
+from tests.conftest import fresh_postgres_database
 from tests.platform import make_platform
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def processed(tmp_path_factory):
-    """One field, three epochs, 1024x1024, processed by `process` into a fresh instance and catalog."""
-    root = tmp_path_factory.mktemp("platform")
-    night = root / "night"
+def night(tmp_path_factory):
+    """One field, three epochs, 1024x1024."""
+    night = tmp_path_factory.mktemp("night")
     simulate_night(night, n_fields=1, n_epochs=3, size=1024, n_bias=3, n_flats=3, transients_per_frame=8, seed=7)
-    with instance_for_test() as instance:
-        platform = make_platform(root, f"sqlite:///{root / 'catalog.sqlite'}", instance)
+    return night
+
+
+@contextmanager
+def _catalog_url(backend: str, root):
+    if backend == "sqlite":
+        yield f"sqlite:///{root / 'catalog.sqlite'}"
+    else:
+        with fresh_postgres_database() as url:
+            yield url
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def processed(request, night, tmp_path_factory):
+    """The night processed by `process` into a fresh Dagster instance and catalog (SQLite, then PostgreSQL)."""
+    root = tmp_path_factory.mktemp(f"platform_{request.param}")
+    with _catalog_url(request.param, root) as url, instance_for_test() as instance:
+        platform = make_platform(root, url, instance)
         report = process_folder(night, platform.settings, wait=True, instance=instance, progress=lambda _: None)
         yield platform, report, load_truth(night / "truth.csv"), night
+        platform.catalog.engine.dispose()
 
 
 def test_every_observation_is_processed(processed):

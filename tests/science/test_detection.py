@@ -92,10 +92,11 @@ def test_pure_noise_gives_at_most_rare_false_detections():
     n_false = 0
     for seed in range(4):
         rng = np.random.default_rng(100 + seed)
+        new = rng.normal(size=(512, 512)).astype(np.float32) * 14.0
+        ref = rng.normal(size=(512, 512)).astype(np.float32) * 20.0
         result = zogy(
-            rng.normal(size=(512, 512)).astype(np.float32) * 14.0, rng.normal(size=(512, 512)).astype(np.float32) * 20.0,
-            PSF_NEW, PSF_REF, var_new=np.full((512, 512), 196.0, np.float32), var_ref=np.full((512, 512), 400.0, np.float32),
-            sigma_new=14.0, sigma_ref=20.0, flux_ratio_ref=FLUX_RATIO,
+            new, ref, PSF_NEW, PSF_REF, var_new=np.full((512, 512), 196.0, np.float32),
+            var_ref=np.full((512, 512), 400.0, np.float32), sigma_new=14.0, sigma_ref=20.0, flux_ratio_ref=FLUX_RATIO,
         )
         n_false += len(detect_transients(result, threshold=5.0))
     # The Gaussian-field expectation is ~0.2 peaks above |5| sigma per 512^2 frame.

@@ -34,7 +34,8 @@ def test_scorr_of_pure_noise_has_unit_variance(astrometric_rms):
     rng = np.random.default_rng(1)
     values = []
     for _ in range(3):
-        result = _run(_noise(rng, SIGMA_NEW), _noise(rng, SIGMA_REF), flux_ratio_ref=1.3, astrometric_rms=astrometric_rms)
+        new, ref = _noise(rng, SIGMA_NEW), _noise(rng, SIGMA_REF)
+        result = _run(new, ref, flux_ratio_ref=1.3, astrometric_rms=astrometric_rms)
         values.append(result.S_corr.ravel())
         assert result.S_corr.dtype == np.float32
         assert abs(result.scorr_std - 1.0) < 0.04
@@ -118,7 +119,8 @@ def test_injected_source_is_recovered_at_its_optimal_snr_and_flux(with_source_no
 
 
 def test_psf_of_d_and_flux_zero_point():
-    result = _run(_noise(np.random.default_rng(4), SIGMA_NEW), _noise(np.random.default_rng(5), SIGMA_REF), flux_ratio_ref=2.0)
+    rng = np.random.default_rng(4)
+    result = _run(_noise(rng, SIGMA_NEW), _noise(rng, SIGMA_REF), flux_ratio_ref=2.0)
     assert result.P_D.sum() == pytest.approx(1.0)
     assert result.P_D.shape[0] % 2 == 1
     yy, xx = np.indices(result.P_D.shape) - result.P_D.shape[0] // 2
@@ -156,8 +158,8 @@ def test_masked_pixels_are_nan_and_do_not_leak():
 )
 def test_bad_input_raises(kwargs, message):
     args = dict(
-        new=_constant(0), ref=_constant(0), psf_new=PSF_NEW, psf_ref=PSF_REF, var_new=_constant(1), var_ref=_constant(1),
-        sigma_new=1.0, sigma_ref=1.0,
+        new=_constant(0), ref=_constant(0), psf_new=PSF_NEW, psf_ref=PSF_REF,
+        var_new=_constant(1), var_ref=_constant(1), sigma_new=1.0, sigma_ref=1.0,
     )
     args.update(kwargs)
     new, ref, psf_new, psf_ref = (args.pop(k) for k in ("new", "ref", "psf_new", "psf_ref"))
