@@ -86,9 +86,13 @@ def _print_recovery(settings: Settings, truth: list[dict]) -> None:
         detected = [dict(row, file=row["original_name"], is_negative="negative" in row["flags"])
                     for row in queries.candidates_for_export(session)]
     report = match_injections(truth, detected)
+    files_with_injections = {row["file"] for row in truth}
+    positives = [d for d in detected if not d["is_negative"] and d["file"] in files_with_injections]
     print(f"\ninjected transients recovered: {report.n_recovered}/{report.n_injected}; "
           f"with S/N >= {report.bright_snr:g}: {report.n_bright_recovered}/{report.n_bright} "
           f"({report.bright_fraction:.0%})")
+    print(f"positive candidates matching no injection: {len(positives) - report.n_recovered} "
+          f"in {len(files_with_injections)} frame(s) with injections")
 
 
 EXPORT_COLUMNS = ("raw_file", "observation_id", "ra", "dec", "x", "y", "snr", "flux", "flux_error", "flags")

@@ -15,7 +15,7 @@ from dagster import (
 )
 
 from dagster_project.assets.calibration_masters import masters_for
-from dagster_project.assets.metadata import NIGHTLY_FRESHNESS, Stopwatch, file_metadata, png_markdown, rounded
+from dagster_project.assets.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, Stopwatch, artifacts, inputs, png_markdown, rounded, size_mb
 from dagster_project.assets.partitions import observations_partitions
 from dagster_project.assets.raw_observation import raw_observation
 from dagster_project.catalog import pipeline_queries, queries
@@ -33,6 +33,7 @@ from dagster_project.science.psf import characterize_image
     group_name="observations",
     kinds={"fits"},
     freshness_policy=NIGHTLY_FRESHNESS,
+    code_version=CODE_VERSION,
     check_specs=[AssetCheckSpec("finite_with_wcs", asset="calibrated_image", blocking=True,
                                 description="Unmasked pixels and variances are finite and the header has a celestial WCS.")],
     description="Raw frame calibrated with the night's master bias and flat: SCI (e-), VAR (e-^2), MASK.",
@@ -96,10 +97,12 @@ def calibrated_image(context: AssetExecutionContext, catalog: CatalogResource, s
     with catalog.catalog().session() as session:
         pipeline_queries.record_seeing(session, context.partition_key, seeing)
     preview = image_preview_png(planes.data, mask=planes.mask, max_size=256)
-    products.write_bytes(output.with_name("calibrated.png"), preview)
+    preview_path = products.write_bytes(output.with_name("calibrated.png"), preview)
     return MaterializeResult(
         metadata={
-            **file_metadata(output), **figures, **watch.as_metadata(),
+            **artifacts(calibrated_image=output, calibrated_preview=preview_path), "size_mb": size_mb(output),
+            **inputs(raw_frame=raw_path, master_bias=masters.bias.path, master_flat=masters.flat.path),
+            **figures, **watch.as_metadata(),
             "master_bias_night": masters.bias.night, "master_flat_night": masters.flat.night,
             "calibration_note": "; ".join(masters.notes) or "masters of the same night",
             "preview": png_markdown(preview, "calibrated (e-)"),

@@ -23,6 +23,7 @@ from dagster_project.store import ProductStore
 class MasterInUse:
     master_id: object
     night: str
+    path: str
     frame: MasterFrame
 
 
@@ -45,7 +46,7 @@ def _read_raw(path: str) -> np.ndarray:
 
 
 def _use(master: CalibrationMaster, store: ProductStore) -> MasterInUse:
-    return MasterInUse(master.id, master.night, store.read_master(Path(master.path)))
+    return MasterInUse(master.id, master.night, master.path, store.read_master(Path(master.path)))
 
 
 def _ensure(session: Session, store: ProductStore, *, kind: MasterKind, instrument: str, night: str,

@@ -7,7 +7,7 @@ from astropy.table import Table
 from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from dagster_project.assets.difference_image import difference_image
-from dagster_project.assets.metadata import NIGHTLY_FRESHNESS, png_markdown
+from dagster_project.assets.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, artifacts, inputs, png_markdown
 from dagster_project.assets.partitions import observations_partitions
 from dagster_project.catalog import queries
 from dagster_project.catalog.models import RunStatus
@@ -53,6 +53,7 @@ def _clip01(value) -> float | None:
     group_name="observations",
     kinds={"table"},
     freshness_policy=NIGHTLY_FRESHNESS,
+    code_version=CODE_VERSION,
     check_specs=[AssetCheckSpec("candidate_count_sane", asset="candidates",
                                 description="Fewer candidates than the per-frame limit (more means a bad subtraction).")],
     description="Transient candidates: peaks of |S_corr| above the threshold, with flux, SNR, shape, "
@@ -80,7 +81,8 @@ def candidates(context: AssetExecutionContext, catalog: CatalogResource, store: 
 
     positives = sorted((r for r in rows if not r["is_negative"]), key=lambda r: -(r["snr"] or 0))
     metadata = {
-        "path": MetadataValue.path(str(table_path)),
+        **artifacts(candidates_table=table_path),
+        **inputs(difference_image=diff_path, calibrated_image=new_path),
         "n_candidates": len(rows),
         "n_positive": len(positives),
         "n_negative": len(rows) - len(positives),
@@ -93,7 +95,8 @@ def candidates(context: AssetExecutionContext, catalog: CatalogResource, store: 
         new = products.read_planes(new_path).data
         for i, row in enumerate(positives[:N_CUTOUTS], start=1):
             png = cutout_triplet_png(new, maps["REF"], maps["D"], row["pixel_x"], row["pixel_y"])
-            products.write_bytes(diff_path.with_name(f"candidate_{i}.png"), png)
+            metadata.update(artifacts(**{f"candidate_cutout_{i}": products.write_bytes(
+                diff_path.with_name(f"candidate_{i}.png"), png)}))
             metadata[f"cutout_{i}"] = png_markdown(
                 png, f"#{i}: x={row['pixel_x']:.1f} y={row['pixel_y']:.1f} S/N={row['snr']:.1f} (new | ref | diff)")
     return MaterializeResult(

@@ -14,7 +14,7 @@ from dagster import (
 )
 
 from dagster_project.assets.calibrated_image import calibrated_image
-from dagster_project.assets.metadata import NIGHTLY_FRESHNESS, file_metadata, png_markdown, rounded
+from dagster_project.assets.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, artifacts, inputs, png_markdown, rounded, size_mb
 from dagster_project.assets.partitions import observations_partitions
 from dagster_project.assets.reference_image import reference_image
 from dagster_project.catalog import pipeline_queries, queries
@@ -36,6 +36,7 @@ SCORR_STD_RANGE = (0.8, 1.25)
     group_name="observations",
     kinds={"fits"},
     freshness_policy=NIGHTLY_FRESHNESS,
+    code_version=CODE_VERSION,
     check_specs=[AssetCheckSpec("scorr_noise_near_unity", asset="difference_image",
                                 description=f"Robust std of S_corr within {SCORR_STD_RANGE}.")],
     description="ZOGY proper difference (D, S_corr, PSF-photometry flux and error) of the calibrated frame "
@@ -82,7 +83,7 @@ def difference_image(context: AssetExecutionContext, catalog: CatalogResource, s
             "D": result.zogy.D, "SCORR": result.zogy.S_corr, "FLUX": result.zogy.flux,
             "FLUXERR": result.zogy.flux_err, "MASK": result.mask, "REF": result.ref_resampled.data,
         })
-        products.write_table(output.with_name("detections.ecsv"), result.candidates)
+        detections_path = products.write_table(output.with_name("detections.ecsv"), result.candidates)
     except Exception as exc:
         with catalog.catalog().session() as session:
             queries.finish_difference_run(session, pipeline_queries.get_difference_run(session, run_id),
@@ -99,10 +100,12 @@ def difference_image(context: AssetExecutionContext, catalog: CatalogResource, s
             processing_time_seconds=result.timings.get("total"))
     scorr_ok = SCORR_STD_RANGE[0] <= result.zogy.scorr_std <= SCORR_STD_RANGE[1]
     preview = image_preview_png(result.zogy.D, mask=result.mask, max_size=256)
-    products.write_bytes(output.with_name("difference.png"), preview)
+    preview_path = products.write_bytes(output.with_name("difference.png"), preview)
     return MaterializeResult(
         metadata={
-            **file_metadata(output), **lineage, **quality,
+            **artifacts(difference_image=output, detections_table=detections_path, difference_preview=preview_path),
+            **inputs(calibrated_image=new_path, reference_image=lineage["reference_path"]), "size_mb": size_mb(output),
+            **lineage, **quality,
             "registration_method": result.quality.get("registration_method", ""),
             **{f"time_{k}_s": round(v, 3) for k, v in result.timings.items()},
             "preview": png_markdown(preview, "difference D"),

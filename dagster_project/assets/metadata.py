@@ -1,6 +1,7 @@
 """Metadata helpers: what a person wants to see on an asset in the Dagster UI."""
 
 import base64
+import importlib.metadata
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -8,6 +9,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from dagster import FreshnessPolicy, MetadataValue
+
+#: Recorded with every materialization (Dagster code_version) and in provenance.
+CODE_VERSION = importlib.metadata.version("dagster_project")
 
 #: Observing runs are nightly: a stage not materialized for a day is worth a look, two days is a failure.
 NIGHTLY_FRESHNESS = FreshnessPolicy.time_window(fail_window=timedelta(hours=48), warn_window=timedelta(hours=24))
@@ -18,8 +22,23 @@ def png_markdown(png: bytes, title: str) -> MetadataValue:
     return MetadataValue.md(f"**{title}**\n\n![{title}](data:image/png;base64,{base64.b64encode(png).decode()})")
 
 
-def file_metadata(path: Path) -> dict:
-    return {"path": MetadataValue.path(str(path)), "size_mb": round(path.stat().st_size / 2**20, 2)}
+#: Metadata keys naming files: ``artifact_<role>`` for files this materialization wrote,
+#: ``input_<role>`` for files it read. The provenance layer reads them back from the event log.
+ARTIFACT_PREFIX, INPUT_PREFIX = "artifact_", "input_"
+
+
+def artifacts(**paths: Path | str) -> dict:
+    """Files written, by role: ``artifacts(calibrated_image=path)``."""
+    return {f"{ARTIFACT_PREFIX}{role}": MetadataValue.path(str(path)) for role, path in paths.items()}
+
+
+def inputs(**paths: Path | str | None) -> dict:
+    """Files read, by role; ``None`` entries are left out."""
+    return {f"{INPUT_PREFIX}{role}": MetadataValue.path(str(path)) for role, path in paths.items() if path}
+
+
+def size_mb(path: Path) -> float:
+    return round(path.stat().st_size / 2**20, 2)
 
 
 def rounded(values: Mapping[str, float | int | None], digits: int = 3) -> dict:

@@ -5,7 +5,7 @@ from pathlib import Path
 from astropy.io import fits
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
-from dagster_project.assets.metadata import NIGHTLY_FRESHNESS, file_metadata, png_markdown
+from dagster_project.assets.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, inputs, png_markdown, size_mb
 from dagster_project.assets.partitions import observations_partitions
 from dagster_project.catalog import queries
 from dagster_project.ingest.landing import sha256_of
@@ -18,6 +18,7 @@ from dagster_project.science.preview import image_preview_png
     group_name="observations",
     kinds={"fits"},
     freshness_policy=NIGHTLY_FRESHNESS,
+    code_version=CODE_VERSION,
     check_specs=[AssetCheckSpec("raw_file_intact", asset="raw_observation", blocking=True,
                                 description="The archived file still has the sha256 it was registered with.")],
     description="A science exposure as it arrived, archived and registered by the raw-arrival sensor.",
@@ -39,7 +40,7 @@ def raw_observation(context: AssetExecutionContext, catalog: CatalogResource) ->
     data = fits.getdata(path)
     return MaterializeResult(
         metadata={
-            **file_metadata(path),
+            **inputs(raw_frame=path), "size_mb": size_mb(path),
             **{k: v for k, v in facts.items() if v is not None},
             "sha256": registered_sha,
             "shape": f"{data.shape[1]} x {data.shape[0]}",

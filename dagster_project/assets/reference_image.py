@@ -6,7 +6,7 @@ from pathlib import Path
 from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 
 from dagster_project.assets.calibrated_image import calibrated_image
-from dagster_project.assets.metadata import NIGHTLY_FRESHNESS, file_metadata, png_markdown, rounded
+from dagster_project.assets.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, artifacts, inputs, png_markdown, rounded, size_mb
 from dagster_project.assets.partitions import field_band_partitions
 from dagster_project.catalog import pipeline_queries, queries
 from dagster_project.resources import CatalogResource, StoreResource
@@ -20,6 +20,7 @@ from dagster_project.science.reference_selection import choose_reference
     group_name="references",
     kinds={"fits"},
     freshness_policy=NIGHTLY_FRESHNESS,
+    code_version=CODE_VERSION,
     description="The reference image of one field and band: the best-seeing good calibrated frame so far. "
     "Each materialization is a new version; differences record which version they used.",
 )
@@ -47,7 +48,8 @@ def reference_image(context: AssetExecutionContext, catalog: CatalogResource, st
     preview = image_preview_png(planes.data, mask=planes.mask, max_size=256)
     return MaterializeResult(
         metadata={
-            **file_metadata(Path(target)), "reference_version": version, "source_observation": source,
+            **artifacts(reference_image=target), **inputs(calibrated_image=chosen.path), "size_mb": size_mb(target),
+            "reference_version": version, "source_observation": source,
             "selection_reason": choice.reason, "frames_considered": len(frames),
             **rounded({k: chosen.quality.get(k) for k in ("seeing_arcsec", "fwhm_px", "sky_rms_e", "depth_5sigma_e")}),
             "preview": png_markdown(preview, f"reference v{version}"),
