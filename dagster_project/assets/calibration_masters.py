@@ -19,6 +19,9 @@ from dagster_project.science.calibration import MasterFrame, make_master_bias, m
 from dagster_project.store import ProductStore
 
 
+MIN_FRAMES = 2
+
+
 @dataclass(frozen=True)
 class MasterInUse:
     master_id: object
@@ -54,6 +57,8 @@ def _ensure(session: Session, store: ProductStore, *, kind: MasterKind, instrume
     frame_type = FrameType.BIAS if kind is MasterKind.BIAS else FrameType.FLAT
     frames = queries.calibration_frames(session, instrument=instrument, night=night, frame_type=frame_type,
                                         filter_band=band or None)
+    if len(frames) < MIN_FRAMES:  # a master's noise is measured from the difference of two frames
+        frames = []
     existing = queries.latest_master(session, instrument=instrument, kind=kind, filter_band=band,
                                      on_or_before_night=night)
     ids = sorted(str(f.id) for f in frames)

@@ -1,0 +1,501 @@
+"""Lifecycle of ObservationResults: expansion, fulfillment, and the revision-driven rebuild engine.
+
+Two state machines, each changed only through :func:`move_fulfillment` and
+:func:`move_product` (an illegal change raises :class:`IllegalTransition`).
+
+Fulfillment (is the deliverable obtained?)::
+
+    pending_dispatch ─► dispatched ─► partially_fulfilled ─► fulfilled
+           └────────────────┴──────────────┴──► canceled
+
+*partially_fulfilled* means: a frame for this cell has arrived and is registered,
+but the deliverable — that frame reduced through its difference image and
+candidates — does not exist yet (processing under way, blocked or failed).
+*fulfilled* (with ``fulfilled_on``) means the deliverable exists.
+
+Data products (are the products up to date?)::
+
+    PENDING ─► BUILDING ─► READY ─► STALE ─► BUILDING ...
+                  ├─► STALE   (revision moved during the build: it rebuilds)
+                  ├─► BLOCKED (required upstream missing or failed)
+                  ├─► FAILED  (error; retried with exponential backoff)
+                  ├─► SKIPPED (nothing to build, e.g. canceled)
+                  └─► PENDING / STALE (its Dagster run died: re-queued)
+
+A *bump* (a contributing per-observation materialization) adds one to
+``assets_revision`` on the locked row (no lost increments under concurrency),
+marks the result dirty and pushes ``next_eligible_run_at`` to ``now + quiet``,
+capped at ``dirty_since + max_delay``. Its status edges are those of
+:data:`BUMP_EDGES`: READY, BLOCKED, FAILED → STALE (or PENDING if never built);
+PENDING, STALE, BUILDING and SKIPPED stay as they are.
+"""
+
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, selectinload
+
+from dagster_project.catalog.healpix import angular_separation_deg
+from dagster_project.catalog.models import Observation, ObservationStatus, Survey, utcnow
+from dagster_project.catalog.results import (
+    CopiesMode,
+    DataProductStatus,
+    FulfillmentStatus,
+    Instrument,
+    ObservationRequest,
+    ObservationResult,
+    ObservationResultProcessingRun,
+    ObservationResultProcessingRunOutput,
+    ObservationTask,
+    ProcessingRunStatus,
+    RequestStatus,
+    TaskState,
+)
+from dagster_project.catalog.queries import NotFound
+from dagster_project.catalog.states import IllegalTransition
+
+FS, DP = FulfillmentStatus, DataProductStatus
+
+FULFILLMENT_TRANSITIONS: dict[FulfillmentStatus, frozenset[FulfillmentStatus]] = {
+    FS.PENDING_DISPATCH: frozenset({FS.DISPATCHED, FS.CANCELED}),
+    FS.DISPATCHED: frozenset({FS.PARTIALLY_FULFILLED, FS.CANCELED}),
+    FS.PARTIALLY_FULFILLED: frozenset({FS.FULFILLED, FS.CANCELED}),
+    FS.FULFILLED: frozenset(),
+    FS.CANCELED: frozenset(),
+}
+
+PRODUCT_TRANSITIONS: dict[DataProductStatus, frozenset[DataProductStatus]] = {
+    DP.PENDING: frozenset({DP.BUILDING, DP.SKIPPED}),
+    DP.BUILDING: frozenset({DP.READY, DP.STALE, DP.BLOCKED, DP.FAILED, DP.SKIPPED, DP.PENDING}),
+    DP.READY: frozenset({DP.STALE, DP.SKIPPED}),
+    DP.STALE: frozenset({DP.BUILDING, DP.SKIPPED}),
+    DP.BLOCKED: frozenset({DP.BUILDING, DP.STALE, DP.PENDING, DP.SKIPPED}),
+    DP.FAILED: frozenset({DP.BUILDING, DP.STALE, DP.PENDING, DP.SKIPPED}),
+    DP.SKIPPED: frozenset(),
+}
+
+#: status after a bump, for results built before / never built
+BUMP_EDGES: dict[DataProductStatus, tuple[DataProductStatus, DataProductStatus]] = {
+    DP.PENDING: (DP.PENDING, DP.PENDING),
+    DP.BUILDING: (DP.BUILDING, DP.BUILDING),
+    DP.READY: (DP.STALE, DP.STALE),
+    DP.STALE: (DP.STALE, DP.STALE),
+    DP.BLOCKED: (DP.STALE, DP.PENDING),
+    DP.FAILED: (DP.STALE, DP.PENDING),
+    DP.SKIPPED: (DP.SKIPPED, DP.SKIPPED),
+}
+
+#: statuses from which a build may start (when a revision is waiting and the debounce has passed)
+BUILDABLE = (DP.PENDING, DP.STALE, DP.BLOCKED, DP.FAILED)
+#: results whose frame has arrived have something to build from
+WITH_FRAME = (FS.PARTIALLY_FULFILLED, FS.FULFILLED)
+
+
+@dataclass(frozen=True)
+class RebuildPolicy:
+    """Debounce and retry settings of the rebuild engine."""
+
+    quiet: timedelta = timedelta(seconds=60)  # wait this long after the last bump
+    max_delay: timedelta = timedelta(minutes=10)  # ... but no longer than this after the first one
+    retry_base: timedelta = timedelta(seconds=30)  # FAILED: retry after base * 2**(attempts-1)
+    max_attempts: int = 5
+    build_timeout: timedelta = timedelta(hours=1)  # BUILDING longer than this is presumed dead
+
+
+def _move(result: ObservationResult, attribute: str, table: dict, new, reason: str | None) -> None:
+    current = getattr(result, attribute)
+    if new not in table[current]:
+        raise IllegalTransition(result, current, new)
+    setattr(result, attribute, new)
+    if attribute == "data_product_status":
+        result.status_reason = reason
+    elif reason is not None:
+        result.fulfillment_note = reason
+
+
+def move_fulfillment(result: ObservationResult, new: FulfillmentStatus, *, reason: str | None = None,
+                     now: datetime | None = None) -> None:
+    _move(result, "fulfillment_status", FULFILLMENT_TRANSITIONS, new, reason)
+    if new is FS.FULFILLED:
+        result.fulfilled_on = now or utcnow()
+
+
+def move_product(result: ObservationResult, new: DataProductStatus, *, reason: str | None = None) -> None:
+    _move(result, "data_product_status", PRODUCT_TRANSITIONS, new, reason)
+
+
+# --- requests -------------------------------------------------------------------------------------------------------
+
+def get_or_create_instrument(session: Session, name: str, filter_bands: Sequence[str] = (),
+                             telescope: str | None = None) -> Instrument:
+    instrument = session.scalar(sa.select(Instrument).where(Instrument.name == name))
+    if instrument is None:
+        instrument = Instrument(name=name, telescope=telescope, filter_bands=list(filter_bands))
+        session.add(instrument)
+        session.flush()
+    elif set(filter_bands) - set(instrument.filter_bands):
+        instrument.filter_bands = sorted(set(instrument.filter_bands) | set(filter_bands))
+    return instrument
+
+
+def request_snapshot(request: ObservationRequest) -> dict[str, Any]:
+    """The request as it is now, JSON-safe (frozen into each result's ``spec_snapshot``)."""
+    fields = ("name", "program", "target_name", "ra", "dec", "filter_band", "exposure_time", "n_epochs",
+              "cadence_seconds", "samples_per_epoch", "copies_mode", "copies_count", "match_radius_deg", "priority")
+    snapshot = {f: getattr(request, f) for f in fields}
+    snapshot["copies_mode"] = str(request.copies_mode)
+    for f in ("window_start", "window_end"):
+        value = getattr(request, f)
+        snapshot[f] = value.isoformat() if value else None
+    return snapshot
+
+
+def eligible_instruments(session: Session, filter_band: str) -> list[Instrument]:
+    instruments = session.scalars(sa.select(Instrument).where(Instrument.is_active).order_by(Instrument.name))
+    return [i for i in instruments if filter_band in i.filter_bands]
+
+
+def expand_request(session: Session, request: ObservationRequest) -> list[ObservationResult]:
+    """Materialize the request's leaf cells (epoch × sample × copy); existing cells are left untouched.
+
+    ``not_before`` is ``window_start + epoch × cadence``. ``all_eligible`` makes one copy per
+    active instrument that has the band (each cell bound to its instrument).
+    """
+    if request.copies_mode is CopiesMode.ALL_ELIGIBLE:
+        instruments: list[Instrument | None] = list(eligible_instruments(session, request.filter_band))
+        if not instruments:
+            raise ValueError(f"request {request.name!r}: no active instrument has band {request.filter_band!r}")
+    elif request.copies_mode is CopiesMode.COUNT:
+        instruments = [None] * int(request.copies_count or 0)
+    else:
+        instruments = [None]
+    existing = {(r.epoch_index, r.sample_index, r.copy_index) for r in request.results}
+    snapshot = request_snapshot(request)
+    created = []
+    for epoch in range(request.n_epochs):
+        not_before = (request.window_start + timedelta(seconds=epoch * request.cadence_seconds)
+                      if request.window_start else None)
+        for sample in range(request.samples_per_epoch):
+            for copy, instrument in enumerate(instruments):
+                if (epoch, sample, copy) in existing:
+                    continue
+                result = ObservationResult(
+                    request=request, epoch_index=epoch, sample_index=sample, copy_index=copy,
+                    instrument=instrument, copies_mode=request.copies_mode, not_before=not_before,
+                    spec_snapshot=snapshot)
+                session.add(result)
+                created.append(result)
+    session.flush()
+    return created
+
+
+def add_request(session: Session, survey: Survey, **fields: Any) -> ObservationRequest:
+    """Store a validated request and expand it into its results."""
+    request = ObservationRequest(survey=survey, **fields)
+    session.add(request)
+    session.flush()
+    expand_request(session, request)
+    return request
+
+
+def cancel_request(session: Session, request: ObservationRequest, reason: str = "request canceled") -> int:
+    """Cancel the request and every result not yet fulfilled; their products are SKIPPED."""
+    request.status = RequestStatus.CANCELED
+    n = 0
+    for result in request.results:
+        if result.fulfillment_status in (FS.FULFILLED, FS.CANCELED):
+            continue
+        move_fulfillment(result, FS.CANCELED, reason=reason)
+        if result.data_product_status is not DP.BUILDING:
+            move_product(result, DP.SKIPPED, reason=reason)
+        n += 1
+    return n
+
+
+# --- fulfillment ----------------------------------------------------------------------------------------------------
+
+#: FITS keywords a scheduler may write so frames match their result exactly
+SCHEDULER_KEYWORDS = {"result": "REQ_UID", "request": "REQ_NAME", "epoch": "REQ_EPOC", "sample": "REQ_SAMP",
+                      "copy": "REQ_COPY"}
+
+
+def dispatch_due(session: Session, now: datetime) -> int:
+    """Results of active requests whose ``not_before`` has come are dispatched (a task is opened)."""
+    due = session.scalars(
+        sa.select(ObservationResult).join(ObservationResult.request)
+        .where(ObservationResult.fulfillment_status == FS.PENDING_DISPATCH,
+               ObservationRequest.status == RequestStatus.ACTIVE,
+               sa.or_(ObservationResult.not_before.is_(None), ObservationResult.not_before <= now))
+    ).all()
+    for result in due:
+        _dispatch(session, result, now, reason=None)
+    return len(due)
+
+
+def _dispatch(session: Session, result: ObservationResult, now: datetime, reason: str | None) -> ObservationTask:
+    move_fulfillment(result, FS.DISPATCHED, reason=reason)
+    task = ObservationTask(result=result, instrument_id=result.instrument_id, state=TaskState.DISPATCHED,
+                           started_at=now)
+    session.add(task)
+    return task
+
+
+def _by_header(session: Session, cards: dict[str, Any]) -> ObservationResult | None:
+    if cards.get(SCHEDULER_KEYWORDS["result"]):
+        return session.scalar(sa.select(ObservationResult)
+                              .where(ObservationResult.uid == _uuid(cards[SCHEDULER_KEYWORDS["result"]])))
+    if cards.get(SCHEDULER_KEYWORDS["request"]):
+        return session.scalar(
+            sa.select(ObservationResult).join(ObservationResult.request)
+            .where(ObservationRequest.name == str(cards[SCHEDULER_KEYWORDS["request"]]),
+                   ObservationResult.epoch_index == int(cards.get(SCHEDULER_KEYWORDS["epoch"], 0)),
+                   ObservationResult.sample_index == int(cards.get(SCHEDULER_KEYWORDS["sample"], 0)),
+                   ObservationResult.copy_index == int(cards.get(SCHEDULER_KEYWORDS["copy"], 0))))
+    return None
+
+
+def _uuid(value: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+def _by_position(session: Session, observation: Observation) -> ObservationResult | None:
+    """The earliest open cell whose target lies in this frame's footprint, band and time window."""
+    candidates = session.scalars(
+        sa.select(ObservationResult).join(ObservationResult.request)
+        .options(selectinload(ObservationResult.request), selectinload(ObservationResult.instrument))
+        .where(ObservationRequest.status == RequestStatus.ACTIVE,
+               ObservationRequest.filter_band == observation.filter_band,
+               ObservationResult.observation_id.is_(None),
+               ObservationResult.fulfillment_status.in_((FS.PENDING_DISPATCH, FS.DISPATCHED)),
+               sa.or_(ObservationResult.not_before.is_(None),
+                      ObservationResult.not_before <= observation.observation_time + timedelta(minutes=5)),
+               sa.or_(ObservationRequest.window_start.is_(None),
+                      ObservationRequest.window_start <= observation.observation_time),
+               sa.or_(ObservationRequest.window_end.is_(None),
+                      ObservationRequest.window_end >= observation.observation_time))
+        .order_by(ObservationRequest.priority.desc(), ObservationResult.epoch_index, ObservationResult.sample_index,
+                  ObservationResult.copy_index)
+    ).all()
+    for result in candidates:
+        request = result.request
+        if result.instrument is not None and result.instrument.name != observation.instrument:
+            continue
+        if angular_separation_deg(request.ra, request.dec, observation.ra, observation.dec) <= request.match_radius_deg:
+            return result
+    return None
+
+
+def match_observation(session: Session, observation: Observation, cards: dict[str, Any],
+                      now: datetime | None = None) -> ObservationResult | None:
+    """Attach a newly registered frame to the result it fulfils, if any (None: the frame matches nothing).
+
+    By the scheduler's header keywords (:data:`SCHEDULER_KEYWORDS`) when present,
+    otherwise by target position (within the request's ``match_radius_deg`` of the
+    frame centre), band, observing window and ``not_before``.
+    """
+    now = now or utcnow()
+    result = _by_header(session, cards) or _by_position(session, observation)
+    if result is None or result.observation_id is not None or result.fulfillment_status not in (
+            FS.PENDING_DISPATCH, FS.DISPATCHED):
+        return None
+    task = next((t for t in result.tasks if t.state is TaskState.DISPATCHED), None)
+    if result.fulfillment_status is FS.PENDING_DISPATCH:
+        task = _dispatch(session, result, now, reason="frame arrived before dispatch")
+    result.observation = observation
+    move_fulfillment(result, FS.PARTIALLY_FULFILLED, reason=f"frame {observation.observation_id} arrived")
+    task.state = TaskState.OBSERVED
+    task.observations.append(observation)
+    session.flush()
+    return result
+
+
+def settle_fulfillment(session: Session, observation: Observation, now: datetime | None = None) -> int:
+    """Results waiting on this frame become fulfilled once it is reduced (differenced)."""
+    now = now or utcnow()
+    results = session.scalars(sa.select(ObservationResult).where(
+        ObservationResult.observation_id == observation.id,
+        ObservationResult.fulfillment_status == FS.PARTIALLY_FULFILLED)).all()
+    for result in results:
+        task = next((t for t in result.tasks if t.state is TaskState.OBSERVED), None)
+        if observation.status is ObservationStatus.DIFFERENCED:
+            move_fulfillment(result, FS.FULFILLED, reason=None, now=now)
+            if task:
+                task.state, task.finished_at = TaskState.SUCCEEDED, now
+        elif observation.status is ObservationStatus.FAILED and task:
+            task.state, task.finished_at, task.error = TaskState.FAILED, now, observation.status_reason
+    return len(results)
+
+
+def unmatched_observations(session: Session) -> list[Observation]:
+    """Science frames that fulfil no result (kept, and reported)."""
+    matched = sa.select(ObservationResult.observation_id).where(ObservationResult.observation_id.is_not(None))
+    return list(session.scalars(sa.select(Observation).where(Observation.id.not_in(matched))
+                                .order_by(Observation.observation_time)))
+
+
+# --- the rebuild engine ---------------------------------------------------------------------------------------------
+
+def bump_results(session: Session, where: sa.ColumnElement[bool], now: datetime, policy: RebuildPolicy) -> int:
+    """Revision + 1, dirty marks, debounce and status (:data:`BUMP_EDGES`) for the matching results.
+
+    The rows are locked first (SELECT ... FOR UPDATE on PostgreSQL; SQLite
+    transactions take the write lock at BEGIN), so concurrent bumps serialize
+    and no increment is lost.
+    """
+    rows = session.scalars(sa.select(ObservationResult).where(where).with_for_update()
+                           .execution_options(populate_existing=True)).all()
+    for result in rows:
+        result.assets_revision += 1
+        if result.dirty_from_revision is None:
+            result.dirty_from_revision = result.assets_revision
+        if result.dirty_since is None:
+            result.dirty_since = now
+        # the debounce moves with every bump, but never past max_delay after the result first became dirty
+        result.next_eligible_run_at = min(now + policy.quiet, result.dirty_since + policy.max_delay)
+        result.build_attempts = 0
+        built, never_built = BUMP_EDGES[result.data_product_status]
+        target = never_built if result.last_built_revision is None else built
+        if target is not result.data_product_status:
+            move_product(result, target, reason=f"revision {result.assets_revision}: upstream changed")
+    session.flush()
+    return len(rows)
+
+
+def bump_for_observation(session: Session, observation: Observation, now: datetime | None = None,
+                         policy: RebuildPolicy = RebuildPolicy()) -> int:
+    """Called by every materialization of a per-observation asset that contributes to results."""
+    return bump_results(session, ObservationResult.observation_id == observation.id, now or utcnow(), policy)
+
+
+def due_for_rebuild(session: Session, now: datetime, policy: RebuildPolicy = RebuildPolicy()) -> list[ObservationResult]:
+    """Results with a revision not yet built whose debounce (or retry backoff) has passed."""
+    built = sa.func.coalesce(ObservationResult.last_built_revision, 0)
+    return list(session.scalars(
+        sa.select(ObservationResult)
+        .where(ObservationResult.fulfillment_status.in_(WITH_FRAME),
+               ObservationResult.data_product_status.in_(BUILDABLE),
+               ObservationResult.assets_revision > built,
+               ObservationResult.build_attempts < policy.max_attempts,
+               sa.or_(ObservationResult.next_eligible_run_at.is_(None), ObservationResult.next_eligible_run_at <= now))
+        .order_by(ObservationResult.next_eligible_run_at)))
+
+
+def get_result(session: Session, uid) -> ObservationResult:
+    result = session.scalar(sa.select(ObservationResult).where(ObservationResult.uid == _uuid(uid))
+                            .with_for_update())
+    if result is None:
+        raise NotFound(f"no observation result with uid {uid}")
+    return result
+
+
+def claim_build(session: Session, result: ObservationResult, dagster_run_id: str | None,
+                now: datetime) -> ObservationResultProcessingRun:
+    """Start a build of the result's current revision: BUILDING, with a processing run recording the revision."""
+    move_product(result, DP.BUILDING)
+    run = ObservationResultProcessingRun(result=result, built_from_revision=result.assets_revision,
+                                         dagster_run_id=dagster_run_id, started_at=now,
+                                         status=ProcessingRunStatus.RUNNING)
+    session.add(run)
+    session.flush()
+    result.current_processing_run = run
+    session.flush()
+    return run
+
+
+def add_output(session: Session, run: ObservationResultProcessingRun, *, kind: str, path: str, size_bytes: int,
+               checksum: str, metadata: dict[str, Any]) -> ObservationResultProcessingRunOutput:
+    output = ObservationResultProcessingRunOutput(processing_run=run, kind=kind, path=path, size_bytes=size_bytes,
+                                                  checksum=checksum, product_metadata=metadata)
+    session.add(output)
+    return output
+
+
+_RUN_OUTCOME = {DP.READY: ProcessingRunStatus.SUCCEEDED, DP.BLOCKED: ProcessingRunStatus.BLOCKED,
+                DP.FAILED: ProcessingRunStatus.FAILED, DP.SKIPPED: ProcessingRunStatus.SKIPPED}
+
+
+def finish_build(session: Session, run: ObservationResultProcessingRun, outcome: DataProductStatus, now: datetime,
+                 reason: str | None = None, policy: RebuildPolicy = RebuildPolicy()) -> ObservationResult:
+    """End a build: READY (or STALE if bumped meanwhile), BLOCKED, FAILED (retry with backoff) or SKIPPED."""
+    session.refresh(run)
+    result = session.scalar(sa.select(ObservationResult).where(ObservationResult.id == run.result_id)
+                            .with_for_update().execution_options(populate_existing=True))
+    if run.status is not ProcessingRunStatus.RUNNING or result.current_processing_run_id != run.id:
+        raise IllegalTransition(run, run.status, _RUN_OUTCOME[outcome])  # abandoned meanwhile: nothing to record
+    run.status, run.finished_at, run.error = _RUN_OUTCOME[outcome], now, reason
+    result.current_processing_run = None
+    if outcome is DP.FAILED:
+        result.build_attempts += 1
+        result.next_eligible_run_at = now + policy.retry_base * 2 ** (result.build_attempts - 1)
+        move_product(result, DP.FAILED, reason=reason)
+        return result
+    # READY, BLOCKED and SKIPPED all settle this revision: only a new bump rebuilds
+    result.last_built_revision = run.built_from_revision
+    result.build_attempts = 0
+    if result.assets_revision == run.built_from_revision:
+        result.dirty_from_revision = result.dirty_since = None
+        if outcome is DP.READY:
+            result.next_eligible_run_at = None
+        move_product(result, outcome, reason=reason)
+    else:  # bumped while building: dirty from the first revision this build did not see
+        result.dirty_from_revision = run.built_from_revision + 1
+        result.dirty_since = now
+        move_product(result, DP.STALE if outcome is DP.READY else outcome,
+                     reason=reason or f"revision {result.assets_revision} arrived during the build")
+    return result
+
+
+def requeue_abandoned(session: Session, run_is_alive: Callable[[str | None], bool], now: datetime,
+                      policy: RebuildPolicy = RebuildPolicy()) -> list[ObservationResult]:
+    """BUILDING results whose Dagster run died (or ran past the timeout) go back in the queue."""
+    requeued = []
+    building = session.scalars(sa.select(ObservationResult)
+                               .where(ObservationResult.data_product_status == DP.BUILDING)
+                               .options(selectinload(ObservationResult.current_processing_run))).all()
+    for result in building:
+        run = result.current_processing_run
+        if run is not None and run_is_alive(run.dagster_run_id) and now - run.started_at < policy.build_timeout:
+            continue
+        if run is not None:
+            run.status, run.finished_at = ProcessingRunStatus.ABANDONED, now
+            run.error = "its Dagster run ended without finishing the build"
+        result.current_processing_run = None
+        result.next_eligible_run_at = now
+        move_product(result, DP.STALE if result.last_built_revision is not None else DP.PENDING,
+                     reason="re-queued: the previous build's run died")
+        requeued.append(result)
+    session.flush()
+    return requeued
+
+
+def results_with_frames(session: Session) -> list[ObservationResult]:
+    return list(session.scalars(sa.select(ObservationResult)
+                                .where(ObservationResult.fulfillment_status.in_(WITH_FRAME))))
+
+
+def results_status_table(session: Session) -> list[dict[str, Any]]:
+    """One row per result, for ``results status``."""
+    rows = session.execute(
+        sa.select(ObservationResult, ObservationRequest.name, Observation.observation_id)
+        .join(ObservationResult.request)
+        .outerjoin(Observation, ObservationResult.observation_id == Observation.id)
+        .order_by(ObservationRequest.name, ObservationResult.epoch_index, ObservationResult.sample_index,
+                  ObservationResult.copy_index))
+    return [
+        {"request": name, "cell": r.cell, "uid": str(r.uid), "fulfillment": r.fulfillment_status.value,
+         "products": r.data_product_status.value, "revision": r.assets_revision, "built": r.last_built_revision,
+         "observation": obs_key, "reason": r.status_reason or r.fulfillment_note}
+        for r, name, obs_key in rows
+    ]
+
+
+def results_for_observations(session: Session, observation_ids: Iterable) -> list[ObservationResult]:
+    return list(session.scalars(sa.select(ObservationResult)
+                                .where(ObservationResult.observation_id.in_(list(observation_ids)))))
