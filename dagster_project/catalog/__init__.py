@@ -6,7 +6,7 @@ lifecycle operations the ingest layer, assets, sensors and CLI use;
 ``healpix`` the spatial index behind ``queries.cone_search``.
 """
 
-from dagster_project.catalog import queries
+from dagster_project.catalog import queries, results
 from dagster_project.catalog.db import Catalog, make_engine, migrate
 from dagster_project.catalog.healpix import HEALPIX_ORDER, angular_separation_deg, healpix_index
 from dagster_project.catalog.models import (
@@ -55,5 +55,6 @@ __all__ = [
     "make_engine",
     "migrate",
     "queries",
+    "results",
     "transition",
 ]
