@@ -2,12 +2,14 @@
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import shutil
 import sys
 from pathlib import Path
 
+from dagster_project import cli_results
 from dagster_project.settings import Settings
 
 
@@ -50,17 +52,33 @@ def cmd_process(args, settings: Settings) -> int:
 
 
 def cmd_demo(args, settings: Settings) -> int:
-    from dagster_project.runner import process_folder
+    from dagster_project.catalog.result_lifecycle import find_request
+    from dagster_project.observation_requests import RequestSpec, submit_requests
+    from dagster_project.runner import process_folder, rebuild_reference
     from dagster_project.simulator import load_truth, simulate_night
 
+    # a short debounce so the demo shows a rebuild within seconds (production default: ASTRO_PRODUCT_QUIET=60)
+    settings = dataclasses.replace(settings, product_quiet_seconds=args.debounce)
     folder = settings.home / "demo-night"
     print(f"simulating a night of {args.fields} fields x {args.epochs} epochs at {args.size}x{args.size} into {folder}")
-    simulate_night(folder, n_fields=args.fields, n_epochs=args.epochs, size=args.size, seed=args.seed)
-    print(f"processing it (Dagster instance: {settings.dagster_home}, catalog: {settings.database_url})")
+    night = simulate_night(folder, n_fields=args.fields, n_epochs=args.epochs, size=args.size, seed=args.seed)
+    specs = [RequestSpec(name=f"demo-{field}-r", program="demo", target_name=f"{field} centre", ra=pos["ra"],
+                         dec=pos["dec"], filter_band="r", exposure_time=60, n_epochs=args.epochs, cadence_hours=1.0)
+             for field, pos in night.summary["fields"].items()]
+    with _catalog(settings).session() as session:
+        new_specs = [s for s in specs if find_request(session, s.name) is None]
+    if new_specs:
+        submit_requests(_catalog(settings), new_specs, settings.survey)
+        print(f"requests: {', '.join(s.name for s in new_specs)} ({args.epochs} epochs each)")
+    print(f"processing it (Dagster instance: {os.environ['DAGSTER_HOME']}, catalog: {settings.database_url})")
     report = process_folder(folder, settings, wait=True)
     _print_status(settings)
-    truth = load_truth(folder / "truth.csv")
-    _print_recovery(settings, truth)
+    _print_recovery(settings, load_truth(folder / "truth.csv"))
+    cli_results.print_results_status(settings)
+    first_field = f"{next(iter(night.summary['fields']))}-r"
+    print(f"\nre-processing field {first_field}: a new reference version makes exactly its results stale")
+    report.runs += rebuild_reference(first_field, settings).runs
+    cli_results.print_results_status(settings)
     print("\nopen the Dagster UI on this instance with:  make ui")
     return 1 if report.failed else 0
 
@@ -159,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=3)
     demo.add_argument("--size", type=int, default=2048)
     demo.add_argument("--seed", type=int, default=42)
+    demo.add_argument("--debounce", type=float, default=5.0, help="product rebuild quiet period, seconds")
     demo.set_defaults(func=cmd_demo)
 
     cands = sub.add_parser("candidates", help="candidate catalog")
@@ -170,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("status", help="counts of files, observations and candidates").set_defaults(func=cmd_status)
     sub.add_parser("migrate", help="bring the catalog schema up to date").set_defaults(func=cmd_migrate)
+    cli_results.add_subcommands(sub)
     return parser
 
 

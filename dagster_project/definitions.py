@@ -5,17 +5,19 @@ from dagster import Definitions
 from dagster_project.assets.calibrated_image import calibrated_image
 from dagster_project.assets.candidates import candidates
 from dagster_project.assets.difference_image import difference_image
+from dagster_project.assets.observation_products import observation_products
 from dagster_project.assets.raw_observation import raw_observation
 from dagster_project.assets.reference_image import reference_image
-from dagster_project.jobs import calibrate_job, difference_job, observation_job, reference_job
+from dagster_project.jobs import calibrate_job, difference_job, observation_job, products_job, reference_job
 from dagster_project.resources import resources_from_settings
 from dagster_project.sensors.pipeline import reference_and_difference_sensor
+from dagster_project.sensors.product_rebuild import product_rebuild_sensor
 from dagster_project.sensors.raw_arrival import raw_arrival_sensor
 from dagster_project.settings import Settings
 
 defs = Definitions(
-    assets=[raw_observation, calibrated_image, reference_image, difference_image, candidates],
-    jobs=[observation_job, calibrate_job, difference_job, reference_job],
-    sensors=[raw_arrival_sensor, reference_and_difference_sensor],
+    assets=[raw_observation, calibrated_image, reference_image, difference_image, candidates, observation_products],
+    jobs=[observation_job, calibrate_job, difference_job, reference_job, products_job],
+    sensors=[raw_arrival_sensor, reference_and_difference_sensor, product_rebuild_sensor],
     resources=resources_from_settings(Settings.from_env()),
 )

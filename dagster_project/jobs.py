@@ -5,11 +5,12 @@
 * ``calibrate_job`` / ``difference_job`` — its two halves, launched by the sensors:
   calibration as soon as a frame lands, differencing once the field has a reference.
 * ``reference_job`` — the reference image of one field and band.
+* ``products_job`` — the products of one ObservationResult (launched by the rebuild sensor).
 """
 
 from dagster import AssetSelection, define_asset_job
 
-from dagster_project.assets.partitions import field_band_partitions, observations_partitions
+from dagster_project.assets.partitions import field_band_partitions, observations_partitions, results_partitions
 
 calibrate_job = define_asset_job(
     "calibrate_job",
@@ -34,4 +35,10 @@ reference_job = define_asset_job(
     selection=AssetSelection.assets("reference_image"),
     partitions_def=field_band_partitions,
     description="Choose and freeze the reference image of one field and band.",
+)
+products_job = define_asset_job(
+    "products_job",
+    selection=AssetSelection.assets("observation_products"),
+    partitions_def=results_partitions,
+    description="Build one ObservationResult's products from its current revision.",
 )

@@ -3,9 +3,10 @@
 ``python -m dagster_project process <folder>`` uses it so that batch processing
 takes exactly the code paths of the daemon: the raw-arrival sensor ingests the
 folder (copying instead of moving, since the folder belongs to the astronomer),
-and the reference-and-difference sensor decides what runs next. Runs execute in
-this process but are recorded in the configured Dagster instance, so the UI
-shows them like any other run.
+the reference-and-difference sensor decides what runs next, and the product
+rebuild sensor builds ObservationResult products once their debounce has passed.
+Runs execute in this process but are recorded in the configured Dagster
+instance, so the UI shows them like any other run.
 """
 
 import json
@@ -16,9 +17,12 @@ from pathlib import Path
 
 from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_context
 
+from dagster_project.catalog import Catalog, result_lifecycle
+from dagster_project.catalog.models import utcnow
 from dagster_project.definitions import defs
 from dagster_project.resources import resources_from_settings
 from dagster_project.settings import Settings
+from dagster_project.sensors.product_rebuild import RUN_KEY_TAG
 
 
 @dataclass
@@ -32,7 +36,6 @@ class RunRecord:
 
 @dataclass
 class ProcessReport:
-    ingest: dict[str, int] = field(default_factory=dict)
     runs: list[RunRecord] = field(default_factory=list)
     waiting_files: list[str] = field(default_factory=list)
 
@@ -41,62 +44,102 @@ class ProcessReport:
         return [r for r in self.runs if not r.success]
 
 
-def _apply(result, instance: DagsterInstance) -> list:
-    if isinstance(result, SkipReason) or result is None:
-        return []
-    for request in result.dynamic_partitions_requests or []:
-        if request.partition_keys:
-            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-    return list(result.run_requests or [])
+class HeadlessDaemon:
+    """Does what the Dagster daemon would do with this code location's sensors, in this process."""
+
+    def __init__(self, settings: Settings, *, instance: DagsterInstance | None = None,
+                 landing_dir: Path | None = None, progress: Callable[[str], None] = print):
+        self.settings = settings
+        self.instance = instance or DagsterInstance.get()
+        self.resources = resources_from_settings(settings, landing_dir=landing_dir, keep_originals=landing_dir is not None)
+        self.progress = progress
+        self.report = ProcessReport()
+        self.attempted: set[str] = set()
+        self.arrival_cursor: str | None = None
+
+    def _tick(self, sensor_name: str, cursor: str | None = None) -> tuple[list, str | None]:
+        context = build_sensor_context(instance=self.instance, cursor=cursor, resources=self.resources, definitions=defs)
+        result = defs.resolve_sensor_def(sensor_name)(context)
+        if isinstance(result, SkipReason) or result is None:
+            return [], context.cursor
+        for request in result.dynamic_partitions_requests or []:
+            if request.partition_keys:
+                self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        new_cursor = result.cursor if isinstance(result, SensorResult) and result.cursor else context.cursor
+        return [r for r in result.run_requests or [] if r.run_key not in self.attempted], new_cursor
+
+    def run(self, job_name: str, partition_key: str, run_key: str, tags: dict | None = None) -> RunRecord:
+        self.attempted.add(run_key)
+        started = time.monotonic()
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            instance=self.instance, partition_key=partition_key, resources=self.resources, raise_on_error=False,
+            tags={**(tags or {}), RUN_KEY_TAG: run_key})
+        record = RunRecord(job_name, partition_key, result.run_id, result.success, time.monotonic() - started)
+        self.report.runs.append(record)
+        mark = "ok  " if record.success else "FAIL"
+        self.progress(f"[{len(self.report.runs):3d}] {mark} {job_name:<15} {partition_key:<40} {record.seconds:6.1f} s")
+        return record
+
+    def _execute(self, requests, default_job: str) -> int:
+        for request in requests:
+            self.run(request.job_name or default_job, request.partition_key, request.run_key, dict(request.tags))
+        return len(requests)
+
+    def ingest(self) -> list[str]:
+        """One landing scan and the calibrations it asks for; returns the files still being written."""
+        requests, self.arrival_cursor = self._tick("raw_arrival_sensor", self.arrival_cursor)
+        self._execute(requests, "calibrate_job")
+        return sorted(json.loads(self.arrival_cursor).get("waiting", {})) if self.arrival_cursor else []
+
+    def drain(self, wait_for_products: bool = True, timeout: float = 3600.0) -> None:
+        """Run references, differences and product rebuilds until nothing is left to do."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            requests, _ = self._tick("reference_and_difference_sensor")
+            if self._execute(requests, "difference_job"):
+                continue
+            requests, _ = self._tick("product_rebuild_sensor")
+            if self._execute(requests, "products_job"):
+                continue
+            pause = self._seconds_until_next_rebuild() if wait_for_products else None
+            if pause is None:
+                return
+            self.progress(f"products wait for their debounce: next rebuild in {pause:.0f} s")
+            time.sleep(min(max(pause, 0.2), max(0.0, deadline - time.monotonic())))
+
+    def _seconds_until_next_rebuild(self) -> float | None:
+        catalog = Catalog(self.settings.database_url)
+        try:
+            with catalog.session() as session:
+                waiting = result_lifecycle.awaiting_debounce(session, utcnow())
+        finally:
+            catalog.engine.dispose()
+        if not waiting:
+            return None
+        return max(0.0, (min(r.next_eligible_run_at for r in waiting) - utcnow()).total_seconds())
 
 
 def process_folder(folder: Path, settings: Settings, *, wait: bool = False, wait_timeout: float = 3600.0,
                    progress: Callable[[str], None] = print, instance: DagsterInstance | None = None) -> ProcessReport:
     """Ingest every FITS file below ``folder`` and run the pipeline on them to completion."""
-    instance = instance or DagsterInstance.get()
-    resources = resources_from_settings(settings, landing_dir=folder.resolve(), keep_originals=True)
-    arrival = defs.resolve_sensor_def("raw_arrival_sensor")
-    pipeline = defs.resolve_sensor_def("reference_and_difference_sensor")
-    report = ProcessReport()
-    attempted: set[str] = set()
-    cursor = None
+    daemon = HeadlessDaemon(settings, instance=instance, landing_dir=folder.resolve(), progress=progress)
     deadline = time.monotonic() + wait_timeout
     while True:
-        context = build_sensor_context(instance=instance, cursor=cursor, resources=resources, definitions=defs)
-        result = arrival(context)
-        requests = _apply(result, instance)
-        cursor = result.cursor if isinstance(result, SensorResult) and result.cursor else context.cursor
-        _execute(requests, "calibrate_job", instance, resources, attempted, report, progress)
-        while requests := [r for r in _apply(pipeline(build_sensor_context(
-                instance=instance, resources=resources, definitions=defs)), instance) if r.run_key not in attempted]:
-            for request in requests:
-                _execute([request], request.job_name, instance, resources, attempted, report, progress)
-        waiting = _waiting_files(cursor)
+        waiting = daemon.ingest()
+        daemon.drain(wait_for_products=not waiting)
         if not waiting or not wait or time.monotonic() > deadline:
-            report.waiting_files = waiting
-            break
+            daemon.report.waiting_files = waiting
+            return daemon.report
         progress(f"waiting for {len(waiting)} file(s) still being written ...")
         time.sleep(max(0.5, min(2.0, settings.settle_seconds)))
-    return report
 
 
-def _waiting_files(cursor: str | None) -> list[str]:
-    return sorted(json.loads(cursor).get("waiting", {})) if cursor else []
-
-
-def _execute(requests, job_name: str, instance: DagsterInstance, resources: dict, attempted: set[str],
-             report: ProcessReport, progress: Callable[[str], None]) -> None:
-    job = defs.resolve_job_def(job_name)
-    for request in requests:
-        if request.run_key in attempted:
-            continue
-        attempted.add(request.run_key)
-        started = time.monotonic()
-        result = job.execute_in_process(instance=instance, partition_key=request.partition_key,
-                                        resources=resources, raise_on_error=False,
-                                        tags={**request.tags, "astro/run_key": request.run_key})
-        record = RunRecord(job_name, request.partition_key, result.run_id, result.success,
-                           time.monotonic() - started)
-        report.runs.append(record)
-        mark = "ok  " if record.success else "FAIL"
-        progress(f"[{len(report.runs):3d}] {mark} {job_name:<15} {request.partition_key:<40} {record.seconds:6.1f} s")
+def rebuild_reference(field_band: str, settings: Settings, *, progress: Callable[[str], None] = print,
+                      instance: DagsterInstance | None = None) -> ProcessReport:
+    """Re-select the reference of one field and band, then re-run exactly what it made stale."""
+    daemon = HeadlessDaemon(settings, instance=instance, progress=progress)
+    if field_band not in daemon.instance.get_dynamic_partitions("field_bands"):
+        raise ValueError(f"unknown field and band {field_band!r}")
+    daemon.run("reference_job", field_band, f"reference:{field_band}:manual:{time.time_ns()}")
+    daemon.drain()
+    return daemon.report

@@ -18,6 +18,9 @@ variable                       meaning                                     defau
 ``ASTRO_MAX_FILE_MB``          larger files are quarantined                ``4096``
 ``ASTRO_MAX_HDUS``             files with more HDUs are quarantined        ``16``
 ``ASTRO_DETECTION_THRESHOLD``  S_corr threshold for candidates (sigma)     ``5``
+``ASTRO_PRODUCT_QUIET``        product rebuild debounce: seconds after     ``60``
+                               the last upstream change
+``ASTRO_PRODUCT_MAX_DELAY``    ... but at most this long after the first   ``600``
 =============================  ==========================================  =================================
 """
 
@@ -47,6 +50,8 @@ class Settings:
     max_file_bytes: int
     max_hdus: int
     detection_threshold: float
+    product_quiet_seconds: float = 60.0
+    product_max_delay_seconds: float = 600.0
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -67,4 +72,6 @@ class Settings:
             max_file_bytes=int(float(os.environ.get("ASTRO_MAX_FILE_MB", "4096")) * 2**20),
             max_hdus=int(os.environ.get("ASTRO_MAX_HDUS", "16")),
             detection_threshold=float(os.environ.get("ASTRO_DETECTION_THRESHOLD", "5")),
+            product_quiet_seconds=float(os.environ.get("ASTRO_PRODUCT_QUIET", "60")),
+            product_max_delay_seconds=float(os.environ.get("ASTRO_PRODUCT_MAX_DELAY", "600")),
         )

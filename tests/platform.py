@@ -38,6 +38,7 @@ def make_settings(root: Path, database_url: str, **overrides) -> Settings:
         database_url=database_url, dagster_home=root / "dagster", survey="test", instruments_file=None,
         sensor_interval_seconds=1, settle_seconds=0.0, truncated_after_seconds=30.0,
         max_file_bytes=512 * 2**20, max_hdus=16, detection_threshold=5.0,
+        product_quiet_seconds=0.0, product_max_delay_seconds=60.0,
     )
     settings = Settings(**{**settings.__dict__, **overrides})
     settings.landing_dir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from dagster_project.assets.calibration_masters import masters_for
 from dagster_project.assets.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, Stopwatch, artifacts, inputs, png_markdown, rounded, size_mb
 from dagster_project.assets.partitions import observations_partitions
 from dagster_project.assets.raw_observation import raw_observation
-from dagster_project.catalog import pipeline_queries, queries
+from dagster_project.catalog import pipeline_queries, queries, result_lifecycle
 from dagster_project.catalog.models import RunStatus
 from dagster_project.resources import CatalogResource, PipelineConfigResource, StoreResource
 from dagster_project.science.calibration import calibrate_science_frame, calibrated_header
@@ -96,6 +96,7 @@ def calibrated_image(context: AssetExecutionContext, catalog: CatalogResource, s
             wcs_info={k: header[k] for k in ("CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2") if k in header})
     with catalog.catalog().session() as session:
         pipeline_queries.record_seeing(session, context.partition_key, seeing)
+        result_lifecycle.observation_materialized(session, context.partition_key, pipeline.rebuild_policy())
     preview = image_preview_png(planes.data, mask=planes.mask, max_size=256)
     preview_path = products.write_bytes(output.with_name("calibrated.png"), preview)
     return MaterializeResult(

@@ -9,7 +9,7 @@ from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Mat
 from dagster_project.assets.difference_image import difference_image
 from dagster_project.assets.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, artifacts, inputs, png_markdown
 from dagster_project.assets.partitions import observations_partitions
-from dagster_project.catalog import queries
+from dagster_project.catalog import queries, result_lifecycle
 from dagster_project.catalog.models import RunStatus
 from dagster_project.resources import CatalogResource, PipelineConfigResource, StoreResource
 from dagster_project.science.preview import cutout_triplet_png
@@ -69,6 +69,7 @@ def candidates(context: AssetExecutionContext, catalog: CatalogResource, store: 
             raise ValueError(f"{context.partition_key} has no completed difference image")
         if run.status == RunStatus.SKIPPED:
             queries.replace_candidates(session, run, [])
+            result_lifecycle.observation_materialized(session, context.partition_key, pipeline.rebuild_policy())
             return MaterializeResult(
                 metadata={"n_candidates": 0, "skipped": run.error_message or "no difference image"},
                 check_results=[AssetCheckResult(check_name="candidate_count_sane", passed=True)])
@@ -77,6 +78,7 @@ def candidates(context: AssetExecutionContext, catalog: CatalogResource, store: 
         detections = Table.read(diff_path.with_name("detections.ecsv"), format="ascii.ecsv")
         rows = candidate_rows(detections)
         queries.replace_candidates(session, run, rows)
+        result_lifecycle.observation_materialized(session, context.partition_key, pipeline.rebuild_policy())
     table_path = products.write_table(diff_path.with_name("candidates.ecsv"), detections)
 
     positives = sorted((r for r in rows if not r["is_negative"]), key=lambda r: -(r["snr"] or 0))

@@ -17,7 +17,7 @@ from dagster_project.assets.calibrated_image import calibrated_image
 from dagster_project.assets.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, artifacts, inputs, png_markdown, rounded, size_mb
 from dagster_project.assets.partitions import observations_partitions
 from dagster_project.assets.reference_image import reference_image
-from dagster_project.catalog import pipeline_queries, queries
+from dagster_project.catalog import pipeline_queries, queries, result_lifecycle
 from dagster_project.catalog.models import RunStatus
 from dagster_project.keys import field_band_key
 from dagster_project.resources import CatalogResource, PipelineConfigResource, StoreResource
@@ -66,6 +66,7 @@ def difference_image(context: AssetExecutionContext, catalog: CatalogResource, s
             if is_reference:
                 queries.finish_difference_run(session, run, status=RunStatus.SKIPPED,
                                               error_message="this observation is its field's reference")
+                result_lifecycle.observation_materialized(session, context.partition_key, pipeline.rebuild_policy())
             new_path = Path(observation.preprocess_run.processed_fits_path)
             output = products.observation_dir(observation.night, observation.observation_id) / "difference.fits"
     if reference is None:
@@ -98,6 +99,7 @@ def difference_image(context: AssetExecutionContext, catalog: CatalogResource, s
             noise_level=result.zogy.d_std, detection_threshold=params.threshold,
             candidates_found=len(result.candidates), quality={**quality, "timings": result.timings},
             processing_time_seconds=result.timings.get("total"))
+        result_lifecycle.observation_materialized(session, context.partition_key, pipeline.rebuild_policy())
     scorr_ok = SCORR_STD_RANGE[0] <= result.zogy.scorr_std <= SCORR_STD_RANGE[1]
     preview = image_preview_png(result.zogy.D, mask=result.mask, max_size=256)
     preview_path = products.write_bytes(output.with_name("difference.png"), preview)

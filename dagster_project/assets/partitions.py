@@ -7,3 +7,6 @@ observations_partitions = DynamicPartitionsDefinition(name="observations")
 
 #: key: ``<field>-<band>``, added when the first observation of that field and band arrives
 field_band_partitions = DynamicPartitionsDefinition(name="field_bands")
+
+#: key: the ObservationResult's ``uid``, added when a frame first fulfils the result
+results_partitions = DynamicPartitionsDefinition(name="results")

@@ -71,7 +71,7 @@ FULFILLMENT_TRANSITIONS: dict[FulfillmentStatus, frozenset[FulfillmentStatus]] =
 PRODUCT_TRANSITIONS: dict[DataProductStatus, frozenset[DataProductStatus]] = {
     DP.PENDING: frozenset({DP.BUILDING, DP.SKIPPED}),
     DP.BUILDING: frozenset({DP.READY, DP.STALE, DP.BLOCKED, DP.FAILED, DP.SKIPPED, DP.PENDING}),
-    DP.READY: frozenset({DP.STALE, DP.SKIPPED}),
+    DP.READY: frozenset({DP.STALE, DP.SKIPPED, DP.BUILDING}),  # BUILDING: a rebuild asked for by hand
     DP.STALE: frozenset({DP.BUILDING, DP.SKIPPED}),
     DP.BLOCKED: frozenset({DP.BUILDING, DP.STALE, DP.PENDING, DP.SKIPPED}),
     DP.FAILED: frozenset({DP.BUILDING, DP.STALE, DP.PENDING, DP.SKIPPED}),
@@ -140,6 +140,10 @@ def get_or_create_instrument(session: Session, name: str, filter_bands: Sequence
     elif set(filter_bands) - set(instrument.filter_bands):
         instrument.filter_bands = sorted(set(instrument.filter_bands) | set(filter_bands))
     return instrument
+
+
+def find_request(session: Session, name: str) -> ObservationRequest | None:
+    return session.scalar(sa.select(ObservationRequest).where(ObservationRequest.name == name))
 
 
 def request_snapshot(request: ObservationRequest) -> dict[str, Any]:
@@ -368,23 +372,43 @@ def bump_results(session: Session, where: sa.ColumnElement[bool], now: datetime,
     return len(rows)
 
 
-def bump_for_observation(session: Session, observation: Observation, now: datetime | None = None,
-                         policy: RebuildPolicy = RebuildPolicy()) -> int:
-    """Called by every materialization of a per-observation asset that contributes to results."""
-    return bump_results(session, ObservationResult.observation_id == observation.id, now or utcnow(), policy)
+def observation_materialized(session: Session, observation_key: str, policy: RebuildPolicy,
+                             now: datetime | None = None) -> int:
+    """A per-observation asset was materialized: settle fulfillment, bump the results it feeds."""
+    now = now or utcnow()
+    observation = session.scalar(sa.select(Observation).where(Observation.observation_id == observation_key))
+    settle_fulfillment(session, observation, now)
+    return bump_results(session, ObservationResult.observation_id == observation.id, now, policy)
+
+
+def _needs_build(policy: RebuildPolicy) -> sa.ColumnElement[bool]:
+    """A revision not yet built, a frame to build from, a buildable status and retries left."""
+    return sa.and_(ObservationResult.fulfillment_status.in_(WITH_FRAME),
+                   ObservationResult.data_product_status.in_(BUILDABLE),
+                   ObservationResult.assets_revision > sa.func.coalesce(ObservationResult.last_built_revision, 0),
+                   ObservationResult.build_attempts < policy.max_attempts)
 
 
 def due_for_rebuild(session: Session, now: datetime, policy: RebuildPolicy = RebuildPolicy()) -> list[ObservationResult]:
-    """Results with a revision not yet built whose debounce (or retry backoff) has passed."""
-    built = sa.func.coalesce(ObservationResult.last_built_revision, 0)
+    """Results needing a build whose debounce (or retry backoff) has passed."""
     return list(session.scalars(
         sa.select(ObservationResult)
-        .where(ObservationResult.fulfillment_status.in_(WITH_FRAME),
-               ObservationResult.data_product_status.in_(BUILDABLE),
-               ObservationResult.assets_revision > built,
-               ObservationResult.build_attempts < policy.max_attempts,
+        .where(_needs_build(policy),
                sa.or_(ObservationResult.next_eligible_run_at.is_(None), ObservationResult.next_eligible_run_at <= now))
         .order_by(ObservationResult.next_eligible_run_at)))
+
+
+def awaiting_debounce(session: Session, now: datetime, policy: RebuildPolicy = RebuildPolicy()) -> list[ObservationResult]:
+    """Results needing a build that must still wait (debounce or backoff)."""
+    return list(session.scalars(sa.select(ObservationResult).where(
+        _needs_build(policy), ObservationResult.next_eligible_run_at > now)))
+
+
+def note_lost_attempt(session: Session, result: ObservationResult, now: datetime, policy: RebuildPolicy) -> None:
+    """A build run ended before it could even claim the result: count it as a failed attempt (backoff)."""
+    result.build_attempts += 1
+    result.next_eligible_run_at = now + policy.retry_base * 2 ** (result.build_attempts - 1)
+    session.flush()
 
 
 def get_result(session: Session, uid) -> ObservationResult:
@@ -473,6 +497,15 @@ def requeue_abandoned(session: Session, run_is_alive: Callable[[str | None], boo
         requeued.append(result)
     session.flush()
     return requeued
+
+
+def results_dirty_longer_than(session: Session, since: datetime) -> list[ObservationResult]:
+    """Results with frames that have been waiting for a rebuild since before ``since``."""
+    return list(session.scalars(
+        sa.select(ObservationResult)
+        .where(ObservationResult.fulfillment_status.in_(WITH_FRAME),
+               ObservationResult.dirty_since.is_not(None), ObservationResult.dirty_since < since,
+               ObservationResult.data_product_status != DP.SKIPPED)))
 
 
 def results_with_frames(session: Session) -> list[ObservationResult]:

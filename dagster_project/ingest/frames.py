@@ -15,6 +15,7 @@ from astropy.wcs.utils import proj_plane_pixel_scales
 
 from dagster_project.ingest.fits_structure import FitsStructure, InvalidFitsFile
 from dagster_project.ingest.instruments import InstrumentRegistry
+from dagster_project.catalog.result_lifecycle import SCHEDULER_KEYWORDS
 from dagster_project.keys import field_band_key, observation_key, safe_token
 from dagster_project.science.calibration import parse_fits_section
 
@@ -31,6 +32,7 @@ REQUIRED = {
 KEPT_CARDS = (
     "DATE-OBS", "MJD-OBS", "EXPTIME", "FILTER", "IMAGETYP", "OBJECT", "AIRMASS", "GAIN", "RDNOISE",
     "SATURATE", "INSTRUME", "TELESCOP", "BIASSEC", "TRIMSEC", "NAXIS1", "NAXIS2", "BITPIX",
+    *SCHEDULER_KEYWORDS.values(),
 )
 
 

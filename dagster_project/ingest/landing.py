@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dagster_project.catalog import Catalog, pipeline_queries, queries
+from dagster_project.catalog import Catalog, pipeline_queries, queries, result_lifecycle
 from dagster_project.ingest.fits_structure import InvalidFitsFile, StructureLimits, inspect_fits_structure
 from dagster_project.ingest.frames import FrameInfo, describe_frame
 from dagster_project.ingest.instruments import InstrumentRegistry
@@ -220,13 +220,14 @@ def _register_accepted(config: LandingConfig, catalog: Catalog, path: Path, info
         observation_key = None
         if info.frame_type == "science":
             observation_key = info.observation_key(sha256)
-            queries.create_observation(
+            observation = queries.create_observation(
                 session, raw_file=raw, survey=survey, observation_id=observation_key,
                 field_name=info.field_name, ra=info.ra, dec=info.dec,
                 observation_time=info.observation_time, mjd=info.mjd, night=info.night,
                 filter_band=info.filter_band, exposure_time=info.exposure_time, fits_url=str(target),
                 pixel_scale=info.pixel_scale, airmass=info.airmass, instrument=info.instrument,
                 naxis1=info.naxis1, naxis2=info.naxis2)
+            result_lifecycle.match_observation(session, observation, info.cards)
         raw_id = str(raw.id)
     _transfer(config, path, target)
     return IngestOutcome(str(path), "accepted", raw_id, frame_type=info.frame_type,

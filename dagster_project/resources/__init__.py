@@ -1,11 +1,13 @@
 """Dagster resources: thin, configurable handles on the catalog, the store and the landing folder."""
 
+from datetime import timedelta
 from functools import cache
 from pathlib import Path
 
 from dagster import ConfigurableResource
 
 from dagster_project.catalog import Catalog
+from dagster_project.catalog.result_lifecycle import RebuildPolicy
 from dagster_project.ingest.fits_structure import StructureLimits
 from dagster_project.ingest.instruments import InstrumentRegistry
 from dagster_project.ingest.landing import LandingConfig
@@ -68,11 +70,17 @@ class LandingResource(ConfigurableResource):
 
 
 class PipelineConfigResource(ConfigurableResource):
-    """Science parameters shared by the stages (recorded in PreprocessRun/DifferenceRun parameters)."""
+    """Science parameters shared by the stages, and the product rebuild policy."""
 
     detection_threshold: float = 5.0
     detect_cosmic_rays: bool = True
     max_candidates_per_frame: int = 500
+    product_quiet_seconds: float = 60.0
+    product_max_delay_seconds: float = 600.0
+
+    def rebuild_policy(self) -> RebuildPolicy:
+        return RebuildPolicy(quiet=timedelta(seconds=self.product_quiet_seconds),
+                             max_delay=timedelta(seconds=self.product_max_delay_seconds))
 
 
 def resources_from_settings(settings: Settings, landing_dir: Path | None = None, keep_originals: bool = False) -> dict:
@@ -92,5 +100,7 @@ def resources_from_settings(settings: Settings, landing_dir: Path | None = None,
             max_file_bytes=settings.max_file_bytes,
             max_hdus=settings.max_hdus,
         ),
-        "pipeline": PipelineConfigResource(detection_threshold=settings.detection_threshold),
+        "pipeline": PipelineConfigResource(detection_threshold=settings.detection_threshold,
+                                           product_quiet_seconds=settings.product_quiet_seconds,
+                                           product_max_delay_seconds=settings.product_max_delay_seconds),
     }

@@ -1,0 +1,81 @@
+"""Product rebuild sensor: dispatches due results, re-queues dead builds, launches debounced rebuilds.
+
+One run per result and revision: the ``run_key`` names the result, its
+``assets_revision`` and its failed-attempt count, so Dagster never launches the
+same build twice, while a retry after a failure (with backoff) gets a new key.
+"""
+
+from dagster import (
+    DagsterInstance,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    RunsFilter,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from dagster_project.assets.partitions import results_partitions
+from dagster_project.catalog import result_lifecycle
+from dagster_project.catalog.models import utcnow
+from dagster_project.jobs import products_job
+from dagster_project.resources import CatalogResource, PipelineConfigResource
+from dagster_project.settings import Settings
+
+RUN_KEY_TAG = "dagster/run_key"
+_ALIVE = {DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
+          DagsterRunStatus.STARTED, DagsterRunStatus.MANAGED, DagsterRunStatus.CANCELING}
+
+
+def run_is_alive(instance: DagsterInstance, run_id: str | None) -> bool:
+    run = instance.get_run_by_id(run_id) if run_id else None
+    return run is not None and run.status in _ALIVE
+
+
+def rebuild_run_key(result) -> str:
+    return f"products:{result.uid}:r{result.assets_revision}:a{result.build_attempts}"
+
+
+def _launched_and_ended(instance: DagsterInstance, run_key: str) -> bool:
+    """A run with this key exists and ended: it died before it could claim the build."""
+    runs = instance.get_runs(RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1)
+    return bool(runs) and runs[0].status not in _ALIVE
+
+
+def build_product_rebuild_sensor(interval_seconds: int):
+    @sensor(
+        name="product_rebuild_sensor",
+        job=products_job,
+        minimum_interval_seconds=interval_seconds,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Rebuilds ObservationResult products whose assets_revision moved past last_built_revision, "
+        "once the debounce has passed; re-queues builds whose run died.",
+    )
+    def product_rebuild_sensor(context: SensorEvaluationContext, catalog: CatalogResource,
+                               pipeline: PipelineConfigResource):
+        policy, now = pipeline.rebuild_policy(), utcnow()
+        with catalog.catalog().session() as session:
+            dispatched = result_lifecycle.dispatch_due(session, now)
+            requeued = result_lifecycle.requeue_abandoned(
+                session, lambda run_id: run_is_alive(context.instance, run_id), now, policy)
+            requests = []
+            for result in result_lifecycle.due_for_rebuild(session, now, policy):
+                key = rebuild_run_key(result)
+                if _launched_and_ended(context.instance, key):
+                    result_lifecycle.note_lost_attempt(session, result, now, policy)
+                    continue
+                requests.append(RunRequest(run_key=key, partition_key=str(result.uid),
+                                           tags={"astro/revision": str(result.assets_revision)}))
+            keys = {str(r.uid) for r in result_lifecycle.results_with_frames(session)}
+        new_keys = sorted(keys - set(context.instance.get_dynamic_partitions(results_partitions.name)))
+        if not requests and not new_keys:
+            return SkipReason(f"no rebuild due ({dispatched} dispatched, {len(requeued)} re-queued)")
+        return SensorResult(run_requests=requests,
+                            dynamic_partitions_requests=[results_partitions.build_add_request(new_keys)])
+
+    return product_rebuild_sensor
+
+
+product_rebuild_sensor = build_product_rebuild_sensor(Settings.from_env().sensor_interval_seconds)
