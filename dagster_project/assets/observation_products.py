@@ -186,7 +186,7 @@ def _checks(session, result, now, policy) -> list[AssetCheckResult]:
     overdue = result_lifecycle.results_dirty_longer_than(session, now - policy.max_delay - CHECK_GRACE)
     return [
         AssetCheckResult(check_name="built_from_current_revision",
-                         passed=result.data_product_status is DataProductStatus.READY,
+                         passed=result.data_product_status in (DataProductStatus.READY, DataProductStatus.SKIPPED),
                          metadata={"assets_revision": result.assets_revision,
                                    "last_built_revision": result.last_built_revision or 0,
                                    "status": result.data_product_status.value}),

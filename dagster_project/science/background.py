@@ -5,14 +5,17 @@ The background is estimated on a mesh of ``box_size`` boxes with
 sigma-clipped (3 sigma) and the background is the SExtractor mode estimator
 (``2.5 median - 1.5 mean``, falling back to the median in skewed boxes), the
 noise the clipped standard deviation; the low-resolution maps are median
-filtered over ``filter_size`` boxes and interpolated back to full resolution.
+filtered over ``filter_size`` boxes and interpolated back to full resolution
+with a bicubic spline (:func:`upsample_mesh`).
 """
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from astropy.stats import SigmaClip
 from photutils.background import Background2D, SExtractorBackground, StdBackgroundRMS
+from scipy import ndimage
 
 
 @dataclass
@@ -37,6 +40,51 @@ class BackgroundMaps:
     rms: np.ndarray | None
     median_background: float
     median_rms: float
+
+
+@lru_cache(maxsize=16)
+def _spline_weights(n_mesh: int, box: int, n_out: int) -> np.ndarray:
+    """Matrix ``W`` (n_out, n_mesh) with ``W @ v`` the cubic-spline zoom of a mesh row ``v`` by ``box``.
+
+    Spline zooming is linear, so the weights are the zooms of the unit vectors;
+    the samples are box centres (``grid_mode=True``) and the mesh is reflected
+    beyond its ends, as photutils' ``Background2D`` interpolates.
+    """
+    unit = np.eye(n_mesh)
+    columns = [ndimage.zoom(unit[j], box, order=3, mode="reflect", grid_mode=True) for j in range(n_mesh)]
+    weights = np.stack(columns, axis=1)[:n_out].astype(np.float32)
+    weights.setflags(write=False)
+    return weights
+
+
+def upsample_mesh(mesh: np.ndarray, box_size: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
+    """Bicubic-spline interpolation of a low-resolution mesh to a full-resolution image.
+
+    Identical (to float32 round-off) to ``scipy.ndimage.zoom(mesh, box_size,
+    order=3, mode='reflect', grid_mode=True)`` cropped to ``shape`` and
+    clipped to the mesh's range, which is what photutils does, but computed
+    as ``W_y @ mesh @ W_x.T``: the tensor-product spline is separable, so two
+    small matrix products replace a 4-million-point spline evaluation
+    (about 0.03 s instead of 0.4 s for 2048x2048).
+
+    Parameters
+    ----------
+    mesh : ndarray, shape (my, mx)
+        Finite mesh values (e.g. e- per pixel), one per box.
+    box_size : (int, int)
+        Box size (px) along y and x; ``my * box_size[0] >= shape[0]``.
+    shape : (int, int)
+        Output shape (ny, nx).
+
+    Returns
+    -------
+    ndarray, float32, ``shape``
+    """
+    mesh = np.asarray(mesh, dtype=np.float32)
+    w_y = _spline_weights(mesh.shape[0], int(box_size[0]), int(shape[0]))
+    w_x = _spline_weights(mesh.shape[1], int(box_size[1]), int(shape[1]))
+    image = (w_y @ mesh) @ w_x.T
+    return np.clip(image, mesh.min(), mesh.max(), out=image)
 
 
 def estimate_background(
@@ -90,7 +138,7 @@ def estimate_background(
     if bad.all():
         raise ValueError("every pixel is masked or non-finite: no background can be estimated")
     box = (min(box_size, data.shape[0]), min(box_size, data.shape[1]))
-    bkg = Background2D(
+    mesh = Background2D(
         data,
         box,
         mask=bad,
@@ -100,9 +148,10 @@ def estimate_background(
         bkg_rms_estimator=StdBackgroundRMS(),
         exclude_percentile=exclude_percentile,
     )
+    # Only the meshes are taken from photutils: its own spline zoom costs ten times more.
     return BackgroundMaps(
-        background=np.asarray(bkg.background, dtype=np.float32),
-        rms=np.asarray(bkg.background_rms, dtype=np.float32) if rms_map else None,
-        median_background=float(bkg.background_median),
-        median_rms=float(bkg.background_rms_median),
+        background=upsample_mesh(mesh.background_mesh, box, data.shape),
+        rms=upsample_mesh(mesh.background_rms_mesh, box, data.shape) if rms_map else None,
+        median_background=float(mesh.background_median),
+        median_rms=float(mesh.background_rms_median),
     )
