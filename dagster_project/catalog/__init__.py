@@ -3,10 +3,11 @@
 ``Catalog(url)`` gives sessions and migrations; ``models`` the schema;
 ``states.transition`` every status change; ``queries`` the named reads and
 lifecycle operations the ingest layer, assets, sensors and CLI use;
-``healpix`` the spatial index behind ``queries.cone_search``.
+``healpix`` the spatial index behind ``queries.cone_search``;
+``operations`` the operations ledger and ``provenance`` what each run made of what.
 """
 
-from dagster_project.catalog import queries, results
+from dagster_project.catalog import operations, provenance, queries, results
 from dagster_project.catalog.db import Catalog, make_engine, migrate
 from dagster_project.catalog.healpix import HEALPIX_ORDER, angular_separation_deg, healpix_index
 from dagster_project.catalog.models import (
@@ -54,6 +55,8 @@ __all__ = [
     "healpix_index",
     "make_engine",
     "migrate",
+    "operations",
+    "provenance",
     "queries",
     "results",
     "transition",

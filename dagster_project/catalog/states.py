@@ -34,6 +34,16 @@ RawFileStatus (``quarantine_reason``)::
 CandidateStatus::
 
     new ──► promoted | rejected | archived;   promoted | rejected ──► archived
+
+OperationStatus and OperationOutcome, for OperationRun (they change together: :func:`complete`)::
+
+    queued ──► running ──► completed
+    pending ──► succeeded | partially_succeeded | failed | cancelled    (only when completed)
+
+ProcessingRunStatus, for ProcessingRun (follows its Dagster run)::
+
+    pending ──► running ──► completed | failed | cancelled
+       └──────────────────► completed | failed | cancelled   (a run first seen finished)
 """
 
 from enum import Enum
@@ -50,8 +60,11 @@ from dagster_project.catalog.models import (
     RawFileStatus,
     RunStatus,
 )
+from dagster_project.catalog.operations import OperationOutcome, OperationRun, OperationStatus
+from dagster_project.catalog.provenance import ProcessingRun, ProcessingRunStatus
 
 O, R, F, C = ObservationStatus, RunStatus, RawFileStatus, CandidateStatus
+OS, OO, P = OperationStatus, OperationOutcome, ProcessingRunStatus
 
 _ARCHIVE = frozenset({O.ARCHIVED})
 OBSERVATION_TRANSITIONS: dict[ObservationStatus, frozenset[ObservationStatus]] = {
@@ -88,6 +101,29 @@ CANDIDATE_TRANSITIONS: dict[CandidateStatus, frozenset[CandidateStatus]] = {
     C.ARCHIVED: frozenset(),
 }
 
+OPERATION_TRANSITIONS: dict[OperationStatus, frozenset[OperationStatus]] = {
+    OS.QUEUED: frozenset({OS.RUNNING}),
+    OS.RUNNING: frozenset({OS.COMPLETED}),
+    OS.COMPLETED: frozenset(),
+}
+
+OPERATION_OUTCOME_TRANSITIONS: dict[OperationOutcome, frozenset[OperationOutcome]] = {
+    OO.PENDING: frozenset({OO.SUCCEEDED, OO.PARTIALLY_SUCCEEDED, OO.FAILED, OO.CANCELLED}),
+    OO.SUCCEEDED: frozenset(),
+    OO.PARTIALLY_SUCCEEDED: frozenset(),
+    OO.FAILED: frozenset(),
+    OO.CANCELLED: frozenset(),
+}
+
+_RUN_ENDS = frozenset({P.COMPLETED, P.FAILED, P.CANCELLED})
+PROCESSING_RUN_TRANSITIONS: dict[ProcessingRunStatus, frozenset[ProcessingRunStatus]] = {
+    P.PENDING: frozenset({P.RUNNING}) | _RUN_ENDS,
+    P.RUNNING: _RUN_ENDS,
+    P.COMPLETED: frozenset(),
+    P.FAILED: frozenset(),
+    P.CANCELLED: frozenset(),
+}
+
 #: entity class -> (its status enum, its transition table, the attribute recording why; None: none)
 _MACHINES: dict[type, tuple[type[Enum], dict, str | None]] = {
     Observation: (ObservationStatus, OBSERVATION_TRANSITIONS, "status_reason"),
@@ -95,16 +131,18 @@ _MACHINES: dict[type, tuple[type[Enum], dict, str | None]] = {
     PreprocessRun: (RunStatus, RUN_TRANSITIONS, "error_message"),
     DifferenceRun: (RunStatus, RUN_TRANSITIONS, "error_message"),
     Candidate: (CandidateStatus, CANDIDATE_TRANSITIONS, None),
+    OperationRun: (OperationStatus, OPERATION_TRANSITIONS, None),
+    ProcessingRun: (ProcessingRunStatus, PROCESSING_RUN_TRANSITIONS, None),
 }
 
 
 class IllegalTransition(ValueError):
     """A status change the entity's state machine does not allow."""
 
-    def __init__(self, entity: Any, from_status: Enum | None, to_status: Enum) -> None:
+    def __init__(self, entity: Any, from_status: Enum | None, to_status: Enum, field: str = "status") -> None:
         self.entity, self.from_status, self.to_status = entity, from_status, to_status
         before = None if from_status is None else from_status.value
-        super().__init__(f"{entity!r}: illegal status transition {before!r} -> {to_status.value!r}")
+        super().__init__(f"{entity!r}: illegal {field} transition {before!r} -> {to_status.value!r}")
 
 
 def check_transition(entity: Any, new_status: Enum, *, reason: str | None = None) -> str | None:
@@ -139,3 +177,14 @@ def transition(entity: Any, new_status: Enum, *, reason: str | None = None) -> N
     entity.status = new_status
     if reason_field is not None:
         setattr(entity, reason_field, reason)
+
+
+def complete(operation: OperationRun, outcome: OperationOutcome) -> None:
+    """running → completed with its final ``outcome``: both change, or neither (and it raises)."""
+    current = None if operation.outcome is None else OperationOutcome(operation.outcome)
+    if not isinstance(outcome, OperationOutcome):
+        raise TypeError(f"an operation's outcome must be an OperationOutcome, not {outcome!r}")
+    if current is None or outcome not in OPERATION_OUTCOME_TRANSITIONS[current]:
+        raise IllegalTransition(operation, current, outcome, field="outcome")
+    transition(operation, OperationStatus.COMPLETED)
+    operation.outcome = outcome

@@ -12,9 +12,11 @@ Units and conventions
 * Masks are ``uint16`` :class:`~dagster_project.science.masks.MaskBit` fields.
 """
 
+import os
 import re
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import astroscrappy
@@ -29,12 +31,27 @@ from dagster_project.science.masks import MASK_DTYPE, MaskBit, empty_mask
 _SECTION = re.compile(r"^\s*\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]\s*$")
 
 #: L.A.Cosmic settings for well-sampled images (FWHM >= 2 px): ``objlim`` 5
-#: spares star cores; a second iteration catches the rims of blob-like hits
-#: (about 2.4 s for 2048x2048 on two idle cores, ``niter=1`` about 1.5 s and,
-#: on thin simulated tracks, only 0.4 % fewer >= 5 sigma hit pixels).
-#: ``cleantype`` is moot: only the mask is used.
-COSMIC_RAY_PARAMS = dict(sigclip=4.5, sigfrac=0.3, objlim=5.0, niter=2, sepmed=True,
+#: spares star cores; ``cleantype`` is moot, only the mask is used. One
+#: iteration suffices because the mask is then grown by
+#: :data:`COSMIC_RAY_GROW_PX` (see :func:`find_cosmic_rays`).
+COSMIC_RAY_PARAMS = dict(sigclip=4.5, sigfrac=0.3, objlim=5.0, niter=1, sepmed=True,
                          cleantype="meanmask", fsmode="median")
+
+#: Pixels by which the L.A.Cosmic mask is grown (8-connected). Measured on
+#: 3000 simulated tracks added to a calibrated 2048x2048 frame (hits with a
+#: pixel >= 5 sigma, away from the outer 3 px and from masked pixels):
+#: ``niter=1`` alone leaves 10 % of the hits with an unmasked pixel >= 3 sigma
+#: and 16 hits with one >= 8 sigma (enough for a 5-sigma S_corr peak);
+#: ``niter=2`` leaves 6.6 % and 7; ``niter=1`` grown by 1 px leaves 0.4 % and 3
+#: (hits on bright stars, which ``objlim`` protects), the same as ``niter=2``
+#: grown, at half the time (1.2 s instead of 2.2 s on one core). The growth
+#: masks ~5 px per hit pixel: 0.15 % of a simulated 60 s frame.
+COSMIC_RAY_GROW_PX = 1
+
+#: Rows of overlap between the strips L.A.Cosmic runs on in parallel: its
+#: filters reach ~10 px (a 9-px median of a 5-px median, a 2x-subsampled
+#: Laplacian, two 3x3 dilations) per iteration.
+_COSMIC_RAY_OVERLAP_PX = 16
 
 
 def parse_fits_section(section: str, shape: tuple[int, int] | None = None) -> tuple[slice, slice]:
@@ -318,6 +335,75 @@ def saturation_masks(saturated: np.ndarray, grow_px: int = 1, bleed_px: int = 5)
     return grown, ndimage.binary_dilation(saturated, column) & ~grown
 
 
+def find_cosmic_rays(
+    data: np.ndarray,
+    variance: np.ndarray,
+    bad: np.ndarray,
+    *,
+    read_noise_e: float,
+    saturate_e: float,
+    params: Mapping | None = None,
+    grow_px: int = COSMIC_RAY_GROW_PX,
+    n_threads: int | None = None,
+) -> np.ndarray:
+    """Cosmic-ray pixels by L.A.Cosmic (:func:`astroscrappy.detect_cosmics`), grown by ``grow_px``.
+
+    The image is cut into horizontal strips that overlap by
+    ``_COSMIC_RAY_OVERLAP_PX * niter`` rows and run in threads (astroscrappy's
+    filters release the GIL); each strip keeps only its own rows, so the
+    result equals one run on the whole image (the strips differ only in the
+    global sky level astroscrappy uses to clean fully masked neighbourhoods
+    between iterations).
+
+    Parameters
+    ----------
+    data : ndarray, float32, shape (ny, nx)
+        Image in e- (sky included); non-finite pixels must be in ``bad``.
+    variance : ndarray, float32
+        Variance in e-^2 (flat-field and source noise included).
+    bad : ndarray of bool
+        Pixels not to test (already masked or non-finite).
+    read_noise_e, saturate_e : float
+        Read noise and saturation level, e-.
+    params : mapping, optional
+        Overrides of :data:`COSMIC_RAY_PARAMS`.
+    grow_px : int
+        8-connected growth of the mask (see :data:`COSMIC_RAY_GROW_PX`).
+    n_threads : int, optional
+        Strips run in parallel; default the CPUs available to this process (at most 4).
+
+    Returns
+    -------
+    ndarray of bool
+        Cosmic-ray pixels (never where ``bad`` is True).
+    """
+    params = {**COSMIC_RAY_PARAMS, **(params or {})}
+    data = np.where(bad, np.float32(0), data).astype(np.float32, copy=False)
+    variance = np.where(bad, np.float32(1), variance).astype(np.float32, copy=False)
+    ny = data.shape[0]
+    n_threads = n_threads or min(len(os.sched_getaffinity(0)), 4)
+    overlap = _COSMIC_RAY_OVERLAP_PX * int(params["niter"])
+    n_strips = max(1, min(n_threads, ny // (4 * overlap)))
+    edges = np.linspace(0, ny, n_strips + 1).astype(int)
+
+    def strip(k: int) -> np.ndarray:
+        lo, hi = max(edges[k] - overlap, 0), min(edges[k + 1] + overlap, ny)
+        cosmic, _ = astroscrappy.detect_cosmics(
+            data[lo:hi], inmask=bad[lo:hi], invar=variance[lo:hi], gain=1.0, readnoise=read_noise_e,
+            satlevel=saturate_e, **params,
+        )
+        return cosmic[edges[k] - lo : edges[k + 1] - lo]
+
+    if n_strips == 1:
+        cosmic = strip(0)
+    else:
+        with ThreadPoolExecutor(n_strips) as pool:
+            cosmic = np.concatenate(list(pool.map(strip, range(n_strips))))
+    if grow_px > 0 and cosmic.any():
+        cosmic = ndimage.binary_dilation(cosmic, np.ones((3, 3), bool), iterations=grow_px) & ~bad
+    return cosmic
+
+
 def _mask_bits(bad_pixel_mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """A caller's bad-pixel mask as MaskBit values: bools become ``BAD_COLUMN``, integers are kept."""
     bad = np.asarray(bad_pixel_mask)
@@ -369,7 +455,7 @@ def calibrate_science_frame(
         Extra mask of the trimmed frame: a uint16 MaskBit field is OR-ed in,
         a boolean array is flagged ``BAD_COLUMN``.
     detect_cosmic_rays : bool
-        Run L.A.Cosmic (astroscrappy) and flag ``COSMIC_RAY``.
+        Run L.A.Cosmic (:func:`find_cosmic_rays`) and flag ``COSMIC_RAY``.
     cosmic_ray_params : mapping, optional
         Overrides of :data:`COSMIC_RAY_PARAMS`.
     saturation_grow_px : int
@@ -452,16 +538,13 @@ def calibrate_science_frame(
     n_cosmic = 0
     if detect_cosmic_rays:
         params = {**COSMIC_RAY_PARAMS, **(cosmic_ray_params or {})}
-        # data are e-: gain 1, read noise and saturation in e-; the variance already holds the flat
-        cosmic, _ = astroscrappy.detect_cosmics(
-            np.where(nonfinite, 0.0, data).astype(np.float32), inmask=mask != 0,
-            invar=np.where(nonfinite, 1.0, variance).astype(np.float32),
-            gain=1.0, readnoise=read_noise_e, satlevel=saturate_e, **params,
-        )
+        # data are e-: read noise and saturation in e-; the variance already holds the flat
+        cosmic = find_cosmic_rays(data, variance, (mask != 0) | nonfinite, read_noise_e=read_noise_e,
+                                  saturate_e=saturate_e, params=params)
         mask[cosmic] |= MASK_DTYPE(MaskBit.COSMIC_RAY)
         n_cosmic = int(np.count_nonzero(cosmic))
         history.append(f"Cosmic rays masked with astroscrappy (sigclip {params['sigclip']}, "
-                       f"objlim {params['objlim']}, niter {params['niter']})")
+                       f"objlim {params['objlim']}, niter {params['niter']}), grown by {COSMIC_RAY_GROW_PX} px")
     timings["cosmic_rays_s"] = time.perf_counter() - step
 
     good = mask == 0
