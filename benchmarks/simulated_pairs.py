@@ -262,15 +262,20 @@ def inject(pair: Pair, night: Night, rng: np.random.Generator, *, spacing: int =
            snr_low: float = 3.0, snr_high: float = 50.0) -> tuple[ImagePlanes, Injections]:
     """Inject point sources on a jittered grid into the new calibrated image of ``pair``.
 
-    One source per ``spacing`` x ``spacing`` cell (jittered by up to a quarter
-    cell, random sub-pixel phase), at least ``margin`` px inside the new frame
-    and with its PSF window inside the reference too. Target ``s_diff`` values
+    One source per ``spacing`` x ``spacing`` cell of a grid with a random origin
+    (jittered by up to a quarter cell, random sub-pixel phase), so sources are
+    at least ``spacing / 2`` apart; at least ``margin - spacing / 4`` px inside
+    the new frame and with their PSF window inside the reference too. Target ``s_diff`` values
     come from :func:`draw_target_snr`; the flux that reaches it is solved for.
     Returns the new ImagePlanes (copies) and the truth.
     """
     ny, nx = night.spec.data_shape
-    centres = np.arange(margin + spacing / 2, min(nx, ny) - margin - spacing / 2 + 1, spacing)
-    gx, gy = np.meshgrid(centres, centres)
+    # a random origin per frame makes the positions uniform over the detector on average (no grid column
+    # sits systematically on a detector defect); cells stay ``spacing`` apart
+    origin = rng.uniform(0, spacing, 2)
+    cx = np.arange(margin + origin[0], nx - margin, spacing)
+    cy = np.arange(margin + origin[1], ny - margin, spacing)
+    gx, gy = np.meshgrid(cx, cy)
     jitter = spacing / 4
     x = gx.ravel() + rng.uniform(-jitter, jitter, gx.size)
     y = gy.ravel() + rng.uniform(-jitter, jitter, gy.size)
@@ -318,8 +323,9 @@ class TruthCatalogue:
     galaxy_radius: np.ndarray
 
 
-def truth_catalogue(pair: Pair, night: Night, *, peak_sigma: float = 5.0) -> TruthCatalogue:
-    """Stars whose peak exceeds ``peak_sigma`` sky sigma, with the radius where their profile falls to 1 sigma.
+def truth_catalogue(pair: Pair, night: Night, *, peak_sigma: float = 1.0) -> TruthCatalogue:
+    """Stars whose peak exceeds ``peak_sigma`` sky sigma (1: optimal S/N >~ 2.5), with the radius where their
+    profile falls to 1 sky sigma.
 
     The radius is at least 1.5 FWHM (largest of the two epochs); galaxies get
     ``2 r_eff + 1.5 FWHM``.

@@ -9,7 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from dagster_project import cli_results
+from dagster_project import cli_operations, cli_results
 from dagster_project.settings import Settings
 
 
@@ -190,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="counts of files, observations and candidates").set_defaults(func=cmd_status)
     sub.add_parser("migrate", help="bring the catalog schema up to date").set_defaults(func=cmd_migrate)
     cli_results.add_subcommands(sub)
+    cli_operations.add_subcommands(sub)
     return parser
 
 

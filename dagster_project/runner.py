@@ -11,7 +11,8 @@ instance, so the UI shows them like any other run.
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +20,11 @@ from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_cont
 
 from dagster_project.catalog import Catalog, result_lifecycle
 from dagster_project.catalog.models import utcnow
+from dagster_project.catalog.operations import OperationType
 from dagster_project.definitions import defs
+from dagster_project.operations import OPERATION_TAG
 from dagster_project.resources import resources_from_settings
+from dagster_project.sensors import ledger
 from dagster_project.settings import Settings
 from dagster_project.sensors.product_rebuild import RUN_KEY_TAG
 
@@ -38,6 +42,7 @@ class RunRecord:
 class ProcessReport:
     runs: list[RunRecord] = field(default_factory=list)
     waiting_files: list[str] = field(default_factory=list)
+    operation_id: int | None = None  # in the operations ledger
 
     @property
     def failed(self) -> list[RunRecord]:
@@ -56,6 +61,7 @@ class HeadlessDaemon:
         self.report = ProcessReport()
         self.attempted: set[str] = set()
         self.arrival_cursor: str | None = None
+        self.catalog = self.resources["catalog"].catalog()
 
     def _tick(self, sensor_name: str, cursor: str | None = None) -> tuple[list, str | None]:
         context = build_sensor_context(instance=self.instance, cursor=cursor, resources=self.resources, definitions=defs)
@@ -71,14 +77,29 @@ class HeadlessDaemon:
     def run(self, job_name: str, partition_key: str, run_key: str, tags: dict | None = None) -> RunRecord:
         self.attempted.add(run_key)
         started = time.monotonic()
+        tags = {**(tags or {}), RUN_KEY_TAG: run_key}
+        if self.report.operation_id is not None:
+            tags[OPERATION_TAG] = str(self.report.operation_id)
         result = defs.resolve_job_def(job_name).execute_in_process(
             instance=self.instance, partition_key=partition_key, resources=self.resources, raise_on_error=False,
-            tags={**(tags or {}), RUN_KEY_TAG: run_key})
+            tags=tags)
         record = RunRecord(job_name, partition_key, result.run_id, result.success, time.monotonic() - started)
+        # provenance and the operation's counts now, without waiting for the ledger sensor
+        ledger.mirror_run(self.instance, self.catalog, self.resources["store"].store().root, result.run_id)
+        if self.report.operation_id is not None:
+            ledger.sync_operation(self.instance, self.catalog, self.report.operation_id)
         self.report.runs.append(record)
         mark = "ok  " if record.success else "FAIL"
         self.progress(f"[{len(self.report.runs):3d}] {mark} {job_name:<15} {partition_key:<40} {record.seconds:6.1f} s")
         return record
+
+    @contextmanager
+    def operation(self, operation_type: OperationType, identity: Mapping[str, str]) -> Iterator[int]:
+        """Record what this daemon does inside the block as one operation of the ledger."""
+        with ledger.owned_operation(self.instance, self.catalog, survey=self.settings.survey,
+                                    operation_type=operation_type, identity=identity) as operation_id:
+            self.report.operation_id = operation_id
+            yield operation_id
 
     def _execute(self, requests, default_job: str) -> int:
         for request in requests:
@@ -124,14 +145,15 @@ def process_folder(folder: Path, settings: Settings, *, wait: bool = False, wait
     """Ingest every FITS file below ``folder`` and run the pipeline on them to completion."""
     daemon = HeadlessDaemon(settings, instance=instance, landing_dir=folder.resolve(), progress=progress)
     deadline = time.monotonic() + wait_timeout
-    while True:
-        waiting = daemon.ingest()
-        daemon.drain(wait_for_products=not waiting)
-        if not waiting or not wait or time.monotonic() > deadline:
-            daemon.report.waiting_files = waiting
-            return daemon.report
-        progress(f"waiting for {len(waiting)} file(s) still being written ...")
-        time.sleep(max(0.5, min(2.0, settings.settle_seconds)))
+    with daemon.operation(OperationType.PROCESS_FOLDER, {"folder": str(folder.resolve())}):
+        while True:
+            waiting = daemon.ingest()
+            daemon.drain(wait_for_products=not waiting)
+            if not waiting or not wait or time.monotonic() > deadline:
+                daemon.report.waiting_files = waiting
+                return daemon.report
+            progress(f"waiting for {len(waiting)} file(s) still being written ...")
+            time.sleep(max(0.5, min(2.0, settings.settle_seconds)))
 
 
 def rebuild_reference(field_band: str, settings: Settings, *, progress: Callable[[str], None] = print,
@@ -140,6 +162,7 @@ def rebuild_reference(field_band: str, settings: Settings, *, progress: Callable
     daemon = HeadlessDaemon(settings, instance=instance, progress=progress)
     if field_band not in daemon.instance.get_dynamic_partitions("field_bands"):
         raise ValueError(f"unknown field and band {field_band!r}")
-    daemon.run("reference_job", field_band, f"reference:{field_band}:manual:{time.time_ns()}")
-    daemon.drain()
+    with daemon.operation(OperationType.REFERENCE_REBUILD, {"field_band": field_band}):
+        daemon.run("reference_job", field_band, f"reference:{field_band}:manual:{time.time_ns()}")
+        daemon.drain()
     return daemon.report

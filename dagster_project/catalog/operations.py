@@ -33,9 +33,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
-# Module, not names: states.py imports this module to know OperationRun, so the names
-# are looked up when a function runs, by which time both modules are complete.
-from dagster_project.catalog import states
 from dagster_project.catalog.models import (
     Base,
     Observation,
@@ -107,10 +104,10 @@ class OperationRun(StandardColumns, Base):
         sa.CheckConstraint("(status = 'queued') = (started_at IS NULL)", name="started_at_unless_queued"),
         sa.CheckConstraint("completed_at IS NULL OR completed_at >= started_at", name="completed_after_started"),
         # Portable CHECKs cannot match patterns, so each dialect gets its own spelling.
-        sa.CheckConstraint("run_identity_hash ~ '^[0-9a-f]{64}$'", name="identity_hash_hex").ddl_if(
+        sa.CheckConstraint("run_identity_hash ~ '^[0-9a-f]{64}$'", name="run_identity_hash_hex").ddl_if(
             dialect="postgresql"),
         sa.CheckConstraint("length(run_identity_hash) = 64 AND run_identity_hash NOT GLOB '*[^0-9a-f]*'",
-                           name="identity_hash_hex").ddl_if(dialect="sqlite"),
+                           name="run_identity_hash_hex").ddl_if(dialect="sqlite"),
         sa.CheckConstraint("type ~ '^[a-z_]+(\\.[a-z_]+)+$'", name="type_taxonomy").ddl_if(dialect="postgresql"),
         sa.CheckConstraint("type GLOB '[a-z_]*.[a-z_]*' AND type NOT GLOB '*[^a-z_.]*' AND type NOT GLOB '*.' "
                            "AND type NOT GLOB '*..*'", name="type_taxonomy").ddl_if(dialect="sqlite"),
@@ -155,6 +152,11 @@ class OperationRun(StandardColumns, Base):
         return f"OperationRun(#{self.id} {self.type}, {self.status}/{self.outcome})"
 
 
+# Imported once the models exist: states.py imports this module for OperationRun, so
+# whichever of the two is imported first, the other finds what it needs.
+from dagster_project.catalog import states  # noqa: E402
+
+
 class OperationActive(RuntimeError):
     """The operation asked for is already running (under another owner)."""
 
@@ -165,21 +167,24 @@ class OperationActive(RuntimeError):
 
 # --- sanitizing what goes into failure_summary ---------------------------------------------------------------------
 
-_TRACEBACK = re.compile(r"Traceback \(most recent call last\):.*", re.S)
+_TRACEBACK = "Traceback (most recent call last):"
 _URL_CREDENTIALS = re.compile(r"\b([a-z][a-z0-9+.-]*://)[^/\s@]+@", re.I)
 _SECRET = re.compile(r"\b(password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|authorization|credentials?)"
-                     r"(\s*[=:]\s*|\s+)(bearer\s+)?[^\s,;]+", re.I)
-# absolute, home or dot-relative paths, and relative ones that end in a file name with a suffix
-_PATH = re.compile(r"(?<![\w<])(?:~|\.{1,2})?/[^\s\"'(),;]*|\b[\w.-]+(?:/[\w.-]+)*/[\w-]+\.[A-Za-z]\w*\b")
+                     r"(\s*[=:]\s*)(bearer\s+)?[^\s,;]+", re.I)
+# absolute, home or dot-relative paths (not a URL's //host/...), and relative ones ending in a file name
+_PATH = re.compile(r"(?<![\w<:/])(?:~|\.{1,2})?/[^\s\"'(),;]*|\b[\w.-]+(?:/[\w.-]+)*/[\w-]+\.[A-Za-z]\w*\b")
 _HEX = re.compile(r"\b[0-9a-fA-F]{16,}\b")
 _CODE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
 
 
 def sanitize_message(message: str) -> str:
-    """One short line fit for failure_summary: no traceback, paths, credentials or long hashes."""
-    text = _TRACEBACK.sub("", str(message))
-    first_line = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    text = _URL_CREDENTIALS.sub(r"\1<redacted>@", first_line)
+    """One short line fit for failure_summary: no traceback, paths, credentials or long hashes.
+
+    The first line of the message; for a traceback, its last line (the exception itself).
+    """
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    line = (lines[-1] if lines[0].startswith(_TRACEBACK) else lines[0]) if lines else ""
+    text = _URL_CREDENTIALS.sub(r"\1<redacted>@", line)
     text = _SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}<redacted>", text)
     text = _PATH.sub("<path>", text)
     text = _HEX.sub("<hash>", text)
@@ -386,11 +391,14 @@ def observations_for_backfill(session: Session, *, field_name: str | None = None
     stmt = (sa.select(Observation).outerjoin(PreprocessRun, PreprocessRun.observation_id == Observation.id)
             .where(Observation.status != ObservationStatus.ARCHIVED)
             .order_by(Observation.observation_time, Observation.observation_id))
-    for condition, value in ((Observation.field_name == field_name, field_name),
-                             (Observation.filter_band == filter_band, filter_band),
-                             (Observation.night >= night_from, night_from), (Observation.night <= night_to, night_to)):
-        if value is not None:
-            stmt = stmt.where(condition)
+    if field_name is not None:
+        stmt = stmt.where(Observation.field_name == field_name)
+    if filter_band is not None:
+        stmt = stmt.where(Observation.filter_band == filter_band)
+    if night_from is not None:  # 'YYYY-MM-DD' sorts chronologically
+        stmt = stmt.where(Observation.night >= night_from)
+    if night_to is not None:
+        stmt = stmt.where(Observation.night <= night_to)
     statuses = set(statuses)
     unknown = statuses - set(BACKFILL_STATUSES)
     if unknown:

@@ -31,8 +31,6 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship, selectinload
 
-# Modules, not names: states.py imports this module (see catalog/operations.py).
-from dagster_project.catalog import queries, states
 from dagster_project.catalog.models import (
     Base,
     DifferenceRun,
@@ -187,6 +185,11 @@ class StepInput(StandardColumns, Base):
         return f"StepInput({self.role}, {self.path!r})"
 
 
+# Imported once the models exist: states.py imports this module for ProcessingRun (and
+# queries imports states), so whichever is imported first, the others find what they need.
+from dagster_project.catalog import queries, states  # noqa: E402
+
+
 # --- records handed in by the Dagster side ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -260,11 +263,11 @@ def append_steps(session: Session, run: ProcessingRun, steps: Iterable[StepRecor
     for record in sorted(steps, key=lambda s: s.event_storage_id):
         if record.event_storage_id <= last_event:
             continue
+        inputs = [_input(session, i, record.timestamp) for i in record.inputs]
         step = ProcessingStep(run=run, sequence=sequence, type=record.type, content=record.content,
                               timestamp=record.timestamp, latency_ms=record.latency_ms,
-                              event_storage_id=record.event_storage_id)
-        step.artifacts = [Artifact(**vars(a)) for a in record.artifacts]
-        step.inputs = [_input(session, i, record.timestamp) for i in record.inputs]
+                              event_storage_id=record.event_storage_id,
+                              artifacts=[Artifact(**vars(a)) for a in record.artifacts], inputs=inputs)
         session.add(step)
         session.flush()  # the next step's inputs may be this step's artifacts
         added.append(step)
@@ -318,6 +321,12 @@ def get_artifact(session: Session, artifact_id: uuid.UUID | str) -> Artifact:
     if artifact is None:
         raise queries.NotFound(f"no artifact {artifact_id}")
     return artifact
+
+
+def raw_file_stored_at(session: Session, stored_path: str) -> RawDataFile | None:
+    """The raw file archived at ``stored_path`` (absolute, as registered), if any."""
+    return session.scalar(sa.select(RawDataFile).where(RawDataFile.stored_path == stored_path)
+                          .order_by(RawDataFile.version.desc()).limit(1))
 
 
 def producing_artifact(session: Session, path: str, sha256: str | None = None,

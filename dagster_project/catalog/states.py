@@ -60,11 +60,8 @@ from dagster_project.catalog.models import (
     RawFileStatus,
     RunStatus,
 )
-from dagster_project.catalog.operations import OperationOutcome, OperationRun, OperationStatus
-from dagster_project.catalog.provenance import ProcessingRun, ProcessingRunStatus
 
 O, R, F, C = ObservationStatus, RunStatus, RawFileStatus, CandidateStatus
-OS, OO, P = OperationStatus, OperationOutcome, ProcessingRunStatus
 
 _ARCHIVE = frozenset({O.ARCHIVED})
 OBSERVATION_TRANSITIONS: dict[ObservationStatus, frozenset[ObservationStatus]] = {
@@ -101,29 +98,6 @@ CANDIDATE_TRANSITIONS: dict[CandidateStatus, frozenset[CandidateStatus]] = {
     C.ARCHIVED: frozenset(),
 }
 
-OPERATION_TRANSITIONS: dict[OperationStatus, frozenset[OperationStatus]] = {
-    OS.QUEUED: frozenset({OS.RUNNING}),
-    OS.RUNNING: frozenset({OS.COMPLETED}),
-    OS.COMPLETED: frozenset(),
-}
-
-OPERATION_OUTCOME_TRANSITIONS: dict[OperationOutcome, frozenset[OperationOutcome]] = {
-    OO.PENDING: frozenset({OO.SUCCEEDED, OO.PARTIALLY_SUCCEEDED, OO.FAILED, OO.CANCELLED}),
-    OO.SUCCEEDED: frozenset(),
-    OO.PARTIALLY_SUCCEEDED: frozenset(),
-    OO.FAILED: frozenset(),
-    OO.CANCELLED: frozenset(),
-}
-
-_RUN_ENDS = frozenset({P.COMPLETED, P.FAILED, P.CANCELLED})
-PROCESSING_RUN_TRANSITIONS: dict[ProcessingRunStatus, frozenset[ProcessingRunStatus]] = {
-    P.PENDING: frozenset({P.RUNNING}) | _RUN_ENDS,
-    P.RUNNING: _RUN_ENDS,
-    P.COMPLETED: frozenset(),
-    P.FAILED: frozenset(),
-    P.CANCELLED: frozenset(),
-}
-
 #: entity class -> (its status enum, its transition table, the attribute recording why; None: none)
 _MACHINES: dict[type, tuple[type[Enum], dict, str | None]] = {
     Observation: (ObservationStatus, OBSERVATION_TRANSITIONS, "status_reason"),
@@ -131,8 +105,6 @@ _MACHINES: dict[type, tuple[type[Enum], dict, str | None]] = {
     PreprocessRun: (RunStatus, RUN_TRANSITIONS, "error_message"),
     DifferenceRun: (RunStatus, RUN_TRANSITIONS, "error_message"),
     Candidate: (CandidateStatus, CANDIDATE_TRANSITIONS, None),
-    OperationRun: (OperationStatus, OPERATION_TRANSITIONS, None),
-    ProcessingRun: (ProcessingRunStatus, PROCESSING_RUN_TRANSITIONS, None),
 }
 
 
@@ -177,6 +149,41 @@ def transition(entity: Any, new_status: Enum, *, reason: str | None = None) -> N
     entity.status = new_status
     if reason_field is not None:
         setattr(entity, reason_field, reason)
+
+
+# --- the operations ledger and provenance ---------------------------------------------------------------------------
+# Imported last: their modules define the models and then import this one for transition(),
+# and provenance needs queries, which needs the functions above. Any import order works.
+from dagster_project.catalog.operations import OperationOutcome, OperationRun, OperationStatus  # noqa: E402
+from dagster_project.catalog.provenance import ProcessingRun, ProcessingRunStatus  # noqa: E402
+
+OS, OO, P = OperationStatus, OperationOutcome, ProcessingRunStatus
+
+OPERATION_TRANSITIONS: dict[OperationStatus, frozenset[OperationStatus]] = {
+    OS.QUEUED: frozenset({OS.RUNNING}),
+    OS.RUNNING: frozenset({OS.COMPLETED}),
+    OS.COMPLETED: frozenset(),
+}
+
+OPERATION_OUTCOME_TRANSITIONS: dict[OperationOutcome, frozenset[OperationOutcome]] = {
+    OO.PENDING: frozenset({OO.SUCCEEDED, OO.PARTIALLY_SUCCEEDED, OO.FAILED, OO.CANCELLED}),
+    OO.SUCCEEDED: frozenset(),
+    OO.PARTIALLY_SUCCEEDED: frozenset(),
+    OO.FAILED: frozenset(),
+    OO.CANCELLED: frozenset(),
+}
+
+_RUN_ENDS = frozenset({P.COMPLETED, P.FAILED, P.CANCELLED})
+PROCESSING_RUN_TRANSITIONS: dict[ProcessingRunStatus, frozenset[ProcessingRunStatus]] = {
+    P.PENDING: frozenset({P.RUNNING}) | _RUN_ENDS,
+    P.RUNNING: _RUN_ENDS,
+    P.COMPLETED: frozenset(),
+    P.FAILED: frozenset(),
+    P.CANCELLED: frozenset(),
+}
+
+_MACHINES[OperationRun] = (OperationStatus, OPERATION_TRANSITIONS, None)
+_MACHINES[ProcessingRun] = (ProcessingRunStatus, PROCESSING_RUN_TRANSITIONS, None)
 
 
 def complete(operation: OperationRun, outcome: OperationOutcome) -> None:

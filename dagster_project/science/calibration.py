@@ -12,11 +12,9 @@ Units and conventions
 * Masks are ``uint16`` :class:`~dagster_project.science.masks.MaskBit` fields.
 """
 
-import os
 import re
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import astroscrappy
@@ -26,7 +24,8 @@ from astropy.stats import mad_std, sigma_clip, sigma_clipped_stats
 from scipy import ndimage
 
 from dagster_project.science.images import ImagePlanes
-from dagster_project.science.masks import MASK_DTYPE, MaskBit, empty_mask
+from dagster_project.science.masks import MASK_DTYPE, MaskBit, dilate, empty_mask
+from dagster_project.science.parallel import n_threads, row_blocks, run_threads
 
 _SECTION = re.compile(r"^\s*\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]\s*$")
 
@@ -329,79 +328,113 @@ def saturation_masks(saturated: np.ndarray, grow_px: int = 1, bleed_px: int = 5)
     (charge spills along the readout direction, and the partly filled ends of a
     trail stay below the saturation level), outside the ``SATURATED`` pixels.
     """
-    grown = ndimage.binary_dilation(saturated, np.ones((3, 3), bool), iterations=grow_px) if grow_px > 0 \
-        else saturated.copy()
-    column = np.ones((2 * bleed_px + 1, 1), bool)
-    return grown, ndimage.binary_dilation(saturated, column) & ~grown
+    grown = dilate(saturated, grow_px, grow_px)
+    return grown, dilate(saturated, bleed_px, 0) & ~grown
+
+
+#: Detector defects only a pixel or two wide: filled for L.A.Cosmic rather than masked (see :func:`find_cosmic_rays`).
+_THIN_DEFECTS = MaskBit.BAD_COLUMN | MaskBit.FLAT_BAD
+
+
+def _fill_from_row_neighbours(image: np.ndarray, bad: np.ndarray, reach: int = 8) -> np.ndarray:
+    """Copy of ``image`` with ``bad`` pixels replaced by the mean of the nearest good pixels left and right.
+
+    Neighbours are searched up to ``reach`` px away in the same row (bad
+    columns are vertical); pixels with none get the median of the good pixels.
+    """
+    filled = image.copy()
+    for column in np.flatnonzero(bad.any(axis=0)):  # a handful of defect columns
+        rows = np.flatnonzero(bad[:, column])
+        total = np.zeros(rows.size)
+        count = np.zeros(rows.size)
+        for step in (-1, 1):
+            found = np.zeros(rows.size, bool)
+            for k in range(1, reach + 1):
+                c = column + step * k
+                if not 0 <= c < image.shape[1]:
+                    break
+                take = ~found & ~bad[rows, c]
+                total[take] += image[rows[take], c]
+                count[take] += 1
+                found |= take
+        with np.errstate(invalid="ignore", divide="ignore"):
+            filled[rows, column] = total / count
+    lonely = bad & ~np.isfinite(filled)
+    if lonely.any():
+        filled[lonely] = np.median(image[~bad])
+    return filled
 
 
 def find_cosmic_rays(
     data: np.ndarray,
     variance: np.ndarray,
-    bad: np.ndarray,
+    mask: np.ndarray,
     *,
     read_noise_e: float,
     saturate_e: float,
     params: Mapping | None = None,
     grow_px: int = COSMIC_RAY_GROW_PX,
-    n_threads: int | None = None,
 ) -> np.ndarray:
     """Cosmic-ray pixels by L.A.Cosmic (:func:`astroscrappy.detect_cosmics`), grown by ``grow_px``.
 
+    astroscrappy grows its input mask by one pixel and never tests the pixels
+    next to a masked one, so a hit touching a bad column would stay unflagged
+    (and make a 25-sigma false transient): thin defects (``BAD_COLUMN``,
+    ``FLAT_BAD``) are therefore not passed as masked but filled with the mean
+    of their row neighbours, in data and variance. Other masked pixels
+    (saturated cores, bleed trails, non-finite) are passed as masked.
+
     The image is cut into horizontal strips that overlap by
-    ``_COSMIC_RAY_OVERLAP_PX * niter`` rows and run in threads (astroscrappy's
-    filters release the GIL); each strip keeps only its own rows, so the
-    result equals one run on the whole image (the strips differ only in the
-    global sky level astroscrappy uses to clean fully masked neighbourhoods
-    between iterations).
+    ``_COSMIC_RAY_OVERLAP_PX * niter`` rows and run in threads (one per CPU,
+    :mod:`~dagster_project.science.parallel`; astroscrappy's filters release
+    the GIL); each strip keeps only its own rows, so the result equals one
+    run on the whole image (the strips differ only in the global sky level
+    astroscrappy uses to clean fully masked neighbourhoods between iterations).
 
     Parameters
     ----------
     data : ndarray, float32, shape (ny, nx)
-        Image in e- (sky included); non-finite pixels must be in ``bad``.
+        Image in e- (sky included).
     variance : ndarray, float32
         Variance in e-^2 (flat-field and source noise included).
-    bad : ndarray of bool
-        Pixels not to test (already masked or non-finite).
+    mask : ndarray of uint16
+        :class:`~dagster_project.science.masks.MaskBit` field; non-finite
+        data or variance must be flagged in it.
     read_noise_e, saturate_e : float
         Read noise and saturation level, e-.
     params : mapping, optional
         Overrides of :data:`COSMIC_RAY_PARAMS`.
     grow_px : int
         8-connected growth of the mask (see :data:`COSMIC_RAY_GROW_PX`).
-    n_threads : int, optional
-        Strips run in parallel; default the CPUs available to this process (at most 4).
 
     Returns
     -------
     ndarray of bool
-        Cosmic-ray pixels (never where ``bad`` is True).
+        Cosmic-ray pixels (never a pixel already flagged in ``mask``).
     """
     params = {**COSMIC_RAY_PARAMS, **(params or {})}
-    data = np.where(bad, np.float32(0), data).astype(np.float32, copy=False)
-    variance = np.where(bad, np.float32(1), variance).astype(np.float32, copy=False)
+    bad = mask != 0
+    defects = (mask & MASK_DTYPE(_THIN_DEFECTS)) != 0
+    inmask = bad & ~defects
+    data = _fill_from_row_neighbours(np.where(inmask, np.float32(0), data), defects).astype(np.float32, copy=False)
+    variance = _fill_from_row_neighbours(np.where(inmask, np.float32(1), variance), defects).astype(
+        np.float32, copy=False)
     ny = data.shape[0]
-    n_threads = n_threads or min(len(os.sched_getaffinity(0)), 4)
     overlap = _COSMIC_RAY_OVERLAP_PX * int(params["niter"])
-    n_strips = max(1, min(n_threads, ny // (4 * overlap)))
-    edges = np.linspace(0, ny, n_strips + 1).astype(int)
 
-    def strip(k: int) -> np.ndarray:
-        lo, hi = max(edges[k] - overlap, 0), min(edges[k + 1] + overlap, ny)
+    def strip(rows: tuple[int, int]) -> np.ndarray:
+        lo, hi = max(rows[0] - overlap, 0), min(rows[1] + overlap, ny)
         cosmic, _ = astroscrappy.detect_cosmics(
-            data[lo:hi], inmask=bad[lo:hi], invar=variance[lo:hi], gain=1.0, readnoise=read_noise_e,
+            data[lo:hi], inmask=inmask[lo:hi], invar=variance[lo:hi], gain=1.0, readnoise=read_noise_e,
             satlevel=saturate_e, **params,
         )
-        return cosmic[edges[k] - lo : edges[k + 1] - lo]
+        return cosmic[rows[0] - lo : rows[1] - lo]
 
-    if n_strips == 1:
-        cosmic = strip(0)
-    else:
-        with ThreadPoolExecutor(n_strips) as pool:
-            cosmic = np.concatenate(list(pool.map(strip, range(n_strips))))
+    # strips much thinner than the overlap would mostly recompute their neighbours' rows
+    cosmic = np.concatenate(run_threads(strip, row_blocks(ny, min(n_threads(), ny // (4 * overlap) or 1))))
     if grow_px > 0 and cosmic.any():
-        cosmic = ndimage.binary_dilation(cosmic, np.ones((3, 3), bool), iterations=grow_px) & ~bad
-    return cosmic
+        cosmic = dilate(cosmic, grow_px, grow_px)
+    return cosmic & ~bad
 
 
 def _mask_bits(bad_pixel_mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -539,8 +572,8 @@ def calibrate_science_frame(
     if detect_cosmic_rays:
         params = {**COSMIC_RAY_PARAMS, **(cosmic_ray_params or {})}
         # data are e-: read noise and saturation in e-; the variance already holds the flat
-        cosmic = find_cosmic_rays(data, variance, (mask != 0) | nonfinite, read_noise_e=read_noise_e,
-                                  saturate_e=saturate_e, params=params)
+        cosmic = find_cosmic_rays(data, variance, mask, read_noise_e=read_noise_e, saturate_e=saturate_e,
+                                  params=params)
         mask[cosmic] |= MASK_DTYPE(MaskBit.COSMIC_RAY)
         n_cosmic = int(np.count_nonzero(cosmic))
         history.append(f"Cosmic rays masked with astroscrappy (sigclip {params['sigclip']}, "

@@ -153,37 +153,6 @@ def _segment(image, variance, mask, detect_sigma, n_pixels, bad_bits):
     return SourceCatalog(data, segm, error=sigma, mask=bad), bad
 
 
-def detect_all_sources(
-    image: np.ndarray,
-    variance: np.ndarray,
-    mask: np.ndarray | None = None,
-    *,
-    detect_sigma: float = 3.0,
-    n_pixels: int = 5,
-    bad_bits: int = ALL_BITS,
-) -> Table:
-    """Every source above ``detect_sigma`` per-pixel sigma (stars, galaxies, blends).
-
-    Parameters are as in :func:`find_stars`. Returns a Table with ``x``, ``y``
-    (0-based isophotal centroids), ``flux``, ``flux_err`` (isophotal, e-)
-    and ``snr``; empty when nothing is found.
-    """
-    cat, _ = _segment(image, variance, mask, detect_sigma, n_pixels, bad_bits)
-    if cat is None:
-        return Table({c: np.zeros(0) for c in ("x", "y", "flux", "flux_err", "snr")})
-    flux = np.asarray(cat.segment_flux, dtype=float)
-    flux_err = np.asarray(cat.segment_flux_err, dtype=float)
-    return Table(
-        {
-            "x": np.asarray(cat.x_centroid, dtype=float),
-            "y": np.asarray(cat.y_centroid, dtype=float),
-            "flux": flux,
-            "flux_err": flux_err,
-            "snr": flux / flux_err,
-        }
-    )
-
-
 def find_stars(
     image: np.ndarray,
     variance: np.ndarray,
@@ -236,18 +205,24 @@ def find_stars(
         ``flux_err`` (isophotal, e-), ``snr``, ``peak`` (e-), ``fwhm`` (px,
         moments) and ``ellipticity`` (moments), brightest first. Empty (with
         these columns) when no star qualifies. ``meta['fwhm']`` holds the
-        median moment FWHM of the stars (NaN if none).
+        median moment FWHM of the stars (NaN if none), ``meta['sources']``
+        every source detected (stars, galaxies, blends, faint ones: a Table of
+        ``x``, ``y``, ``flux``), e.g. to measure distances to the nearest
+        source without segmenting the image again.
     """
     columns = ["x", "y", "flux", "flux_err", "snr", "peak", "fwhm", "ellipticity"]
-    empty = Table({c: np.zeros(0) for c in columns}, meta={"fwhm": np.nan})
     cat, bad = _segment(image, variance, mask, detect_sigma, n_pixels, bad_bits)
     if cat is None:
-        return empty
+        sources = Table({c: np.zeros(0) for c in ("x", "y", "flux")})
+        return Table({c: np.zeros(0) for c in columns}, meta={"fwhm": np.nan, "sources": sources})
     x_all = np.asarray(cat.x_centroid, dtype=float)
     y_all = np.asarray(cat.y_centroid, dtype=float)
     flux_all = np.asarray(cat.segment_flux, dtype=float)
     snr_all = flux_all / np.asarray(cat.segment_flux_err, dtype=float)
-    candidates = np.flatnonzero(np.isfinite(x_all) & np.isfinite(y_all) & (snr_all >= snr_min))
+    finite = np.isfinite(x_all) & np.isfinite(y_all)
+    sources = Table({"x": x_all[finite], "y": y_all[finite], "flux": flux_all[finite]})
+    empty = Table({c: np.zeros(0) for c in columns}, meta={"fwhm": np.nan, "sources": sources})
+    candidates = np.flatnonzero(finite & (snr_all >= snr_min))
     if candidates.size == 0:
         return empty
     bright = cat[candidates]
@@ -291,7 +266,7 @@ def find_stars(
     )
     table.sort("flux", reverse=True)
     table = table[:max_stars]
-    table.meta["fwhm"] = float(np.median(table["fwhm"]))
+    table.meta.update(fwhm=float(np.median(table["fwhm"])), sources=sources)
     return table
 
 
@@ -634,6 +609,96 @@ def psf_photometry(
             "masked_fraction": masked_fraction,
         }
     )
+
+
+def star_fwhm(
+    image: np.ndarray,
+    variance: np.ndarray,
+    mask: np.ndarray | None,
+    psf: PSFModel,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    step: float = 0.1,
+) -> np.ndarray:
+    """FWHM (px) of each star with the other PSF parameters and the positions fixed.
+
+    The chi-square of the linear ``flux * PSF + constant`` fit is evaluated at
+    ``fwhm * (1 - step)``, ``fwhm`` and ``fwhm * (1 + step)`` for all stars at
+    once; each star's FWHM is the minimum of the parabola through the three
+    (NaN when the parabola has no minimum within two steps). About as costly
+    as three linear PSF photometries.
+
+    Parameters
+    ----------
+    image, variance, mask
+        Background-subtracted image (e-), variance (e-^2), mask (any bit excludes).
+    psf : PSFModel
+        Supplies FWHM, beta, ellipticity and angle.
+    x, y : array_like
+        PSF-fitted 0-based positions (px).
+    step : float
+        Relative FWHM step of the three evaluations.
+
+    Returns
+    -------
+    ndarray
+        FWHM per star (px).
+    """
+    _check_planes(image, variance, mask)
+    x = np.atleast_1d(np.asarray(x, dtype=float))
+    y = np.atleast_1d(np.asarray(y, dtype=float))
+    cut = _extract_cutouts(image, variance, mask, x, y, fit_half_size(psf.fwhm_px))
+    w2 = cut.weight**2
+    still = np.zeros(x.size)
+    _, beta, ellipticity, theta = psf.shape_params
+    chi2 = []
+    for factor in (1.0 - step, 1.0, 1.0 + step):
+        prof = _profiles(cut, (psf.fwhm_px * factor, beta, ellipticity, theta), still, still)
+        flux, bkg, _ = _linear_fit(cut, prof, w2)
+        resid = (cut.data - np.nan_to_num(flux)[:, None, None] * prof - np.nan_to_num(bkg)[:, None, None]) * cut.weight
+        chi2.append((resid**2).sum(axis=(1, 2)))
+    low, mid, high = chi2
+    curvature = low - 2.0 * mid + high
+    with np.errstate(invalid="ignore", divide="ignore"):
+        offset = 0.5 * (low - high) / curvature  # in units of `step`
+    return np.where((curvature > 0) & (np.abs(offset) <= 2.0), psf.fwhm_px * (1.0 + step * offset), np.nan)
+
+
+def fwhm_tile_spread(x, y, fwhm, shape: tuple[int, int], n_tiles: int, min_stars: int = 3) -> tuple[np.ndarray, float]:
+    """Median star FWHM in each of ``n_tiles`` x ``n_tiles`` tiles and their relative spread.
+
+    Parameters
+    ----------
+    x, y, fwhm : array_like
+        Star positions (px) and FWHM (px, e.g. from :func:`star_fwhm`; NaN ignored).
+    shape : (ny, nx)
+        Image shape.
+    n_tiles : int
+        Tiles per side.
+    min_stars : int
+        Tiles with fewer stars get NaN.
+
+    Returns
+    -------
+    tiles : ndarray, shape (n_tiles, n_tiles)
+        Median FWHM (px) per tile, row 0 at y = 0.
+    spread : float
+        ``(max - min) / median`` of the finite tile values (NaN with fewer than two).
+    """
+    x, y, fwhm = (np.asarray(v, dtype=float) for v in (x, y, fwhm))
+    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(fwhm)
+    ty = np.clip((y[ok] * n_tiles / shape[0]).astype(int), 0, n_tiles - 1)
+    tx = np.clip((x[ok] * n_tiles / shape[1]).astype(int), 0, n_tiles - 1)
+    tiles = np.full((n_tiles, n_tiles), np.nan)
+    for i in range(n_tiles):
+        for j in range(n_tiles):
+            values = fwhm[ok][(ty == i) & (tx == j)]
+            if values.size >= min_stars:
+                tiles[i, j] = np.median(values)
+    finite = tiles[np.isfinite(tiles)]
+    spread = float((finite.max() - finite.min()) / np.median(finite)) if finite.size >= 2 else float("nan")
+    return tiles, spread
 
 
 def pixel_scale_arcsec(wcs) -> float:

@@ -196,14 +196,14 @@ def _add_squared_gradient(total: np.ndarray, image: np.ndarray, wx: float, wy: f
 
 @dataclass
 class _SmallGridKernels:
-    kn2: np.ndarray  # k_n^2, centred odd stamp
-    kr2: np.ndarray  # k_r^2
+    kn: np.ndarray  # k_n, centred odd stamp
+    kr: np.ndarray  # k_r
     P_D: np.ndarray
     F_S: float
 
 
 def _small_grid_kernels(psf_n, psf_r, a, b, Fn, Fr, F_D, size) -> _SmallGridKernels:
-    """k_n^2, k_r^2, P_D and F_S from the PSF stamps on a small float64 grid."""
+    """k_n, k_r, P_D and F_S from the PSF stamps on a small float64 grid."""
     n = fft.next_fast_len(4 * size)
     Pn = fft.fft2(_embed(psf_n, (n, n), np.float64))
     Pr = fft.fft2(_embed(psf_r, (n, n), np.float64))
@@ -214,11 +214,37 @@ def _small_grid_kernels(psf_n, psf_r, a, b, Fn, Fr, F_D, size) -> _SmallGridKern
     pd = fft.ifft2(Fr * Fn * Pr * Pn / (F_D * np.sqrt(den))).real
     P_D = _centre_crop(pd, size)
     return _SmallGridKernels(
-        kn2=_centre_crop(kn, size) ** 2,
-        kr2=_centre_crop(kr, size) ** 2,
+        kn=_centre_crop(kn, size),
+        kr=_centre_crop(kr, size),
         P_D=P_D / P_D.sum(),
         F_S=float(np.sum(Fn**2 * Fr**2 * Pn2 * Pr2 / den) / n**2),
     )
+
+
+def _hidden_flux_leak(hidden_maps, kernels: "_SmallGridKernels", excluded: np.ndarray, shape,
+                      workers: int) -> np.ndarray | None:
+    """Upper bound of ``|k_n| (x) hidden_new + |k_r| (x) hidden_ref`` with one convolution.
+
+    ``max(|k_n|, |k_r|) (x) (hidden_new + hidden_ref)``, counting positive
+    hidden flux at excluded pixels only: a slightly looser bound at the
+    price of one forward transform instead of two. None when no excluded
+    pixel hides any flux.
+    """
+    source = np.zeros(excluded.shape, dtype=np.float32)
+    for hidden in hidden_maps:
+        if hidden is None:
+            continue
+        if np.shape(hidden) != excluded.shape:
+            raise ValueError(f"hidden flux map shape {np.shape(hidden)} differs from image shape {excluded.shape}")
+        with np.errstate(invalid="ignore"):
+            source += np.where(excluded & (hidden > 0), hidden, np.float32(0))
+    if not source.any():
+        return None
+    ny, nx = excluded.shape
+    kernel = np.maximum(np.abs(kernels.kn), np.abs(kernels.kr))
+    spectrum = fft.rfft2(source, s=shape, workers=workers)
+    spectrum *= _stamp_rfft2(kernel, shape, workers)
+    return fft.irfft2(spectrum, s=shape, workers=workers, overwrite_x=True)[:ny, :nx]
 
 
 def zogy(
@@ -235,6 +261,9 @@ def zogy(
     flux_new: float = 1.0,
     astrometric_rms: tuple[float, float] = (0.0, 0.0),
     mask: np.ndarray | None = None,
+    hidden_new: np.ndarray | None = None,
+    hidden_ref: np.ndarray | None = None,
+    max_hidden_sigma: float = 1.0,
     workers: int = -1,
 ) -> ZogyResult:
     """ZOGY proper difference D, its PSF, S, S_corr and the PSF-photometry flux image.
@@ -258,6 +287,20 @@ def zogy(
         Registration noise ``(sigma_x, sigma_y)`` in pixels for V_ast.
     mask : ndarray, optional
         Any non-zero pixel is excluded (use the union of both images' masks).
+    hidden_new, hidden_ref : ndarray, optional
+        Best estimate (e-, background-subtracted; only values > 0 at excluded
+        pixels count) of the flux each image's scene has at the excluded
+        pixels, which the exclusion removes: e.g. the core of a saturated star,
+        or a star under the other image's bad column. Zeroing a masked star
+        core in both images leaves ``k_r (x) (R M) - k_n (x) (N M)`` in S, a
+        residual the size of the kernels that no variance term describes;
+        ``(|k_n| (x) hidden_new + |k_r| (x) hidden_ref) / sqrt(V)`` bounds it,
+        and output pixels where the bound exceeds ``max_hidden_sigma`` are
+        invalid (NaN, flagged in ``mask``). The bound grows with the hidden
+        flux, so the invalid halo around a saturated star grows with its
+        brightness.
+    max_hidden_sigma : float
+        Largest acceptable bound on that residual, in units of the S noise.
     workers : int
         Threads for :mod:`scipy.fft` (-1: all cores).
 
@@ -303,6 +346,7 @@ def zogy(
         bad |= np.asarray(mask) != 0
     if bad.all():
         raise ValueError("every pixel is masked or non-finite")
+    excluded = bad.copy()  # the pixels zeroed in both images
 
     def forward(image):
         return fft.rfft2(np.where(bad, np.float32(0), image).astype(np.float32, copy=False), s=shape, workers=workers)
@@ -345,9 +389,9 @@ def zogy(
     del A, B, c
 
     V = forward(var_new)
-    V *= _stamp_rfft2(kernels.kn2, shape, workers)
+    V *= _stamp_rfft2(kernels.kn**2, shape, workers)
     Vr = forward(var_ref)
-    Vr *= _stamp_rfft2(kernels.kr2, shape, workers)
+    Vr *= _stamp_rfft2(kernels.kr**2, shape, workers)
     V += Vr
     del Vr
     V_S = inverse(V)  # eqs. 26-27
@@ -361,6 +405,10 @@ def zogy(
         for image in (S_N, S_R):
             _add_squared_gradient(V_total, image, sx**2, sy**2, buffer)
         del S_N, S_R, buffer
+    leak = _hidden_flux_leak((hidden_new, hidden_ref), kernels, excluded, shape, workers)
+    if leak is not None:
+        with np.errstate(invalid="ignore"):  # V_total < 0 only from round-off where nothing is valid
+            bad |= leak > np.float32(max_hidden_sigma) * np.sqrt(V_total)
 
     nan = np.float32(np.nan)
     good = ~bad

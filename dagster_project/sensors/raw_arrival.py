@@ -1,6 +1,7 @@
 """Raw-arrival sensor: the landing folder → catalog → observation partitions → calibration runs."""
 
 import json
+from datetime import UTC, datetime
 
 from dagster import (
     DefaultSensorStatus,
@@ -16,6 +17,7 @@ from dagster_project.catalog.pipeline_queries import observations_awaiting_calib
 from dagster_project.ingest.landing import decode_seen, encode_seen, scan_landing, summarize
 from dagster_project.jobs import calibrate_job
 from dagster_project.keys import field_band_of
+from dagster_project.operations import OPERATION_TAG, record_ingest_scan
 from dagster_project.resources import CatalogResource, LandingResource
 from dagster_project.settings import Settings
 
@@ -36,6 +38,7 @@ def build_raw_arrival_sensor(interval_seconds: int):
         # The cursor only remembers files still being written; what was taken is known by the
         # catalog (sha256) and by the file having left the landing folder, so a restart loses nothing.
         cursor = json.loads(context.cursor) if context.cursor else {}
+        started_at = datetime.now(UTC)
         scan = scan_landing(
             landing.config(), catalog.catalog(), landing.registry(), decode_seen(cursor.get("waiting")),
             settle_seconds=landing.settle_seconds, truncated_after=landing.truncated_after_seconds,
@@ -55,8 +58,13 @@ def build_raw_arrival_sensor(interval_seconds: int):
             context.update_cursor(new_cursor)
             return SkipReason(f"nothing new; {len(scan.waiting)} file(s) still being written")
         context.log.info(f"landing scan: {summarize(scan.outcomes)}; {len(planned)} observation(s) to calibrate")
+        tags = {}
+        if scan.outcomes:  # the ledger: one ingest.scan operation per scan that found files
+            tags[OPERATION_TAG] = str(record_ingest_scan(
+                catalog.catalog(), landing.survey, scan.outcomes, started_at=started_at,
+                requested=[{"run_key": p.run_key, "partition_key": p.partition_key} for p in planned]))
         return SensorResult(
-            run_requests=[RunRequest(run_key=p.run_key, partition_key=p.partition_key) for p in planned],
+            run_requests=[RunRequest(run_key=p.run_key, partition_key=p.partition_key, tags=tags) for p in planned],
             dynamic_partitions_requests=[
                 observations_partitions.build_add_request(new_keys),
                 field_band_partitions.build_add_request(new_fields),

@@ -1,0 +1,164 @@
+"""Backfill throughput and Dagster's per-run overhead, measured with a real `dagster-daemon`.
+
+Simulates a night, processes it in-process (`process`), then times, on a throw-away instance
+configured like ``deploy/dagster.yaml`` (queued runs, at most 2 at a time):
+
+1. a trivial partition — the difference of a field's reference frame, which is skipped at once —
+   run in this process (``execute_in_process``) and as a daemon-launched run with the default
+   multiprocess executor and with the in-process executor the ``backfill`` command uses;
+2. the whole per-observation chain (``observation_job``) of every observation in this process,
+   one after the other: the work itself;
+3. the same chain as Dagster backfills run by the daemon, with each executor: wall time from
+   submission to the last run's end (observations per minute) and per-run timings.
+
+    .venv/bin/python benchmarks/backfill_overhead.py --size 1024 --fields 2 --epochs 2
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+EXECUTORS = {"multiprocess": {"execution": {"config": {"multiprocess": {}}}},  # Dagster's default
+             "in_process": {"execution": {"config": {"in_process": {}}}}}  # what `backfill` uses
+
+
+def _environment(root: Path) -> None:
+    """Point the platform and Dagster at ``root`` (before the code location is imported: it reads them)."""
+    home = root / "dagster"
+    home.mkdir(parents=True)
+    shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    os.environ.update({"ASTRO_HOME": str(root), "DAGSTER_HOME": str(home), "ASTRO_SURVEY": "bench",
+                       "DATABASE_URL": f"sqlite:///{root / 'catalog.sqlite'}", "ASTRO_SETTLE_SECONDS": "0",
+                       "ASTRO_SENSOR_INTERVAL": "5"})
+
+
+def _start_daemon(log: Path) -> subprocess.Popen:
+    daemon = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w",
+                               str(REPO / "workspace.yaml")], cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    from dagster import DagsterInstance
+
+    instance = DagsterInstance.get()
+    deadline = time.monotonic() + 120
+    while not instance.get_daemon_statuses(["BACKFILL"])["BACKFILL"].healthy:
+        if time.monotonic() > deadline or daemon.poll() is not None:
+            raise RuntimeError(f"dagster-daemon did not come up; see {log}")
+        time.sleep(1)
+    return daemon
+
+
+def _stop(daemon: subprocess.Popen) -> None:
+    daemon.terminate()
+    try:
+        daemon.wait(60)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        daemon.wait()
+
+
+def _backfill(instance, job: str, keys: list[str], run_config: dict, label: str) -> dict:
+    """Submit a backfill, wait for its runs; wall time from submission and per-run timings."""
+    from dagster import DagsterRun, RunsFilter
+    from dagster._core.storage.dagster_run import FINISHED_STATUSES
+
+    from dagster_project.cli_operations import submit_job_backfill
+
+    submitted = time.time()
+    backfill_id = submit_job_backfill(instance, job, keys, tags={"bench": label}, title=f"bench {label}",
+                                      run_config=run_config)
+    runs_filter = RunsFilter(tags=DagsterRun.tags_for_backfill_id(backfill_id))
+    while True:
+        records = instance.get_run_records(runs_filter)
+        if len(records) == len(keys) and all(r.dagster_run.status in FINISHED_STATUSES for r in records):
+            break
+        time.sleep(1)
+    failed = [r.dagster_run.run_id for r in records if r.dagster_run.status.value != "SUCCESS"]
+    if failed:
+        raise RuntimeError(f"{label}: runs failed: {failed}")
+    created = min(r.create_timestamp.timestamp() for r in records)
+    return {
+        "wall_s": max(r.end_time for r in records) - submitted,
+        "pickup_s": created - submitted,  # until the backfill daemon's iteration creates the runs
+        "launch_s": statistics.median(r.start_time - r.create_timestamp.timestamp() for r in records),
+        "execute_s": statistics.median(r.end_time - r.start_time for r in records),
+        "run_s": statistics.median(r.end_time - r.create_timestamp.timestamp() for r in records),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--fields", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=2)
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="backfill-bench-"))
+    _environment(root)
+    import sqlalchemy as sa
+    from dagster import DagsterInstance
+
+    from dagster_project.catalog.models import ReferenceImage
+    from dagster_project.definitions import defs
+    from dagster_project.resources import resources_from_settings
+    from dagster_project.runner import process_folder
+    from dagster_project.settings import Settings
+    from dagster_project.simulator import simulate_night
+
+    settings, instance = Settings.from_env(), DagsterInstance.get()
+    night = simulate_night(root / "night", n_fields=args.fields, n_epochs=args.epochs, size=args.size, seed=11)
+    report = process_folder(night.out_dir, settings, instance=instance, progress=lambda _: None)
+    if report.failed:
+        raise RuntimeError(f"processing the night failed: {report.failed}")
+    keys = sorted({r.partition_key for r in report.runs if r.job_name == "calibrate_job"})
+    resources = resources_from_settings(settings)
+    with resources["catalog"].catalog().session() as session:
+        # a reference frame's own difference is skipped at once: a run with next to no work
+        trivial = session.scalars(sa.select(ReferenceImage).where(ReferenceImage.is_current)).first() \
+            .source_observation.observation_id
+
+    def in_process(job: str, key: str) -> float:
+        start = time.perf_counter()
+        assert defs.resolve_job_def(job).execute_in_process(
+            instance=instance, partition_key=key, resources=resources, tags={"bench": "in-process"}).success
+        return time.perf_counter() - start
+
+    trivial_in_process = statistics.median(in_process("difference_job", trivial) for _ in range(3))
+    chain = [in_process("observation_job", key) for key in keys]
+
+    daemon = _start_daemon(root / "daemon.log")
+    try:
+        trivial_runs = {name: _backfill(instance, "difference_job", [trivial], config, f"trivial-{name}")
+                        for name, config in EXECUTORS.items()}
+        backfills = {name: _backfill(instance, "observation_job", keys, config, f"chain-{name}")
+                     for name, config in EXECUTORS.items()}
+    finally:
+        _stop(daemon)
+
+    n = len(keys)
+    print(f"\n{n} observations of {args.size}x{args.size} px, {os.cpu_count()} cores, at most 2 runs at a time\n")
+    print("| what | seconds |")
+    print("|---|---|")
+    print(f"| trivial partition (skipped difference), in this process (`execute_in_process`) | "
+          f"{trivial_in_process:.1f} |")
+    for name, t in trivial_runs.items():
+        print(f"| same, daemon-launched run, {name} executor: queued→started / started→ended / total | "
+              f"{t['launch_s']:.1f} / {t['execute_s']:.1f} / {t['run_s']:.1f} |")
+    print(f"| whole chain of one observation in this process (median of {n}) | {statistics.median(chain):.1f} |")
+    for name, b in backfills.items():
+        print(f"| whole chain of one observation, daemon run, {name} executor (median run) | {b['run_s']:.1f} |")
+    print("\n| backfill of the whole chain | wall (s) | observations / minute | daemon pickup (s) |")
+    print("|---|---|---|---|")
+    print(f"| in this process, one after the other | {sum(chain):.0f} | {60 * n / sum(chain):.1f} | - |")
+    for name, b in backfills.items():
+        print(f"| daemon, {name} executor | {b['wall_s']:.0f} | {60 * n / b['wall_s']:.1f} | {b['pickup_s']:.0f} |")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

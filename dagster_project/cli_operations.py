@@ -1,0 +1,486 @@
+"""Command line for the operations ledger and provenance (registered by ``cli.py``).
+
+``backfill``            select observations in the catalog and launch a Dagster backfill the daemon runs
+``operations list``     the ledger, newest first; ``operations show ID [--follow]`` one operation
+``provenance TARGET``   which run, inputs, code version and parameters made a file (``--derived``: what was made from it)
+``runs tail RUN_ID``    a run's steps as they happen, until it ends
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from dagster_project.settings import Settings
+
+# The command line starts fast: Dagster and the catalog are imported by the commands that use them.
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
+
+    from dagster_project.catalog import Catalog
+    from dagster_project.catalog.models import RawDataFile
+    from dagster_project.catalog.operations import OperationRun
+    from dagster_project.catalog.provenance import Artifact, ProcessingStep
+    from dagster_project.sensors.ledger import OperationProgress
+
+#: --stage → the job a backfill runs (observation_job is the whole per-observation chain)
+STAGE_JOBS = {"calibrate": "calibrate_job", "difference": "difference_job", "all": "observation_job"}
+#: as in workspace.yaml and pyproject.toml: the daemon finds the backfill's job by this location name
+CODE_LOCATION = "dagster_project"
+DEFINITIONS_MODULE = "dagster_project.definitions"
+BAR_WIDTH = 30
+#: Backfill runs execute their steps in the run worker's process. The default executor starts one
+#: more process per step, each importing the whole science stack again: on a 2-core machine that
+#: costs more than the per-observation work itself (docs/operations.md has the figures).
+BACKFILL_RUN_CONFIG = {"execution": {"config": {"in_process": {}}}}
+
+
+def add_subcommands(subparsers) -> None:
+    """Add ``backfill``, ``operations``, ``provenance`` and ``runs`` to the platform's command line."""
+    backfill = subparsers.add_parser(
+        "backfill", help="(re)process observations chosen in the catalog, as a Dagster backfill run by the daemon")
+    backfill.add_argument("--field", help="field name, e.g. F001")
+    backfill.add_argument("--band", help="filter band, e.g. r")
+    backfill.add_argument("--night-from", help="first night, YYYY-MM-DD")
+    backfill.add_argument("--night-to", help="last night, YYYY-MM-DD (inclusive)")
+    backfill.add_argument("--status", action="append",
+                          help="an observation status (e.g. failed, blocked, differenced) or never-processed; "
+                          "repeatable; default: all but archived")
+    backfill.add_argument("--stage", choices=sorted(STAGE_JOBS), default="all",
+                          help="calibrate, difference (calibrated observations only) or all (the whole chain)")
+    backfill.add_argument("--dry-run", action="store_true", help="list what would run, launch nothing")
+    backfill.add_argument("--detach", action="store_true", help="launch and return; the daemon carries on")
+    backfill.set_defaults(func=cmd_backfill)
+
+    ops = subparsers.add_parser("operations", help="the operations ledger")
+    ops_sub = ops.add_subparsers(dest="action", required=True)
+    listing = ops_sub.add_parser("list", help="operations, newest first")
+    listing.add_argument("--type", help="e.g. backfill.observations, ingest.scan, process.folder")
+    listing.add_argument("--status", choices=("queued", "running", "completed"))
+    listing.add_argument("--limit", type=int, default=30)
+    listing.set_defaults(func=cmd_operations_list)
+    show = ops_sub.add_parser("show", help="one operation: counts, failures, context, runs")
+    show.add_argument("id", type=int)
+    show.add_argument("--follow", action="store_true", help="follow its progress until it completes")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_operations_show)
+
+    prov = subparsers.add_parser("provenance", help="which run and inputs produced a file, or what was made from it")
+    prov.add_argument("target", help="a file (absolute, or relative to the store) or an artifact id")
+    prov.add_argument("--derived", action="store_true", help="everything derived from it instead")
+    prov.add_argument("--json", action="store_true")
+    prov.set_defaults(func=cmd_provenance)
+
+    runs = subparsers.add_parser("runs", help="Dagster runs, as the catalog records them")
+    runs_sub = runs.add_subparsers(dest="action", required=True)
+    tail = runs_sub.add_parser("tail", help="follow a run's steps as they happen; exits when it ends")
+    tail.add_argument("run_id")
+    tail.add_argument("--interval", type=float, default=0.5, help="seconds between looks")
+    tail.set_defaults(func=cmd_runs_tail)
+
+
+def _catalog(settings: Settings) -> Catalog:
+    from dagster_project.resources import CatalogResource
+
+    return CatalogResource(database_url=settings.database_url).catalog()  # migrated once per process
+
+
+# --- backfill -------------------------------------------------------------------------------------------------------
+
+def submit_job_backfill(instance: DagsterInstance, job_name: str, partition_keys: list[str], tags: dict[str, str],
+                        title: str, run_config: dict[str, Any] = BACKFILL_RUN_CONFIG) -> str:
+    """Add a job backfill to the instance, as the UI's "Launch backfill" does; the daemon submits its runs.
+
+    The code location is loaded in this process only to find the job's partition set;
+    the daemon resolves it again by location name in its own workspace. ``run_config``
+    applies to every run (benchmarks/backfill_overhead.py compares executors with it).
+    """
+    from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin
+    from dagster._core.remote_representation.external_data import partition_set_snap_name_for_job_name
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from dagster._core.utils import make_new_backfill_id
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
+    from dagster._time import get_current_timestamp
+
+    origin = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(executable_path=sys.executable, module_name=DEFINITIONS_MODULE),
+        location_name=CODE_LOCATION)
+    with WorkspaceProcessContext(instance, InProcessWorkspaceLoadTarget([origin])) as workspace:
+        location = workspace.create_request_context().get_code_location(CODE_LOCATION)
+        (repository,) = location.get_repositories().values()
+        partition_set = repository.get_partition_set(partition_set_snap_name_for_job_name(job_name))
+        backfill = PartitionBackfill(
+            backfill_id=make_new_backfill_id(), partition_set_origin=partition_set.get_remote_origin(),
+            status=BulkActionStatus.REQUESTED, partition_names=partition_keys, from_failure=False,
+            reexecution_steps=None, tags=tags, backfill_timestamp=get_current_timestamp(), title=title,
+            run_config=run_config)
+        instance.add_backfill(backfill)
+    return backfill.backfill_id
+
+
+def launch_backfill(instance: DagsterInstance, catalog: Catalog, settings: Settings, job_name: str,
+                    partition_keys: list[str], selection: dict[str, Any]) -> tuple[OperationRun, bool]:
+    """Record a ``backfill.observations`` operation and launch its Dagster backfill.
+
+    Returns ``(operation, launched)``: the same job over the same partitions while an
+    earlier one is still active is that one, not a second backfill.
+    """
+    from dagster_project.assets.partitions import observations_partitions
+    from dagster_project.catalog import operations, queries
+    from dagster_project.catalog.operations import OperationOutcome, OperationType
+    from dagster_project.operations import OPERATION_TAG, current_initiator
+
+    initiator = current_initiator()
+    with catalog.session() as session:
+        operation, created = operations.start_operation(
+            session, survey=queries.get_or_create_survey(session, settings.survey),
+            operation_type=OperationType.BACKFILL_OBSERVATIONS,
+            identity={"job": job_name, "partitions": sorted(partition_keys)}, initiator=initiator,
+            context={"job_name": job_name, "selection": selection, "partition_count": len(partition_keys)})
+    if not created:
+        return operation, False
+    try:
+        # a partition the sensor never added (it stopped in between) would fail the backfill
+        instance.add_dynamic_partitions(observations_partitions.name, partition_keys)
+        backfill_id = submit_job_backfill(
+            instance, job_name, partition_keys, tags={OPERATION_TAG: str(operation.id), "user": initiator},
+            title=f"{job_name}: {len(partition_keys)} observation(s), operation #{operation.id}")
+    except Exception as exc:
+        with catalog.session() as session:
+            operations.mark_running(session, operation)
+            operations.record_failure(session, operation, "backfill.not_submitted", f"{type(exc).__name__}: {exc}")
+            operations.complete_operation(session, operation, OperationOutcome.FAILED)
+        raise
+    with catalog.session() as session:
+        operations.mark_running(session, operation)
+        return operations.update_context(session, operation, backfill_id=backfill_id), True
+
+
+def cmd_backfill(args, settings: Settings) -> int:
+    from dagster import DagsterInstance
+
+    from dagster_project.catalog import operations
+
+    job_name = STAGE_JOBS[args.stage]
+    catalog = _catalog(settings)
+    selection = {key: value for key, value in (("field", args.field), ("band", args.band),
+                                               ("night_from", args.night_from), ("night_to", args.night_to),
+                                               ("status", args.status), ("stage", args.stage)) if value}
+    filters = dict(field_name=args.field, filter_band=args.band, night_from=args.night_from,
+                   night_to=args.night_to, statuses=args.status or ())
+    try:
+        with catalog.session() as session:
+            chosen = operations.observations_for_backfill(session, **filters,
+                                                          calibrated_only=args.stage == "difference")
+            left_out = len(operations.observations_for_backfill(session, **filters)) - len(chosen)
+            rows = [(o.observation_id, o.field_name, o.filter_band, o.night, o.status.value) for o in chosen]
+    except ValueError as exc:  # e.g. an unknown --status
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if left_out:
+        print(f"{left_out} matching observation(s) left out: differencing needs a completed calibration")
+    if not rows:
+        print("no observation matches: nothing to backfill")
+        return 0
+    print(f"{job_name} over {len(rows)} observation(s):")
+    shown = rows if args.dry_run else rows[:10]
+    print("\n".join(f"  {key:<44} {field:<8} {band:<4} {night}  {status}" for key, field, band, night, status in shown))
+    if len(shown) < len(rows):
+        print(f"  ... and {len(rows) - len(shown)} more")
+    if args.dry_run:
+        return 0
+    instance = DagsterInstance.get()
+    if not _backfill_daemon_alive(instance):
+        print("warning: no dagster-daemon is running on this instance: the backfill waits until one starts "
+              "(`make ui`, or `dagster-daemon run -w workspace.yaml`)")
+    operation, launched = launch_backfill(instance, catalog, settings, job_name, [r[0] for r in rows], selection)
+    backfill_id = (operation.context or {}).get("backfill_id")
+    if launched:
+        print(f"operation #{operation.id}: backfill {backfill_id} launched (Dagster UI: Overview > Backfills)")
+    else:
+        print(f"the same backfill is already {operation.status} as operation #{operation.id} (backfill {backfill_id})")
+    if args.detach:
+        print(f"follow it with: python -m dagster_project operations show {operation.id} --follow")
+        return 0
+    return follow(instance, catalog, operation.id)
+
+
+def _backfill_daemon_alive(instance: DagsterInstance) -> bool:
+    status = instance.get_daemon_statuses(["BACKFILL"]).get("BACKFILL")
+    return bool(status and status.healthy)
+
+
+def progress_bar(done: int, total: int, width: int = BAR_WIDTH) -> str:
+    filled = width if total == 0 else min(width, round(width * done / total))
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+def progress_line(progress: OperationProgress) -> str:
+    counts = progress.operation.summary_counts or {}
+    done = counts.get("success", 0) + counts.get("failed", 0) + counts.get("skipped", 0)
+    return (f"{progress_bar(done, counts.get('total', 0))} {done}/{counts.get('total', 0)} done "
+            f"({counts.get('success', 0)} ok, {counts.get('failed', 0)} failed) "
+            f"· {progress.running} running · {progress.queued} queued")
+
+
+def follow(instance: DagsterInstance, catalog: Catalog, operation_id: int, out: TextIO = sys.stdout,
+           poll_seconds: float = 1.0) -> int:
+    """Show an operation's progress until it completes (exit 0 if it succeeded) or Ctrl-C (exit 0, detached)."""
+    from dagster_project.catalog.operations import OperationOutcome
+    from dagster_project.sensors import ledger
+
+    started, last = time.monotonic(), None
+    try:
+        while True:
+            progress = ledger.sync_operation(instance, catalog, operation_id)
+            line = progress_line(progress)
+            if out.isatty():  # one line, redrawn
+                out.write(f"\r{line} · {time.monotonic() - started:5.0f} s ")
+            elif line != last:
+                out.write(line + "\n")
+            out.flush()
+            last = line
+            if not progress.operation.is_active:
+                break
+            time.sleep(poll_seconds)
+    except KeyboardInterrupt:
+        out.write(f"\ndetached: it goes on. Follow again: python -m dagster_project operations show {operation_id} "
+                  "--follow\n")
+        return 0
+    operation = progress.operation
+    out.write(("\n" if out.isatty() else "") + f"operation #{operation.id} {operation.outcome.value}\n")
+    _write_failures(operation, out)
+    return 0 if operation.outcome == OperationOutcome.SUCCEEDED else 1
+
+
+def _write_failures(operation: OperationRun, out: TextIO) -> None:
+    for failure in operation.failure_summary or []:
+        out.write(f"  {failure['count']:>4} x {failure['code']}: {failure['message']}\n")
+
+
+# --- operations list / show -----------------------------------------------------------------------------------------
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def cmd_operations_list(args, settings: Settings) -> int:
+    from dagster_project.catalog import operations
+
+    with _catalog(settings).session() as session:
+        rows = operations.list_operations(session, operation_type=args.type, status=args.status, limit=args.limit)
+        print(f"{'id':>5}  {'type':<22} {'status':<9} {'outcome':<19} {'total':>5} {'ok':>5} {'fail':>5} "
+              f"{'skip':>5}  {'created (UTC)':<19}  by")
+        for op in rows:
+            c = op.summary_counts or {}
+            print(f"{op.id:>5}  {op.type:<22} {op.status.value:<9} {op.outcome.value:<19} {c.get('total', 0):>5} "
+                  f"{c.get('success', 0):>5} {c.get('failed', 0):>5} {c.get('skipped', 0):>5}  "
+                  f"{_when(op.created_at):<19}  {op.initiator_name}")
+    return 0
+
+
+def operation_as_dict(session, operation: OperationRun) -> dict[str, Any]:
+    """Everything the ledger knows of one operation, with the runs mirrored for it."""
+    from dagster_project.catalog import provenance
+
+    return {
+        "id": operation.id, "type": operation.type, "survey": operation.survey.name,
+        "initiator": operation.initiator_name, "status": operation.status.value, "outcome": operation.outcome.value,
+        "summary_counts": operation.summary_counts, "failure_summary": operation.failure_summary,
+        "context": operation.context, "created_at": _when(operation.created_at),
+        "started_at": _when(operation.started_at), "completed_at": _when(operation.completed_at),
+        "runs": [{"dagster_run_id": r.dagster_run_id, "job": r.job_name, "partitions": r.partition_keys,
+                  "status": r.status.value} for r in provenance.runs_of_operation(session, operation.id)],
+    }
+
+
+def cmd_operations_show(args, settings: Settings) -> int:
+    from dagster import DagsterInstance
+
+    from dagster_project.catalog import operations
+
+    catalog = _catalog(settings)
+    if args.follow:
+        return follow(DagsterInstance.get(), catalog, args.id)
+    with catalog.session() as session:
+        try:
+            shown = operation_as_dict(session, operations.get_operation(session, args.id))
+        except LookupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps(shown, indent=2, default=str))
+        return 0
+    counts = shown["summary_counts"] or {}
+    print(f"operation #{shown['id']}  {shown['type']}  ({shown['survey']}, started by {shown['initiator']})")
+    print(f"  status      {shown['status']} / {shown['outcome']}")
+    print(f"  times       created {shown['created_at']}, started {shown['started_at']}, "
+          f"completed {shown['completed_at']} (UTC)")
+    print("  counts      " + ", ".join(f"{k} {counts.get(k, 0)}" for k in operations.COUNT_KEYS))
+    for failure in shown["failure_summary"] or []:
+        print(f"  failure     {failure['count']} x {failure['code']}: {failure['message']}")
+    for key, value in (shown["context"] or {}).items():
+        print(f"  {key:<11} {json.dumps(value, default=str)[:160]}")
+    for run in shown["runs"]:
+        print(f"  run         {run['dagster_run_id']}  {run['job']:<16} {','.join(run['partitions']):<40} "
+              f"{run['status']}")
+    return 0
+
+
+# --- provenance -----------------------------------------------------------------------------------------------------
+
+def _resolve(session, target: str, store_root: Path) -> tuple[Artifact | RawDataFile, str]:
+    """The artifact or raw file ``target`` names (an id or a path), and a note on how it was matched."""
+    from dagster_project.catalog import provenance, queries
+    from dagster_project.ingest.landing import sha256_of
+    from dagster_project.sensors.ledger import store_relative
+
+    try:
+        artifact_id = uuid.UUID(target)
+    except ValueError:
+        artifact_id = None
+    if artifact_id is not None:
+        return provenance.get_artifact(session, artifact_id), "by id"
+    path = Path(target).expanduser()
+    path = (path if path.is_absolute() else (Path.cwd() / path if path.exists() else store_root / path)).resolve()
+    raw = provenance.raw_file_stored_at(session, str(path))
+    if raw is not None:
+        return raw, "raw file"
+    relative = store_relative(path, store_root)
+    current = sha256_of(path) if path.is_file() else None
+    artifact = provenance.producing_artifact(session, relative, current) if current else None
+    if artifact is not None:
+        return artifact, "the file on disk has these bytes (sha256 verified)"
+    artifact = provenance.producing_artifact(session, relative)
+    if artifact is None:
+        raise queries.NotFound(f"no recorded run wrote {relative}")
+    note = "the file is gone" if current is None else "the file on disk has changed since (different sha256)"
+    return artifact, f"the last recorded write; {note}"
+
+
+def _lineage_dict(session, artifact: Artifact) -> dict[str, Any]:
+    from dagster_project.catalog import provenance
+
+    found = provenance.lineage(session, artifact)
+    run = found.run
+    return {
+        "artifact": _artifact_dict(artifact),
+        "run": {"dagster_run_id": run.dagster_run_id, "job": run.job_name, "partitions": run.partition_keys,
+                "status": run.status.value, "started_at": _when(run.started_at), "finished_at": _when(run.finished_at),
+                "operation": None if run.operation is None else f"#{run.operation.id} {run.operation.type} "
+                                                                 f"by {run.operation.initiator_name}"},
+        "step": {"sequence": found.step.sequence, "timestamp": _when(found.step.timestamp),
+                 "latency_ms": found.step.latency_ms},
+        "parameters": found.parameters,
+        "inputs": [{"role": i.role, "path": i.path, "sha256": i.sha256,
+                    "raw_file": None if i.raw_data_file is None else
+                    f"{i.raw_data_file.original_name} v{i.raw_data_file.version}",
+                    "made_by_run": None if i.input_artifact is None else i.input_artifact.step.run.dagster_run_id,
+                    "artifact_id": None if i.input_artifact is None else str(i.input_artifact.id)}
+                   for i in found.inputs],
+    }
+
+
+def _artifact_dict(artifact: Artifact) -> dict[str, Any]:
+    return {"id": str(artifact.id), "role": artifact.role, "path": artifact.path, "mime_type": artifact.mime_type,
+            "size_bytes": artifact.size_bytes, "sha256": artifact.sha256, "asset": artifact.asset_key,
+            "partition": artifact.partition_key, "code_version": artifact.code_version,
+            "written_at": _when(artifact.step.timestamp), "run": artifact.step.run.dagster_run_id}
+
+
+def cmd_provenance(args, settings: Settings) -> int:
+    from dagster_project.catalog import provenance
+    from dagster_project.catalog.models import RawDataFile
+
+    with _catalog(settings).session() as session:
+        try:
+            target, note = _resolve(session, args.target, settings.store_dir)
+        except LookupError as exc:  # NotFound is a LookupError
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if args.derived:
+            shown = {"source": args.target, "derived": [_artifact_dict(a)
+                                                        for a in provenance.derived_artifacts(session, target)]}
+        elif isinstance(target, RawDataFile):
+            shown = {"raw_file": {"id": str(target.id), "original_name": target.original_name,
+                                  "version": target.version, "status": target.status.value, "sha256": target.sha256,
+                                  "size_bytes": target.size_bytes, "arrived": _when(target.arrival_time),
+                                  "landing_path": target.landing_path},
+                     "derived_files": len(provenance.derived_artifacts(session, target))}
+        else:
+            shown = {"matched": note, **_lineage_dict(session, target)}
+    if args.json:
+        print(json.dumps(shown, indent=2, default=str))
+    elif args.derived:
+        print(f"{len(shown['derived'])} file(s) derived from {args.target}:")
+        for a in shown["derived"]:
+            print(f"  {a['written_at']}  {a['role']:<20} {a['path']:<72} run {a['run'][:8]}")
+    else:
+        _print_tree(shown)
+    return 0
+
+
+def _print_tree(value: Any, indent: int = 0) -> None:
+    """Nested dicts and lists as an indented outline (the --json structure, for people)."""
+    pad = "  " * indent
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        label = f"{key}:" if isinstance(value, dict) else "-"
+        if isinstance(item, dict | list) and item:
+            print(f"{pad}{label}")
+            _print_tree(item, indent + 1)
+        else:
+            print(f"{pad}{label} {item if item not in (None, {}, []) else '-'}")
+
+
+# --- runs tail ------------------------------------------------------------------------------------------------------
+
+def format_step(step: ProcessingStep) -> str:
+    """One line per step (and one per file a materialization wrote)."""
+    from dagster_project.catalog.provenance import StepType
+
+    c = step.content
+    what = {
+        StepType.MATERIALIZATION: f"{c.get('asset_key')} [{c.get('partition')}]",
+        StepType.CHECK_RESULT: f"{c.get('check_name')}: {'passed' if c.get('passed') else 'FAILED'}",
+        StepType.FAILURE: f"{c.get('step_key')}: {c.get('code')}: {c.get('message')}",
+        StepType.RUN_END: f"{c.get('status')}",
+    }.get(step.type, c.get("step_key", ""))
+    took = f"  ({step.latency_ms:.0f} ms)" if step.latency_ms is not None else ""
+    lines = [f"{step.timestamp:%H:%M:%S.%f}"[:12] + f"  #{step.sequence:<3} {step.type.value:<15} {what}{took}"]
+    lines += [f"{'':19}→ {a.path}  {a.mime_type}  {(a.size_bytes or 0) / 2**20:.1f} MB" for a in step.artifacts]
+    return "\n".join(lines)
+
+
+def cmd_runs_tail(args, settings: Settings) -> int:
+    from dagster import DagsterInstance
+
+    from dagster_project.catalog import provenance
+    from dagster_project.sensors import ledger
+
+    instance, catalog = DagsterInstance.get(), _catalog(settings)
+    if instance.get_run_by_id(args.run_id) is None:
+        print(f"error: no Dagster run {args.run_id} in the instance at {instance.root_directory}", file=sys.stderr)
+        return 2
+    shown = -1
+    try:
+        while True:
+            status = ledger.mirror_run(instance, catalog, settings.store_dir, args.run_id)
+            with catalog.session() as session:
+                for step in provenance.steps_after(session, args.run_id, shown):
+                    print(format_step(step), flush=True)
+                    shown = step.sequence
+            if status in provenance.FINISHED:
+                break
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 130
+    print(f"run {args.run_id} {status.value}")
+    return 0 if status == provenance.ProcessingRunStatus.COMPLETED else 1

@@ -1,0 +1,441 @@
+"""The ledger sensor, and the Dagster side of the operations ledger and of provenance.
+
+Dagster's instance knows what ran; the catalog must say so too, even when runs fail, are
+canceled or their process dies. Each tick of ``operations_ledger_sensor``:
+
+1. reads the run-status events (start, success, failure, cancel) after its cursor — the
+   event log's storage id — and mirrors each of those runs into the provenance tables
+   (:func:`mirror_run`: run, ordered steps, artifacts with checksums, input links). A run
+   that failed or was canceled also closes the catalog attempts it left running;
+2. brings every queued or running operation up to date (:func:`sync_operation`): counts and
+   failures from its runs (found by the ``astro/operation_id`` tag), and completion once its
+   backfill is over, or once the process that ran it is gone (its runs are then marked failed).
+
+Mirroring is incremental and idempotent (steps are keyed by event storage id), so the CLI's
+``runs tail`` and the runner use the same functions while a run is live.
+"""
+
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    EventLogRecord,
+    MarkdownMetadataValue,
+    RunsFilter,
+    RunStatusChangeRecordsFilter,
+    SensorEvaluationContext,
+    SkipReason,
+    sensor,
+)
+from dagster._core.definitions.data_version import CODE_VERSION_TAG, DATA_VERSION_TAG
+from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, BulkActionStatus
+from dagster._core.storage.dagster_run import FINISHED_STATUSES
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG, PARTITION_NAME_TAG
+from dagster._utils.error import SerializableErrorInfo
+
+from dagster_project.assets.metadata import ARTIFACT_PREFIX, INPUT_PREFIX
+from dagster_project.catalog import Catalog, operations, provenance, queries
+from dagster_project.catalog.operations import OperationActive, OperationOutcome, OperationRun, OperationType
+from dagster_project.catalog.provenance import ArtifactRecord, InputRecord, ProcessingRunStatus, StepRecord, StepType
+from dagster_project.ingest.landing import sha256_of
+from dagster_project.operations import OPERATION_TAG, current_initiator, owner_context, owner_is_gone
+from dagster_project.resources import CatalogResource, StoreResource
+from dagster_project.settings import Settings
+
+#: run-status events the sensor follows (one cursor over all four: the event log's storage id)
+RUN_STATUS_EVENTS = (DagsterEventType.RUN_START, DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_FAILURE,
+                     DagsterEventType.RUN_CANCELED)
+#: runs mirrored per tick at most, so that a tick stays well inside the sensor time-out
+MAX_RUNS_PER_TICK = 25
+#: a file whose mtime is later than the event that named it (by more than this) was rewritten since
+CLOCK_TOLERANCE_S = 1.0
+
+RUN_STATUS = {
+    DagsterRunStatus.QUEUED: ProcessingRunStatus.PENDING, DagsterRunStatus.NOT_STARTED: ProcessingRunStatus.PENDING,
+    DagsterRunStatus.STARTING: ProcessingRunStatus.PENDING, DagsterRunStatus.MANAGED: ProcessingRunStatus.PENDING,
+    DagsterRunStatus.STARTED: ProcessingRunStatus.RUNNING, DagsterRunStatus.CANCELING: ProcessingRunStatus.RUNNING,
+    DagsterRunStatus.SUCCESS: ProcessingRunStatus.COMPLETED, DagsterRunStatus.FAILURE: ProcessingRunStatus.FAILED,
+    DagsterRunStatus.CANCELED: ProcessingRunStatus.CANCELLED,
+}
+_STEP_TYPES = {
+    DagsterEventType.RUN_START: StepType.RUN_START, DagsterEventType.STEP_START: StepType.STEP_START,
+    DagsterEventType.ASSET_MATERIALIZATION: StepType.MATERIALIZATION,
+    DagsterEventType.ASSET_CHECK_EVALUATION: StepType.CHECK_RESULT, DagsterEventType.STEP_SUCCESS: StepType.STEP_SUCCESS,
+    DagsterEventType.STEP_FAILURE: StepType.FAILURE, DagsterEventType.RUN_SUCCESS: StepType.RUN_END,
+    DagsterEventType.RUN_FAILURE: StepType.RUN_END, DagsterEventType.RUN_CANCELED: StepType.RUN_END,
+}
+_RUN_END_STATUS = {DagsterEventType.RUN_SUCCESS: "success", DagsterEventType.RUN_FAILURE: "failure",
+                   DagsterEventType.RUN_CANCELED: "canceled"}
+_MEDIA_TYPES = {".fits": "image/fits", ".fit": "image/fits", ".fts": "image/fits", ".png": "image/png",
+                ".ecsv": "text/x-ecsv", ".csv": "text/csv", ".json": "application/json"}
+# Dagster's wrappers around the error user code raised
+_WRAPPERS = {"DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError"}
+
+
+# --- events → provenance records ------------------------------------------------------------------------------------
+
+def store_relative(path: str | Path, store_root: Path) -> str:
+    """``path`` relative to the store root (POSIX), or as given when it lies outside the store."""
+    try:
+        return Path(path).resolve().relative_to(store_root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def fingerprint(path: Path, as_of: float) -> tuple[int | None, str | None]:
+    """(size, sha256) of ``path`` if it still holds what it held at ``as_of`` (epoch seconds), else (None, None)."""
+    try:
+        before = path.stat()
+        if before.st_mtime > as_of + CLOCK_TOLERANCE_S:
+            return None, None  # rewritten since: these bytes are not the ones the event named
+        digest = sha256_of(path)
+        after = path.stat()
+    except FileNotFoundError:
+        return None, None
+    if (after.st_mtime_ns, after.st_size) != (before.st_mtime_ns, before.st_size):
+        return None, None  # rewritten while we read it
+    return before.st_size, digest
+
+
+def _scalar(value: Any) -> Any:
+    """A JSON-safe scalar from a metadata value, or None for what provenance does not keep (previews, tables)."""
+    raw = getattr(value, "value", None)
+    if isinstance(raw, bool | int | str):
+        return raw if not isinstance(raw, str) or len(raw) <= 500 else None
+    if isinstance(raw, float):
+        return raw if math.isfinite(raw) else None  # PostgreSQL's JSONB has no NaN
+    return None
+
+
+def _figures(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The materialization's figures: files are recorded apart, previews (markdown) are left to the UI."""
+    kept = ((k, _scalar(m)) for k, m in metadata.items()
+            if not k.startswith((ARTIFACT_PREFIX, INPUT_PREFIX)) and not isinstance(m, MarkdownMetadataValue))
+    return {k: v for k, v in kept if v is not None}
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)).lower()
+
+
+def describe_error(error: SerializableErrorInfo | None, fallback: str) -> tuple[str, str]:
+    """(code, message) of the error user code raised, unwrapped from Dagster's wrappers, without its stack."""
+    if error is None:
+        return "run.failed", fallback
+    while error.cause is not None and error.cls_name in _WRAPPERS:
+        error = error.cause
+    message = (error.message or "").strip()
+    head, sep, tail = message.partition(": ")
+    if sep and head.split(".")[-1] == error.cls_name:  # "package.module.PSFError: only 3 stars ..."
+        message = tail
+    return f"step.{_snake(error.cls_name or 'error')}", message.splitlines()[0] if message else fallback
+
+
+def _step_record(record: EventLogRecord, step_started: dict[str, float], run_started: float | None,
+                 store_root: Path) -> StepRecord:
+    entry = record.event_log_entry
+    event = entry.dagster_event
+    kind = _STEP_TYPES[event.event_type]
+    content: dict[str, Any] = {"step_key": event.step_key} if event.step_key else {}
+    since = step_started.get(event.step_key or "") if kind is not StepType.RUN_END else run_started
+    latency = None if since is None or kind in (StepType.RUN_START, StepType.STEP_START) else \
+        max(0.0, (entry.timestamp - since) * 1000)
+    artifacts: tuple[ArtifactRecord, ...] = ()
+    inputs: tuple[InputRecord, ...] = ()
+    if kind is StepType.MATERIALIZATION:
+        materialization = event.step_materialization_data.materialization
+        tags = materialization.tags or {}
+        asset_key = materialization.asset_key.to_user_string()
+        content.update(asset_key=asset_key, partition=materialization.partition,
+                       code_version=tags.get(CODE_VERSION_TAG), data_version=tags.get(DATA_VERSION_TAG),
+                       metadata=_figures(materialization.metadata))
+        artifacts = tuple(_artifact(key.removeprefix(ARTIFACT_PREFIX), value.path, entry.timestamp, store_root,
+                                    asset_key, materialization.partition, tags.get(CODE_VERSION_TAG))
+                          for key, value in materialization.metadata.items() if key.startswith(ARTIFACT_PREFIX))
+        inputs = tuple(InputRecord(key.removeprefix(INPUT_PREFIX), store_relative(value.path, store_root),
+                                   fingerprint(Path(value.path), entry.timestamp)[1])
+                       for key, value in materialization.metadata.items() if key.startswith(INPUT_PREFIX))
+    elif kind is StepType.CHECK_RESULT:
+        evaluation = event.asset_check_evaluation_data
+        content.update(asset_key=evaluation.asset_key.to_user_string(), check_name=evaluation.check_name,
+                       passed=evaluation.passed, severity=evaluation.severity.value,
+                       metadata=_figures(evaluation.metadata))
+    elif kind is StepType.FAILURE:
+        code, message = describe_error(event.step_failure_data.error, entry.message or "step failed")
+        content.update(code=code, message=message)
+    elif kind is StepType.RUN_END:
+        content.update(status=_RUN_END_STATUS[event.event_type], message=event.message or entry.message)
+    return StepRecord(record.storage_id, kind, datetime.fromtimestamp(entry.timestamp, UTC), content, latency,
+                      artifacts, inputs)
+
+
+def _artifact(role: str, path: str, written_by: float, store_root: Path, asset_key: str, partition: str | None,
+              code_version: str | None) -> ArtifactRecord:
+    size, digest = fingerprint(Path(path), written_by)
+    return ArtifactRecord(role=role, path=store_relative(path, store_root),
+                          mime_type=_MEDIA_TYPES.get(Path(path).suffix.lower(), "application/octet-stream"),
+                          size_bytes=size, sha256=digest, asset_key=asset_key, partition_key=partition,
+                          code_version=code_version)
+
+
+def step_records(records: Sequence[EventLogRecord], after_storage_id: int, store_root: Path) -> Iterator[StepRecord]:
+    """The provenance steps among a run's event records, those after ``after_storage_id`` only.
+
+    All records are read, the earlier ones too: latencies are measured from step and run starts.
+    """
+    step_started: dict[str, float] = {}
+    run_started: float | None = None
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        if event is None or event.event_type not in _STEP_TYPES:
+            continue
+        if event.event_type is DagsterEventType.RUN_START:
+            run_started = record.event_log_entry.timestamp
+        elif event.event_type is DagsterEventType.STEP_START:
+            step_started[event.step_key] = record.event_log_entry.timestamp
+        if record.storage_id > after_storage_id:
+            yield _step_record(record, step_started, run_started, store_root)
+
+
+def _partitions(tags: Mapping[str, str]) -> list[str]:
+    if PARTITION_NAME_TAG in tags:
+        return [tags[PARTITION_NAME_TAG]]
+    # a run over a partition range: its two ends
+    return [tags[t] for t in (ASSET_PARTITION_RANGE_START_TAG, ASSET_PARTITION_RANGE_END_TAG) if t in tags]
+
+
+def _timestamp(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+
+def _operation_id(tags: Mapping[str, str]) -> int | None:
+    value = tags.get(OPERATION_TAG, "")
+    return int(value) if value.isdigit() else None
+
+
+# --- mirroring a run ------------------------------------------------------------------------------------------------
+
+def mirror_run(instance: DagsterInstance, catalog: Catalog, store_root: Path, run_id: str) -> ProcessingRunStatus:
+    """Bring the provenance of one Dagster run up to date; returns its status.
+
+    The run's status is read before its events: a finished status means its last
+    events are stored already, so a finished run is mirrored completely.
+    """
+    record = instance.get_run_record_by_id(run_id)
+    if record is None:
+        raise LookupError(f"no Dagster run {run_id} in this instance")
+    run = record.dagster_run
+    status = RUN_STATUS[run.status]
+    with catalog.session() as session:
+        after = provenance.mirrored_up_to(session, run_id)
+    events = instance.get_records_for_run(run_id, ascending=True).records
+    steps = list(step_records(events, after, store_root))  # files are hashed outside any transaction
+    operation_id = _operation_id(run.tags)
+    with catalog.session() as session:
+        if operation_id is not None and session.get(OperationRun, operation_id) is None:
+            operation_id = None  # tagged by another catalog (e.g. a copied instance)
+        mirrored = provenance.record_processing_run(
+            session, dagster_run_id=run_id, job_name=run.job_name, status=status, partition_keys=_partitions(run.tags),
+            run_config=dict(run.run_config), run_metadata=dict(run.tags), operation_run_id=operation_id,
+            started_at=_timestamp(record.start_time), finished_at=_timestamp(record.end_time))
+        provenance.append_steps(session, mirrored, steps)
+        if status in (ProcessingRunStatus.FAILED, ProcessingRunStatus.CANCELLED):
+            provenance.abandon_running_attempts(
+                session, run_id, f"Dagster run {run_id} ended {run.status.value.lower()} before this attempt finished")
+        if operation_id is not None:
+            _link_run(session, operation_id, run_id)
+    return status
+
+
+def _link_run(session, operation_id: int, run_id: str) -> None:
+    """Name the run in its operation's context (a backfill's runs are found through the backfill id)."""
+    operation = operations.get_operation(session, operation_id)
+    context = operation.context or {}
+    if "backfill_id" not in context and run_id not in context.get("dagster_run_ids", []):
+        operations.update_context(session, operation, dagster_run_ids=[*context.get("dagster_run_ids", []), run_id])
+
+
+# --- keeping operations true ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OperationProgress:
+    """An operation after :func:`sync_operation`, with its runs still under way."""
+
+    operation: OperationRun
+    running: int
+    queued: int
+
+
+def run_failure(instance: DagsterInstance, run_id: str, status: DagsterRunStatus) -> tuple[str, str]:
+    """(code, message) saying why a finished run did not succeed: its first failed step, else the run's end."""
+    if status is DagsterRunStatus.CANCELED:
+        return "run.canceled", "the run was canceled"
+    failures = instance.get_records_for_run(run_id, of_type=DagsterEventType.STEP_FAILURE, limit=1).records
+    if failures:
+        event = failures[0].event_log_entry.dagster_event
+        return describe_error(event.step_failure_data.error, "step failed")
+    ends = instance.get_records_for_run(run_id, of_type=DagsterEventType.RUN_FAILURE, limit=1).records
+    message = ends[0].event_log_entry.dagster_event.message if ends else None
+    return "run.failed", message or "the run failed before any step did"
+
+
+def sync_operation(instance: DagsterInstance, catalog: Catalog, operation_id: int) -> OperationProgress:
+    """Bring an operation up to date with its Dagster runs and backfill, completing it when they are over."""
+    with catalog.session() as session:
+        operation = operations.get_operation(session, operation_id)
+    if not operation.is_active:
+        return OperationProgress(operation, 0, 0)
+    context = operation.context or {}
+    owner_gone = owner_is_gone(operation)
+    runs = _latest_runs(instance, operation_id)
+    if owner_gone:  # nobody will ever finish these: say so in Dagster too
+        for run in runs.values():
+            if run.status not in FINISHED_STATUSES:
+                instance.report_run_failed(run, f"its process (pid {context.get('pid')}) exited before the run ended")
+        runs = _latest_runs(instance, operation_id)
+    backfill = instance.get_backfill(context["backfill_id"]) if context.get("backfill_id") else None
+    by_status: dict[DagsterRunStatus, list] = {}
+    for run in runs.values():
+        by_status.setdefault(run.status, []).append(run)
+    succeeded = len(by_status.get(DagsterRunStatus.SUCCESS, []))
+    failed_runs = by_status.get(DagsterRunStatus.FAILURE, []) + by_status.get(DagsterRunStatus.CANCELED, [])
+    finished = succeeded + len(failed_runs)
+    total = len(backfill.partition_names or []) if backfill else len(runs)
+    done = owner_gone or (backfill is not None and finished == len(runs) and (
+        finished == total or backfill.status in BULK_ACTION_TERMINAL_STATUSES))
+    counted = set(context.get("failed_run_ids", []))
+    new_failures = [(run.run_id, *run_failure(instance, run.run_id, run.status))
+                    for run in failed_runs if run.run_id not in counted]
+    with catalog.session() as session:
+        operation = operations.get_operation(session, operation_id)
+        if not operation.is_active or operation.status == operations.OperationStatus.QUEUED:
+            return OperationProgress(operation, 0, 0)  # finished by another syncer, or not started yet
+        operations.record_progress(session, operation, total=total, success=succeeded, failed=len(failed_runs),
+                                   skipped=total - finished if done else 0)
+        for _, code, message in new_failures:
+            operations.record_failure(session, operation, code, message)
+        if new_failures:
+            operations.update_context(session, operation,
+                                      failed_run_ids=sorted(counted | {run_id for run_id, _, _ in new_failures}))
+        if owner_gone:
+            operations.record_failure(session, operation, "process.exited",
+                                      f"the process running it (pid {context.get('pid')}) exited before it finished")
+        if done:
+            cancelled = backfill is not None and backfill.status in (BulkActionStatus.CANCELED,
+                                                                     BulkActionStatus.CANCELING)
+            operation = operations.complete_operation(session, operation,
+                                                      OperationOutcome.CANCELLED if cancelled else None)
+    in_flight = [r for r in runs.values() if r.status not in FINISHED_STATUSES]
+    started = sum(r.status in (DagsterRunStatus.STARTED, DagsterRunStatus.STARTING) for r in in_flight)
+    return OperationProgress(operation, running=started, queued=len(in_flight) - started)
+
+
+def _latest_runs(instance: DagsterInstance, operation_id: int) -> dict[tuple[str, str], Any]:
+    """The operation's runs, the latest per job and partition (a re-run replaces the earlier attempt)."""
+    runs = instance.get_runs(RunsFilter(tags={OPERATION_TAG: str(operation_id)}))
+    latest: dict[tuple[str, str], Any] = {}
+    for run in reversed(runs):  # get_runs returns newest first
+        latest[(run.job_name, run.tags.get(PARTITION_NAME_TAG) or run.run_id)] = run
+    return latest
+
+
+@contextmanager
+def owned_operation(instance: DagsterInstance, catalog: Catalog, *, survey: str, operation_type: OperationType,
+                    identity: Mapping[str, Any]) -> Iterator[int]:
+    """An operation this process runs itself (e.g. ``process``); yields its id for tagging runs.
+
+    Started here by the person running the command; completed when the block ends (its
+    outcome from its runs), cancelled on Ctrl-C, failed when the block raises. If the same
+    operation is already running in a live process, :class:`OperationActive` is raised; if
+    that process died, the operation is closed as such and a new one starts.
+    """
+    def start() -> tuple[OperationRun, bool]:
+        with catalog.session() as session:
+            operation, created = operations.start_operation(
+                session, survey=queries.get_or_create_survey(session, survey), operation_type=operation_type,
+                identity=identity, initiator=current_initiator(), context={**identity, **owner_context()})
+            return (operations.mark_running(session, operation) if created else operation), created
+
+    operation, created = start()
+    if not created and owner_is_gone(operation):
+        sync_operation(instance, catalog, operation.id)  # closes it: its process is gone
+        operation, created = start()
+    if not created:
+        raise OperationActive(operation, f" in process {(operation.context or {}).get('pid')}")
+    try:
+        yield operation.id
+    except BaseException as exc:
+        _finish(instance, catalog, operation.id, exc)
+        raise
+    _finish(instance, catalog, operation.id, None)
+
+
+def _finish(instance: DagsterInstance, catalog: Catalog, operation_id: int, error: BaseException | None) -> None:
+    sync_operation(instance, catalog, operation_id)
+    with catalog.session() as session:
+        if isinstance(error, KeyboardInterrupt):
+            operations.record_failure(session, operation_id, "operation.interrupted", "interrupted (Ctrl-C)")
+            operations.complete_operation(session, operation_id, OperationOutcome.CANCELLED)
+            return
+        if error is not None:
+            operations.record_failure(session, operation_id, f"operation.{_snake(type(error).__name__)}", str(error))
+        operations.complete_operation(session, operation_id)
+
+
+# --- the sensor -----------------------------------------------------------------------------------------------------
+
+def run_status_changes(instance: DagsterInstance, after_storage_id: int | None,
+                       limit: int) -> tuple[list[EventLogRecord], int | None]:
+    """Run-status events after the cursor, oldest first, and the cursor to continue from.
+
+    One query per event type; when one of them is cut short by ``limit``, the others
+    are not taken past its last record, so that no event is ever skipped.
+    """
+    batches = [instance.fetch_run_status_changes(
+        RunStatusChangeRecordsFilter(event_type, after_storage_id=after_storage_id), limit=limit, ascending=True)
+        for event_type in RUN_STATUS_EVENTS]
+    horizon = min((b.records[-1].storage_id for b in batches if b.has_more), default=math.inf)
+    records = sorted((r for b in batches for r in b.records if r.storage_id <= horizon), key=lambda r: r.storage_id)
+    return records, records[-1].storage_id if records else after_storage_id
+
+
+def build_ledger_sensor(interval_seconds: int):
+    @sensor(
+        name="operations_ledger_sensor",
+        minimum_interval_seconds=interval_seconds,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Mirrors every run's steps, materializations and files into the catalog's provenance tables, "
+        "and keeps the operations ledger true when runs finish, fail, are canceled or their process dies.",
+    )
+    def operations_ledger_sensor(context: SensorEvaluationContext, catalog: CatalogResource, store: StoreResource):
+        cursor = int(context.cursor) if context.cursor else None
+        changes, new_cursor = run_status_changes(context.instance, cursor, MAX_RUNS_PER_TICK)
+        run_ids = list(dict.fromkeys(r.event_log_entry.run_id for r in changes))
+        for run_id in run_ids:
+            try:
+                mirror_run(context.instance, catalog.catalog(), store.store().root, run_id)
+            except Exception:  # one unreadable run must not stop the ledger: it is logged, the rest goes on
+                context.log.exception(f"could not mirror Dagster run {run_id}")
+        with catalog.catalog().session() as session:
+            active = [operation.id for operation in operations.active_operations(session)]
+        completed = sum(not sync_operation(context.instance, catalog.catalog(), op_id).operation.is_active
+                        for op_id in active)
+        if new_cursor is not None:
+            context.update_cursor(str(new_cursor))
+        return SkipReason(f"mirrored {len(run_ids)} run(s); {len(active)} active operation(s), "
+                          f"{completed} completed now")
+
+    return operations_ledger_sensor
+
+
+operations_ledger_sensor = build_ledger_sensor(Settings.from_env().sensor_interval_seconds)

@@ -1,0 +1,176 @@
+"""The ledger sensor keeps operations and attempts true when runs succeed, fail, are canceled or lose
+their process; it mirrors each run once."""
+
+import subprocess
+import sys
+
+import pytest
+import sqlalchemy as sa
+from dagster import DagsterEvent, DagsterEventType, DagsterRunStatus, instance_for_test, job, op
+from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+
+from dagster_project.catalog import operations, queries
+from dagster_project.catalog.models import ObservationStatus, RunStatus
+from dagster_project.catalog.operations import OperationOutcome, OperationStatus, OperationType
+from dagster_project.catalog.provenance import ProcessingRun, ProcessingRunStatus, ProcessingStep, StepType
+from dagster_project.operations import OPERATION_TAG, owner_context
+from dagster_project.sensors.ledger import operations_ledger_sensor
+from tests.catalog import observation
+from tests.platform import make_platform
+
+
+@op
+def noop() -> None:
+    pass
+
+
+@job
+def tiny_job():
+    noop()
+
+
+@pytest.fixture
+def platform(tmp_path, sqlite_url):
+    with instance_for_test() as instance:
+        yield make_platform(tmp_path, sqlite_url, instance)
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def start_operation(platform, operation_type: OperationType, **context) -> int:
+    with platform.catalog.session() as s:
+        operation, _ = operations.start_operation(
+            s, survey=queries.get_or_create_survey(s, "test"), operation_type=operation_type,
+            identity={"test": operation_type.value}, initiator="alice", context=context)
+        return operations.mark_running(s, operation).id
+
+
+def run(platform, operation_id: int, *events: DagsterEventType, partition: str = "p1") -> str:
+    """A Dagster run of the operation that went through ``events`` (RUN_START, RUN_SUCCESS, ...)."""
+    dagster_run = platform.instance.create_run_for_job(
+        tiny_job, tags={OPERATION_TAG: str(operation_id), "dagster/partition": partition})
+    for event_type in events:
+        platform.instance.report_dagster_event(DagsterEvent(event_type.value, job_name=tiny_job.name),
+                                               run_id=dagster_run.run_id)
+    return dagster_run.run_id
+
+
+def attempt_running_in(platform, run_id: str, n: int = 1) -> str:
+    """An observation whose calibration attempt belongs to the Dagster run ``run_id``."""
+    with platform.catalog.session() as s:
+        obs = observation(s, n)
+        queries.start_preprocess_run(s, obs, {}, run_id)
+        return obs.observation_id
+
+
+def processing_run(platform, run_id: str) -> ProcessingRun:
+    with platform.catalog.session() as s:
+        found = s.scalars(sa.select(ProcessingRun).where(ProcessingRun.dagster_run_id == run_id)).one()
+        found.steps  # noqa: B018 - loaded while the session is open
+        return found
+
+
+def test_a_run_whose_process_died_is_failed_and_its_operation_completed(platform):
+    operation_id = start_operation(platform, OperationType.PROCESS_FOLDER, **{**owner_context(), "pid": dead_pid()})
+    done = run(platform, operation_id, DagsterEventType.RUN_START, DagsterEventType.RUN_SUCCESS, partition="p1")
+    stuck = run(platform, operation_id, DagsterEventType.RUN_START, partition="p2")
+    key = attempt_running_in(platform, stuck)
+
+    result, cursor = platform.tick(operations_ledger_sensor)
+    assert "1 completed now" in result.skip_message
+    assert platform.instance.get_run_by_id(stuck).status is DagsterRunStatus.FAILURE  # said so in Dagster too
+    with platform.catalog.session() as s:
+        operation = operations.get_operation(s, operation_id)
+        assert (operation.status, operation.outcome) == (OperationStatus.COMPLETED,
+                                                         OperationOutcome.PARTIALLY_SUCCEEDED)
+        assert operation.summary_counts == {"total": 2, "success": 1, "failed": 1, "skipped": 0}
+        assert [f["code"] for f in operation.failure_summary] == ["run.failed", "process.exited"]
+        assert operation.context["failed_run_ids"] == [stuck]
+
+    platform.tick(operations_ledger_sensor, cursor)  # the next tick mirrors the failure it reported
+    assert processing_run(platform, done).status is ProcessingRunStatus.COMPLETED
+    failed = processing_run(platform, stuck)
+    assert failed.status is ProcessingRunStatus.FAILED and failed.operation_run_id == operation_id
+    assert failed.steps[-1].type is StepType.RUN_END and failed.steps[-1].content["status"] == "failure"
+    with platform.catalog.session() as s:
+        obs = queries.get_observation(s, key)
+        assert obs.preprocess_run.status is RunStatus.FAILED and obs.status is ObservationStatus.FAILED
+        assert stuck in obs.status_reason
+
+
+def test_a_live_process_keeps_its_operation_running(platform):
+    operation_id = start_operation(platform, OperationType.PROCESS_FOLDER, **owner_context())  # this process
+    stuck = run(platform, operation_id, DagsterEventType.RUN_START)
+    platform.tick(operations_ledger_sensor)
+    assert platform.instance.get_run_by_id(stuck).status is DagsterRunStatus.STARTED
+    with platform.catalog.session() as s:
+        operation = operations.get_operation(s, operation_id)
+        assert operation.status is OperationStatus.RUNNING
+        assert operation.summary_counts == {"total": 1, "success": 0, "failed": 0, "skipped": 0}
+
+
+def add_backfill(platform, backfill_id: str, status: BulkActionStatus, partitions: list[str]) -> None:
+    platform.instance.add_backfill(PartitionBackfill(
+        backfill_id=backfill_id, status=status, from_failure=False, tags={}, backfill_timestamp=0.0,
+        partition_names=partitions))
+
+
+def test_a_canceled_backfill_completes_its_operation_as_cancelled(platform):
+    add_backfill(platform, "bf1", BulkActionStatus.CANCELED, ["p1", "p2", "p3"])
+    operation_id = start_operation(platform, OperationType.BACKFILL_OBSERVATIONS, backfill_id="bf1")
+    run(platform, operation_id, DagsterEventType.RUN_START, DagsterEventType.RUN_SUCCESS, partition="p1")
+    canceled = run(platform, operation_id, DagsterEventType.RUN_START, partition="p2")
+    key = attempt_running_in(platform, canceled)
+    platform.instance.report_run_canceled(platform.instance.get_run_by_id(canceled))  # canceled mid-way
+
+    platform.tick(operations_ledger_sensor)
+    with platform.catalog.session() as s:
+        operation = operations.get_operation(s, operation_id)
+        assert operation.outcome is OperationOutcome.CANCELLED
+        # p3 never got a run: skipped
+        assert operation.summary_counts == {"total": 3, "success": 1, "failed": 1, "skipped": 1}
+        assert operation.failure_summary == [{"code": "run.canceled", "message": "the run was canceled", "count": 1}]
+        assert "dagster_run_ids" not in operation.context  # a backfill's runs are found by its id
+        obs = queries.get_observation(s, key)
+        assert obs.preprocess_run.status is RunStatus.FAILED and "canceled" in obs.preprocess_run.error_message
+    assert processing_run(platform, canceled).status is ProcessingRunStatus.CANCELLED
+
+
+def test_a_backfill_completes_when_every_partition_ran(platform):
+    """The daemon marks a backfill done up to 30 s after its last run; the ledger need not wait."""
+    add_backfill(platform, "bf2", BulkActionStatus.REQUESTED, ["p1", "p2"])
+    operation_id = start_operation(platform, OperationType.BACKFILL_OBSERVATIONS, backfill_id="bf2")
+    run(platform, operation_id, DagsterEventType.RUN_START, DagsterEventType.RUN_SUCCESS, partition="p1")
+    platform.tick(operations_ledger_sensor)
+    with platform.catalog.session() as s:
+        assert operations.get_operation(s, operation_id).status is OperationStatus.RUNNING
+    run(platform, operation_id, DagsterEventType.RUN_START, DagsterEventType.RUN_SUCCESS, partition="p2")
+    platform.tick(operations_ledger_sensor)
+    with platform.catalog.session() as s:
+        operation = operations.get_operation(s, operation_id)
+        assert operation.outcome is OperationOutcome.SUCCEEDED
+        assert operation.summary_counts == {"total": 2, "success": 2, "failed": 0, "skipped": 0}
+
+
+def test_each_run_is_mirrored_once_and_the_cursor_moves_on(platform):
+    operation_id = start_operation(platform, OperationType.INGEST_SCAN)
+    run_ids = [run(platform, operation_id, DagsterEventType.RUN_START, DagsterEventType.RUN_SUCCESS,
+                   partition=f"p{i}") for i in range(3)]
+
+    def counts():
+        with platform.catalog.session() as s:
+            return (s.scalar(sa.select(sa.func.count()).select_from(ProcessingRun)),
+                    s.scalar(sa.select(sa.func.count()).select_from(ProcessingStep)))
+
+    first, cursor = platform.tick(operations_ledger_sensor)
+    assert "mirrored 3 run(s)" in first.skip_message and counts() == (3, 6)  # run start and end of each
+    again, same_cursor = platform.tick(operations_ledger_sensor, cursor)
+    assert "mirrored 0 run(s)" in again.skip_message and same_cursor == cursor
+    platform.tick(operations_ledger_sensor, None)  # a lost cursor: everything is read again, nothing added
+    assert counts() == (3, 6)
+    with platform.catalog.session() as s:
+        assert operations.get_operation(s, operation_id).context["dagster_run_ids"] == run_ids
