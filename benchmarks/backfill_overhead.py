@@ -142,17 +142,20 @@ def main() -> None:
 
     n = len(keys)
     print(f"\n{n} observations of {args.size}x{args.size} px, {os.cpu_count()} cores, at most 2 runs at a time\n")
-    print("| what | seconds |")
-    print("|---|---|")
-    print(f"| trivial partition (skipped difference), in this process (`execute_in_process`) | "
+    print("| one run | queued→started (s) | started→ended (s) | total (s) |")
+    print("|---|---|---|---|")
+    print(f"| trivial partition (a skipped difference), `execute_in_process` in this process | - | - | "
           f"{trivial_in_process:.1f} |")
     for name, t in trivial_runs.items():
-        print(f"| same, daemon-launched run, {name} executor: queued→started / started→ended / total | "
-              f"{t['launch_s']:.1f} / {t['execute_s']:.1f} / {t['run_s']:.1f} |")
-    print(f"| whole chain of one observation in this process (median of {n}) | {statistics.median(chain):.1f} |")
+        print(f"| same, launched by the daemon, {name} executor | {t['launch_s']:.1f} | {t['execute_s']:.1f} | "
+              f"{t['run_s']:.1f} |")
+    print(f"| whole chain of one observation, `execute_in_process` (median of {n}) | - | - | "
+          f"{statistics.median(chain):.1f} |")
     for name, b in backfills.items():
-        print(f"| whole chain of one observation, daemon run, {name} executor (median run) | {b['run_s']:.1f} |")
-    print("\n| backfill of the whole chain | wall (s) | observations / minute | daemon pickup (s) |")
+        print(f"| same, in a daemon backfill, {name} executor (median; queued includes waiting for a slot) | "
+              f"{b['launch_s']:.1f} | {b['execute_s']:.1f} | {b['run_s']:.1f} |")
+    print(f"\n| backfill of the whole chain, {n} observations | wall (s) | observations / minute | "
+          "until the daemon picked it up (s) |")
     print("|---|---|---|---|")
     print(f"| in this process, one after the other | {sum(chain):.0f} | {60 * n / sum(chain):.1f} | - |")
     for name, b in backfills.items():

@@ -319,6 +319,8 @@ def run_pair(night: sp.Night, index: int, seed: int, args) -> dict:
     causes = classify(np.asarray(cand["x"])[spurious], np.asarray(cand["y"])[spurious], result.mask, fwhm_d,
                       truth, cosmic, inj)
     unmasked = ~invalid & (result.mask == 0)
+    fp_xy = np.column_stack([np.asarray(cand["x"])[spurious], np.asarray(cand["y"])[spurious]])
+    d_inj, j_inj = cKDTree(np.column_stack([inj.x, inj.y])).query(fp_xy) if len(spurious) else (np.zeros(0), np.zeros(0, int))
     record = dict(
         index=index,
         seeing_new=pair.new.conditions.seeing_fwhm_px, seeing_ref=pair.ref.conditions.seeing_fwhm_px,
@@ -329,7 +331,7 @@ def run_pair(night: sp.Night, index: int, seed: int, args) -> dict:
         fp_sharpness=np.asarray(cand["sharpness"])[spurious], fp_significance=np.asarray(cand["significance"])[spurious],
         fp_flagged=(np.asarray(cand["is_saturated"]) | np.asarray(cand["is_edge"]))[spurious],
         fp_masked=np.asarray(cand["masked_fraction"])[spurious] > 0,
-        fp_xy=np.column_stack([np.asarray(cand["x"])[spurious], np.asarray(cand["y"])[spurious]]),
+        fp_xy=fp_xy, fp_inj_dist=d_inj, fp_inj_s=inj.s_diff[j_inj], fp_inj_found=recovered[j_inj],
         area_mpix=float(unmasked.sum()) / 1e6, frame_mpix=float(unmasked.size) / 1e6,
         fwhm_pd=fwhm_d, noise_floor=noise_peaks_expected(float(unmasked.sum()), fwhm_d),
         eta=zogy_efficiency(pair, night.spec.read_noise_e),
@@ -415,12 +417,14 @@ def print_summary(summary: dict, records: list[dict]) -> None:
 
 
 def print_false_positives(records: list[dict]) -> None:
-    print(f"\n{'pair':>4} {'x':>7} {'y':>7} {'sign':>4} {'signif':>7} {'sharp':>6} {'flagged':>7} {'masked':>6}  cause")
+    print(f"\n{'pair':>4} {'x':>7} {'y':>7} {'sign':>4} {'signif':>7} {'sharp':>6} {'flagged':>7} {'masked':>6} "
+          f"{'nearest injection: px, s_diff, found':>37}  cause")
     for r in records:
         for k in range(len(r["fp_cause"])):
             print(f"{r['index']:4d} {r['fp_xy'][k, 0]:7.1f} {r['fp_xy'][k, 1]:7.1f} "
                   f"{'-' if r['fp_negative'][k] else '+':>4} {r['fp_significance'][k]:7.2f} "
                   f"{r['fp_sharpness'][k]:6.2f} {str(bool(r['fp_flagged'][k])):>7} {str(bool(r['fp_masked'][k])):>6}"
+                  f" {r['fp_inj_dist'][k]:17.1f} {r['fp_inj_s'][k]:8.1f} {str(bool(r['fp_inj_found'][k])):>10}"
                   f"  {r['fp_cause'][k]}")
 
 

@@ -3,6 +3,8 @@
 * :data:`OPERATION_TAG` — the Dagster run tag naming the operation a run belongs to; the
   ledger sensor counts an operation's runs by it and links their provenance to it.
 * :func:`record_ingest_scan` — one ``ingest.scan`` operation per landing-folder scan that found files.
+* :func:`start_wave` — the runs one sensor tick requests (e.g. a wave of product rebuilds) as one
+  operation, which the ledger sensor completes once each of their run keys' runs has ended.
 * :func:`owner_context` / :func:`owner_is_gone` — an operation run inside a process (``process``)
   records that process, so that the ledger can close it when the process dies.
 """
@@ -57,6 +59,21 @@ def record_ingest_scan(catalog: Catalog, survey: str, outcomes: Sequence[IngestO
             if outcome.status == "quarantined":
                 operations.record_failure(session, operation, "ingest.quarantined", outcome.reason or "quarantined")
         return operations.complete_operation(session, operation).id
+
+
+def start_wave(catalog: Catalog, survey: str, operation_type: OperationType, run_keys: Sequence[str],
+               context: Mapping[str, Any] | None = None) -> int:
+    """Record the runs a sensor tick requests as one running operation; returns its id.
+
+    Tag the tick's RunRequests with it (:data:`OPERATION_TAG`). Asking again for the same
+    run keys while the wave is active returns the same operation (a re-evaluated tick).
+    """
+    keys = sorted(run_keys)
+    with catalog.session() as session:
+        operation, created = operations.start_operation(
+            session, survey=queries.get_or_create_survey(session, survey), operation_type=operation_type,
+            identity={"run_keys": keys}, context={**(context or {}), "run_keys": keys})
+        return (operations.mark_running(session, operation) if created else operation).id
 
 
 def owner_context() -> dict[str, Any]:

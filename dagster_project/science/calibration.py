@@ -337,12 +337,14 @@ _THIN_DEFECTS = MaskBit.BAD_COLUMN | MaskBit.FLAT_BAD
 
 
 def _fill_from_row_neighbours(image: np.ndarray, bad: np.ndarray, reach: int = 8) -> np.ndarray:
-    """Copy of ``image`` with ``bad`` pixels replaced by the mean of the nearest good pixels left and right.
+    """Copy of ``image`` with ``bad`` pixels replaced by the mean of the nearest usable pixels left and right.
 
-    Neighbours are searched up to ``reach`` px away in the same row (bad
-    columns are vertical); pixels with none get the median of the good pixels.
+    Neighbours (not ``bad``, finite) are searched up to ``reach`` px away in
+    the same row, as bad columns are vertical; pixels with none get the
+    median of the usable pixels.
     """
     filled = image.copy()
+    usable = ~bad & np.isfinite(image)
     for column in np.flatnonzero(bad.any(axis=0)):  # a handful of defect columns
         rows = np.flatnonzero(bad[:, column])
         total = np.zeros(rows.size)
@@ -353,7 +355,7 @@ def _fill_from_row_neighbours(image: np.ndarray, bad: np.ndarray, reach: int = 8
                 c = column + step * k
                 if not 0 <= c < image.shape[1]:
                     break
-                take = ~found & ~bad[rows, c]
+                take = ~found & usable[rows, c]
                 total[take] += image[rows[take], c]
                 count[take] += 1
                 found |= take
@@ -361,7 +363,7 @@ def _fill_from_row_neighbours(image: np.ndarray, bad: np.ndarray, reach: int = 8
             filled[rows, column] = total / count
     lonely = bad & ~np.isfinite(filled)
     if lonely.any():
-        filled[lonely] = np.median(image[~bad])
+        filled[lonely] = np.median(image[usable]) if usable.any() else 0.0
     return filled
 
 
@@ -416,9 +418,12 @@ def find_cosmic_rays(
     bad = mask != 0
     defects = (mask & MASK_DTYPE(_THIN_DEFECTS)) != 0
     inmask = bad & ~defects
-    data = _fill_from_row_neighbours(np.where(inmask, np.float32(0), data), defects).astype(np.float32, copy=False)
-    variance = _fill_from_row_neighbours(np.where(inmask, np.float32(1), variance), defects).astype(
-        np.float32, copy=False)
+    # Masked pixels keep their values, so that the median filters see the real image around them (a
+    # zeroed saturated core would put a cliff next to its wings); non-finite values, which astroscrappy
+    # cannot take, become 0 (data) and 1 (variance): they are masked, and too few to move a median.
+    data = np.nan_to_num(_fill_from_row_neighbours(data, defects), nan=0.0, posinf=0.0, neginf=0.0)
+    variance = np.nan_to_num(_fill_from_row_neighbours(variance, defects), nan=1.0, posinf=1.0, neginf=1.0)
+    data, variance = data.astype(np.float32, copy=False), variance.astype(np.float32, copy=False)
     ny = data.shape[0]
     overlap = _COSMIC_RAY_OVERLAP_PX * int(params["niter"])
 

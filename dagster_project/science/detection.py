@@ -9,14 +9,18 @@ PSF core are split by :func:`photutils.segmentation.deblend_sources`.
 
 Masked pixels, flags and "good" candidates
 -------------------------------------------
-Masked pixels are NaN in every ZOGY output, so no detection peaks on them:
-saturated cores with their brightness-scaled halos, bleed trails, cosmic
-rays, bad columns, the area outside the overlap, and the pixels where flux
-hidden under those masks could leave a residual (see
-:func:`~dagster_project.science.zogy.zogy`). Candidates whose footprint
-(disk of radius one FWHM of P_D around the position) is more than
+Masked pixels are NaN in every ZOGY output: saturated cores with their
+brightness-scaled halos, bleed trails, cosmic rays, bad columns, the area
+outside the overlap, and the pixels where flux hidden under those masks
+could leave a residual (see :func:`~dagster_project.science.zogy.zogy`).
+Gaps of at most 5 px along a row (a masked column, a cosmic-ray patch) are
+bridged by interpolation before segmentation, so that a source cut by one is
+one candidate, positioned by a Gaussian fit to the valid pixels on both
+sides, rather than two candidates 2-3 px off its centre. Candidates whose
+footprint (disk of radius one FWHM of P_D around the position) is more than
 ``max_masked_fraction`` masked are DROPPED (counted in
-``meta['n_dropped_masked']``). The others are kept, with their
+``meta['n_dropped_masked']``): residuals around masked cosmic rays, and
+sources centred on a masked band too wide to measure them. The others are kept, with their
 ``masked_fraction``, and FLAGGED when they cannot be trusted without a look:
 
 * ``is_saturated``: a SATURATED, BLEED or SATURATION_HALO pixel within two FWHM;
@@ -40,6 +44,7 @@ import warnings
 
 import numpy as np
 from astropy.table import Table
+from astropy.utils.exceptions import AstropyUserWarning
 from photutils.centroids import centroid_quadratic, centroid_sources
 from photutils.segmentation import SegmentationImage, SourceCatalog, deblend_sources, detect_sources
 from photutils.utils.exceptions import NoDetectionsWarning
@@ -85,6 +90,68 @@ def _empty_table() -> Table:
     return Table(
         {c: np.zeros(0, dtype=bool if c in bool_cols else int if c in int_cols else float) for c in _COLUMNS}
     )
+
+
+#: Invalid gaps up to ``2 * _BRIDGE_REACH - 1`` px wide along a row are bridged (see :func:`_bridge`).
+_BRIDGE_REACH = 3
+
+
+def _bridge(image: np.ndarray, invalid: np.ndarray, reach: int = _BRIDGE_REACH) -> np.ndarray:
+    """Copy of ``image`` with NaN at ``invalid`` pixels, except in narrow gaps along rows, which are interpolated.
+
+    An invalid pixel with a valid pixel within ``reach`` px both left and
+    right in its row gets the linear interpolation between the nearest two:
+    a source cut by a masked column (1 px in the new image, 3 px once a
+    reference column is resampled and dilated) or by a cosmic-ray patch is
+    then segmented as one source, and measured across the gap, instead of
+    being split in two peaks 2-3 px off its centre. Interpolation never
+    exceeds its two ends, so it creates no peak of its own.
+    """
+    out = np.where(invalid, np.float32(np.nan), image)
+    ys, xs = np.nonzero(invalid)
+    nx = image.shape[1]
+    ends = []
+    for step in (-1, 1):
+        distance = np.zeros(ys.size)
+        value = np.full(ys.size, np.nan, dtype=np.float32)
+        for k in range(1, reach + 1):
+            cols = xs + step * k
+            inside = (cols >= 0) & (cols < nx)
+            cols = np.clip(cols, 0, nx - 1)
+            take = (distance == 0) & inside & ~invalid[ys, cols]
+            distance[take] = k
+            value[take] = image[ys[take], cols[take]]
+        ends.append((distance, value))
+    (d_left, v_left), (d_right, v_right) = ends
+    both = (d_left > 0) & (d_right > 0)
+    out[ys[both], xs[both]] = (v_left * d_right + v_right * d_left)[both] / (d_left + d_right)[both]
+    return out
+
+
+def _gaussian_peak(image: np.ndarray, x: int, y: int, half: int = 3) -> tuple[float, float]:
+    """Centre of a round Gaussian fitted to the valid pixels above 20 % of the peak within ``half`` px of (x, y).
+
+    Weighted linear least squares on ``ln(image)`` (weights ``image**2``),
+    separable in x and y. Used where masked pixels cut the 3x3 box a
+    quadratic peak fit needs: pixels on both sides of a masked column still
+    pin the centre. NaN if fewer than 5 pixels qualify or the fit has no
+    maximum within 2 px.
+    """
+    y0, x0 = max(y - half, 0), max(x - half, 0)
+    cut = image[y0 : y + half + 1, x0 : x + half + 1]
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(cut) & (cut > 0.2 * np.nanmax(cut))
+    if np.count_nonzero(ok) < 5:
+        return np.nan, np.nan
+    yy, xx = np.nonzero(ok)
+    dx, dy = xx + x0 - x, yy + y0 - y
+    values = cut[ok].astype(float)
+    design = np.column_stack([np.ones_like(values), dx, dy, dx**2, dy**2]) * values[:, None]
+    coef = np.linalg.lstsq(design, np.log(values) * values, rcond=None)[0]
+    if not (coef[3] < 0 and coef[4] < 0):
+        return np.nan, np.nan
+    sx, sy = -coef[1] / (2 * coef[3]), -coef[2] / (2 * coef[4])
+    return (x + sx, y + sy) if max(abs(sx), abs(sy)) <= 2.0 else (np.nan, np.nan)
 
 
 def _segments(data: np.ndarray, invalid: np.ndarray, threshold: float, deblend_area: float | None):
@@ -156,11 +223,12 @@ def detect_transients(
         One row per candidate, most significant first:
 
         * ``id`` (1-based), ``x``, ``y``: 0-based position on the new grid
-          (quadratic fit to the 3x3 pixels around the S_corr peak),
-          ``ra``, ``dec`` (deg).
+          (quadratic fit to the 3x3 pixels around the S_corr peak; next to
+          masked pixels a Gaussian fit to the valid ones), ``ra``, ``dec`` (deg).
         * ``flux``, ``flux_err``: ZOGY PSF-photometry flux (``result.flux``
-          interpolated at the position; new-image e- when F_n = 1), negative
-          for fading sources.
+          interpolated at the position, across a bridged gap if need be;
+          new-image e- when F_n = 1), negative for fading sources; biased low
+          when part of the source is masked (see ``masked_fraction``).
         * ``snr`` = ``|flux| / flux_err``; ``scorr_peak`` (signed S_corr at the
           position); ``significance`` = ``|scorr_peak|``; ``is_negative``.
         * ``fwhm`` (px), ``ellipticity``, ``position_angle`` (deg CCW from +x):
@@ -192,7 +260,13 @@ def detect_transients(
     edge_margin = int(np.ceil(2.0 * fwhm)) if edge_margin is None else int(edge_margin)
     invalid = ~np.isfinite(scorr) | result.mask
     masked = invalid | (mask != 0)
-    filled = np.where(invalid, np.float32(0), scorr)
+    # Sources are found and measured on maps bridged across narrow invalid gaps (masked columns,
+    # cosmic-ray patches); the masked fraction and the flags still come from the true masks.
+    original = np.where(invalid, np.float32(np.nan), scorr)
+    scorr = _bridge(scorr, invalid)
+    unusable = ~np.isfinite(scorr)
+    filled = np.where(unusable, np.float32(0), scorr)
+    flux_map, flux_err_map = _bridge(result.flux, invalid), _bridge(result.flux_err, invalid)
     ny, nx = scorr.shape
 
     # One label image: positive sources first, then negative ones.
@@ -200,7 +274,7 @@ def detect_transients(
     sign_of, is_deblended = [], []
     deblend_area = 2.0 * np.pi * fwhm**2 / 4.0 if deblend else None
     for sign in (1.0, -1.0):
-        segm, blended = _segments(sign * filled, invalid, threshold, deblend_area)
+        segm, blended = _segments(sign * filled, unusable, threshold, deblend_area)
         if segm is None:
             continue
         labels[segm.data > 0] = segm.data[segm.data > 0] + len(sign_of)
@@ -224,12 +298,22 @@ def detect_transients(
     for sign in (1.0, -1.0):
         sel = np.flatnonzero(sign_of == sign)
         if sel.size:
-            cx, cy = centroid_sources(
-                sign * filled, xpk[sel], ypk[sel], box_size=3, mask=invalid, centroid_func=centroid_quadratic,
-                fit_boxsize=3,
-            )
+            with warnings.catch_warnings():  # a peak without a quadratic maximum keeps its pixel (below)
+                warnings.simplefilter("ignore", AstropyUserWarning)
+                cx, cy = centroid_sources(
+                    sign * filled, xpk[sel], ypk[sel], box_size=3, mask=unusable, centroid_func=centroid_quadratic,
+                    fit_boxsize=3,
+                )
             ok = np.isfinite(cx) & np.isfinite(cy) & (np.hypot(cx - xpk[sel], cy - ypk[sel]) <= 1.0)
             x[sel[ok]], y[sel[ok]] = cx[ok], cy[ok]
+    # Next to a masked gap the 3x3 box holds bridged (interpolated) pixels, which pull the quadratic
+    # peak towards the brighter side: fit the valid pixels on both sides instead.
+    for i in range(n):
+        ix, iy = int(xpk[i]), int(ypk[i])
+        if invalid[max(iy - 1, 0) : iy + 2, max(ix - 1, 0) : ix + 2].any():
+            gx, gy = _gaussian_peak(sign_of[i] * original, ix, iy)
+            if np.isfinite(gx):
+                x[i], y[i] = gx, gy
 
     scorr_peak, flux, flux_err, sharpness = (np.full(n, np.nan) for _ in range(4))
     n_opposite = np.zeros(n, dtype=int)
@@ -243,8 +327,8 @@ def detect_transients(
     for i in np.argsort(-np.abs(filled[ypk.astype(int), xpk.astype(int)])):  # brightest claim footprints first
         sign = sign_of[i]
         scorr_peak[i] = _interpolate(scorr, x[i], y[i])
-        flux[i] = _interpolate(result.flux, x[i], y[i])
-        flux_err[i] = _interpolate(result.flux_err, x[i], y[i])
+        flux[i] = _interpolate(flux_map, x[i], y[i])
+        flux_err[i] = _interpolate(flux_err_map, x[i], y[i])
         ix, iy = int(round(x[i])), int(round(y[i]))
         y0, x0 = max(iy - h, 0), max(ix - h, 0)
         sl = (slice(y0, iy + h + 1), slice(x0, ix + h + 1))

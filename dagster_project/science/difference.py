@@ -27,12 +27,15 @@ One PSF per image
 ZOGY here uses one PSF per image. The variation of the PSF over the field is
 measured instead (``quality['fwhm_tile_spread_new']`` and ``..._ref``: the
 relative range of the median per-star FWHM over 3x3 tiles for frames of
-2048 px and more, 2x2 from 1024 px). On the simulated frames, rendered with
-one Moffat per exposure, it is 0.5-1.5 %, the scatter of the per-tile
-medians: a tiled ZOGY would only add PSF-fit noise (a tenth of the stars per
-tile) and about 0.3 s per frame. A spread of more than ~5 % (where a bright
-star's residual reaches the noise) calls for ZOGY on overlapping sub-images
-with one PSF each.
+2048 px and more, 2x2 from 1024 px; :func:`~dagster_project.science.psf.star_fwhm`).
+The simulated frames are rendered with one Moffat PSF per exposure and give
+spreads of 0.5-1.5 %, the scatter of the per-tile medians; their static
+stars subtract to the noise, so a PSF per tile would only add fit noise
+(each tile has a ninth of the stars) and time (nine PSF fits per image,
+nine overlapping ZOGY runs per pair). A spread well above that scatter means the
+PSF truly varies over the field: bright stars would then leave residuals, and
+ZOGY would have to run on overlapping sub-images with a PSF each (not
+implemented).
 
 Failures raise :class:`~dagster_project.science.psf.PSFError`,
 :class:`~dagster_project.science.registration.RegistrationError` or
@@ -145,7 +148,8 @@ class DifferenceResult:
         Background-subtracted reference on the new grid (data, variance,
         mask with EDGE outside the overlap; header with the new WCS).
     mask : ndarray of uint16
-        New mask OR resampled reference mask.
+        New mask OR resampled reference mask, with the saturated stars'
+        ``SATURATION_HALO`` of both: the pixels ZOGY excluded.
     quality : dict
         Scalar figures for the catalogue (see :func:`difference_images`).
     timings : dict
@@ -246,9 +250,8 @@ def hidden_flux(
     the two images' estimates in new-image units (``ref / flux_ratio_ref``),
     or the one that exists, so that a transient or a cosmic ray in one image
     never counts as hidden static flux and cannot blank the surroundings of a
-    real detection. Values are
-    reduced by ``_HIDDEN_FLUX_SIGMA`` times the pixel noise and clipped at 0,
-    so sky noise under a mask does not count.
+    real detection. Values are reduced by ``_HIDDEN_FLUX_SIGMA`` times the
+    pixel noise and clipped at 0, so sky noise under a mask does not count.
 
     Parameters
     ----------
@@ -287,10 +290,12 @@ def saturation_halo(data: np.ndarray, mask: np.ndarray, psf: PSFModel, sigma: fl
     ``r_sat``; for a Moffat PSF of core width ``alpha`` and index ``beta``
     the star then falls to the pixel noise ``sigma`` at ``R`` with
     ``1 + R**2 / alpha**2 = (1 + r_sat**2 / alpha**2) * (L / sigma)**(1 / beta)``,
-    so the radius grows with the star's brightness (about 12 px for a barely
-    saturated star, 25 px for one with an 11-px core, for FWHM 3 px). Inside
-    ``R`` the wings are bright enough for PSF-model errors of a few percent
-    to leave residuals of several sigma in S_corr.
+    so the radius grows with the star's brightness (for FWHM 3 px, beta 3 and
+    ``L / sigma = 3000``: 12 px for a barely saturated star, 24 px for one
+    with an 11-px core). Inside ``R`` the star outshines the sky noise; on
+    the simulated frames, without the halo, its wings left residuals of 6 to
+    60 sigma next to the saturated cores (about 10 false candidates per
+    2048x2048 frame).
 
     Parameters
     ----------
@@ -355,8 +360,11 @@ def difference_images(new: ImagePlanes, ref: ImagePlanes, params: DifferencePara
         ``sigma_new``, ``sigma_ref`` (e-), ``scorr_std``, ``d_std``,
         ``depth_5sigma_e`` (median 5-sigma point-source flux of the
         difference, new-image e-), ``valid_fraction`` (of pixels with valid
-        outputs), ``n_candidates``,
-        ``n_positive``, ``n_negative``.
+        outputs), ``psf_tiles`` (tiles per side), ``fwhm_tile_spread_new``,
+        ``fwhm_tile_spread_ref`` (relative range of the per-tile median star
+        FWHM; None when fewer than two tiles have 3 stars), ``n_candidates``,
+        ``n_positive``, ``n_negative``, ``n_good`` (candidates with
+        ``is_good``).
 
     Raises
     ------
@@ -416,8 +424,10 @@ def difference_images(new: ImagePlanes, ref: ImagePlanes, params: DifferencePara
 
     # Each image's saturated stars get a halo on its own grid, from its own PSF and noise.
     halo_bit = MASK_DTYPE(MaskBit.SATURATION_HALO)
-    new_mask = new.mask | np.where(saturation_halo(new_sub, new.mask, psf_new, bkg_new.median_rms), halo_bit, 0)
-    ref_mask = ref.mask | np.where(saturation_halo(ref_sub, ref.mask, psf_ref_native, bkg_ref.median_rms), halo_bit, 0)
+    new_halo = saturation_halo(new_sub, new.mask, psf_new, bkg_new.median_rms)
+    ref_halo = saturation_halo(ref_sub, ref.mask, psf_ref_native, bkg_ref.median_rms)
+    new_mask = new.mask | np.where(new_halo, halo_bit, MASK_DTYPE(0))
+    ref_mask = ref.mask | np.where(ref_halo, halo_bit, MASK_DTYPE(0))
     ref_resampled = resample_planes(
         ImagePlanes(ref_sub, ref.variance, ref_mask, ref.header), registration, new.shape,
         new.wcs.to_header(relax=True), order=params.interpolation_order,

@@ -26,7 +26,6 @@ from astropy.table import Table
 from astropy.wcs.utils import proj_plane_pixel_scales
 from photutils.segmentation import SourceCatalog, detect_sources
 from photutils.utils.exceptions import NoDetectionsWarning
-from scipy import ndimage
 from scipy.optimize import least_squares
 from scipy.spatial import cKDTree
 
@@ -206,21 +205,21 @@ def find_stars(
         moments) and ``ellipticity`` (moments), brightest first. Empty (with
         these columns) when no star qualifies. ``meta['fwhm']`` holds the
         median moment FWHM of the stars (NaN if none), ``meta['sources']``
-        every source detected (stars, galaxies, blends, faint ones: a Table of
-        ``x``, ``y``, ``flux``), e.g. to measure distances to the nearest
-        source without segmenting the image again.
+        every source detected (stars, galaxies, blends, faint ones: a dict of
+        arrays ``x``, ``y`` in px and ``flux`` in e-), e.g. to measure
+        distances to the nearest source without segmenting the image again.
     """
     columns = ["x", "y", "flux", "flux_err", "snr", "peak", "fwhm", "ellipticity"]
     cat, bad = _segment(image, variance, mask, detect_sigma, n_pixels, bad_bits)
     if cat is None:
-        sources = Table({c: np.zeros(0) for c in ("x", "y", "flux")})
+        sources = {c: np.zeros(0) for c in ("x", "y", "flux")}
         return Table({c: np.zeros(0) for c in columns}, meta={"fwhm": np.nan, "sources": sources})
     x_all = np.asarray(cat.x_centroid, dtype=float)
     y_all = np.asarray(cat.y_centroid, dtype=float)
     flux_all = np.asarray(cat.segment_flux, dtype=float)
     snr_all = flux_all / np.asarray(cat.segment_flux_err, dtype=float)
     finite = np.isfinite(x_all) & np.isfinite(y_all)
-    sources = Table({"x": x_all[finite], "y": y_all[finite], "flux": flux_all[finite]})
+    sources = {"x": x_all[finite], "y": y_all[finite], "flux": flux_all[finite]}
     empty = Table({c: np.zeros(0) for c in columns}, meta={"fwhm": np.nan, "sources": sources})
     candidates = np.flatnonzero(finite & (snr_all >= snr_min))
     if candidates.size == 0:
@@ -235,8 +234,11 @@ def find_stars(
     xc, yc = x_all[candidates], y_all[candidates]
     ix, iy = np.rint(xc).astype(int), np.rint(yc).astype(int)
     keep = (ix - half - 1 >= 0) & (iy - half - 1 >= 0) & (ix + half + 1 < nx) & (iy + half + 1 < ny)
-    near_bad = ndimage.maximum_filter(bad.view(np.uint8), size=2 * half + 3, mode="constant", cval=1)
-    keep &= near_bad[np.clip(iy, 0, ny - 1), np.clip(ix, 0, nx - 1)] == 0
+    # no unusable pixel in the fitting cutout plus one pixel (only the candidates' windows are looked at)
+    window = np.arange(-half - 1, half + 2)
+    rows = np.clip(iy[:, None] + window, 0, ny - 1)
+    cols = np.clip(ix[:, None] + window, 0, nx - 1)
+    keep &= ~bad[rows[:, :, None], cols[:, None, :]].any(axis=(1, 2))
     keep &= np.isfinite(fwhm) & np.isfinite(ellipticity)
 
     tree = cKDTree(np.column_stack([x_all, y_all]))

@@ -42,14 +42,18 @@ Implementation notes
   wrap-around, no reflected noise). Stars cut by the frame border cannot
   cancel exactly; their residual stays within a few pixels of the border.
 * Masked or non-finite pixels are set to 0 with variance 0 in BOTH images
-  before the transforms, and to NaN in every output map.
+  before the transforms, and to NaN in every output map, as are the pixels
+  where flux hidden under them (a masked star core) could leave a residual
+  (see ``hidden_new``).
 * PSF stamps are embedded with their centre at pixel (0, 0) of the padded
   grid (``ifftshift``), so their transforms are zero-phase.
 * FFTs of the padded size in float32: 4 forward (N, R, V_n, V_r), 4
   inverse (D, S_N, S_R, V_S; 3 without the astrometric term) and 4
   half-cost transforms of the stamps (P_n, P_r, k_n^2, k_r^2): about 10
-  rfft2-equivalents. The squared kernels (cropped to the larger stamp
-  size), P_D and F_S are computed on a small grid in float64.
+  rfft2-equivalents; the hidden-flux bound adds one forward, one inverse
+  and one stamp transform when some excluded pixel hides flux. The kernels
+  (cropped to the larger stamp size), P_D and F_S are computed on a small
+  grid in float64.
 * D is unit-variance white noise except at frequencies where both PSFs have
   less than 1e-12 of their zero-frequency power (float32 round-off), which
   are not amplified.
@@ -95,8 +99,8 @@ class ZogyResult:
     F_S : float
         Normalisation of S (eq. 42).
     mask : ndarray of bool
-        True where the outputs are NaN (masked, non-finite input or
-        zero variance).
+        True where the outputs are NaN (masked, non-finite input, zero
+        variance, or within reach of hidden flux; see :func:`zogy`).
     sigma_new, sigma_ref : float
         Background noise (e-) used in the denominators.
     flux_new, flux_ratio_ref : float
@@ -294,11 +298,13 @@ def zogy(
         or a star under the other image's bad column. Zeroing a masked star
         core in both images leaves ``k_r (x) (R M) - k_n (x) (N M)`` in S, a
         residual the size of the kernels that no variance term describes;
-        ``(|k_n| (x) hidden_new + |k_r| (x) hidden_ref) / sqrt(V)`` bounds it,
-        and output pixels where the bound exceeds ``max_hidden_sigma`` are
-        invalid (NaN, flagged in ``mask``). The bound grows with the hidden
-        flux, so the invalid halo around a saturated star grows with its
-        brightness.
+        ``max(|k_n|, |k_r|) (x) (hidden_new + hidden_ref) / sqrt(V)`` bounds
+        it, and output pixels where the bound exceeds ``max_hidden_sigma``
+        are invalid (NaN, flagged in ``mask``). The bound grows with the
+        hidden flux, so the invalid zone around a masked star grows with its
+        brightness. Sky noise under a mask must not be included (it would
+        blank the borders of every mask): see
+        :func:`~dagster_project.science.difference.hidden_flux`.
     max_hidden_sigma : float
         Largest acceptable bound on that residual, in units of the S noise.
     workers : int
@@ -320,7 +326,8 @@ def zogy(
     for name, arr in (("var_new", var_new), ("var_ref", var_ref), ("mask", mask)):
         if arr is not None and np.shape(arr) != new.shape:
             raise ValueError(f"{name} shape {np.shape(arr)} differs from image shape {new.shape}")
-    scalars = {"sigma_new": sigma_new, "sigma_ref": sigma_ref, "flux_ratio_ref": flux_ratio_ref, "flux_new": flux_new}
+    scalars = {"sigma_new": sigma_new, "sigma_ref": sigma_ref, "flux_ratio_ref": flux_ratio_ref, "flux_new": flux_new,
+               "max_hidden_sigma": max_hidden_sigma}
     for name, value in scalars.items():
         if not (np.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be finite and > 0, got {value}")

@@ -17,16 +17,17 @@ Mirroring is incremental and idempotent (steps are keyed by event storage id), s
 
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from dagster import (
     DagsterEventType,
     DagsterInstance,
+    DagsterRun,
     DagsterRunStatus,
     DefaultSensorStatus,
     EventLogRecord,
@@ -39,8 +40,13 @@ from dagster import (
 )
 from dagster._core.definitions.data_version import CODE_VERSION_TAG, DATA_VERSION_TAG
 from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, BulkActionStatus
-from dagster._core.storage.dagster_run import FINISHED_STATUSES
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG, PARTITION_NAME_TAG
+from dagster._core.storage.dagster_run import FINISHED_STATUSES, NOT_FINISHED_STATUSES
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    PARTITION_NAME_TAG,
+    RUN_KEY_TAG,
+)
 from dagster._utils.error import SerializableErrorInfo
 
 from dagster_project.assets.metadata import ARTIFACT_PREFIX, INPUT_PREFIX
@@ -59,6 +65,8 @@ RUN_STATUS_EVENTS = (DagsterEventType.RUN_START, DagsterEventType.RUN_SUCCESS, D
 MAX_RUNS_PER_TICK = 25
 #: a file whose mtime is later than the event that named it (by more than this) was rewritten since
 CLOCK_TOLERANCE_S = 1.0
+#: a sensor wave whose run keys still have no run after this long is closed, the missing ones skipped
+WAVE_PATIENCE = timedelta(hours=1)
 
 RUN_STATUS = {
     DagsterRunStatus.QUEUED: ProcessingRunStatus.PENDING, DagsterRunStatus.NOT_STARTED: ProcessingRunStatus.PENDING,
@@ -153,18 +161,8 @@ def _step_record(record: EventLogRecord, step_started: dict[str, float], run_sta
     artifacts: tuple[ArtifactRecord, ...] = ()
     inputs: tuple[InputRecord, ...] = ()
     if kind is StepType.MATERIALIZATION:
-        materialization = event.step_materialization_data.materialization
-        tags = materialization.tags or {}
-        asset_key = materialization.asset_key.to_user_string()
-        content.update(asset_key=asset_key, partition=materialization.partition,
-                       code_version=tags.get(CODE_VERSION_TAG), data_version=tags.get(DATA_VERSION_TAG),
-                       metadata=_figures(materialization.metadata))
-        artifacts = tuple(_artifact(key.removeprefix(ARTIFACT_PREFIX), value.path, entry.timestamp, store_root,
-                                    asset_key, materialization.partition, tags.get(CODE_VERSION_TAG))
-                          for key, value in materialization.metadata.items() if key.startswith(ARTIFACT_PREFIX))
-        inputs = tuple(InputRecord(key.removeprefix(INPUT_PREFIX), store_relative(value.path, store_root),
-                                   fingerprint(Path(value.path), entry.timestamp)[1])
-                       for key, value in materialization.metadata.items() if key.startswith(INPUT_PREFIX))
+        artifacts, inputs = _files(event.step_materialization_data.materialization, entry.timestamp, store_root,
+                                   content)
     elif kind is StepType.CHECK_RESULT:
         evaluation = event.asset_check_evaluation_data
         content.update(asset_key=evaluation.asset_key.to_user_string(), check_name=evaluation.check_name,
@@ -179,13 +177,29 @@ def _step_record(record: EventLogRecord, step_started: dict[str, float], run_sta
                       artifacts, inputs)
 
 
-def _artifact(role: str, path: str, written_by: float, store_root: Path, asset_key: str, partition: str | None,
-              code_version: str | None) -> ArtifactRecord:
-    size, digest = fingerprint(Path(path), written_by)
-    return ArtifactRecord(role=role, path=store_relative(path, store_root),
-                          mime_type=_MEDIA_TYPES.get(Path(path).suffix.lower(), "application/octet-stream"),
-                          size_bytes=size, sha256=digest, asset_key=asset_key, partition_key=partition,
-                          code_version=code_version)
+def _files(materialization: Any, at: float, store_root: Path,
+           content: dict[str, Any]) -> tuple[tuple[ArtifactRecord, ...], tuple[InputRecord, ...]]:
+    """The files a materialization names (``artifact_<role>`` written, ``input_<role>`` read), fingerprinted;
+    its asset, partition, versions and figures go into ``content``."""
+    tags = materialization.tags or {}
+    asset_key, partition, code_version = (materialization.asset_key.to_user_string(), materialization.partition,
+                                          tags.get(CODE_VERSION_TAG))
+    content.update(asset_key=asset_key, partition=partition, code_version=code_version,
+                   data_version=tags.get(DATA_VERSION_TAG), metadata=_figures(materialization.metadata))
+    artifacts, inputs = [], []
+    for key, value in materialization.metadata.items():
+        path = Path(value.path) if key.startswith((ARTIFACT_PREFIX, INPUT_PREFIX)) else None
+        if path is None:
+            continue
+        size, digest = fingerprint(path, at)
+        if key.startswith(ARTIFACT_PREFIX):
+            artifacts.append(ArtifactRecord(
+                role=key.removeprefix(ARTIFACT_PREFIX), path=store_relative(path, store_root),
+                mime_type=_MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream"), size_bytes=size,
+                sha256=digest, asset_key=asset_key, partition_key=partition, code_version=code_version))
+        else:
+            inputs.append(InputRecord(key.removeprefix(INPUT_PREFIX), store_relative(path, store_root), digest))
+    return tuple(artifacts), tuple(inputs)
 
 
 def step_records(records: Sequence[EventLogRecord], after_storage_id: int, store_root: Path) -> Iterator[StepRecord]:
@@ -289,39 +303,75 @@ def run_failure(instance: DagsterInstance, run_id: str, status: DagsterRunStatus
     return "run.failed", message or "the run failed before any step did"
 
 
+@dataclass(frozen=True)
+class _Scope:
+    """An operation's runs (the latest per unit of work), how many units there are, and whether it is over."""
+
+    runs: dict[Any, DagsterRun]
+    total: int
+    over: bool
+    cancelled: bool = False
+
+
+def _latest(runs: Sequence[DagsterRun], unit: Callable[[DagsterRun], Any]) -> dict[Any, DagsterRun]:
+    latest: dict[Any, DagsterRun] = {}
+    for run in reversed(runs):  # newest first from the instance: a re-run replaces the earlier attempt
+        latest[unit(run)] = run
+    return latest
+
+
+def _scope(instance: DagsterInstance, operation: OperationRun) -> _Scope:
+    """A backfill's partitions; a sensor wave's run keys; otherwise whatever runs carry the operation's tag."""
+    context = operation.context or {}
+    tagged = RunsFilter(tags={OPERATION_TAG: str(operation.id)})
+    if context.get("backfill_id"):
+        backfill = instance.get_backfill(context["backfill_id"])
+        runs = _latest(instance.get_runs(tagged), lambda r: (r.job_name, r.tags.get(PARTITION_NAME_TAG) or r.run_id))
+        total = len(backfill.partition_names or [])
+        finished = sum(r.status in FINISHED_STATUSES for r in runs.values())
+        # the daemon marks a backfill over up to 30 s after its last run: when every partition ran, it is over
+        over = finished == len(runs) and (finished == total or backfill.status in BULK_ACTION_TERMINAL_STATUSES)
+        return _Scope(runs, total, over, backfill.status in (BulkActionStatus.CANCELING, BulkActionStatus.CANCELED))
+    if "run_keys" in context:
+        keys = context["run_keys"]
+        runs = _latest(instance.get_runs(RunsFilter(tags={RUN_KEY_TAG: keys})), lambda r: r.tags[RUN_KEY_TAG])
+        all_ended = all(r.status in FINISHED_STATUSES for r in runs.values())
+        # a key Dagster never launched (its tick failed for good) must not keep the wave open forever
+        given_up = operation.started_at < datetime.now(UTC) - WAVE_PATIENCE
+        return _Scope(runs, len(keys), all_ended and (len(runs) == len(keys) or given_up))
+    runs = _latest(instance.get_runs(tagged), lambda r: (r.job_name, r.tags.get(PARTITION_NAME_TAG) or r.run_id))
+    return _Scope(runs, len(runs), over=False)  # its owner completes it (owned_operation)
+
+
 def sync_operation(instance: DagsterInstance, catalog: Catalog, operation_id: int) -> OperationProgress:
-    """Bring an operation up to date with its Dagster runs and backfill, completing it when they are over."""
+    """Bring an operation up to date with its Dagster runs, completing it when they are over.
+
+    An operation whose process is gone is over too: its unfinished runs are marked failed
+    in Dagster, since nothing else ever will.
+    """
     with catalog.session() as session:
         operation = operations.get_operation(session, operation_id)
     if not operation.is_active:
         return OperationProgress(operation, 0, 0)
     context = operation.context or {}
     owner_gone = owner_is_gone(operation)
-    runs = _latest_runs(instance, operation_id)
-    if owner_gone:  # nobody will ever finish these: say so in Dagster too
-        for run in runs.values():
-            if run.status not in FINISHED_STATUSES:
-                instance.report_run_failed(run, f"its process (pid {context.get('pid')}) exited before the run ended")
-        runs = _latest_runs(instance, operation_id)
-    backfill = instance.get_backfill(context["backfill_id"]) if context.get("backfill_id") else None
-    by_status: dict[DagsterRunStatus, list] = {}
-    for run in runs.values():
-        by_status.setdefault(run.status, []).append(run)
-    succeeded = len(by_status.get(DagsterRunStatus.SUCCESS, []))
-    failed_runs = by_status.get(DagsterRunStatus.FAILURE, []) + by_status.get(DagsterRunStatus.CANCELED, [])
-    finished = succeeded + len(failed_runs)
-    total = len(backfill.partition_names or []) if backfill else len(runs)
-    done = owner_gone or (backfill is not None and finished == len(runs) and (
-        finished == total or backfill.status in BULK_ACTION_TERMINAL_STATUSES))
+    if owner_gone:
+        for run in instance.get_runs(RunsFilter(tags={OPERATION_TAG: str(operation_id)},
+                                                statuses=list(NOT_FINISHED_STATUSES))):
+            instance.report_run_failed(run, f"its process (pid {context.get('pid')}) exited before the run ended")
+    scope = _scope(instance, operation)
+    over = scope.over or owner_gone
+    ended = [r for r in scope.runs.values() if r.status in FINISHED_STATUSES]
+    failed = [r for r in ended if r.status is not DagsterRunStatus.SUCCESS]
     counted = set(context.get("failed_run_ids", []))
     new_failures = [(run.run_id, *run_failure(instance, run.run_id, run.status))
-                    for run in failed_runs if run.run_id not in counted]
+                    for run in failed if run.run_id not in counted]
     with catalog.session() as session:
         operation = operations.get_operation(session, operation_id)
         if not operation.is_active or operation.status == operations.OperationStatus.QUEUED:
             return OperationProgress(operation, 0, 0)  # finished by another syncer, or not started yet
-        operations.record_progress(session, operation, total=total, success=succeeded, failed=len(failed_runs),
-                                   skipped=total - finished if done else 0)
+        operations.record_progress(session, operation, total=scope.total, success=len(ended) - len(failed),
+                                   failed=len(failed), skipped=scope.total - len(ended) if over else 0)
         for _, code, message in new_failures:
             operations.record_failure(session, operation, code, message)
         if new_failures:
@@ -330,23 +380,12 @@ def sync_operation(instance: DagsterInstance, catalog: Catalog, operation_id: in
         if owner_gone:
             operations.record_failure(session, operation, "process.exited",
                                       f"the process running it (pid {context.get('pid')}) exited before it finished")
-        if done:
-            cancelled = backfill is not None and backfill.status in (BulkActionStatus.CANCELED,
-                                                                     BulkActionStatus.CANCELING)
-            operation = operations.complete_operation(session, operation,
-                                                      OperationOutcome.CANCELLED if cancelled else None)
-    in_flight = [r for r in runs.values() if r.status not in FINISHED_STATUSES]
+        if over:
+            operation = operations.complete_operation(
+                session, operation, OperationOutcome.CANCELLED if scope.cancelled else None)
+    in_flight = [r for r in scope.runs.values() if r.status not in FINISHED_STATUSES]
     started = sum(r.status in (DagsterRunStatus.STARTED, DagsterRunStatus.STARTING) for r in in_flight)
     return OperationProgress(operation, running=started, queued=len(in_flight) - started)
-
-
-def _latest_runs(instance: DagsterInstance, operation_id: int) -> dict[tuple[str, str], Any]:
-    """The operation's runs, the latest per job and partition (a re-run replaces the earlier attempt)."""
-    runs = instance.get_runs(RunsFilter(tags={OPERATION_TAG: str(operation_id)}))
-    latest: dict[tuple[str, str], Any] = {}
-    for run in reversed(runs):  # get_runs returns newest first
-        latest[(run.job_name, run.tags.get(PARTITION_NAME_TAG) or run.run_id)] = run
-    return latest
 
 
 @contextmanager

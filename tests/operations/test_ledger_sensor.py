@@ -3,6 +3,7 @@ their process; it mirrors each run once."""
 
 import subprocess
 import sys
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -13,7 +14,7 @@ from dagster_project.catalog import operations, queries
 from dagster_project.catalog.models import ObservationStatus, RunStatus
 from dagster_project.catalog.operations import OperationOutcome, OperationStatus, OperationType
 from dagster_project.catalog.provenance import ProcessingRun, ProcessingRunStatus, ProcessingStep, StepType
-from dagster_project.operations import OPERATION_TAG, owner_context
+from dagster_project.operations import OPERATION_TAG, owner_context, start_wave
 from dagster_project.sensors.ledger import operations_ledger_sensor
 from tests.catalog import observation
 from tests.platform import make_platform
@@ -49,10 +50,12 @@ def start_operation(platform, operation_type: OperationType, **context) -> int:
         return operations.mark_running(s, operation).id
 
 
-def run(platform, operation_id: int, *events: DagsterEventType, partition: str = "p1") -> str:
+def run(platform, operation_id: int | None, *events: DagsterEventType, partition: str = "p1", **tags: str) -> str:
     """A Dagster run of the operation that went through ``events`` (RUN_START, RUN_SUCCESS, ...)."""
-    dagster_run = platform.instance.create_run_for_job(
-        tiny_job, tags={OPERATION_TAG: str(operation_id), "dagster/partition": partition})
+    tags = {**tags, "dagster/partition": partition}
+    if operation_id is not None:
+        tags[OPERATION_TAG] = str(operation_id)
+    dagster_run = platform.instance.create_run_for_job(tiny_job, tags=tags)
     for event_type in events:
         platform.instance.report_dagster_event(DagsterEvent(event_type.value, job_name=tiny_job.name),
                                                run_id=dagster_run.run_id)
@@ -174,3 +177,22 @@ def test_each_run_is_mirrored_once_and_the_cursor_moves_on(platform):
     assert counts() == (3, 6)
     with platform.catalog.session() as s:
         assert operations.get_operation(s, operation_id).context["dagster_run_ids"] == run_ids
+
+
+def test_a_sensor_wave_completes_when_each_run_key_has_run(platform, monkeypatch):
+    wave = start_wave(platform.catalog, "test", OperationType.PRODUCT_REBUILD_WAVE, ["k2", "k1", "k3"])
+    assert start_wave(platform.catalog, "test", OperationType.PRODUCT_REBUILD_WAVE, ["k1", "k2", "k3"]) == wave
+    run(platform, wave, DagsterEventType.RUN_START, DagsterEventType.RUN_SUCCESS, **{"dagster/run_key": "k1"})
+    # k2's run was launched by an earlier tick (Dagster de-duplicates run keys): it counts all the same
+    run(platform, None, DagsterEventType.RUN_START, DagsterEventType.RUN_FAILURE, **{"dagster/run_key": "k2"})
+    platform.tick(operations_ledger_sensor)
+    with platform.catalog.session() as s:
+        operation = operations.get_operation(s, wave)
+        assert operation.status is OperationStatus.RUNNING  # k3 has no run yet
+        assert operation.summary_counts == {"total": 3, "success": 1, "failed": 1, "skipped": 0}
+    monkeypatch.setattr("dagster_project.sensors.ledger.WAVE_PATIENCE", timedelta(0))  # k3 never came
+    platform.tick(operations_ledger_sensor)
+    with platform.catalog.session() as s:
+        operation = operations.get_operation(s, wave)
+        assert operation.outcome is OperationOutcome.PARTIALLY_SUCCEEDED
+        assert operation.summary_counts == {"total": 3, "success": 1, "failed": 1, "skipped": 1}

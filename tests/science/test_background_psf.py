@@ -4,14 +4,16 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from dagster_project.science.background import estimate_background
+from dagster_project.science.background import estimate_background, upsample_mesh
 from dagster_project.science.masks import MaskBit
 from dagster_project.science.psf import (
     PSFError,
     characterize_image,
     estimate_psf,
     find_stars,
+    fwhm_tile_spread,
     psf_photometry,
+    star_fwhm,
 )
 from dagster_project.science.psf_models import render_point_sources
 
@@ -41,6 +43,44 @@ def test_background_of_a_sloped_sky_with_stars():
     assert maps.background.dtype == np.float32 and maps.rms.shape == SHAPE
     assert np.median(maps.rms) == pytest.approx(maps.median_rms, rel=0.02)
     assert estimate_background(planes.data, planes.mask, box_size=48, rms_map=False).rms is None
+
+
+@pytest.mark.parametrize("shape, box", [((384, 384), 48), ((300, 410), 64)])
+def test_background_equals_photutils_background2d(shape, box):
+    # The vectorised mesh is photutils' algorithm; photutils is the reference implementation.
+    import warnings
+
+    from astropy.stats import SigmaClip
+    from photutils.background import Background2D, SExtractorBackground, StdBackgroundRMS
+
+    rng = np.random.default_rng(2)
+    yy, xx = np.indices(shape)
+    x, y = rng.uniform(0, shape[1], 60), rng.uniform(0, shape[0], 60)
+    stars = render_point_sources(shape, x, y, 10 ** rng.uniform(3, 5, 60), 3.0)
+    data = (300.0 + 0.1 * xx + stars + rng.normal(size=shape) * 15.0).astype(np.float32)
+    mask = np.zeros(shape, dtype=np.uint16)
+    mask[40:150, 30:140] = MaskBit.SATURATED  # whole boxes excluded and filled from their neighbours
+    mask[:, 200] = MaskBit.BAD_COLUMN
+    maps = estimate_background(data, mask, box_size=box)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = Background2D(data, box, mask=mask != 0, filter_size=3, exclude_percentile=25.0,
+                                 sigma_clip=SigmaClip(sigma=3.0, maxiters=10), bkg_estimator=SExtractorBackground(),
+                                 bkg_rms_estimator=StdBackgroundRMS())
+        expected_background, expected_rms = reference.background, reference.background_rms
+    assert np.abs(maps.background - expected_background).max() < 1e-3
+    assert np.abs(maps.rms - expected_rms).max() < 1e-3
+    assert maps.median_background == pytest.approx(reference.background_median, abs=1e-3)
+    assert maps.median_rms == pytest.approx(reference.background_rms_median, abs=1e-3)
+
+
+def test_mesh_upsampling_equals_the_spline_zoom():
+    from scipy import ndimage
+
+    mesh = np.random.default_rng(3).normal(size=(7, 9))
+    expected = ndimage.zoom(mesh, (48, 48), order=3, mode="reflect", grid_mode=True)[:300, :410]
+    expected = np.clip(expected, mesh.min(), mesh.max())
+    assert np.abs(upsample_mesh(mesh, (48, 48), (300, 410)) - expected).max() < 1e-5
 
 
 def test_background_ignores_masked_pixels():
@@ -99,6 +139,10 @@ def test_find_stars_rejects_saturated_edge_and_blended_stars():
     assert found == {(round(a), round(b)) for a, b in zip(good_x, good_y)}
     assert set(stars.colnames) >= {"x", "y", "flux", "peak", "snr"}
     assert np.all(stars["snr"] >= 30)
+    # every detected source is kept aside, the rejected ones too (the blended pair may be one segment)
+    sources = stars.meta["sources"]
+    assert len(sources["x"]) >= len(x) - 1 and len(sources["x"]) == len(sources["flux"])
+    assert np.min(np.hypot(sources["x"] - 3.0, sources["y"] - 200.0)) < 1.5
 
 
 def test_find_stars_on_empty_image_returns_empty_table():
@@ -130,6 +174,33 @@ def test_psf_photometry_measures_fluxes_and_positions_within_errors():
     fitted = psf_photometry(image, planes.variance, planes.mask, psf, x + 0.3, y - 0.4, fit_positions=True)
     bright = isolated & (flux > 2e4)
     assert np.max(np.hypot(fitted["x"] - x, fitted["y"] - y)[bright]) < 0.05
+
+
+def test_star_fwhm_and_its_spread_over_tiles():
+    rng = np.random.default_rng(6)
+    n = 400
+    x, y = rng.uniform(15, SHAPE[1] - 15, n), rng.uniform(15, SHAPE[0] - 15, n)
+    flux = 10 ** rng.uniform(4.0, 5.0, n)
+    psf = estimate_psf(*_constant_psf_planes(x, y, flux, rng))
+    for fwhm_of, expected_spread in ((lambda xs: np.full_like(xs, 3.0), (0.0, 0.04)),
+                                     (lambda xs: 2.6 + 0.8 * xs / SHAPE[1], (0.15, 0.35))):
+        model = sum(render_point_sources(SHAPE, [xi], [yi], [fi], fwhm_of(np.array([xi]))[0])
+                    for xi, yi, fi in zip(x, y, flux))
+        planes = noisy_planes(model, 200.0, make_tan_wcs(SHAPE), rng)
+        each = star_fwhm(planes.data - 200.0, planes.variance, planes.mask, psf, x, y)
+        good = np.isfinite(each)
+        assert good.mean() > 0.9
+        assert np.median(np.abs(each[good] - fwhm_of(x[good])) / fwhm_of(x[good])) < 0.03
+        tiles, spread = fwhm_tile_spread(x, y, each, SHAPE, 3)
+        assert tiles.shape == (3, 3) and np.isfinite(tiles).all()
+        assert expected_spread[0] <= spread <= expected_spread[1]
+
+
+def _constant_psf_planes(x, y, flux, rng):
+    """Image, variance, mask and star table of a FWHM-3 field, for a PSF model to start from."""
+    planes = noisy_planes(render_point_sources(SHAPE, x, y, flux, 3.0), 200.0, make_tan_wcs(SHAPE), rng)
+    image = planes.data - 200.0
+    return image, planes.variance, planes.mask, find_stars(image, planes.variance, planes.mask)
 
 
 def test_characterize_image_reports_seeing_and_depth():

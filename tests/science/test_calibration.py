@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from dagster_project.science import calibration as cal
 from dagster_project.science import simulation as sim
-from dagster_project.science.masks import MaskBit, empty_mask
+from dagster_project.science.masks import MaskBit, dilate, empty_mask
 
 GAIN, READ_NOISE_E, SATURATE = 1.6, 5.0, 60000.0
 SPEC = sim.DetectorSpec(nx=256, ny=256, overscan=16, gain=GAIN, read_noise_e=READ_NOISE_E, saturate_adu=SATURATE,
@@ -251,6 +251,55 @@ def test_cosmic_rays_are_masked_but_star_cores_are_not():
     # away from that hardly anything is flagged (a false pixel grows into a 3x3 patch: count patches)
     rims = ndimage.binary_dilation(hits > 0, np.ones((3, 3), bool), iterations=1 + cal.COSMIC_RAY_GROW_PX)
     assert ndimage.label(flagged & ~rims)[1] < 5
+
+
+def _sky_with_hits(rng, shape=(384, 384), sky=800.0, n_hits=150):
+    hits = sim.cosmic_ray_image(shape, n_hits, rng)
+    variance = (sky + READ_NOISE_E**2 + hits).astype(np.float32)
+    data = (sky + hits + rng.normal(size=shape) * np.sqrt(sky + READ_NOISE_E**2)).astype(np.float32)
+    return data, variance, hits
+
+
+def test_cosmic_ray_strips_in_threads_equal_one_run_on_the_whole_image():
+    import astroscrappy
+
+    data, variance, _ = _sky_with_hits(np.random.default_rng(7))
+    mask = empty_mask(data.shape)
+    mask[:, 200] = MaskBit.SATURATED  # a masked column crossing the strip boundary
+    found = cal.find_cosmic_rays(data, variance, mask, read_noise_e=READ_NOISE_E, saturate_e=1e6, grow_px=0)
+    whole, _ = astroscrappy.detect_cosmics(data, inmask=mask != 0, invar=variance, gain=1.0, readnoise=READ_NOISE_E,
+                                           satlevel=1e6, **cal.COSMIC_RAY_PARAMS)
+    assert found.any() and np.array_equal(found, whole & (mask == 0))
+    grown = cal.find_cosmic_rays(data, variance, mask, read_noise_e=READ_NOISE_E, saturate_e=1e6)
+    assert np.array_equal(grown, dilate(found, 1, 1) & (mask == 0))
+
+
+def test_cosmic_ray_next_to_a_bad_column_is_flagged():
+    # astroscrappy never tests the neighbours of masked pixels: thin defects are filled instead
+    rng = np.random.default_rng(8)
+    data, variance, _ = _sky_with_hits(rng, n_hits=0)
+    mask = empty_mask(data.shape)
+    mask[:, 150] = MaskBit.BAD_COLUMN
+    data[:, 150] += 3000.0  # a hot column, as it looks after an imperfect bias subtraction
+    data[200:203, 151] += 900.0  # a short track touching it: ~30 sigma per pixel
+    variance[200:203, 151] += 900.0
+    found = cal.find_cosmic_rays(data, variance, mask, read_noise_e=READ_NOISE_E, saturate_e=1e6)
+    assert found[200:203, 151].all()
+    assert not found[:, 150].any()  # already masked: no second flag
+    # the filled column leaves no edge: its neighbours elsewhere are not flagged
+    assert not found[:195, 148:153].any() and not found[210:, 148:153].any()
+
+
+def test_mask_dilation_equals_binary_dilation_for_bits_and_booleans():
+    rng = np.random.default_rng(9)
+    bits = np.where(rng.random((60, 70)) < 0.02, MaskBit.COSMIC_RAY, 0).astype(np.uint16)
+    bits[5, :] |= np.uint16(MaskBit.BAD_COLUMN)
+    for half_height, half_width in ((1, 1), (5, 0), (2, 3)):
+        grown = dilate(bits, half_height, half_width)
+        structure = np.ones((2 * half_height + 1, 2 * half_width + 1), bool)
+        for bit in (MaskBit.COSMIC_RAY, MaskBit.BAD_COLUMN):
+            assert np.array_equal((grown & bit) != 0, ndimage.binary_dilation((bits & bit) != 0, structure))
+    assert dilate(bits != 0, 1, 1).dtype == bool
 
 
 def test_bad_pixel_mask_and_master_masks_are_carried(master_bias, master_flat, detector):

@@ -69,8 +69,9 @@ def test_finds_injected_transients_with_positions_fluxes_and_flags(scene):
         assert row["snr"] == pytest.approx(abs(row["flux"]) / row["flux_err"])
         assert row["significance"] >= 5.0
         assert (row["ref_distance_px"] < 1.0) == on_star
+        assert row["is_good"] == (not at_edge)
         if not at_edge:
-            assert 0.5 < row["sharpness"] < 1.5  # point-like
+            assert 0.5 < row["sharpness"] < 1.5 and not row["is_sharp"]  # point-like
             ra, dec = wcs.pixel_to_world_values(x, y)
             assert np.hypot((row["ra"] - ra) * np.cos(np.deg2rad(dec)), row["dec"] - dec) * 3600 < 0.5 * 0.6
     assert list(table["id"]) == list(range(1, len(table) + 1))
@@ -116,8 +117,14 @@ def test_detections_on_masked_residuals_are_flagged_or_dropped():
     table = detect_transients(result, mask, threshold=5.0)
     near = np.hypot(table["x"] - x, table["y"] - y) < 60
     assert near.any() or table.meta["n_dropped_masked"] > 0
-    assert np.all(table["is_saturated"][near])
+    assert np.all(table["is_saturated"][near]) and not np.any(table["is_good"][near])
     assert np.all(table["masked_fraction"] <= 0.5)  # the default max_masked_fraction
+    # a saturation halo flags its neighbours as well
+    halo = np.zeros(SHAPE, dtype=np.uint16)
+    yy, xx = np.indices(SHAPE)
+    halo[np.hypot(xx - x, yy - y) < 15] = MaskBit.SATURATION_HALO
+    flagged = detect_transients(result, halo, threshold=5.0)
+    assert np.all(flagged["is_saturated"][np.hypot(flagged["x"] - x, flagged["y"] - y) < 20])
 
 
 def test_empty_result_and_bad_input():
@@ -144,4 +151,33 @@ def test_masked_cosmic_ray_is_not_detected_and_an_unmasked_one_is_sharp():
     table = detect_transients(result, mask, threshold=5.0)
     assert not np.any(np.hypot(table["x"] - 101, table["y"] - 100.5) < 8)
     row = _match(table, 250.0, 250.0)
-    assert row is not None and row["sharpness"] > 1.5
+    assert row is not None and row["sharpness"] > 2.0
+    assert row["is_sharp"] and not row["is_good"]
+
+
+@pytest.mark.parametrize("column_x", [200, 202])
+def test_source_cut_by_a_masked_column_is_one_candidate_at_its_position(column_x):
+    # The masked column splits the S_corr peak in two; bridging the gap keeps one candidate, and the
+    # valid pixels on both sides give its position. (Its flux is biased low: the masked part is missing.)
+    tx, ty, f = 200.2, 150.3, 6000.0
+    new_model = render_point_sources(SHAPE, tx, ty, f, FWHM_NEW, stamp_size=25)
+    mask = np.zeros(SHAPE, dtype=np.uint16)
+    mask[:, column_x] = MaskBit.BAD_COLUMN
+    result = _subtract(new_model, np.zeros(SHAPE), seed=15, mask=mask)
+    table = detect_transients(result, mask, threshold=5.0)
+    near = np.hypot(table["x"] - tx, table["y"] - ty) < 8
+    assert near.sum() == 1
+    row = table[near][0]
+    assert np.hypot(row["x"] - tx, row["y"] - ty) < 0.5
+    assert row["masked_fraction"] > 0 and row["significance"] > 10 and row["flux"] > 0.5 * f
+
+
+def test_source_centred_on_a_wide_masked_band_is_dropped_not_split():
+    # A resampled reference column is 3 px wide: a source centred on it is more than half masked.
+    new_model = render_point_sources(SHAPE, 200.2, 150.3, 6000.0, FWHM_NEW, stamp_size=25)
+    mask = np.zeros(SHAPE, dtype=np.uint16)
+    mask[:, 199:202] = MaskBit.BAD_COLUMN
+    result = _subtract(new_model, np.zeros(SHAPE), seed=15, mask=mask)
+    table = detect_transients(result, mask, threshold=5.0)
+    assert not np.any(np.hypot(table["x"] - 200.2, table["y"] - 150.3) < 8)
+    assert table.meta["n_dropped_masked"] >= 1

@@ -5,10 +5,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from dagster_project.science.difference import DifferenceParams, difference_images
-from dagster_project.science.masks import MaskBit
+from dagster_project.science.difference import DifferenceParams, difference_images, hidden_flux, saturation_halo
+from dagster_project.science.images import ImagePlanes
+from dagster_project.science.masks import MASK_DTYPE, MaskBit, dilate
 from dagster_project.science.photometric_scaling import FluxScaleError, flux_ratio
-from dagster_project.science.psf import PSFError
+from dagster_project.science.psf import PSFError, PSFModel
+from dagster_project.science.psf_models import moffat_stamp, render_point_sources
 from dagster_project.science.registration import RegistrationError
 
 from .conftest import make_pair, noisy_planes
@@ -53,7 +55,7 @@ def test_resampled_reference_and_combined_mask(result, synthetic_pair):
     assert ref.header["CRPIX1"] == pytest.approx(synthetic_pair.new.header["CRPIX1"])
     edge = (ref.mask & MaskBit.EDGE) != 0
     assert edge.any() and np.isnan(ref.data[edge & ~np.isfinite(ref.data)]).all()
-    assert np.array_equal(result.mask, synthetic_pair.new.mask | ref.mask)
+    assert np.array_equal(result.mask & ~np.uint16(MaskBit.SATURATION_HALO), synthetic_pair.new.mask | ref.mask)
     assert np.isnan(result.zogy.S_corr[edge]).all()
 
 
@@ -97,3 +99,71 @@ def test_flux_ratio_bad_input():
         flux_ratio([1.0, 2.0, -1.0], [1.0, 2.0, 3.0], [0.1, 0.1, 0.1], [0.1, 0.1, 0.1])
     with pytest.raises(ValueError, match="one length"):
         flux_ratio([1.0, 2.0], [1.0], [0.1, 0.1], [0.1])
+
+
+# --------------------------------------------------------------------------- saturated stars and hidden flux
+
+
+def test_saturation_halo_reaches_the_sky_noise_and_grows_with_brightness():
+    shape, level, sigma = (201, 201), 60000.0, 20.0
+    psf = PSFModel(moffat_stamp(25, 3.0), 3.0, 0.0, 0.0, 3.0, 10)
+    radii = []
+    for flux in (3e6, 3e7):
+        model = render_point_sources(shape, 100.0, 100.0, flux, 3.0, stamp_size=201)
+        mask = np.where(model >= level, MASK_DTYPE(MaskBit.SATURATED), MASK_DTYPE(0))
+        halo = saturation_halo(np.minimum(model, level), mask, psf, sigma)
+        assert halo[mask != 0].all()
+        edge = halo & dilate(~halo, 1, 1)  # halo pixels next to the outside
+        assert sigma / 3 < np.median(model[edge]) < 3 * sigma  # the wings are at the noise there
+        radii.append(np.sqrt(halo.sum() / np.pi))
+    assert radii[1] > 1.3 * radii[0]
+
+
+def _with_saturated_stars(pair, positions, flux, level, rng):
+    """Add very bright stars to both images of a pair, clip them at ``level`` and flag SATURATED (grown 1 px)."""
+    ref_x, ref_y = np.array(positions, float).T
+    new_x = pair.matrix[0, 0] * ref_x + pair.matrix[0, 1] * ref_y + pair.matrix[0, 2]
+    new_y = pair.matrix[1, 0] * ref_x + pair.matrix[1, 1] * ref_y + pair.matrix[1, 2]
+    out = []
+    for planes, x, y, fwhm, scale in ((pair.new, new_x, new_y, 3.0, 1.0), (pair.ref, ref_x, ref_y, 4.0, 1.6)):
+        star = render_point_sources(planes.shape, x, y, np.full(x.size, flux * scale), fwhm, stamp_size=151)
+        data = planes.data + (star + rng.normal(size=star.shape) * np.sqrt(star)).astype(np.float32)
+        saturated = data >= level
+        mask = planes.mask | np.where(dilate(saturated, 1, 1), MASK_DTYPE(MaskBit.SATURATED), MASK_DTYPE(0))
+        out.append(ImagePlanes(np.minimum(data, level), planes.variance + star.astype(np.float32), mask,
+                               planes.header))
+    return out
+
+
+def test_saturated_stars_leave_no_good_candidate(synthetic_pair):
+    rng = np.random.default_rng(11)
+    positions = [(120.0, 380.0), (400.0, 120.0), (380.0, 420.0)]
+    new, ref = _with_saturated_stars(synthetic_pair, positions, 2e7, 60000.0, rng)
+    result = difference_images(new, ref)
+    cands = result.candidates
+    tx, ty = synthetic_pair.transient_xy
+    assert np.min(np.hypot(cands["x"] - tx, cands["y"] - ty)) < 0.5  # the transient is still found
+    halo = (result.mask & MaskBit.SATURATION_HALO) != 0
+    for x, y in positions:
+        nx_, ny_ = (synthetic_pair.matrix @ np.array([x, y, 1.0]))[:2]
+        assert halo[int(ny_), int(nx_) + 10]  # the wings around each core are masked
+        near = np.hypot(cands["x"] - nx_, cands["y"] - ny_) < 40
+        assert not np.any(cands["is_good"][near])
+    assert result.quality["n_good"] <= 3
+
+
+def test_hidden_flux_counts_static_stars_but_not_transients():
+    shape = (64, 64)
+    star = render_point_sources(shape, 20.0, 20.0, 5e4, 3.0)
+    transient = render_point_sources(shape, 45.0, 45.0, 5e4, 3.0)
+    new_mask = np.zeros(shape, MASK_DTYPE)
+    ref_mask = np.zeros(shape, MASK_DTYPE)
+    ref_mask[18:23, 18:23] = MaskBit.COSMIC_RAY  # a star under a masked blob of the reference
+    ref_mask[44:47, 44:47] = MaskBit.COSMIC_RAY  # a transient of the new image next to a reference cosmic ray
+    variance = np.full(shape, 100.0, np.float32)
+    new = ImagePlanes((star + transient).astype(np.float32), variance, new_mask)
+    ref = ImagePlanes(np.where(ref_mask != 0, 0.0, 2.0 * star).astype(np.float32), variance, ref_mask)
+    hidden_new, hidden_ref = hidden_flux(new, ref, 2.0, new_mask | ref_mask)
+    assert hidden_new[20, 20] > 0.5 * star[20, 20] and hidden_ref[20, 20] > star[20, 20]
+    assert hidden_new[45, 45] == 0 and hidden_ref[45, 45] == 0  # the reference is empty there
+    assert not hidden_new[(new_mask | ref_mask) == 0].any()

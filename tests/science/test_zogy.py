@@ -144,6 +144,30 @@ def test_masked_pixels_are_nan_and_do_not_leak():
     assert abs(np.nanstd(result.S_corr[95:115, 195:210]) - 1.0) < 0.3  # right next to the hole
 
 
+def test_flux_hidden_under_a_mask_invalidates_the_residual_it_leaves():
+    # A bright star lies under a masked column of the reference (e.g. its dead column). Zeroing the
+    # column in both images removes part of the star from each, and the parts differ (different PSFs):
+    # a residual no variance term describes. With the hidden flux given, that area becomes invalid.
+    x, y, f = 200.3, 150.6, 4e5
+    new = render_point_sources(SHAPE, x, y, f, 3.0, stamp_size=25).astype(np.float32)
+    ref = render_point_sources(SHAPE, x, y, f, 4.5, 3.0, 0.1, 20.0, stamp_size=33).astype(np.float32)
+    rng = np.random.default_rng(7)
+    new += _noise(rng, SIGMA_NEW)
+    ref += _noise(rng, SIGMA_REF)
+    mask = np.zeros(SHAPE, dtype=np.uint16)
+    mask[:, 199:202] = 1
+    plain = _run(new, ref, mask=mask)
+    assert np.nanmax(np.abs(plain.S_corr)) > 10.0  # the residual of the masked star core
+    # what the column hides of each star, above 3 sigma (as difference.hidden_flux estimates it)
+    hidden_new = np.where(mask != 0, new - 3 * SIGMA_NEW, 0).clip(0, None)
+    hidden_ref = np.where(mask != 0, ref - 3 * SIGMA_REF, 0).clip(0, None)
+    guarded = _run(new, ref, mask=mask, hidden_new=hidden_new, hidden_ref=hidden_ref)
+    assert np.nanmax(np.abs(guarded.S_corr)) < 5.5
+    assert guarded.mask.mean() < plain.mask.mean() + 0.01  # only the surroundings of the star are given up
+    far = np.abs(np.arange(SHAPE[0]) - y) > 40
+    assert np.array_equal(guarded.mask[far], plain.mask[far])  # the rest of the column hides only sky
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
