@@ -308,9 +308,10 @@ class CalibrationResult:
         Data (e-, sky kept), variance (e-^2) and mask; the header is empty, see
         :func:`calibrated_header`.
     stats : dict
-        ``n_saturated`` (raw pixels >= SATURATE), ``n_cosmic_ray_pixels``,
-        ``n_masked``, ``sky_median_e``, ``saturate_e`` (saturation level in e-
-        before the flat), ``timings`` (seconds per step).
+        ``n_saturated`` (raw pixels >= SATURATE), ``n_cosmic_ray_pixels``
+        (flagged ``COSMIC_RAY``, growth included), ``n_masked``,
+        ``sky_median_e``, ``saturate_e`` (saturation level in e- before the
+        flat), ``timings`` (seconds per step).
     history : list of str
         What was applied, for HISTORY cards.
     """

@@ -225,7 +225,7 @@ def _small_grid_kernels(psf_n, psf_r, a, b, Fn, Fr, F_D, size) -> _SmallGridKern
     )
 
 
-def _hidden_flux_leak(hidden_maps, kernels: "_SmallGridKernels", excluded: np.ndarray, shape,
+def _hidden_flux_leak(hidden_maps, kernels: _SmallGridKernels, excluded: np.ndarray, shape,
                       workers: int) -> np.ndarray | None:
     """Upper bound of ``|k_n| (x) hidden_new + |k_r| (x) hidden_ref`` with one convolution.
 
@@ -238,8 +238,6 @@ def _hidden_flux_leak(hidden_maps, kernels: "_SmallGridKernels", excluded: np.nd
     for hidden in hidden_maps:
         if hidden is None:
             continue
-        if np.shape(hidden) != excluded.shape:
-            raise ValueError(f"hidden flux map shape {np.shape(hidden)} differs from image shape {excluded.shape}")
         with np.errstate(invalid="ignore"):
             source += np.where(excluded & (hidden > 0), hidden, np.float32(0))
     if not source.any():
@@ -323,7 +321,8 @@ def zogy(
     ref = np.asarray(ref)
     if new.ndim != 2 or new.shape != ref.shape:
         raise ValueError(f"new and ref must be 2-D images of one shape, got {new.shape} and {ref.shape}")
-    for name, arr in (("var_new", var_new), ("var_ref", var_ref), ("mask", mask)):
+    for name, arr in (("var_new", var_new), ("var_ref", var_ref), ("mask", mask), ("hidden_new", hidden_new),
+                      ("hidden_ref", hidden_ref)):
         if arr is not None and np.shape(arr) != new.shape:
             raise ValueError(f"{name} shape {np.shape(arr)} differs from image shape {new.shape}")
     scalars = {"sigma_new": sigma_new, "sigma_ref": sigma_ref, "flux_ratio_ref": flux_ratio_ref, "flux_new": flux_new,

@@ -8,8 +8,9 @@ canceled or their process dies. Each tick of ``operations_ledger_sensor``:
    (:func:`mirror_run`: run, ordered steps, artifacts with checksums, input links). A run
    that failed or was canceled also closes the catalog attempts it left running;
 2. brings every queued or running operation up to date (:func:`sync_operation`): counts and
-   failures from its runs (found by the ``astro/operation_id`` tag), and completion once its
-   backfill is over, or once the process that ran it is gone (its runs are then marked failed).
+   failures from its runs (found by the ``astro/operation_id`` tag, or by run key for a sensor's
+   wave), and completion once its backfill or wave is over, or once the process that ran it is
+   gone (its unfinished runs are then marked failed in Dagster).
 
 Mirroring is incremental and idempotent (steps are keyed by event storage id), so the CLI's
 ``runs tail`` and the runner use the same functions while a run is live.
@@ -61,8 +62,8 @@ from dagster_project.settings import Settings
 #: run-status events the sensor follows (one cursor over all four: the event log's storage id)
 RUN_STATUS_EVENTS = (DagsterEventType.RUN_START, DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_FAILURE,
                      DagsterEventType.RUN_CANCELED)
-#: runs mirrored per tick at most, so that a tick stays well inside the sensor time-out
-MAX_RUNS_PER_TICK = 25
+#: events of each kind read per tick, so that a tick stays well inside the sensor time-out
+EVENTS_PER_TICK = 25
 #: a file whose mtime is later than the event that named it (by more than this) was rewritten since
 CLOCK_TOLERANCE_S = 1.0
 #: a sensor wave whose run keys still have no run after this long is closed, the missing ones skipped
@@ -264,8 +265,9 @@ def mirror_run(instance: DagsterInstance, catalog: Catalog, store_root: Path, ru
             started_at=_timestamp(record.start_time), finished_at=_timestamp(record.end_time))
         provenance.append_steps(session, mirrored, steps)
         if status in (ProcessingRunStatus.FAILED, ProcessingRunStatus.CANCELLED):
-            provenance.abandon_running_attempts(
-                session, run_id, f"Dagster run {run_id} ended {run.status.value.lower()} before this attempt finished")
+            ended = "was canceled" if status is ProcessingRunStatus.CANCELLED else "failed"
+            provenance.abandon_running_attempts(session, run_id,
+                                                f"Dagster run {run_id} {ended} before this attempt finished")
         if operation_id is not None:
             _link_run(session, operation_id, run_id)
     return status
@@ -458,7 +460,7 @@ def build_ledger_sensor(interval_seconds: int):
     )
     def operations_ledger_sensor(context: SensorEvaluationContext, catalog: CatalogResource, store: StoreResource):
         cursor = int(context.cursor) if context.cursor else None
-        changes, new_cursor = run_status_changes(context.instance, cursor, MAX_RUNS_PER_TICK)
+        changes, new_cursor = run_status_changes(context.instance, cursor, EVENTS_PER_TICK)
         run_ids = list(dict.fromkeys(r.event_log_entry.run_id for r in changes))
         for run_id in run_ids:
             try:

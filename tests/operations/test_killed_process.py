@@ -1,6 +1,5 @@
 """`process` killed (SIGKILL) in the middle of a run: the ledger sensor sets everything straight."""
 
-import os
 import subprocess
 import sys
 import time

@@ -1,8 +1,10 @@
 """The ledger sensor keeps operations and attempts true when runs succeed, fail, are canceled or lose
 their process; it mirrors each run once."""
 
+import queue
 import subprocess
 import sys
+import threading
 from datetime import timedelta
 
 import pytest
@@ -196,3 +198,26 @@ def test_a_sensor_wave_completes_when_each_run_key_has_run(platform, monkeypatch
         operation = operations.get_operation(s, wave)
         assert operation.outcome is OperationOutcome.PARTIALLY_SUCCEEDED
         assert operation.summary_counts == {"total": 3, "success": 1, "failed": 1, "skipped": 1}
+
+
+def test_runs_tail_follows_a_live_run_until_it_ends(platform, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", platform.settings.database_url)  # DAGSTER_HOME: set by instance_for_test
+    monkeypatch.setenv("ASTRO_STORE_DIR", str(platform.settings.store_dir))
+    run_id = run(platform, None, DagsterEventType.RUN_START)
+    tail = subprocess.Popen([sys.executable, "-m", "dagster_project", "runs", "tail", run_id, "--interval", "0.2"],
+                            stdout=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in tail.stdout], daemon=True).start()
+    try:
+        assert "run_start" in lines.get(timeout=60)
+        platform.instance.report_dagster_event(
+            DagsterEvent(DagsterEventType.STEP_START.value, job_name=tiny_job.name, step_key="noop"), run_id=run_id)
+        assert "step_start" in lines.get(timeout=30) and tail.poll() is None  # shown while the run goes on
+        platform.instance.report_dagster_event(DagsterEvent(DagsterEventType.RUN_SUCCESS.value,
+                                                            job_name=tiny_job.name), run_id=run_id)
+        assert "run_end" in lines.get(timeout=30)
+        assert tail.wait(timeout=30) == 0
+        assert lines.get(timeout=5).strip() == f"run {run_id} completed"
+    finally:
+        tail.kill()
+        tail.wait()

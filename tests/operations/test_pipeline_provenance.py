@@ -1,7 +1,6 @@
 """A simulated night through `process`: the ledger records it, and provenance answers for its files."""
 
 import json
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa

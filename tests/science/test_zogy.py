@@ -178,6 +178,8 @@ def test_flux_hidden_under_a_mask_invalidates_the_residual_it_leaves():
         (dict(astrometric_rms=(-0.1, 0.0)), "astrometric_rms"),
         (dict(var_ref=np.ones((5, 5))), "var_ref"),
         (dict(mask=np.ones(SHAPE, dtype=np.uint16)), "every pixel"),
+        (dict(hidden_ref=np.ones((5, 5))), "hidden_ref"),
+        (dict(max_hidden_sigma=0.0), "max_hidden_sigma"),
     ],
 )
 def test_bad_input_raises(kwargs, message):
