@@ -106,26 +106,48 @@ class RebuildPolicy:
     build_timeout: timedelta = timedelta(hours=1)  # BUILDING longer than this is presumed dead
 
 
-def _move(result: ObservationResult, attribute: str, table: dict, new, reason: str | None) -> None:
-    current = getattr(result, attribute)
+RS, TS, PS = RequestStatus, TaskState, ProcessingRunStatus
+REQUEST_TRANSITIONS = {RS.ACTIVE: frozenset({RS.COMPLETED, RS.CANCELED}), RS.COMPLETED: frozenset(),
+                       RS.CANCELED: frozenset()}
+TASK_TRANSITIONS = {TS.DISPATCHED: frozenset({TS.OBSERVED, TS.CANCELED}),
+                    TS.OBSERVED: frozenset({TS.SUCCEEDED, TS.FAILED}),
+                    TS.SUCCEEDED: frozenset(), TS.FAILED: frozenset(), TS.CANCELED: frozenset()}
+PROCESSING_RUN_TRANSITIONS = {PS.RUNNING: frozenset({PS.SUCCEEDED, PS.BLOCKED, PS.FAILED, PS.SKIPPED, PS.ABANDONED}),
+                              **{s: frozenset() for s in PS if s is not PS.RUNNING}}
+
+
+def _move(entity, attribute: str, table: dict, new) -> None:
+    """Set ``entity.<attribute>`` to ``new`` if ``table`` allows it, else raise and change nothing."""
+    current = getattr(entity, attribute)
     if new not in table[current]:
-        raise IllegalTransition(result, current, new)
-    setattr(result, attribute, new)
-    if attribute == "data_product_status":
-        result.status_reason = reason
-    elif reason is not None:
-        result.fulfillment_note = reason
+        raise IllegalTransition(entity, current, new)
+    setattr(entity, attribute, new)
 
 
 def move_fulfillment(result: ObservationResult, new: FulfillmentStatus, *, reason: str | None = None,
                      now: datetime | None = None) -> None:
-    _move(result, "fulfillment_status", FULFILLMENT_TRANSITIONS, new, reason)
+    _move(result, "fulfillment_status", FULFILLMENT_TRANSITIONS, new)
+    if reason is not None:
+        result.fulfillment_note = reason
     if new is FS.FULFILLED:
         result.fulfilled_on = now or utcnow()
 
 
 def move_product(result: ObservationResult, new: DataProductStatus, *, reason: str | None = None) -> None:
-    _move(result, "data_product_status", PRODUCT_TRANSITIONS, new, reason)
+    _move(result, "data_product_status", PRODUCT_TRANSITIONS, new)
+    result.status_reason = reason
+
+
+def move_task(task: ObservationTask, new: TaskState, now: datetime, error: str | None = None) -> None:
+    _move(task, "state", TASK_TRANSITIONS, new)
+    if new is not TS.OBSERVED:
+        task.finished_at, task.error = now, error
+
+
+def _end_processing_run(run: ObservationResultProcessingRun, new: ProcessingRunStatus, now: datetime,
+                        error: str | None) -> None:
+    _move(run, "status", PROCESSING_RUN_TRANSITIONS, new)
+    run.finished_at, run.error = now, error
 
 
 # --- requests -------------------------------------------------------------------------------------------------------
@@ -208,7 +230,7 @@ def add_request(session: Session, survey: Survey, **fields: Any) -> ObservationR
 
 def cancel_request(session: Session, request: ObservationRequest, reason: str = "request canceled") -> int:
     """Cancel the request and every result not yet fulfilled; their products are SKIPPED."""
-    request.status = RequestStatus.CANCELED
+    _move(request, "status", REQUEST_TRANSITIONS, RequestStatus.CANCELED)
     n = 0
     for result in request.results:
         if result.fulfillment_status in (FS.FULFILLED, FS.CANCELED):
@@ -314,7 +336,7 @@ def match_observation(session: Session, observation: Observation, cards: dict[st
         task = _dispatch(session, result, now, reason="frame arrived before dispatch")
     result.observation = observation
     move_fulfillment(result, FS.PARTIALLY_FULFILLED, reason=f"frame {observation.observation_id} arrived")
-    task.state = TaskState.OBSERVED
+    move_task(task, TaskState.OBSERVED, now)
     task.observations.append(observation)
     session.flush()
     return result
@@ -331,9 +353,9 @@ def settle_fulfillment(session: Session, observation: Observation, now: datetime
         if observation.status is ObservationStatus.DIFFERENCED:
             move_fulfillment(result, FS.FULFILLED, reason=None, now=now)
             if task:
-                task.state, task.finished_at = TaskState.SUCCEEDED, now
+                move_task(task, TaskState.SUCCEEDED, now)
         elif observation.status is ObservationStatus.FAILED and task:
-            task.state, task.finished_at, task.error = TaskState.FAILED, now, observation.status_reason
+            move_task(task, TaskState.FAILED, now, observation.status_reason)
     return len(results)
 
 
@@ -453,7 +475,7 @@ def finish_build(session: Session, run: ObservationResultProcessingRun, outcome:
                             .with_for_update().execution_options(populate_existing=True))
     if run.status is not ProcessingRunStatus.RUNNING or result.current_processing_run_id != run.id:
         raise IllegalTransition(run, run.status, _RUN_OUTCOME[outcome])  # abandoned meanwhile: nothing to record
-    run.status, run.finished_at, run.error = _RUN_OUTCOME[outcome], now, reason
+    _end_processing_run(run, _RUN_OUTCOME[outcome], now, reason)
     result.current_processing_run = None
     if outcome is DP.FAILED:
         result.build_attempts += 1
@@ -488,8 +510,8 @@ def requeue_abandoned(session: Session, run_is_alive: Callable[[str | None], boo
         if run is not None and run_is_alive(run.dagster_run_id) and now - run.started_at < policy.build_timeout:
             continue
         if run is not None:
-            run.status, run.finished_at = ProcessingRunStatus.ABANDONED, now
-            run.error = "its Dagster run ended without finishing the build"
+            _end_processing_run(run, ProcessingRunStatus.ABANDONED, now,
+                                "its Dagster run ended without finishing the build")
         result.current_processing_run = None
         result.next_eligible_run_at = now
         move_product(result, DP.STALE if result.last_built_revision is not None else DP.PENDING,
