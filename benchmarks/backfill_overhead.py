@@ -40,11 +40,11 @@ def _environment(root: Path) -> None:
 
 
 def _start_daemon(log: Path) -> subprocess.Popen:
-    daemon = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w",
-                               str(REPO / "workspace.yaml")], cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
     from dagster import DagsterInstance
 
-    instance = DagsterInstance.get()
+    instance = DagsterInstance.get()  # its storage exists before the daemon opens it too
+    daemon = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w",
+                               str(REPO / "workspace.yaml")], cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while not instance.get_daemon_statuses(["BACKFILL"])["BACKFILL"].healthy:
         if time.monotonic() > deadline or daemon.poll() is not None:
@@ -98,8 +98,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="backfill-bench-"))
-    _environment(root)
+    with tempfile.TemporaryDirectory(prefix="backfill-bench-", ignore_cleanup_errors=True) as tmp:
+        _environment(Path(tmp))
+        _measure(Path(tmp), args)
+
+
+def _measure(root: Path, args: argparse.Namespace) -> None:
+    """Simulate and process a night, time runs in this process and under the daemon, print the tables."""
     import sqlalchemy as sa
     from dagster import DagsterInstance
 
@@ -140,8 +145,13 @@ def main() -> None:
     finally:
         _stop(daemon)
 
-    n = len(keys)
-    print(f"\n{n} observations of {args.size}x{args.size} px, {os.cpu_count()} cores, at most 2 runs at a time\n")
+    _print_figures(args.size, len(keys), trivial_in_process, trivial_runs, chain, backfills)
+
+
+def _print_figures(size: int, n: int, trivial_in_process: float, trivial_runs: dict, chain: list[float],
+                   backfills: dict) -> None:
+    """Markdown tables, as docs/operations.md shows them."""
+    print(f"\n{n} observations of {size}x{size} px, {os.cpu_count()} cores, at most 2 runs at a time\n")
     print("| one run | queued→started (s) | started→ended (s) | total (s) |")
     print("|---|---|---|---|")
     print(f"| trivial partition (a skipped difference), `execute_in_process` in this process | - | - | "
@@ -160,8 +170,6 @@ def main() -> None:
     print(f"| in this process, one after the other | {sum(chain):.0f} | {60 * n / sum(chain):.1f} | - |")
     for name, b in backfills.items():
         print(f"| daemon, {name} executor | {b['wall_s']:.0f} | {60 * n / b['wall_s']:.1f} | {b['pickup_s']:.0f} |")
-    shutil.rmtree(root, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()

@@ -213,16 +213,19 @@ def cmd_backfill(args, settings: Settings) -> int:
 
 
 def _backfill_daemon_alive(instance: DagsterInstance) -> bool:
+    """Whether a daemon's backfill loop has reported in lately (else a backfill waits for one)."""
     status = instance.get_daemon_statuses(["BACKFILL"]).get("BACKFILL")
     return bool(status and status.healthy)
 
 
 def progress_bar(done: int, total: int, width: int = BAR_WIDTH) -> str:
+    """``[#####-----]``: the share of ``total`` that is ``done``."""
     filled = width if total == 0 else min(width, round(width * done / total))
     return "[" + "#" * filled + "-" * (width - filled) + "]"
 
 
 def progress_line(progress: OperationProgress) -> str:
+    """The bar, done/total with successes and failures, and the runs still under way."""
     counts = progress.operation.summary_counts or {}
     done = counts.get("success", 0) + counts.get("failed", 0) + counts.get("skipped", 0)
     return (f"{progress_bar(done, counts.get('total', 0))} {done}/{counts.get('total', 0)} done "
