@@ -28,7 +28,7 @@ Printed: time per pair and the speed ratio, S/N at 50 % completeness, the
 completeness table, false positives per frame (positive and negative) and per
 Mpix with their causes, for each tool; plot ``docs/img/peer_properimage.png``.
 
-    .venv/bin/python benchmarks/peer_properimage.py            # 3 pairs of 2048x2048 (~20 min, properimage dominates)
+    .venv/bin/python benchmarks/peer_properimage.py            # 3 pairs of 2048x2048 (~35 min, properimage dominates)
     .venv/bin/python benchmarks/peer_properimage.py --quick    # 1 pair of 1024x1024 (~2 min)
     .venv/bin/python benchmarks/peer_properimage.py --workdir var/peer --reuse   # keep outputs; re-runs
                      # properimage only where the simulated inputs changed (e.g. after a calibration change)
@@ -187,8 +187,9 @@ def main() -> None:
     args = parser.parse_args()
     n_pairs = args.pairs or (1 if args.quick else 3)
     size = args.size or (1024 if args.quick else 2048)
-    plot_path = args.plot or ROOT / "docs" / "img" / ("peer_properimage-quick.png" if args.quick
-                                                       else "peer_properimage.png")
+    # quick (smoke) runs never overwrite the documented figure: they plot into the git-ignored var/
+    plot_path = args.plot or (ROOT / "var" / "benchmarks" / "peer_properimage-quick.png" if args.quick
+                              else ROOT / "docs" / "img" / "peer_properimage.png")
     if not Path(args.bench_python).exists():
         sys.exit(f"{args.bench_python} not found: install properimage into .bench-venv (benchmarks/README.md)")
 

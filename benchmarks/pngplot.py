@@ -36,7 +36,7 @@ class Axes:
     xticks: list | None = None
     yticks: list | None = None
     hlines: list = field(default_factory=list)  # (y, color)
-    vlines: list = field(default_factory=list)  # (x, color)
+    vlines: list = field(default_factory=list)  # (x, color) or (x, color, label)
 
 
 def _font(size):
@@ -92,8 +92,11 @@ def plot(path, axes: Axes, series: list[Series], size=(1100, 720)) -> None:
         draw.text((left - w - 10, py(t) - 10), label, fill="black", font=f_tick)
     for y, color in axes.hlines:
         _dashed_line(draw, (left, py(y)), (left + pw, py(y)), color, 1, 6, 6)
-    for x, color in axes.vlines:
+    for line in axes.vlines:  # (x, color) or (x, color, label)
+        x, color = line[0], line[1]
         _dashed_line(draw, (px(x), top), (px(x), top + ph), color, 1, 6, 6)
+        if len(line) > 2:
+            draw.text((px(x) + 4, top + 4), line[2], fill=color, font=f_tick)
     draw.rectangle([left, top, left + pw, top + ph], outline="black", width=2)
 
     for s in series:

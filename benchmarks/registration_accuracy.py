@@ -20,7 +20,7 @@ resampled reference actually carries), the star-residual RMS the pipeline
 reports (``Registration.rms``, which also contains the centroid noise of the
 stars), the number of matched stars and the method. Goal: RMS <= 0.05 px.
 
-    .venv/bin/python benchmarks/registration_accuracy.py           # 10 trials of 2048x2048 (~3 min)
+    .venv/bin/python benchmarks/registration_accuracy.py           # 10 trials of 2048x2048 (~2 min)
     .venv/bin/python benchmarks/registration_accuracy.py --quick   # 3 trials of 1024x1024 (~20 s)
 """
 

@@ -40,7 +40,13 @@ def cmd_process(args, settings: Settings) -> int:
     if not folder.is_dir():
         print(f"error: {folder} is not a folder", file=sys.stderr)
         return 2
-    report = process_folder(folder, settings, wait=args.wait)
+    from dagster_project.catalog.operations import OperationActive
+
+    try:
+        report = process_folder(folder, settings, wait=args.wait)
+    except OperationActive as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     _print_status(settings)
     if report.waiting_files:
         print(f"{len(report.waiting_files)} file(s) were still being written and were left for later "

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from dagster_project.jobs import IN_PROCESS
 from dagster_project.settings import Settings
 
 # The command line starts fast: Dagster and the catalog are imported by the commands that use them.
@@ -34,10 +35,9 @@ STAGE_JOBS = {"calibrate": "calibrate_job", "difference": "difference_job", "all
 CODE_LOCATION = "dagster_project"
 DEFINITIONS_MODULE = "dagster_project.definitions"
 BAR_WIDTH = 30
-#: Backfill runs execute their steps in the run worker's process. The default executor starts one
-#: more process per step, each importing the whole science stack again: on a 2-core machine that
-#: costs more than the per-observation work itself (docs/operations.md has the figures).
-BACKFILL_RUN_CONFIG = {"execution": {"config": {"in_process": {}}}}
+#: Backfill runs execute their steps in the run worker's process (the jobs' default too, jobs.py):
+#: a process per step would cost more than the per-observation work itself (docs/operations.md).
+BACKFILL_RUN_CONFIG = IN_PROCESS
 
 
 def add_subcommands(subparsers) -> None:

@@ -139,8 +139,9 @@ def _gaussian_peak(image: np.ndarray, x: int, y: int, half: int = 3) -> tuple[fl
     """
     y0, x0 = max(y - half, 0), max(x - half, 0)
     cut = image[y0 : y + half + 1, x0 : x + half + 1]
-    with np.errstate(invalid="ignore"):
-        ok = np.isfinite(cut) & (cut > 0.2 * np.nanmax(cut))
+    finite = np.isfinite(cut)
+    peak = cut[finite].max() if finite.any() else 0.0
+    ok = finite & (np.where(finite, cut, 0) > 0.2 * peak) if peak > 0 else np.zeros(cut.shape, bool)
     if np.count_nonzero(ok) < 5:
         return np.nan, np.nan
     yy, xx = np.nonzero(ok)

@@ -14,7 +14,9 @@ from dagster_project.catalog.pipeline_queries import (
     observations_awaiting_difference,
 )
 from dagster_project.jobs import difference_job, reference_job
-from dagster_project.resources import CatalogResource
+from dagster_project.catalog.operations import OperationType
+from dagster_project.operations import OPERATION_TAG, start_wave
+from dagster_project.resources import CatalogResource, LandingResource
 from dagster_project.settings import Settings
 
 
@@ -27,7 +29,8 @@ def build_pipeline_sensor(interval_seconds: int):
         description="Requests reference images for fields that have calibrated frames but no reference, and "
         "difference runs for calibrated observations whose field has a (newer) reference.",
     )
-    def reference_and_difference_sensor(context: SensorEvaluationContext, catalog: CatalogResource):
+    def reference_and_difference_sensor(context: SensorEvaluationContext, catalog: CatalogResource,
+                                        landing: LandingResource):
         with catalog.catalog().session() as session:
             references = field_bands_awaiting_reference(session)
             differences = observations_awaiting_difference(session)
@@ -35,11 +38,15 @@ def build_pipeline_sensor(interval_seconds: int):
             return SkipReason("every calibrated observation has an up-to-date difference")
         known = set(context.instance.get_dynamic_partitions(field_band_partitions.name))
         new_fields = sorted({p.partition_key for p in references} - known)
+        planned = references + differences
+        # the ledger: one reprocessing wave per tick that asks for runs (re-asking returns the same one)
+        wave = start_wave(catalog.catalog(), landing.survey, OperationType.REPROCESS_CAMPAIGN,
+                          [p.run_key for p in planned], context={"sensor": "reference_and_difference_sensor"})
         return SensorResult(
             run_requests=[
                 RunRequest(run_key=p.run_key, partition_key=p.partition_key, job_name=p.job_name,
-                           tags={"astro/reason": p.reason})
-                for p in references + differences
+                           tags={"astro/reason": p.reason, OPERATION_TAG: str(wave)})
+                for p in planned
             ],
             dynamic_partitions_requests=[field_band_partitions.build_add_request(new_fields)] if new_fields else [],
         )

@@ -21,7 +21,9 @@ from dagster_project.assets.partitions import results_partitions
 from dagster_project.catalog import result_lifecycle
 from dagster_project.catalog.models import utcnow
 from dagster_project.jobs import products_job
-from dagster_project.resources import CatalogResource, PipelineConfigResource
+from dagster_project.catalog.operations import OperationType
+from dagster_project.operations import OPERATION_TAG, start_wave
+from dagster_project.resources import CatalogResource, LandingResource, PipelineConfigResource
 from dagster_project.settings import Settings
 
 RUN_KEY_TAG = "dagster/run_key"
@@ -54,7 +56,7 @@ def build_product_rebuild_sensor(interval_seconds: int):
         "once the debounce has passed; re-queues builds whose run died.",
     )
     def product_rebuild_sensor(context: SensorEvaluationContext, catalog: CatalogResource,
-                               pipeline: PipelineConfigResource):
+                               pipeline: PipelineConfigResource, landing: LandingResource):
         policy, now = pipeline.rebuild_policy(), utcnow()
         with catalog.catalog().session() as session:
             dispatched = result_lifecycle.dispatch_due(session, now)
@@ -72,6 +74,10 @@ def build_product_rebuild_sensor(interval_seconds: int):
         new_keys = sorted(keys - set(context.instance.get_dynamic_partitions(results_partitions.name)))
         if not requests and not new_keys:
             return SkipReason(f"no rebuild due ({dispatched} dispatched, {len(requeued)} re-queued)")
+        if requests:  # the ledger: one product.rebuild_wave operation per tick that launches rebuilds
+            wave = start_wave(catalog.catalog(), landing.survey, OperationType.PRODUCT_REBUILD_WAVE,
+                              [r.run_key for r in requests], context={"sensor": "product_rebuild_sensor"})
+            requests = [r.with_replaced_attrs(tags={**r.tags, OPERATION_TAG: str(wave)}) for r in requests]
         return SensorResult(run_requests=requests,
                             dynamic_partitions_requests=[results_partitions.build_add_request(new_keys)])
 
