@@ -15,7 +15,8 @@ from dagster_project.resources import CatalogResource, PipelineConfigResource, S
 from dagster_project.science.preview import cutout_triplet_png
 
 #: detection columns kept as real/bogus features on each Candidate row
-FEATURE_COLUMNS = ("scorr_peak", "sharpness", "n_opposite_pixels", "ref_distance_px", "masked_fraction", "id")
+FEATURE_COLUMNS = ("scorr_peak", "sharpness", "n_opposite_pixels", "ref_distance_px", "masked_fraction", "is_sharp",
+                   "is_good", "id")
 N_CUTOUTS = 3
 
 
