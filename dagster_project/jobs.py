@@ -18,38 +18,19 @@ from dagster_project.assets.partitions import field_band_partitions, observation
 #: default run config: steps run in the run worker's process (a launch may still ask for multiprocess)
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 
-calibrate_job = define_asset_job(
-    "calibrate_job",
-    config=IN_PROCESS,
-    selection=AssetSelection.assets("raw_observation", "calibrated_image"),
-    partitions_def=observations_partitions,
-    description="Validate the archived raw frame and calibrate it.",
-)
-difference_job = define_asset_job(
-    "difference_job",
-    config=IN_PROCESS,
-    selection=AssetSelection.assets("difference_image", "candidates"),
-    partitions_def=observations_partitions,
-    description="ZOGY difference against the field's current reference, then candidate detection.",
-)
-observation_job = define_asset_job(
-    "observation_job",
-    config=IN_PROCESS,
-    selection=AssetSelection.assets("raw_observation", "calibrated_image", "difference_image", "candidates"),
-    partitions_def=observations_partitions,
-    description="The whole per-observation chain (for backfills).",
-)
-reference_job = define_asset_job(
-    "reference_job",
-    config=IN_PROCESS,
-    selection=AssetSelection.assets("reference_image"),
-    partitions_def=field_band_partitions,
-    description="Choose and freeze the reference image of one field and band.",
-)
-products_job = define_asset_job(
-    "products_job",
-    config=IN_PROCESS,
-    selection=AssetSelection.assets("observation_products"),
-    partitions_def=results_partitions,
-    description="Build one ObservationResult's products from its current revision.",
-)
+
+def _job(name: str, assets: tuple[str, ...], partitions_def, description: str):
+    return define_asset_job(name, selection=AssetSelection.assets(*assets), partitions_def=partitions_def,
+                            config=IN_PROCESS, description=description)
+
+
+calibrate_job = _job("calibrate_job", ("raw_observation", "calibrated_image"), observations_partitions,
+                     "Validate the archived raw frame and calibrate it.")
+difference_job = _job("difference_job", ("difference_image", "candidates"), observations_partitions,
+                      "ZOGY difference against the field's current reference, then candidate detection.")
+observation_job = _job("observation_job", ("raw_observation", "calibrated_image", "difference_image", "candidates"),
+                       observations_partitions, "The whole per-observation chain (for backfills).")
+reference_job = _job("reference_job", ("reference_image",), field_band_partitions,
+                     "Choose and freeze the reference image of one field and band.")
+products_job = _job("products_job", ("observation_products",), results_partitions,
+                    "Build one ObservationResult's products from its current revision.")
