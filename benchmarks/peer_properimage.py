@@ -30,7 +30,7 @@ Mpix with their causes, for each tool; plot ``docs/img/peer_properimage.png``.
 
     .venv/bin/python benchmarks/peer_properimage.py            # 3 pairs of 2048x2048 (~35 min, properimage dominates)
     .venv/bin/python benchmarks/peer_properimage.py --quick    # 1 pair of 1024x1024 (~2 min)
-    .venv/bin/python benchmarks/peer_properimage.py --workdir var/peer --reuse   # keep outputs; re-runs
+    .venv/bin/python benchmarks/peer_properimage.py --workdir /tmp/peer-bench --reuse   # keep outputs; re-runs
                      # properimage only where the simulated inputs changed (e.g. after a calibration change)
 """
 
