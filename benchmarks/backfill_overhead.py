@@ -8,10 +8,12 @@ configured like ``deploy/dagster.yaml`` (queued runs, at most 2 at a time):
    multiprocess executor and with the in-process executor the ``backfill`` command uses;
 2. the whole per-observation chain (``observation_job``) of every observation in this process,
    one after the other: the work itself;
-3. the same chain as Dagster backfills run by the daemon, with each executor: wall time from
-   submission to the last run's end (observations per minute) and per-run timings.
+3. the same chain as Dagster backfills run by the daemon: job backfills (one run per
+   partition) with each executor, and the asset backfill the ``backfill`` command launches
+   (``--batch`` partitions per run, in-process executor): wall time from submission to the
+   last run's end (observations per minute) and per-run timings.
 
-    .venv/bin/python benchmarks/backfill_overhead.py --size 1024 --fields 2 --epochs 2
+    .venv/bin/python benchmarks/backfill_overhead.py --size 1024 --fields 2 --epochs 4 --batch 4
 """
 
 import argparse
@@ -62,20 +64,25 @@ def _stop(daemon: subprocess.Popen) -> None:
         daemon.wait()
 
 
-def _backfill(instance, job: str, keys: list[str], run_config: dict, label: str) -> dict:
-    """Submit a backfill, wait for its runs; wall time from submission and per-run timings."""
+def _backfill(instance, job: str, keys: list[str], run_config: dict, label: str, batched: bool = False) -> dict:
+    """Submit a backfill (a job backfill, or the batched asset backfill of the job's assets), wait for its runs;
+    wall time from submission and per-run timings."""
     from dagster import DagsterRun, RunsFilter
     from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
-    from dagster_project.cli_operations import submit_job_backfill
+    from dagster_project.cli_operations import submit_asset_backfill, submit_job_backfill
+    from dagster_project.jobs import JOB_ASSETS
+    from dagster_project.sensors.ledger import run_partition_keys
 
     submitted = time.time()
-    backfill_id = submit_job_backfill(instance, job, keys, tags={"bench": label}, title=f"bench {label}",
-                                      run_config=run_config)
+    tags = {"bench": label}
+    backfill_id = (submit_asset_backfill(instance, JOB_ASSETS[job], keys, tags, f"bench {label}", run_config)
+                   if batched else submit_job_backfill(instance, job, keys, tags, f"bench {label}", run_config))
     runs_filter = RunsFilter(tags=DagsterRun.tags_for_backfill_id(backfill_id))
     while True:
         records = instance.get_run_records(runs_filter)
-        if len(records) == len(keys) and all(r.dagster_run.status in FINISHED_STATUSES for r in records):
+        covered = sum(len(run_partition_keys(instance, r.dagster_run.tags)) for r in records)
+        if covered >= len(keys) and all(r.dagster_run.status in FINISHED_STATUSES for r in records):
             break
         time.sleep(1)
     failed = [r.dagster_run.run_id for r in records if r.dagster_run.status.value != "SUCCESS"]
@@ -83,6 +90,7 @@ def _backfill(instance, job: str, keys: list[str], run_config: dict, label: str)
         raise RuntimeError(f"{label}: runs failed: {failed}")
     created = min(r.create_timestamp.timestamp() for r in records)
     return {
+        "runs": len(records),
         "wall_s": max(r.end_time for r in records) - submitted,
         "pickup_s": created - submitted,  # until the backfill daemon's iteration creates the runs
         "launch_s": statistics.median(r.start_time - r.create_timestamp.timestamp() for r in records),
@@ -95,8 +103,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--fields", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=4, help="partitions per run of the asset backfill")
     args = parser.parse_args()
+    os.environ["ASTRO_BACKFILL_BATCH"] = str(args.batch)  # read by the code location, here and in the daemon
 
     with tempfile.TemporaryDirectory(prefix="backfill-bench-", ignore_cleanup_errors=True) as tmp:
         _environment(Path(tmp))
@@ -140,8 +150,11 @@ def _measure(root: Path, args: argparse.Namespace) -> None:
     try:
         trivial_runs = {name: _backfill(instance, "difference_job", [trivial], config, f"trivial-{name}")
                         for name, config in EXECUTORS.items()}
-        backfills = {name: _backfill(instance, "observation_job", keys, config, f"chain-{name}")
+        backfills = {f"job backfill, {name} executor, 1 partition per run":
+                     _backfill(instance, "observation_job", keys, config, f"chain-{name}")
                      for name, config in EXECUTORS.items()}
+        backfills[f"asset backfill (`backfill` command), in_process executor, up to {args.batch} partitions per run"] = \
+            _backfill(instance, "observation_job", keys, EXECUTORS["in_process"], "chain-batched", batched=True)
     finally:
         _stop(daemon)
 
@@ -162,14 +175,15 @@ def _print_figures(size: int, n: int, trivial_in_process: float, trivial_runs: d
     print(f"| whole chain of one observation, `execute_in_process` (median of {n}) | - | - | "
           f"{statistics.median(chain):.1f} |")
     for name, b in backfills.items():
-        print(f"| same, in a daemon backfill, {name} executor (median; queued includes waiting for a slot) | "
+        print(f"| same, in a daemon {name} (median; queued includes waiting for a slot) | "
               f"{b['launch_s']:.1f} | {b['execute_s']:.1f} | {b['run_s']:.1f} |")
-    print(f"\n| backfill of the whole chain, {n} observations | wall (s) | observations / minute | "
+    print(f"\n| backfill of the whole chain, {n} observations | runs | wall (s) | observations / minute | "
           "until the daemon picked it up (s) |")
-    print("|---|---|---|---|")
-    print(f"| in this process, one after the other | {sum(chain):.0f} | {60 * n / sum(chain):.1f} | - |")
+    print("|---|---|---|---|---|")
+    print(f"| in this process, one after the other | - | {sum(chain):.0f} | {60 * n / sum(chain):.1f} | - |")
     for name, b in backfills.items():
-        print(f"| daemon, {name} executor | {b['wall_s']:.0f} | {60 * n / b['wall_s']:.1f} | {b['pickup_s']:.0f} |")
+        print(f"| daemon, {name} | {b['runs']} | {b['wall_s']:.0f} | {60 * n / b['wall_s']:.1f} | "
+              f"{b['pickup_s']:.0f} |")
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from dagster_project.jobs import IN_PROCESS
+from dagster_project.jobs import IN_PROCESS, JOB_ASSETS
 from dagster_project.settings import Settings
 
 # The command line starts fast: Dagster and the catalog are imported by the commands that use them.
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from dagster_project.catalog.provenance import Artifact, ProcessingStep
     from dagster_project.sensors.ledger import OperationProgress
 
-#: --stage → the job a backfill runs (observation_job is the whole per-observation chain)
+#: --stage → the job whose assets a backfill materializes (observation_job: the whole per-observation chain)
 STAGE_JOBS = {"calibrate": "calibrate_job", "difference": "difference_job", "all": "observation_job"}
 #: as in workspace.yaml and pyproject.toml: the daemon finds the backfill's job by this location name
 CODE_LOCATION = "dagster_project"
@@ -94,9 +94,10 @@ def _catalog(settings: Settings) -> Catalog:
 
 def submit_job_backfill(instance: DagsterInstance, job_name: str, partition_keys: list[str], tags: dict[str, str],
                         title: str, run_config: dict[str, Any] = BACKFILL_RUN_CONFIG) -> str:
-    """Add a job backfill to the instance, as the UI's "Launch backfill" does; the daemon submits its runs.
+    """Add a job backfill to the instance, as the UI's "Launch backfill" of a job does: one run per partition.
 
-    The code location is loaded in this process only to find the job's partition set;
+    ``backfill`` uses :func:`submit_asset_backfill` (several partitions per run);
+    ``benchmarks/backfill_overhead.py`` compares the two. The code location is loaded in this process only to find the job's partition set;
     the daemon resolves it again by location name in its own workspace. ``run_config``
     applies to every run (benchmarks/backfill_overhead.py compares executors with it).
     """
@@ -125,6 +126,30 @@ def submit_job_backfill(instance: DagsterInstance, job_name: str, partition_keys
     return backfill.backfill_id
 
 
+def submit_asset_backfill(instance: DagsterInstance, asset_names: tuple[str, ...], partition_keys: list[str],
+                          tags: dict[str, str], title: str, run_config: dict[str, Any] = BACKFILL_RUN_CONFIG) -> str:
+    """Add an asset backfill to the instance, as the UI's "Materialize selected" over partitions does.
+
+    The daemon turns it into runs following the assets' backfill policy: up to
+    ``ASTRO_BACKFILL_BATCH`` partitions per run (``assets/batching.py``), downstream assets
+    in the same run as their upstream ones.
+    """
+    from dagster import AssetKey
+    from dagster._core.execution.backfill import PartitionBackfill
+    from dagster._core.utils import make_new_backfill_id
+    from dagster._time import get_current_timestamp
+
+    from dagster_project.definitions import defs
+
+    backfill = PartitionBackfill.from_asset_partitions(
+        backfill_id=make_new_backfill_id(), asset_graph=defs.resolve_asset_graph(), partition_names=partition_keys,
+        asset_selection=[AssetKey(name) for name in asset_names], backfill_timestamp=get_current_timestamp(),
+        tags=tags, dynamic_partitions_store=instance, all_partitions=False, title=title, description=None,
+        run_config=run_config)
+    instance.add_backfill(backfill)
+    return backfill.backfill_id
+
+
 def launch_backfill(instance: DagsterInstance, catalog: Catalog, settings: Settings, job_name: str,
                     partition_keys: list[str], selection: dict[str, Any]) -> tuple[OperationRun, bool]:
     """Record a ``backfill.observations`` operation and launch its Dagster backfill.
@@ -149,8 +174,8 @@ def launch_backfill(instance: DagsterInstance, catalog: Catalog, settings: Setti
     try:
         # a partition the sensor never added (it stopped in between) would fail the backfill
         instance.add_dynamic_partitions(observations_partitions.name, partition_keys)
-        backfill_id = submit_job_backfill(
-            instance, job_name, partition_keys, tags={OPERATION_TAG: str(operation.id), "user": initiator},
+        backfill_id = submit_asset_backfill(
+            instance, JOB_ASSETS[job_name], partition_keys, tags={OPERATION_TAG: str(operation.id), "user": initiator},
             title=f"{job_name}: {len(partition_keys)} observation(s), operation #{operation.id}")
     except Exception as exc:
         with catalog.session() as session:

@@ -3,8 +3,10 @@
 All run their steps in one process: a partition's work takes seconds, and a process per
 step would cost more than that (measured in docs/operations.md).
 
-* ``observation_job`` — the whole per-observation chain; use it for CLI backfills
-  (``dagster job backfill -j observation_job``).
+* ``observation_job`` — the whole per-observation chain. The ``backfill`` command launches
+  asset backfills of a job's assets (:data:`JOB_ASSETS`), so that each run takes several
+  partitions (``assets/batching.py``); ``dagster job backfill -j observation_job`` still
+  works, one run per partition.
 * ``calibrate_job`` / ``difference_job`` — its two halves, launched by the sensors:
   calibration as soon as a frame lands, differencing once the field has a reference.
 * ``reference_job`` — the reference image of one field and band.
@@ -19,18 +21,24 @@ from dagster_project.assets.partitions import field_band_partitions, observation
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 
 
-def _job(name: str, assets: tuple[str, ...], partitions_def, description: str):
-    return define_asset_job(name, selection=AssetSelection.assets(*assets), partitions_def=partitions_def,
+#: the assets of each job, by job name
+JOB_ASSETS = {
+    "calibrate_job": ("raw_observation", "calibrated_image"),
+    "difference_job": ("difference_image", "candidates"),
+    "observation_job": ("raw_observation", "calibrated_image", "difference_image", "candidates"),
+    "reference_job": ("reference_image",),
+    "products_job": ("observation_products",),
+}
+
+
+def _job(name: str, partitions_def, description: str):
+    return define_asset_job(name, selection=AssetSelection.assets(*JOB_ASSETS[name]), partitions_def=partitions_def,
                             config=IN_PROCESS, description=description)
 
 
-calibrate_job = _job("calibrate_job", ("raw_observation", "calibrated_image"), observations_partitions,
-                     "Validate the archived raw frame and calibrate it.")
-difference_job = _job("difference_job", ("difference_image", "candidates"), observations_partitions,
+calibrate_job = _job("calibrate_job", observations_partitions, "Validate the archived raw frame and calibrate it.")
+difference_job = _job("difference_job", observations_partitions,
                       "ZOGY difference against the field's current reference, then candidate detection.")
-observation_job = _job("observation_job", ("raw_observation", "calibrated_image", "difference_image", "candidates"),
-                       observations_partitions, "The whole per-observation chain (for backfills).")
-reference_job = _job("reference_job", ("reference_image",), field_band_partitions,
-                     "Choose and freeze the reference image of one field and band.")
-products_job = _job("products_job", ("observation_products",), results_partitions,
-                    "Build one ObservationResult's products from its current revision.")
+observation_job = _job("observation_job", observations_partitions, "The whole per-observation chain (for backfills).")
+reference_job = _job("reference_job", field_band_partitions, "Choose and freeze the reference image of one field and band.")
+products_job = _job("products_job", results_partitions, "Build one ObservationResult's products from its current revision.")

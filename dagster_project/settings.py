@@ -21,6 +21,7 @@ variable                       meaning                                     defau
 ``ASTRO_PRODUCT_QUIET``        product rebuild debounce: seconds after     ``60``
                                the last upstream change
 ``ASTRO_PRODUCT_MAX_DELAY``    ... but at most this long after the first   ``600``
+``ASTRO_BACKFILL_BATCH``       partitions per run of a backfill            ``4``
 =============================  ==========================================  =================================
 """
 
@@ -32,6 +33,13 @@ from pathlib import Path
 def _path(name: str, default: Path) -> Path:
     value = os.environ.get(name)
     return Path(value).expanduser().resolve() if value else default
+
+
+def _positive_int(name: str, default: int) -> int:
+    value = int(os.environ.get(name, str(default)))
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, not {value}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,7 @@ class Settings:
     detection_threshold: float
     product_quiet_seconds: float = 60.0
     product_max_delay_seconds: float = 600.0
+    backfill_batch_size: int = 4
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -74,4 +83,5 @@ class Settings:
             detection_threshold=float(os.environ.get("ASTRO_DETECTION_THRESHOLD", "5")),
             product_quiet_seconds=float(os.environ.get("ASTRO_PRODUCT_QUIET", "60")),
             product_max_delay_seconds=float(os.environ.get("ASTRO_PRODUCT_MAX_DELAY", "600")),
+            backfill_batch_size=_positive_int("ASTRO_BACKFILL_BATCH", 4),
         )

@@ -14,6 +14,7 @@ from dagster import (
     asset,
 )
 
+from dagster_project.assets.batching import BATCHED_BACKFILL, PartitionOutput, materialize_partitions
 from dagster_project.assets.calibration_masters import masters_for
 from dagster_project.assets.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, Stopwatch, artifacts, inputs, png_markdown, rounded, size_mb
 from dagster_project.assets.partitions import observations_partitions
@@ -34,19 +35,25 @@ from dagster_project.science.psf import characterize_image
     kinds={"fits"},
     freshness_policy=NIGHTLY_FRESHNESS,
     code_version=CODE_VERSION,
+    backfill_policy=BATCHED_BACKFILL,
     check_specs=[AssetCheckSpec("finite_with_wcs", asset="calibrated_image", blocking=True,
                                 description="Unmasked pixels and variances are finite and the header has a celestial WCS.")],
     description="Raw frame calibrated with the night's master bias and flat: SCI (e-), VAR (e-^2), MASK.",
 )
 def calibrated_image(context: AssetExecutionContext, catalog: CatalogResource, store: StoreResource,
                      pipeline: PipelineConfigResource) -> MaterializeResult:
+    return materialize_partitions(context, lambda key: _calibrate(key, context.run_id, catalog, store, pipeline))
+
+
+def _calibrate(key: str, dagster_run_id: str, catalog: CatalogResource, store: StoreResource,
+               pipeline: PipelineConfigResource) -> PartitionOutput:
     products = store.store()
     parameters = {"detect_cosmic_rays": pipeline.detect_cosmic_rays}
     watch = Stopwatch()
     with catalog.catalog().session() as session:
-        observation = queries.get_observation(session, context.partition_key)
+        observation = queries.get_observation(session, key)
         raw = observation.raw_file
-        run = queries.start_preprocess_run(session, observation, parameters=parameters, dagster_run_id=context.run_id)
+        run = queries.start_preprocess_run(session, observation, parameters=parameters, dagster_run_id=dagster_run_id)
         run_id, night, band = run.id, observation.night, observation.filter_band
         raw_path, instrument = Path(raw.stored_path), observation.instrument or raw.instrument
         output = products.observation_dir(night, observation.observation_id) / "calibrated.fits"
@@ -95,11 +102,11 @@ def calibrated_image(context: AssetExecutionContext, catalog: CatalogResource, s
             calibration_note="; ".join(masters.notes) or None,
             wcs_info={k: header[k] for k in ("CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2") if k in header})
     with catalog.catalog().session() as session:
-        pipeline_queries.record_seeing(session, context.partition_key, seeing)
-        result_lifecycle.observation_materialized(session, context.partition_key, pipeline.rebuild_policy())
+        pipeline_queries.record_seeing(session, key, seeing)
+        result_lifecycle.observation_materialized(session, key, pipeline.rebuild_policy())
     preview = image_preview_png(planes.data, mask=planes.mask, max_size=256)
     preview_path = products.write_bytes(output.with_name("calibrated.png"), preview)
-    return MaterializeResult(
+    return PartitionOutput(
         metadata={
             **artifacts(calibrated_image=output, calibrated_preview=preview_path), "size_mb": size_mb(output),
             **inputs(raw_frame=raw_path, master_bias=masters.bias.path, master_flat=masters.flat.path),
@@ -108,8 +115,8 @@ def calibrated_image(context: AssetExecutionContext, catalog: CatalogResource, s
             "calibration_note": "; ".join(masters.notes) or "masters of the same night",
             "preview": png_markdown(preview, "calibrated (e-)"),
         },
-        check_results=[AssetCheckResult(check_name="finite_with_wcs", passed=finite and wcs_ok,
-                                        metadata={"finite_unmasked": finite, "celestial_wcs": wcs_ok})],
+        checks=[AssetCheckResult(check_name="finite_with_wcs", passed=finite and wcs_ok,
+                                 metadata={"finite_unmasked": finite, "celestial_wcs": wcs_ok})],
     )
 
 

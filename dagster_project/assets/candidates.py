@@ -6,6 +6,7 @@ import numpy as np
 from astropy.table import Table
 from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
+from dagster_project.assets.batching import BATCHED_BACKFILL, PartitionOutput, materialize_partitions
 from dagster_project.assets.difference_image import difference_image
 from dagster_project.assets.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, artifacts, inputs, png_markdown
 from dagster_project.assets.partitions import observations_partitions
@@ -55,6 +56,7 @@ def _clip01(value) -> float | None:
     kinds={"table"},
     freshness_policy=NIGHTLY_FRESHNESS,
     code_version=CODE_VERSION,
+    backfill_policy=BATCHED_BACKFILL,
     check_specs=[AssetCheckSpec("candidate_count_sane", asset="candidates",
                                 description="Fewer candidates than the per-frame limit (more means a bad subtraction).")],
     description="Transient candidates: peaks of |S_corr| above the threshold, with flux, SNR, shape, "
@@ -62,24 +64,29 @@ def _clip01(value) -> float | None:
 )
 def candidates(context: AssetExecutionContext, catalog: CatalogResource, store: StoreResource,
                pipeline: PipelineConfigResource) -> MaterializeResult:
+    return materialize_partitions(context, lambda key: _record_candidates(key, catalog, store, pipeline))
+
+
+def _record_candidates(key: str, catalog: CatalogResource, store: StoreResource,
+                       pipeline: PipelineConfigResource) -> PartitionOutput:
     products = store.store()
     with catalog.catalog().session() as session:
-        observation = queries.get_observation(session, context.partition_key)
+        observation = queries.get_observation(session, key)
         run = observation.difference_run
         if run is None or run.status not in (RunStatus.COMPLETED, RunStatus.SKIPPED):
-            raise ValueError(f"{context.partition_key} has no completed difference image")
+            raise ValueError(f"{key} has no completed difference image")
         if run.status == RunStatus.SKIPPED:
             queries.replace_candidates(session, run, [])
-            result_lifecycle.observation_materialized(session, context.partition_key, pipeline.rebuild_policy())
-            return MaterializeResult(
+            result_lifecycle.observation_materialized(session, key, pipeline.rebuild_policy())
+            return PartitionOutput(
                 metadata={"n_candidates": 0, "skipped": run.error_message or "no difference image"},
-                check_results=[AssetCheckResult(check_name="candidate_count_sane", passed=True)])
+                checks=[AssetCheckResult(check_name="candidate_count_sane", passed=True)])
         diff_path = Path(run.difference_image_path)
         new_path = Path(observation.preprocess_run.processed_fits_path)
         detections = Table.read(diff_path.with_name("detections.ecsv"), format="ascii.ecsv")
         rows = candidate_rows(detections)
         queries.replace_candidates(session, run, rows)
-        result_lifecycle.observation_materialized(session, context.partition_key, pipeline.rebuild_policy())
+        result_lifecycle.observation_materialized(session, key, pipeline.rebuild_policy())
     table_path = products.write_table(diff_path.with_name("candidates.ecsv"), detections)
 
     positives = sorted((r for r in rows if not r["is_negative"]), key=lambda r: -(r["snr"] or 0))
@@ -102,12 +109,12 @@ def candidates(context: AssetExecutionContext, catalog: CatalogResource, store: 
                 diff_path.with_name(f"candidate_{i}.png"), png)}))
             metadata[f"cutout_{i}"] = png_markdown(
                 png, f"#{i}: x={row['pixel_x']:.1f} y={row['pixel_y']:.1f} S/N={row['snr']:.1f} (new | ref | diff)")
-    return MaterializeResult(
+    return PartitionOutput(
         metadata=metadata,
-        check_results=[AssetCheckResult(check_name="candidate_count_sane",
-                                        passed=len(rows) <= pipeline.max_candidates_per_frame,
-                                        metadata={"n_candidates": len(rows),
-                                                  "limit": pipeline.max_candidates_per_frame})],
+        checks=[AssetCheckResult(check_name="candidate_count_sane",
+                                 passed=len(rows) <= pipeline.max_candidates_per_frame,
+                                 metadata={"n_candidates": len(rows),
+                                           "limit": pipeline.max_candidates_per_frame})],
     )
 
 

@@ -13,6 +13,7 @@ from dagster import (
     asset,
 )
 
+from dagster_project.assets.batching import BATCHED_BACKFILL, PartitionOutput, materialize_partitions
 from dagster_project.assets.calibrated_image import calibrated_image
 from dagster_project.assets.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, artifacts, inputs, png_markdown, rounded, size_mb
 from dagster_project.assets.partitions import observations_partitions
@@ -37,6 +38,7 @@ SCORR_STD_RANGE = (0.8, 1.25)
     kinds={"fits"},
     freshness_policy=NIGHTLY_FRESHNESS,
     code_version=CODE_VERSION,
+    backfill_policy=BATCHED_BACKFILL,
     check_specs=[AssetCheckSpec("scorr_noise_near_unity", asset="difference_image",
                                 description=f"Robust std of S_corr within {SCORR_STD_RANGE}.")],
     description="ZOGY proper difference (D, S_corr, PSF-photometry flux and error) of the calibrated frame "
@@ -44,16 +46,21 @@ SCORR_STD_RANGE = (0.8, 1.25)
 )
 def difference_image(context: AssetExecutionContext, catalog: CatalogResource, store: StoreResource,
                      pipeline: PipelineConfigResource) -> MaterializeResult:
+    return materialize_partitions(context, lambda key: _difference(key, context.run_id, catalog, store, pipeline))
+
+
+def _difference(key: str, dagster_run_id: str, catalog: CatalogResource, store: StoreResource,
+                pipeline: PipelineConfigResource) -> PartitionOutput:
     products = store.store()
     params = DifferenceParams(threshold=pipeline.detection_threshold)
     parameters = {"algorithm": "zogy", "threshold": params.threshold, "interpolation_order": params.interpolation_order,
                   "max_registration_rms_px": params.max_registration_rms_px}
     with catalog.catalog().session() as session:
-        observation = queries.get_observation(session, context.partition_key)
+        observation = queries.get_observation(session, key)
         reference = queries.current_reference(session, observation.field_name, observation.filter_band)
         field_band = field_band_key(observation.field_name, observation.filter_band)
         run = queries.start_difference_run(session, observation, reference, parameters=parameters,
-                                           dagster_run_id=context.run_id)
+                                           dagster_run_id=dagster_run_id)
         run_id = run.id
         if reference is None:
             reason = f"no reference image for {field_band} yet; the reference sensor builds one from calibrated frames"
@@ -66,16 +73,16 @@ def difference_image(context: AssetExecutionContext, catalog: CatalogResource, s
             if is_reference:
                 queries.finish_difference_run(session, run, status=RunStatus.SKIPPED,
                                               error_message="this observation is its field's reference")
-                result_lifecycle.observation_materialized(session, context.partition_key, pipeline.rebuild_policy())
+                result_lifecycle.observation_materialized(session, key, pipeline.rebuild_policy())
             new_path = Path(observation.preprocess_run.processed_fits_path)
             output = products.observation_dir(observation.night, observation.observation_id) / "difference.fits"
     if reference is None:
         raise Failure(reason, allow_retries=False)
     if is_reference:
-        return MaterializeResult(
+        return PartitionOutput(
             metadata={**lineage, "skipped": "this observation is its field's reference: nothing to subtract"},
-            check_results=[AssetCheckResult(check_name="scorr_noise_near_unity", passed=True,
-                                            metadata={"skipped": "reference frame"})])
+            checks=[AssetCheckResult(check_name="scorr_noise_near_unity", passed=True,
+                                     metadata={"skipped": "reference frame"})])
     try:
         new = products.read_planes(new_path)
         ref = products.read_planes(Path(lineage["reference_path"]))
@@ -99,11 +106,11 @@ def difference_image(context: AssetExecutionContext, catalog: CatalogResource, s
             noise_level=result.zogy.d_std, detection_threshold=params.threshold,
             candidates_found=len(result.candidates), quality={**quality, "timings": result.timings},
             processing_time_seconds=result.timings.get("total"))
-        result_lifecycle.observation_materialized(session, context.partition_key, pipeline.rebuild_policy())
+        result_lifecycle.observation_materialized(session, key, pipeline.rebuild_policy())
     scorr_ok = SCORR_STD_RANGE[0] <= result.zogy.scorr_std <= SCORR_STD_RANGE[1]
     preview = image_preview_png(result.zogy.D, mask=result.mask, max_size=256)
     preview_path = products.write_bytes(output.with_name("difference.png"), preview)
-    return MaterializeResult(
+    return PartitionOutput(
         metadata={
             **artifacts(difference_image=output, detections_table=detections_path, difference_preview=preview_path),
             **inputs(calibrated_image=new_path, reference_image=lineage["reference_path"]), "size_mb": size_mb(output),
@@ -112,6 +119,6 @@ def difference_image(context: AssetExecutionContext, catalog: CatalogResource, s
             **{f"time_{k}_s": round(v, 3) for k, v in result.timings.items()},
             "preview": png_markdown(preview, "difference D"),
         },
-        check_results=[AssetCheckResult(check_name="scorr_noise_near_unity", passed=scorr_ok,
-                                        metadata={"scorr_std": round(result.zogy.scorr_std, 3)})],
+        checks=[AssetCheckResult(check_name="scorr_noise_near_unity", passed=scorr_ok,
+                                 metadata={"scorr_std": round(result.zogy.scorr_std, 3)})],
     )

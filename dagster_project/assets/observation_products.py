@@ -23,6 +23,7 @@ from dagster import (
     asset,
 )
 
+from dagster_project.assets.batching import BATCHED_BACKFILL, PartitionOutput, materialize_partitions
 from dagster_project.assets.candidates import candidates
 from dagster_project.assets.metadata import CODE_VERSION, artifacts, inputs, png_markdown
 from dagster_project.assets.partitions import results_partitions
@@ -54,6 +55,7 @@ class _Unbuildable(Exception):
     # an upstream change marks products stale; they must be rebuilt within the debounce cap
     freshness_policy=FreshnessPolicy.time_window(fail_window=timedelta(hours=2), warn_window=timedelta(minutes=20)),
     code_version=CODE_VERSION,
+    backfill_policy=BATCHED_BACKFILL,
     check_specs=[
         AssetCheckSpec("built_from_current_revision", asset="observation_products",
                        description="The products reflect the result's current assets_revision (READY)."),
@@ -65,15 +67,20 @@ class _Unbuildable(Exception):
 )
 def observation_products(context: AssetExecutionContext, catalog: CatalogResource, store: StoreResource,
                          pipeline: PipelineConfigResource) -> MaterializeResult:
+    return materialize_partitions(context, lambda key: _build_products(key, context.run_id, catalog, store, pipeline))
+
+
+def _build_products(key: str, dagster_run_id: str, catalog: CatalogResource, store: StoreResource,
+                    pipeline: PipelineConfigResource) -> PartitionOutput:
     policy = pipeline.rebuild_policy()
     products = store.store()
     now = utcnow()
     with catalog.catalog().session() as session:
-        result = result_lifecycle.get_result(session, context.partition_key)
+        result = result_lifecycle.get_result(session, key)
         if result.data_product_status is DataProductStatus.SKIPPED:
-            return MaterializeResult(metadata={"status": "SKIPPED", "reason": result.status_reason or ""},
-                                     check_results=_checks(session, result, now, policy))
-        run = result_lifecycle.claim_build(session, result, context.run_id, now)
+            return PartitionOutput(metadata={"status": "SKIPPED", "reason": result.status_reason or ""},
+                                   checks=_checks(session, result, now, policy))
+        run = result_lifecycle.claim_build(session, result, dagster_run_id, now)
         run_id, revision = run.id, run.built_from_revision
         try:
             plan = _plan(session, result)
@@ -84,11 +91,11 @@ def observation_products(context: AssetExecutionContext, catalog: CatalogResourc
         if plan.outcome is DataProductStatus.BLOCKED:
             raise Failure(f"products blocked: {plan}", allow_retries=False)
         with catalog.catalog().session() as session:
-            checks = _checks(session, result_lifecycle.get_result(session, context.partition_key), utcnow(), policy)
-        return MaterializeResult(metadata={"status": status.value, "reason": str(plan), "revision": revision},
-                                 check_results=checks)
+            checks = _checks(session, result_lifecycle.get_result(session, key), utcnow(), policy)
+        return PartitionOutput(metadata={"status": status.value, "reason": str(plan), "revision": revision},
+                               checks=checks)
     try:
-        outputs = _build(products, plan, Path(products.root) / "results" / context.partition_key / f"r{revision}")
+        outputs = _build(products, plan, Path(products.root) / "results" / key / f"r{revision}")
         with catalog.catalog().session() as session:
             processing_run = session.get_one(result_lifecycle.ObservationResultProcessingRun, run_id)
             for kind, (path, meta) in outputs.items():
@@ -100,9 +107,9 @@ def observation_products(context: AssetExecutionContext, catalog: CatalogResourc
     status = _finish(catalog, run_id, DataProductStatus.READY, None, policy)
     photometry = outputs["forced_photometry"][1]
     with catalog.catalog().session() as session:
-        result = result_lifecycle.get_result(session, context.partition_key)
+        result = result_lifecycle.get_result(session, key)
         checks = _checks(session, result, utcnow(), policy)
-    return MaterializeResult(
+    return PartitionOutput(
         metadata={
             "status": status.value, "revision": revision, "request": plan["request"], "cell": plan["cell"],
             "observation": plan["observation_key"],
@@ -115,7 +122,7 @@ def observation_products(context: AssetExecutionContext, catalog: CatalogResourc
             **inputs(difference_image=plan["difference_path"], calibrated_image=plan["calibrated_path"]),
             "cutout": png_markdown(outputs["cutout_triplet"][0].read_bytes(), "target: new | reference | difference"),
         },
-        check_results=checks,
+        checks=checks,
     )
 
 

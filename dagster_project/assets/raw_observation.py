@@ -5,6 +5,7 @@ from pathlib import Path
 from astropy.io import fits
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
+from dagster_project.assets.batching import BATCHED_BACKFILL, PartitionOutput, materialize_partitions
 from dagster_project.assets.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, inputs, png_markdown, size_mb
 from dagster_project.assets.partitions import observations_partitions
 from dagster_project.catalog import queries
@@ -19,13 +20,18 @@ from dagster_project.science.preview import image_preview_png
     kinds={"fits"},
     freshness_policy=NIGHTLY_FRESHNESS,
     code_version=CODE_VERSION,
+    backfill_policy=BATCHED_BACKFILL,
     check_specs=[AssetCheckSpec("raw_file_intact", asset="raw_observation", blocking=True,
                                 description="The archived file still has the sha256 it was registered with.")],
     description="A science exposure as it arrived, archived and registered by the raw-arrival sensor.",
 )
 def raw_observation(context: AssetExecutionContext, catalog: CatalogResource) -> MaterializeResult:
+    return materialize_partitions(context, lambda key: _verify_raw(key, catalog))
+
+
+def _verify_raw(key: str, catalog: CatalogResource) -> PartitionOutput:
     with catalog.catalog().session() as session:
-        observation = queries.get_observation(session, context.partition_key)
+        observation = queries.get_observation(session, key)
         raw = observation.raw_file
         path, registered_sha = Path(raw.stored_path), raw.sha256
         facts = {
@@ -38,7 +44,7 @@ def raw_observation(context: AssetExecutionContext, catalog: CatalogResource) ->
         raise Failure(f"archived raw file {path} is missing", metadata={"path": str(path)})
     actual_sha = sha256_of(path)
     data = fits.getdata(path)
-    return MaterializeResult(
+    return PartitionOutput(
         metadata={
             **inputs(raw_frame=path), "size_mb": size_mb(path),
             **{k: v for k, v in facts.items() if v is not None},
@@ -46,7 +52,7 @@ def raw_observation(context: AssetExecutionContext, catalog: CatalogResource) ->
             "shape": f"{data.shape[1]} x {data.shape[0]}",
             "preview": png_markdown(image_preview_png(data, max_size=256), "raw frame (ADU)"),
         },
-        check_results=[AssetCheckResult(
+        checks=[AssetCheckResult(
             check_name="raw_file_intact", passed=actual_sha == registered_sha,
             severity=AssetCheckSeverity.ERROR,
             metadata={"registered_sha256": registered_sha, "actual_sha256": MetadataValue.text(actual_sha)},

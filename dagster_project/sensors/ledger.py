@@ -18,9 +18,9 @@ Mirroring is incremental and idempotent (steps are keyed by event storage id), s
 
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from dagster._core.storage.tags import (
 from dagster._utils.error import SerializableErrorInfo
 
 from dagster_project.assets.metadata import ARTIFACT_PREFIX, INPUT_PREFIX
+from dagster_project.assets.partitions import field_band_partitions, observations_partitions, results_partitions
 from dagster_project.catalog import Catalog, operations, provenance, queries
 from dagster_project.catalog.operations import OperationActive, OperationOutcome, OperationRun, OperationType
 from dagster_project.catalog.provenance import ArtifactRecord, InputRecord, ProcessingRunStatus, StepRecord, StepType
@@ -66,6 +67,8 @@ RUN_STATUS_EVENTS = (DagsterEventType.RUN_START, DagsterEventType.RUN_SUCCESS, D
 EVENTS_PER_TICK = 25
 #: a file whose mtime is later than the event that named it (by more than this) was rewritten since
 CLOCK_TOLERANCE_S = 1.0
+#: where a run's partition range is looked up (runs over a range come from batched backfills)
+DYNAMIC_PARTITIONS = (observations_partitions, results_partitions, field_band_partitions)
 #: a sensor wave whose run keys still have no run after this long is closed, the missing ones skipped
 WAVE_PATIENCE = timedelta(hours=1)
 
@@ -222,11 +225,18 @@ def step_records(records: Sequence[EventLogRecord], after_storage_id: int, store
             yield _step_record(record, step_started, run_started, store_root)
 
 
-def _partitions(tags: Mapping[str, str]) -> list[str]:
+def run_partition_keys(instance: DagsterInstance, tags: Mapping[str, str]) -> list[str]:
+    """The partitions a run materializes: its partition, or every key of its partition range (a backfill batch)."""
     if PARTITION_NAME_TAG in tags:
         return [tags[PARTITION_NAME_TAG]]
-    # a run over a partition range: its two ends
-    return [tags[t] for t in (ASSET_PARTITION_RANGE_START_TAG, ASSET_PARTITION_RANGE_END_TAG) if t in tags]
+    start, end = tags.get(ASSET_PARTITION_RANGE_START_TAG), tags.get(ASSET_PARTITION_RANGE_END_TAG)
+    if start is None or end is None:
+        return []
+    for definition in DYNAMIC_PARTITIONS:
+        keys = instance.get_dynamic_partitions(definition.name)
+        if start in keys and end in keys and keys.index(start) <= keys.index(end):
+            return keys[keys.index(start):keys.index(end) + 1]
+    return [start, end]  # its partitions were deleted since: the range's two ends are all that is known
 
 
 def _timestamp(seconds: float | None) -> datetime | None:
@@ -260,7 +270,7 @@ def mirror_run(instance: DagsterInstance, catalog: Catalog, store_root: Path, ru
         if operation_id is not None and session.get(OperationRun, operation_id) is None:
             operation_id = None  # tagged by another catalog (e.g. a copied instance)
         mirrored = provenance.record_processing_run(
-            session, dagster_run_id=run_id, job_name=run.job_name, status=status, partition_keys=_partitions(run.tags),
+            session, dagster_run_id=run_id, job_name=run.job_name, status=status, partition_keys=run_partition_keys(instance, run.tags),
             run_config=dict(run.run_config), run_metadata=dict(run.tags), operation_run_id=operation_id,
             started_at=_timestamp(record.start_time), finished_at=_timestamp(record.end_time))
         provenance.append_steps(session, mirrored, steps)
@@ -307,12 +317,20 @@ def run_failure(instance: DagsterInstance, run_id: str, status: DagsterRunStatus
 
 @dataclass(frozen=True)
 class _Scope:
-    """An operation's runs (the latest per unit of work), how many units there are, and whether it is over."""
+    """An operation's runs (the latest per unit of work), how many units there are, and whether it is over.
+
+    A unit is a partition for backfills (a run over a range counts for each of its
+    partitions: ``sizes``), a run key for sensor waves, a run otherwise.
+    """
 
     runs: dict[Any, DagsterRun]
     total: int
     over: bool
     cancelled: bool = False
+    sizes: Mapping[str, int] = field(default_factory=dict)
+
+    def units(self, runs: Iterable[DagsterRun]) -> int:
+        return sum(self.sizes.get(run.run_id, 1) for run in runs)
 
 
 def _latest(runs: Sequence[DagsterRun], unit: Callable[[DagsterRun], Any]) -> dict[Any, DagsterRun]:
@@ -322,18 +340,32 @@ def _latest(runs: Sequence[DagsterRun], unit: Callable[[DagsterRun], Any]) -> di
     return latest
 
 
+def _partition_unit(run: DagsterRun) -> Any:
+    """A re-execution of the same partition (or range) by the same job replaces the earlier attempt."""
+    tags = run.tags
+    if PARTITION_NAME_TAG in tags:
+        return run.job_name, tags[PARTITION_NAME_TAG]
+    if ASSET_PARTITION_RANGE_START_TAG in tags:
+        return run.job_name, tags[ASSET_PARTITION_RANGE_START_TAG], tags.get(ASSET_PARTITION_RANGE_END_TAG)
+    return run.run_id
+
+
 def _scope(instance: DagsterInstance, operation: OperationRun) -> _Scope:
     """A backfill's partitions; a sensor wave's run keys; otherwise whatever runs carry the operation's tag."""
     context = operation.context or {}
     tagged = RunsFilter(tags={OPERATION_TAG: str(operation.id)})
     if context.get("backfill_id"):
         backfill = instance.get_backfill(context["backfill_id"])
-        runs = _latest(instance.get_runs(tagged), lambda r: (r.job_name, r.tags.get(PARTITION_NAME_TAG) or r.run_id))
-        total = len(backfill.partition_names or [])
-        finished = sum(r.status in FINISHED_STATUSES for r in runs.values())
+        runs = _latest(instance.get_runs(tagged), _partition_unit)
+        sizes = {run.run_id: max(len(run_partition_keys(instance, run.tags)), 1) for run in runs.values()}
+        total = context.get("partition_count") or len(backfill.partition_names or [])
+        finished = [r for r in runs.values() if r.status in FINISHED_STATUSES]
+        scope = _Scope(runs, total, False, backfill.status in (BulkActionStatus.CANCELING, BulkActionStatus.CANCELED),
+                       sizes)
         # the daemon marks a backfill over up to 30 s after its last run: when every partition ran, it is over
-        over = finished == len(runs) and (finished == total or backfill.status in BULK_ACTION_TERMINAL_STATUSES)
-        return _Scope(runs, total, over, backfill.status in (BulkActionStatus.CANCELING, BulkActionStatus.CANCELED))
+        over = len(finished) == len(runs) and (scope.units(finished) >= total
+                                               or backfill.status in BULK_ACTION_TERMINAL_STATUSES)
+        return replace(scope, over=over)
     if "run_keys" in context:
         keys = context["run_keys"]
         runs = _latest(instance.get_runs(RunsFilter(tags={RUN_KEY_TAG: keys})), lambda r: r.tags[RUN_KEY_TAG])
@@ -341,7 +373,7 @@ def _scope(instance: DagsterInstance, operation: OperationRun) -> _Scope:
         # a key Dagster never launched (its tick failed for good) must not keep the wave open forever
         given_up = operation.started_at < datetime.now(UTC) - WAVE_PATIENCE
         return _Scope(runs, len(keys), all_ended and (len(runs) == len(keys) or given_up))
-    runs = _latest(instance.get_runs(tagged), lambda r: (r.job_name, r.tags.get(PARTITION_NAME_TAG) or r.run_id))
+    runs = _latest(instance.get_runs(tagged), _partition_unit)
     return _Scope(runs, len(runs), over=False)  # its owner completes it (owned_operation)
 
 
@@ -372,8 +404,9 @@ def sync_operation(instance: DagsterInstance, catalog: Catalog, operation_id: in
         operation = operations.get_operation(session, operation_id)
         if not operation.is_active or operation.status == operations.OperationStatus.QUEUED:
             return OperationProgress(operation, 0, 0)  # finished by another syncer, or not started yet
-        operations.record_progress(session, operation, total=scope.total, success=len(ended) - len(failed),
-                                   failed=len(failed), skipped=scope.total - len(ended) if over else 0)
+        n_ended, n_failed = scope.units(ended), scope.units(failed)
+        operations.record_progress(session, operation, total=scope.total, success=n_ended - n_failed,
+                                   failed=n_failed, skipped=max(scope.total - n_ended, 0) if over else 0)
         for _, code, message in new_failures:
             operations.record_failure(session, operation, code, message)
         if new_failures:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.execution.backfill import BulkActionStatus
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from dagster_project.catalog import operations
 from dagster_project.catalog.operations import OperationOutcome, OperationType
@@ -61,7 +62,11 @@ def test_backfill_launched_from_the_cli_is_run_by_the_daemon(platform, tmp_path)
         (backfill_op,) = operations.list_operations(s, operation_type=OperationType.BACKFILL_OBSERVATIONS)
     backfill_id = backfill_op.context["backfill_id"]
     backfill = instance.get_backfill(backfill_id)
-    assert backfill.status is BulkActionStatus.REQUESTED and len(backfill.partition_names) == 2
+    assert backfill.status is BulkActionStatus.REQUESTED and backfill.is_asset_backfill
+    targeted = backfill.asset_backfill_data.target_subset
+    assert {key.to_user_string() for key in targeted.asset_keys} == {"difference_image", "candidates"}
+    observations = sorted(instance.get_dynamic_partitions("observations"))
+    assert sorted(targeted.get_partitions_subset(AssetKey("candidates")).get_partition_keys()) == observations
     assert backfill.tags[OPERATION_TAG] == str(backfill_op.id)
 
     log = (tmp_path / "daemon.log").open("w")
@@ -75,15 +80,21 @@ def test_backfill_launched_from_the_cli_is_run_by_the_daemon(platform, tmp_path)
         assert "2/2 done (2 ok, 0 failed)" in follow.stdout
         assert f"operation #{backfill_op.id} succeeded" in follow.stdout
 
-        runs = instance.get_runs(RunsFilter(tags={"dagster/backfill": backfill_id}))
-        assert len(runs) == 2 and all(r.status is DagsterRunStatus.SUCCESS for r in runs)
-        assert {r.job_name for r in runs} == {"difference_job"}
+        # both observations in one run (ASTRO_BACKFILL_BATCH defaults to 4), both assets in it
+        (run,) = instance.get_runs(RunsFilter(tags={"dagster/backfill": backfill_id}))
+        assert run.status is DagsterRunStatus.SUCCESS and run.job_name == "__ASSET_JOB"
+        assert (run.tags[ASSET_PARTITION_RANGE_START_TAG], run.tags[ASSET_PARTITION_RANGE_END_TAG]) == (
+            observations[0], observations[-1])
+        for asset in ("difference_image", "candidates"):
+            events = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
+            assert sorted(e.asset_materialization.partition for e in events
+                          if e.asset_key == AssetKey(asset)) == observations
 
         def mirrored_by_the_daemon() -> bool:  # the ledger sensor runs in the daemon, too
             with catalog.session() as s:
-                rows = s.scalars(sa.select(ProcessingRun).where(
-                    ProcessingRun.dagster_run_id.in_([r.run_id for r in runs]))).all()
-                return len(rows) == 2 and all(r.status is ProcessingRunStatus.COMPLETED for r in rows)
+                row = s.scalar(sa.select(ProcessingRun).where(ProcessingRun.dagster_run_id == run.run_id))
+                return (row is not None and row.status is ProcessingRunStatus.COMPLETED
+                        and sorted(row.partition_keys) == observations)
 
         wait_for(mirrored_by_the_daemon, 60, "the ledger sensor to mirror the backfill's runs")
         wait_for(lambda: instance.get_backfill(backfill_id).status is BulkActionStatus.COMPLETED_SUCCESS, 60,
@@ -100,5 +111,5 @@ def test_backfill_launched_from_the_cli_is_run_by_the_daemon(platform, tmp_path)
         done = operations.get_operation(s, backfill_op.id)
         assert done.outcome is OperationOutcome.SUCCEEDED
         assert done.summary_counts == {"total": 2, "success": 2, "failed": 0, "skipped": 0}
-        assert {r.operation_run_id for r in s.scalars(sa.select(ProcessingRun).where(
-            ProcessingRun.job_name == "difference_job", ProcessingRun.operation_run_id == done.id))} == {done.id}
+        assert s.scalar(sa.select(ProcessingRun.operation_run_id).where(
+            ProcessingRun.dagster_run_id == run.run_id)) == done.id
