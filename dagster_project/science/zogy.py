@@ -59,15 +59,24 @@ Implementation notes
   are not amplified.
 """
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from astropy.stats import mad_std
-from scipy import fft
+from scipy import fft, ndimage, signal
 
 #: Frequencies where both PSFs have less power than this (relative to the zero
 #: frequency) are not amplified in D: below it the float32 transforms are round-off.
 _DEN_FLOOR = 1e-12
+
+#: Side (px) of the blocks over which the hidden-flux bound is computed and held constant.
+_LEAK_BLOCK = 4
+
+#: Elements per block of rows in the element-wise passes: the blocks' temporaries (<= 8 bytes
+#: an element) stay in cache and below glibc's mmap threshold.
+_BLOCK_ELEMENTS = 1 << 15
 
 
 @dataclass
@@ -151,51 +160,12 @@ def _embed(stamp: np.ndarray, shape: tuple[int, int], dtype=np.float32) -> np.nd
     return out
 
 
-def _stamp_rfft2(stamp: np.ndarray, shape: tuple[int, int], workers: int) -> np.ndarray:
-    """``rfft2(_embed(stamp, shape))`` at about half the cost.
-
-    Only the stamp's rows are non-zero, so the transform along x is done on
-    those rows alone; the transform along y then runs on the full height.
-    """
-    h0, h1 = stamp.shape[0] // 2, stamp.shape[1] // 2
-    rows = np.zeros((stamp.shape[0], shape[1]), dtype=np.float32)
-    rows[:, : h1 + 1] = stamp[:, h1:]
-    rows[:, -h1:] = stamp[:, :h1]
-    along_x = fft.rfft(rows, axis=1, workers=workers)
-    full = np.zeros((shape[0], along_x.shape[1]), dtype=np.complex64)
-    full[: h0 + 1] = along_x[h0:]
-    full[-h0:] = along_x[:h0]
-    return fft.fft(full, axis=0, workers=workers, overwrite_x=True)
-
-
 def _centre_crop(wrapped: np.ndarray, size: int) -> np.ndarray:
     """Centred ``size`` x ``size`` stamp of an array whose origin is at [0, 0] (inverse of _embed)."""
     h = size // 2
     shifted = np.fft.fftshift(wrapped)
     c0, c1 = wrapped.shape[0] // 2, wrapped.shape[1] // 2
     return shifted[c0 - h : c0 + h + 1, c1 - h : c1 + h + 1]
-
-
-def _add_squared_gradient(total: np.ndarray, image: np.ndarray, wx: float, wy: float, buffer: np.ndarray) -> None:
-    """``total += wx * (d image / dx)**2 + wy * (d image / dy)**2`` in place.
-
-    Central differences inside, one-sided at the borders (the rule of
-    ``np.gradient``), written out with slices into a reused buffer because
-    ``np.gradient`` allocates several full-size temporaries, which costs more
-    than the arithmetic on 2048^2 images.
-    """
-    for axis, weight in ((1, wx), (0, wy)):
-        if weight == 0:
-            continue
-        d = np.moveaxis(buffer, axis, 0)
-        im = np.moveaxis(image, axis, 0)
-        np.subtract(im[2:], im[:-2], out=d[1:-1])
-        d[1:-1] *= 0.5
-        np.subtract(im[1], im[0], out=d[0])
-        np.subtract(im[-1], im[-2], out=d[-1])
-        np.square(buffer, out=buffer)
-        buffer *= weight
-        total += buffer
 
 
 @dataclass
@@ -225,28 +195,259 @@ def _small_grid_kernels(psf_n, psf_r, a, b, Fn, Fr, F_D, size) -> _SmallGridKern
     )
 
 
-def _hidden_flux_leak(hidden_maps, kernels: _SmallGridKernels, excluded: np.ndarray, shape,
-                      workers: int) -> np.ndarray | None:
-    """Upper bound of ``|k_n| (x) hidden_new + |k_r| (x) hidden_ref`` with one convolution.
 
-    ``max(|k_n|, |k_r|) (x) (hidden_new + hidden_ref)``, counting positive
-    hidden flux at excluded pixels only: a slightly looser bound at the
-    price of one forward transform instead of two. None when no excluded
-    pixel hides any flux.
+def _thread_count(workers: int) -> int:
+    """Threads for ``workers`` with the convention of :mod:`scipy.fft` (-1: all cores, -2: all but one...)."""
+    return workers if workers > 0 else max(1, (os.cpu_count() or 1) + 1 + workers)
+
+
+def _by_rows(pool: ThreadPoolExecutor, func, n_rows: int, width: int, multiple: int = 1) -> None:
+    """Call ``func(rows)`` on consecutive row slices covering ``n_rows`` rows, in ``pool``'s threads.
+
+    Each slice holds about ``_BLOCK_ELEMENTS`` elements of a ``width``-wide
+    array, in whole multiples of ``multiple`` rows. NumPy releases the GIL
+    in its loops, so the slices run in parallel; and their temporaries stay
+    in cache and come from the heap, where full-size temporaries would
+    each cost fresh zero-filled pages.
     """
-    source = np.zeros(excluded.shape, dtype=np.float32)
+    step = max(1, _BLOCK_ELEMENTS // (width * multiple)) * multiple
+    list(pool.map(func, [slice(r, min(r + step, n_rows)) for r in range(0, n_rows, step)]))
+
+
+def _excluded_pixels(new, ref, var_new, var_ref, mask, pool) -> np.ndarray:
+    """True where any input is non-finite, a variance is negative, or ``mask`` is non-zero."""
+    out = np.empty(new.shape, dtype=bool)
+
+    def block(rows):
+        ok = np.isfinite(new[rows])
+        for image in (ref, var_new, var_ref):
+            ok &= np.isfinite(image[rows])
+        ok &= var_new[rows] >= 0
+        ok &= var_ref[rows] >= 0
+        if mask is not None:
+            ok &= mask[rows] == 0
+        np.logical_not(ok, out=out[rows])
+
+    _by_rows(pool, block, new.shape[0], new.shape[1])
+    return out
+
+
+def _stamp_dft_matrices(size: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(E_y, E_x)`` with ``rfft2(_embed(stamp, shape)) == E_y @ stamp @ E_x`` for a ``size`` x ``size`` stamp.
+
+    E_y (complex64, ``shape[0]`` x ``size``) and E_x (complex128, ``size`` x
+    ``shape[1] // 2 + 1``) are the DFT matrices restricted to the stamp's
+    offsets -size//2..size//2.
+    """
+    offsets = np.arange(size) - size // 2
+    # The integer phase index is reduced modulo the length first, so the float64 phases stay exact.
+    e_y = np.exp(-2j * np.pi / shape[0] * (np.outer(np.arange(shape[0]), offsets) % shape[0]))
+    e_x = np.exp(-2j * np.pi / shape[1] * (np.outer(offsets, np.arange(shape[1] // 2 + 1)) % shape[1]))
+    return e_y.astype(np.complex64), e_x
+
+
+def _stamp_rfft2(stamp: np.ndarray, matrices: tuple[np.ndarray, np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
+    """``rfft2`` (complex64) of an odd ``stamp`` embedded with its centre at [0, 0] of the padded grid.
+
+    A direct DFT, ``E_y @ stamp @ E_x`` (see :func:`_stamp_dft_matrices`):
+    with a stamp of a few dozen rows and columns, the large matrix product
+    costs a fraction of an FFT of the padded grid. Written into ``out`` if
+    given.
+    """
+    e_y, e_x = matrices
+    p0, p1 = (e_y.shape[1] - stamp.shape[0]) // 2, (e_x.shape[0] - stamp.shape[1]) // 2
+    inner = np.pad(stamp, ((p0, p0), (p1, p1))) @ e_x
+    return np.matmul(e_y, inner.astype(np.complex64), out=out)
+
+
+def _forward(image: np.ndarray, excluded: np.ndarray, buffer: np.ndarray, pool, workers: int) -> np.ndarray:
+    """rfft2 of ``image`` with its excluded pixels set to 0, zero-padded to ``buffer.shape``.
+
+    ``buffer`` (float32) must hold 0 at the excluded and the padding pixels:
+    only the other pixels are written, so one buffer serves every image of
+    a call (they share the exclusions) without being cleared.
+    """
+    ny, nx = image.shape
+
+    def fill(rows):
+        np.copyto(buffer[rows, :nx], image[rows], casting="same_kind", where=~excluded[rows])
+
+    _by_rows(pool, fill, ny, nx)
+    return fft.rfft2(buffer, workers=workers)
+
+
+def _inverse(spectrum: np.ndarray, shape: tuple[int, int], ny: int, nx: int, workers: int) -> np.ndarray:
+    """``irfft2(spectrum, s=shape)[:ny, :nx]``, overwriting ``spectrum``.
+
+    The transform along y runs in place; the one along x only on the ``ny``
+    rows that are kept.
+    """
+    spectrum = fft.ifft(spectrum, axis=0, workers=workers, overwrite_x=True)
+    return fft.irfft(spectrum[:ny], n=shape[1], axis=1, workers=workers)[:, :nx]
+
+
+def _difference_spectra(A, B, Pn, Pr, a, b, Fn, Fr, separate: bool, pool) -> None:
+    """The ZOGY Fourier-space algebra, in place, one block of rows at a time.
+
+    On entry A = N^, B = R^, Pn = P_n^, Pr = P_r^; on exit Pn = D^ (eq. 13)
+    and A = S_N^ = k_n^ N^, B = S_R^ = k_r^ R^ (eqs. 28-29), or, without
+    ``separate``, A = S^ = S_N^ - S_R^ (B is then scratch).
+    """
+    floor = np.float32(_DEN_FLOOR * (a + b))
+
+    def block(rows):
+        n_hat, r_hat, pn, pr = A[rows], B[rows], Pn[rows], Pr[rows]
+        pn2 = np.square(pn.real)
+        pn2 += np.square(pn.imag)
+        pr2 = np.square(pr.real)
+        pr2 += np.square(pr.imag)
+        den = a * pr2
+        den += b * pn2
+        np.maximum(den, floor, out=den)
+        d_hat = pr * n_hat
+        d_hat *= Fr
+        d_hat -= Fn * (pn * r_hat)
+        d_hat /= np.sqrt(den)
+        pr2 *= Fn * Fr**2
+        pr2 /= den
+        n_hat *= np.conj(pn)
+        n_hat *= pr2  # k_n^ N^ = F_n F_r^2 conj(P_n^) |P_r^|^2 N^ / den
+        pn2 *= Fr * Fn**2
+        pn2 /= den
+        r_hat *= np.conj(pr)
+        r_hat *= pn2  # k_r^ R^
+        if not separate:
+            n_hat -= r_hat
+        pn[...] = d_hat
+
+    _by_rows(pool, block, A.shape[0], A.shape[1])
+
+
+def _variance_spectrum(V, Vr, K2n, K2r, pool) -> None:
+    """``V <- V K2n + Vr K2r`` in place (the transform of V(S_N) + V(S_R), eqs. 26-27); Vr is scratch."""
+
+    def block(rows):
+        V[rows] *= K2n[rows]
+        Vr[rows] *= K2r[rows]
+        V[rows] += Vr[rows]
+
+    _by_rows(pool, block, V.shape[0], V.shape[1])
+
+
+def _block_max_kernel(kernel: np.ndarray, factor: int) -> np.ndarray:
+    """Kernel on a grid ``factor`` times coarser that bounds ``kernel`` (>= 0) between any two blocks.
+
+    ``K_c[J] = max K(factor * J + w)`` over the offsets ``|w| < factor`` (each
+    axis): a pixel y of block Y and a pixel x of block X are
+    ``factor * (Y - X) + w`` apart with such a w, so ``K(y - x) <= K_c[Y - X]``.
+    Odd and centred, like ``kernel``.
+    """
+    half = np.array(kernel.shape) // 2
+    coarse_half = (half + factor - 1) // factor
+    pad = factor * coarse_half + factor - 1 - half
+    grown = ndimage.maximum_filter(np.pad(kernel, [(p, p) for p in pad]), size=2 * factor - 1, mode="constant")
+    return grown[factor - 1 :: factor, factor - 1 :: factor][: 2 * coarse_half[0] + 1, : 2 * coarse_half[1] + 1]
+
+
+def _hidden_flux_bound(hidden_maps, excluded: np.ndarray, kernel: np.ndarray, factor: int) -> np.ndarray | None:
+    """Upper bound of ``kernel (x) hidden``, constant over ``factor`` x ``factor`` blocks of pixels.
+
+    ``hidden`` is the positive flux of the maps summed, at the excluded
+    pixels only; ``kernel`` >= 0. Each block's hidden flux is summed, and
+    the block sums convolved with :func:`_block_max_kernel` on the coarse
+    grid: a bound of the full-resolution convolution at every pixel of the
+    block, at 1 / factor^2 of its cost (the hidden flux sits in a few
+    masked star cores, so the looser bound only widens their blanked
+    surroundings by a few pixels).
+
+    Returns
+    -------
+    ndarray or None
+        float64, ``ceil(ny / factor)`` x ``ceil(nx / factor)``: element
+        (Y, X) bounds the pixels ``[factor Y, factor (Y + 1)) x
+        [factor X, factor (X + 1))``. None when no excluded pixel hides flux.
+    """
+    ys, xs = np.nonzero(excluded)
+    flux = np.zeros(ys.size)
     for hidden in hidden_maps:
-        if hidden is None:
-            continue
-        with np.errstate(invalid="ignore"):
-            source += np.where(excluded & (hidden > 0), hidden, np.float32(0))
-    if not source.any():
+        if hidden is not None:
+            values = np.asarray(hidden)[ys, xs]
+            flux += np.where(values > 0, values, 0)  # NaN counts as nothing
+    if not flux.any():
         return None
-    ny, nx = excluded.shape
-    kernel = np.maximum(np.abs(kernels.kn), np.abs(kernels.kr))
-    spectrum = fft.rfft2(source, s=shape, workers=workers)
-    spectrum *= _stamp_rfft2(kernel, shape, workers)
-    return fft.irfft2(spectrum, s=shape, workers=workers, overwrite_x=True)[:ny, :nx]
+    ny, nx = -(-excluded.shape[0] // factor), -(-excluded.shape[1] // factor)
+    blocks = np.bincount((ys // factor) * nx + xs // factor, weights=flux, minlength=ny * nx).reshape(ny, nx)
+    return signal.fftconvolve(blocks, _block_max_kernel(kernel, factor), mode="same")
+
+
+def _block_upsample(coarse: np.ndarray, rows: slice, factor: int, nx: int) -> np.ndarray:
+    """Pixel rows ``rows`` (``rows.start`` a multiple of ``factor``) of a map constant over blocks."""
+    part = coarse[rows.start // factor : -(-rows.stop // factor)]
+    return np.repeat(np.repeat(part, factor, axis=0)[: rows.stop - rows.start], factor, axis=1)[:, :nx]
+
+
+def _squared_gradients(image: np.ndarray, rows: slice, wx: float, wy: float) -> np.ndarray:
+    """``wx (d image / dx)^2 + wy (d image / dy)^2`` on ``rows``, by the rule of ``np.gradient``.
+
+    Central differences inside, one-sided at the image borders: the rows
+    either side of the slice are read for the y derivative.
+    """
+    lo, hi = max(rows.start - 1, 0), min(rows.stop + 1, image.shape[0])
+    dy = np.gradient(image[lo:hi], axis=0)[rows.start - lo : rows.stop - lo]
+    dx = np.gradient(image[rows], axis=1)
+    np.square(dy, out=dy)
+    dy *= wy
+    np.square(dx, out=dx)
+    dx *= wx
+    dy += dx
+    return dy
+
+
+@dataclass
+class _Maps:
+    S: np.ndarray
+    S_corr: np.ndarray
+    flux: np.ndarray
+    flux_err: np.ndarray
+
+
+def _output_maps(D, S_parts, V_S, bad, leak, *, floor, weights, max_hidden_sigma, F_S, pool) -> _Maps:
+    """S, S_corr, flux and flux_err from the inverse transforms, one block of rows at a time.
+
+    ``S_parts`` is ``(S_N, S_R)`` (then V_ast, eqs. 30-33, is added with
+    ``weights`` = (sigma_x^2, sigma_y^2)) or ``(S,)``. ``bad`` (the excluded
+    pixels) is extended in place with the pixels whose V_S is at most
+    ``floor`` and those where the hidden-flux bound ``leak`` (coarse, see
+    :func:`_hidden_flux_bound`; or None) exceeds ``max_hidden_sigma`` times
+    the S noise; they are set to NaN in every map, D included.
+    """
+    ny, nx = D.shape
+    S = np.empty((ny, nx), dtype=np.float32) if len(S_parts) == 2 else S_parts[0]
+    maps = _Maps(S=S, S_corr=np.empty_like(S), flux=np.empty_like(S), flux_err=np.empty_like(S))
+    nan = np.float32(np.nan)
+
+    def block(rows):
+        v_s = V_S[rows]
+        blank = bad[rows]
+        blank |= ~(v_s > floor)  # no unmasked data within a kernel's reach
+        if len(S_parts) == 2:
+            s = np.subtract(S_parts[0][rows], S_parts[1][rows], out=S[rows])
+            v_total = v_s + sum(_squared_gradients(image, rows, *weights) for image in S_parts)
+        else:
+            s, v_total = S[rows], v_s
+        with np.errstate(invalid="ignore"):  # V < 0 only from round-off where nothing is valid (blank)
+            sd = np.sqrt(v_total)
+            np.sqrt(v_s, out=maps.flux_err[rows])
+        if leak is not None:
+            blank |= _block_upsample(leak, rows, _LEAK_BLOCK, nx) > max_hidden_sigma * sd
+        np.divide(s, sd, out=maps.S_corr[rows])
+        maps.flux_err[rows] /= F_S
+        np.divide(s, F_S, out=maps.flux[rows])
+        for image in (S[rows], maps.S_corr[rows], maps.flux[rows], maps.flux_err[rows], D[rows]):
+            np.copyto(image, nan, where=blank)
+
+    _by_rows(pool, block, ny, nx, multiple=_LEAK_BLOCK)
+    return maps
 
 
 def zogy(
@@ -345,95 +546,52 @@ def zogy(
     size = max(*psf_n.shape, *psf_r.shape) | 1
     shape = (fft.next_fast_len(ny + size), fft.next_fast_len(nx + size, real=True))
     kernels = _small_grid_kernels(psf_n, psf_r, a, b, Fn, Fr, F_D, size)
+    separate = sx > 0 or sy > 0  # V_ast needs S_N and S_R apart
+    var_new, var_ref = np.asarray(var_new), np.asarray(var_ref)
+    mask = None if mask is None else np.asarray(mask)
 
-    bad = ~(np.isfinite(new) & np.isfinite(ref) & np.isfinite(var_new) & np.isfinite(var_ref))
-    bad |= ~((var_new >= 0) & (var_ref >= 0))
-    if mask is not None:
-        bad |= np.asarray(mask) != 0
-    if bad.all():
-        raise ValueError("every pixel is masked or non-finite")
-    excluded = bad.copy()  # the pixels zeroed in both images
+    with ThreadPoolExecutor(_thread_count(workers)) as pool:
+        bad = _excluded_pixels(new, ref, var_new, var_ref, mask, pool)
+        if bad.all():
+            raise ValueError("every pixel is masked or non-finite")
+        buffer = np.zeros(shape, dtype=np.float32)
+        matrices = _stamp_dft_matrices(size, shape)
 
-    def forward(image):
-        return fft.rfft2(np.where(bad, np.float32(0), image).astype(np.float32, copy=False), s=shape, workers=workers)
+        A = _forward(new, bad, buffer, pool, workers)
+        B = _forward(ref, bad, buffer, pool, workers)
+        Pn = _stamp_rfft2(psf_n, matrices)
+        Pr = _stamp_rfft2(psf_r, matrices)
+        _difference_spectra(A, B, Pn, Pr, a, b, Fn, Fr, separate, pool)
+        D = _inverse(Pn, shape, ny, nx, workers)  # eq. 13
+        S_parts = (_inverse(A, shape, ny, nx, workers), _inverse(B, shape, ny, nx, workers)) if separate else \
+            (_inverse(A, shape, ny, nx, workers),)
+        del A, B
 
-    def inverse(spectrum):
-        return fft.irfft2(spectrum, s=shape, workers=workers, overwrite_x=True)[:ny, :nx]
+        V = _forward(var_new, bad, buffer, pool, workers)
+        Vr = _forward(var_ref, bad, buffer, pool, workers)
+        del buffer
+        K2n = _stamp_rfft2(kernels.kn**2, matrices, out=Pn)
+        K2r = _stamp_rfft2(kernels.kr**2, matrices, out=Pr)
+        _variance_spectrum(V, Vr, K2n, K2r, pool)
+        del Vr, K2n, K2r, Pn, Pr
+        V_S = _inverse(V, shape, ny, nx, workers)  # eqs. 26-27
+        del V
 
-    Pn = _stamp_rfft2(psf_n, shape, workers)
-    Pr = _stamp_rfft2(psf_r, shape, workers)
-    den = np.square(Pr.real)
-    den += np.square(Pr.imag)
-    den *= a
-    den += b * (np.square(Pn.real) + np.square(Pn.imag))
-    np.maximum(den, np.float32(_DEN_FLOOR * (a + b)), out=den)
+        leak = _hidden_flux_bound((hidden_new, hidden_ref), bad, np.maximum(np.abs(kernels.kn), np.abs(kernels.kr)),
+                                  _LEAK_BLOCK)
+        floor = 1e-6 * np.median(V_S[::8, ::8][~bad[::8, ::8]])
+        maps = _output_maps(D, S_parts, V_S, bad, leak, floor=floor, weights=(sx**2, sy**2),
+                            max_hidden_sigma=float(max_hidden_sigma), F_S=kernels.F_S, pool=pool)
 
-    A = forward(new)
-    A *= Pr  # P_r^ N^
-    B = forward(ref)
-    B *= Pn  # P_n^ R^
-    c = np.multiply(Pn, Pr, out=Pn)
-    np.conjugate(c, out=c)
-    c /= den  # conj(P_n^ P_r^) / den, so that k_n^ N^ = F_n F_r^2 c A and k_r^ R^ = F_r F_n^2 c B
-    del Pr
-    T = Fr * A
-    T -= Fn * B
-    T /= np.sqrt(den, out=den)
-    D = inverse(T)  # eq. 13
-    del T, den
-    c *= Fn * Fr**2
-    A *= c  # S_N^
-    B *= c
-    B *= Fn / Fr  # S_R^
-    astrometric = sx > 0 or sy > 0
-    if astrometric:
-        S_N, S_R = inverse(A), inverse(B)
-        S = S_N - S_R
-    else:
-        A -= B
-        S = inverse(A)
-    del A, B, c
-
-    V = forward(var_new)
-    V *= _stamp_rfft2(kernels.kn**2, shape, workers)
-    Vr = forward(var_ref)
-    Vr *= _stamp_rfft2(kernels.kr**2, shape, workers)
-    V += Vr
-    del Vr
-    V_S = inverse(V)  # eqs. 26-27
-    del V
-    # Pixels with (almost) no unmasked data within a kernel's reach have V_S ~ 0.
-    bad |= ~(V_S > 1e-6 * np.median(V_S[::8, ::8][~bad[::8, ::8]]))
-    V_total = V_S
-    if astrometric:  # eqs. 30-33
-        V_total = V_S.copy()
-        buffer = np.empty_like(V_S)
-        for image in (S_N, S_R):
-            _add_squared_gradient(V_total, image, sx**2, sy**2, buffer)
-        del S_N, S_R, buffer
-    leak = _hidden_flux_leak((hidden_new, hidden_ref), kernels, excluded, shape, workers)
-    if leak is not None:
-        with np.errstate(invalid="ignore"):  # V_total < 0 only from round-off where nothing is valid
-            bad |= leak > np.float32(max_hidden_sigma) * np.sqrt(V_total)
-
-    nan = np.float32(np.nan)
-    good = ~bad
-    S_corr = np.full((ny, nx), nan, dtype=np.float32)
-    np.divide(S, np.sqrt(V_total, where=good, out=np.ones_like(V_total)), out=S_corr, where=good)
-    flux_err = np.full((ny, nx), nan, dtype=np.float32)
-    np.divide(np.sqrt(V_S, where=good, out=np.ones_like(V_S)), kernels.F_S, out=flux_err, where=good)
-    S[bad] = nan
-    D[bad] = nan
-    flux = S / np.float32(kernels.F_S)
     sample = (slice(None, None, 4), slice(None, None, 4))
     return ZogyResult(
         D=D,
         P_D=kernels.P_D,
         F_D=float(F_D),
-        S=S,
-        S_corr=S_corr,
-        flux=flux,
-        flux_err=flux_err,
+        S=maps.S,
+        S_corr=maps.S_corr,
+        flux=maps.flux,
+        flux_err=maps.flux_err,
         F_S=kernels.F_S,
         mask=bad,
         sigma_new=float(sigma_new),
@@ -441,6 +599,6 @@ def zogy(
         flux_new=Fn,
         flux_ratio_ref=Fr,
         astrometric_rms=(sx, sy),
-        scorr_std=float(mad_std(S_corr[sample], ignore_nan=True)),
+        scorr_std=float(mad_std(maps.S_corr[sample], ignore_nan=True)),
         d_std=float(mad_std(D[sample], ignore_nan=True)),
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from dagster import AssetKey, instance_for_test
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from sqlalchemy import func, select
 
 from dagster_project.catalog import queries
@@ -104,6 +105,31 @@ def test_rematerializing_a_partition_replaces_rows(processed):
         run = session.scalars(select(DifferenceRun).join(DifferenceRun.observation)
                               .where(Observation.observation_id == key)).one()
         assert run.retry_count == retries + 1
+
+
+def test_a_batch_run_rematerializes_each_partition_of_its_range(processed):
+    """What a batched backfill run does: one run, every partition of the range, each with its own files."""
+    platform, _, _, _ = processed
+    keys = platform.instance.get_dynamic_partitions("observations")
+    with platform.catalog.session() as session:
+        before = session.scalar(select(func.count()).select_from(Candidate))
+    result = defs.resolve_job_def("observation_job").execute_in_process(
+        instance=platform.instance, resources=platform.resources,
+        tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]})
+    assert result.success
+    materialized = {}
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        materialized.setdefault(materialization.asset_key.to_user_string(), {})[materialization.partition] = \
+            materialization.metadata
+    assert {asset: sorted(parts) for asset, parts in materialized.items()} == {
+        asset: sorted(keys) for asset in ("raw_observation", "calibrated_image", "difference_image", "candidates")}
+    calibrated = {key: meta["artifact_calibrated_image"].value for key, meta in materialized["calibrated_image"].items()}
+    assert len(set(calibrated.values())) == 3 and all(key in path for key, path in calibrated.items())
+    assert all(meta["batch_size"].value == 3 for meta in materialized["candidates"].values())
+    with platform.catalog.session() as session:
+        assert session.scalar(select(func.count()).select_from(Candidate)) == before  # replaced, not added
+        assert session.scalar(select(func.count()).select_from(DifferenceRun)) == 3
 
 
 def test_processing_the_same_folder_again_does_nothing(processed):

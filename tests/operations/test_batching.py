@@ -14,9 +14,10 @@ from dagster import (
     instance_for_test,
     materialize,
 )
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG, PARTITION_NAME_TAG
 
 from dagster_project.assets.batching import PartitionOutput, batch_failure, materialize_partitions
+from dagster_project.sensors.ledger import run_partition_keys
 from dagster_project.settings import Settings
 
 KEYS = ["a", "b", "c", "d"]
@@ -101,3 +102,12 @@ def test_the_batch_size_setting_must_be_positive(monkeypatch):
         Settings.from_env()
     monkeypatch.setenv("ASTRO_BACKFILL_BATCH", "8")
     assert Settings.from_env().backfill_batch_size == 8
+
+
+def test_a_range_run_counts_for_each_of_its_partitions():
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("observations", ["k1", "k2", "k3", "k4"])
+        assert run_partition_keys(instance, _range("k2", "k4")) == ["k2", "k3", "k4"]
+        assert run_partition_keys(instance, {PARTITION_NAME_TAG: "k1"}) == ["k1"]
+        assert run_partition_keys(instance, _range("gone-1", "gone-2")) == ["gone-1", "gone-2"]
+        assert run_partition_keys(instance, {}) == []
