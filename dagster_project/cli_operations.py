@@ -12,6 +12,7 @@ import json
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -150,33 +151,47 @@ def submit_asset_backfill(instance: DagsterInstance, asset_names: tuple[str, ...
     return backfill.backfill_id
 
 
-def launch_backfill(instance: DagsterInstance, catalog: Catalog, settings: Settings, job_name: str,
+@dataclass(frozen=True)
+class BackfillTarget:
+    """What a command-line backfill materializes: a job's assets over partitions of one kind, as one operation type."""
+
+    job_name: str
+    partitions_def_name: str
+    operation_type: str  # an OperationType value
+    noun: str  # what a partition is, for people
+
+
+OBSERVATION_BACKFILLS = {stage: BackfillTarget(job, "observations", "backfill.observations", "observation")
+                         for stage, job in STAGE_JOBS.items()}
+RESULTS_BACKFILL = BackfillTarget("products_job", "results", "backfill.results", "result")
+
+
+def launch_backfill(instance: DagsterInstance, catalog: Catalog, settings: Settings, target: BackfillTarget,
                     partition_keys: list[str], selection: dict[str, Any]) -> tuple[OperationRun, bool]:
-    """Record a ``backfill.observations`` operation and launch its Dagster backfill.
+    """Record a ``backfill.observations`` / ``backfill.results`` operation and launch its Dagster backfill.
 
     Returns ``(operation, launched)``: the same job over the same partitions while an
     earlier one is still active is that one, not a second backfill.
     """
-    from dagster_project.assets.partitions import observations_partitions
     from dagster_project.catalog import operations, queries
     from dagster_project.catalog.operations import OperationOutcome, OperationType
     from dagster_project.operations import OPERATION_TAG, current_initiator
 
-    initiator = current_initiator()
+    initiator, job_name = current_initiator(), target.job_name
     with catalog.session() as session:
         operation, created = operations.start_operation(
             session, survey=queries.get_or_create_survey(session, settings.survey),
-            operation_type=OperationType.BACKFILL_OBSERVATIONS,
+            operation_type=OperationType(target.operation_type),
             identity={"job": job_name, "partitions": sorted(partition_keys)}, initiator=initiator,
             context={"job_name": job_name, "selection": selection, "partition_count": len(partition_keys)})
     if not created:
         return operation, False
     try:
         # a partition the sensor never added (it stopped in between) would fail the backfill
-        instance.add_dynamic_partitions(observations_partitions.name, partition_keys)
+        instance.add_dynamic_partitions(target.partitions_def_name, partition_keys)
         backfill_id = submit_asset_backfill(
             instance, JOB_ASSETS[job_name], partition_keys, tags={OPERATION_TAG: str(operation.id), "user": initiator},
-            title=f"{job_name}: {len(partition_keys)} observation(s), operation #{operation.id}")
+            title=f"{job_name}: {len(partition_keys)} {target.noun}(s), operation #{operation.id}")
     except Exception as exc:
         with catalog.session() as session:
             operations.mark_running(session, operation)
@@ -188,12 +203,42 @@ def launch_backfill(instance: DagsterInstance, catalog: Catalog, settings: Setti
         return operations.update_context(session, operation, backfill_id=backfill_id), True
 
 
-def cmd_backfill(args, settings: Settings) -> int:
+def run_backfill_command(args, settings: Settings, catalog: Catalog, target: BackfillTarget,
+                         rows: list[tuple[str, ...]], selection: dict[str, Any]) -> int:
+    """The common end of ``backfill`` and ``results backfill``: list the chosen partitions (``rows``: key first),
+    then, unless ``--dry-run``, launch and follow (or ``--detach``)."""
     from dagster import DagsterInstance
 
+    if not rows:
+        print(f"no {target.noun} matches: nothing to backfill")
+        return 0
+    print(f"{target.job_name} over {len(rows)} {target.noun}(s):")
+    shown = rows if args.dry_run else rows[:10]
+    print("\n".join("  " + "  ".join(f"{value:<{width}}" for value, width in zip(row, (44, 8, 8, 10, 12), strict=False))
+                    for row in shown))
+    if len(shown) < len(rows):
+        print(f"  ... and {len(rows) - len(shown)} more")
+    if args.dry_run:
+        return 0
+    instance = DagsterInstance.get()
+    if not _backfill_daemon_alive(instance):
+        print("warning: no dagster-daemon is running on this instance: the backfill waits until one starts "
+              "(`make ui`, or `dagster-daemon run -w workspace.yaml`)")
+    operation, launched = launch_backfill(instance, catalog, settings, target, [row[0] for row in rows], selection)
+    backfill_id = (operation.context or {}).get("backfill_id")
+    if launched:
+        print(f"operation #{operation.id}: backfill {backfill_id} launched (Dagster UI: Overview > Backfills)")
+    else:
+        print(f"the same backfill is already {operation.status} as operation #{operation.id} (backfill {backfill_id})")
+    if args.detach:
+        print(f"follow it with: python -m dagster_project operations show {operation.id} --follow")
+        return 0
+    return follow(instance, catalog, operation.id)
+
+
+def cmd_backfill(args, settings: Settings) -> int:
     from dagster_project.catalog import operations
 
-    job_name = STAGE_JOBS[args.stage]
     catalog = _catalog(settings)
     selection = {key: value for key, value in (("field", args.field), ("band", args.band),
                                                ("night_from", args.night_from), ("night_to", args.night_to),
@@ -211,30 +256,7 @@ def cmd_backfill(args, settings: Settings) -> int:
         return 2
     if left_out:
         print(f"{left_out} matching observation(s) left out: differencing needs a completed calibration")
-    if not rows:
-        print("no observation matches: nothing to backfill")
-        return 0
-    print(f"{job_name} over {len(rows)} observation(s):")
-    shown = rows if args.dry_run else rows[:10]
-    print("\n".join(f"  {key:<44} {field:<8} {band:<4} {night}  {status}" for key, field, band, night, status in shown))
-    if len(shown) < len(rows):
-        print(f"  ... and {len(rows) - len(shown)} more")
-    if args.dry_run:
-        return 0
-    instance = DagsterInstance.get()
-    if not _backfill_daemon_alive(instance):
-        print("warning: no dagster-daemon is running on this instance: the backfill waits until one starts "
-              "(`make ui`, or `dagster-daemon run -w workspace.yaml`)")
-    operation, launched = launch_backfill(instance, catalog, settings, job_name, [r[0] for r in rows], selection)
-    backfill_id = (operation.context or {}).get("backfill_id")
-    if launched:
-        print(f"operation #{operation.id}: backfill {backfill_id} launched (Dagster UI: Overview > Backfills)")
-    else:
-        print(f"the same backfill is already {operation.status} as operation #{operation.id} (backfill {backfill_id})")
-    if args.detach:
-        print(f"follow it with: python -m dagster_project operations show {operation.id} --follow")
-        return 0
-    return follow(instance, catalog, operation.id)
+    return run_backfill_command(args, settings, catalog, OBSERVATION_BACKFILLS[args.stage], rows, selection)
 
 
 def _backfill_daemon_alive(instance: DagsterInstance) -> bool:

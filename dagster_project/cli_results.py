@@ -1,4 +1,4 @@
-"""Command line for observation requests and their results: ``requests add|cancel``, ``results status``,
+"""Command line for observation requests and their results: ``requests add|cancel``, ``results status|backfill``,
 ``references rebuild``."""
 
 import argparse
@@ -69,6 +69,25 @@ def cmd_results_status(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_results_backfill(args, settings: Settings) -> int:
+    from dagster_project.catalog.result_lifecycle import find_request, results_for_backfill
+    from dagster_project.cli_operations import RESULTS_BACKFILL, run_backfill_command
+
+    catalog = _catalog(settings)
+    try:
+        with catalog.session() as session:
+            if args.request is not None and find_request(session, args.request) is None:
+                raise ValueError(f"no request named {args.request!r}")
+            rows = [(str(result.uid), request, result.cell, result.data_product_status.value, observation)
+                    for result, request, observation in results_for_backfill(
+                        session, request_name=args.request, statuses=args.status or ())]
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    selection = {key: value for key, value in (("request", args.request), ("status", args.status)) if value}
+    return run_backfill_command(args, settings, catalog, RESULTS_BACKFILL, rows, selection)
+
+
 def cmd_references_rebuild(args, settings: Settings) -> int:
     from dagster_project.runner import rebuild_reference
 
@@ -93,6 +112,15 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     results = sub.add_parser("results", help="observation results").add_subparsers(dest="action", required=True)
     results.add_parser("status", help="results by fulfillment and product status").set_defaults(
         func=cmd_results_status)
+    backfill = results.add_parser("backfill", help="(re)build results' products as a Dagster backfill run by "
+                                  "the daemon (e.g. after a code change, or the failed ones)")
+    backfill.add_argument("--request", help="only this request's results")
+    backfill.add_argument("--status", action="append",
+                          help="a product status: PENDING, STALE, BLOCKED, FAILED or READY; repeatable; "
+                          "default: all of them (results with a frame, not being built, not SKIPPED)")
+    backfill.add_argument("--dry-run", action="store_true", help="list what would run, launch nothing")
+    backfill.add_argument("--detach", action="store_true", help="launch and return; the daemon carries on")
+    backfill.set_defaults(func=cmd_results_backfill)
 
     references = sub.add_parser("references", help="reference images").add_subparsers(dest="action", required=True)
     rebuild = references.add_parser("rebuild", help="choose a field's reference again (a new version) and re-run "

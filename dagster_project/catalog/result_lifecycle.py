@@ -535,6 +535,33 @@ def results_with_frames(session: Session) -> list[ObservationResult]:
                                 .where(ObservationResult.fulfillment_status.in_(WITH_FRAME))))
 
 
+#: product statuses a results backfill may (re)build: not one being built, not one that is SKIPPED for good
+REBUILDABLE_BY_HAND = (DP.PENDING, DP.STALE, DP.BLOCKED, DP.FAILED, DP.READY)
+
+
+def results_for_backfill(session: Session, *, request_name: str | None = None,
+                         statuses: Iterable[str] = ()) -> list[tuple[ObservationResult, str, str]]:
+    """Results a ``results backfill`` would build, with their request name and observation key.
+
+    Only results whose frame has arrived (there is something to build from) and whose
+    products are in :data:`REBUILDABLE_BY_HAND`; ``statuses`` narrows these (product
+    statuses, case-insensitive; none: all of them), ``request_name`` to one request.
+    """
+    wanted = {s.upper() for s in statuses}
+    allowed = {status.value for status in REBUILDABLE_BY_HAND}
+    if unknown := wanted - allowed:
+        raise ValueError(f"unknown or unbuildable product status {sorted(unknown)}: choose from {', '.join(sorted(allowed))}")
+    stmt = (sa.select(ObservationResult, ObservationRequest.name, Observation.observation_id)
+            .join(ObservationResult.request).join(Observation, ObservationResult.observation_id == Observation.id)
+            .where(ObservationResult.fulfillment_status.in_(WITH_FRAME),
+                   ObservationResult.data_product_status.in_([DP(s) for s in wanted] or REBUILDABLE_BY_HAND))
+            .order_by(ObservationRequest.name, ObservationResult.epoch_index, ObservationResult.sample_index,
+                      ObservationResult.copy_index))
+    if request_name is not None:
+        stmt = stmt.where(ObservationRequest.name == request_name)
+    return [tuple(row) for row in session.execute(stmt)]
+
+
 def results_status_table(session: Session) -> list[dict[str, Any]]:
     """One row per result, for ``results status``."""
     rows = session.execute(

@@ -5,6 +5,9 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,11 +19,13 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from dagster_project.catalog import operations
 from dagster_project.catalog.operations import OperationOutcome, OperationType
 from dagster_project.catalog.provenance import ProcessingRun, ProcessingRunStatus
+from dagster_project.catalog.results import DataProductStatus, ObservationResult, ObservationResultProcessingRun
 from dagster_project.cli import main as cli_main
 from dagster_project.operations import OPERATION_TAG
 from dagster_project.resources import CatalogResource
 from dagster_project.runner import process_folder
 from dagster_project.settings import Settings
+from dagster_project.observation_requests import RequestSpec, submit_requests
 from dagster_project.simulator import simulate_night
 
 pytestmark = pytest.mark.slow
@@ -44,14 +49,45 @@ def platform(tmp_path, monkeypatch):
     shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
     for name, value in {"ASTRO_HOME": str(tmp_path), "DAGSTER_HOME": str(home), "ASTRO_SURVEY": "test",
                         "DATABASE_URL": f"sqlite:///{tmp_path / 'catalog.sqlite'}", "ASTRO_SENSOR_INTERVAL": "1",
-                        "ASTRO_SETTLE_SECONDS": "0"}.items():
+                        "ASTRO_SETTLE_SECONDS": "0", "ASTRO_PRODUCT_QUIET": "0"}.items():
         monkeypatch.setenv(name, value)
     night = tmp_path / "night"
-    simulate_night(night, n_fields=1, n_epochs=2, size=640, n_bias=2, n_flats=2, transients_per_frame=2, seed=5)
+    summary = simulate_night(night, n_fields=1, n_epochs=2, size=640, n_bias=2, n_flats=2, transients_per_frame=2,
+                             seed=5).summary
     settings = Settings.from_env()
+    field = summary["fields"]["F001"]
+    submit_requests(CatalogResource(database_url=settings.database_url).catalog(), [RequestSpec(
+        name="f001", target_name="F001 centre", ra=field["ra"], dec=field["dec"], filter_band="r", exposure_time=60,
+        n_epochs=2, cadence_hours=1.0)], "test")
     instance = DagsterInstance.get()
     assert not process_folder(night, settings, instance=instance, progress=lambda _: None).failed
     return settings, instance
+
+
+@contextmanager
+def running_daemon(log_path: Path) -> Iterator[None]:
+    """A real `dagster-daemon` on the test's instance (its backfill, run queue and sensor loops)."""
+    log = log_path.open("w")
+    daemon = subprocess.Popen([str(DAEMON), "run", "-w", str(REPO / "workspace.yaml")], cwd=REPO,
+                              env=os.environ, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield
+    finally:
+        daemon.terminate()
+        try:
+            daemon.wait(60)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+        log.close()
+
+
+def follow_operation(operation_id: int) -> str:
+    """`operations show ID --follow` until the operation completes; its output."""
+    follow = subprocess.run([sys.executable, "-m", "dagster_project", "operations", "show", str(operation_id),
+                             "--follow"], capture_output=True, text=True, timeout=150)
+    assert follow.returncode == 0, follow.stdout + follow.stderr
+    return follow.stdout
 
 
 def test_backfill_launched_from_the_cli_is_run_by_the_daemon(platform, tmp_path):
@@ -69,16 +105,11 @@ def test_backfill_launched_from_the_cli_is_run_by_the_daemon(platform, tmp_path)
     assert sorted(targeted.get_partitions_subset(AssetKey("candidates")).get_partition_keys()) == observations
     assert backfill.tags[OPERATION_TAG] == str(backfill_op.id)
 
-    log = (tmp_path / "daemon.log").open("w")
-    daemon = subprocess.Popen([str(DAEMON), "run", "-w", str(REPO / "workspace.yaml")], cwd=REPO,
-                              env=os.environ, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        follow = subprocess.run([sys.executable, "-m", "dagster_project", "operations", "show", str(backfill_op.id),
-                                 "--follow"], capture_output=True, text=True, timeout=150)
-        assert follow.returncode == 0, follow.stdout + follow.stderr
-        assert "[------------------------------] 0/2 done" in follow.stdout  # live progress, line by line
-        assert "2/2 done (2 ok, 0 failed)" in follow.stdout
-        assert f"operation #{backfill_op.id} succeeded" in follow.stdout
+    with running_daemon(tmp_path / "daemon.log"):
+        followed = follow_operation(backfill_op.id)
+        assert "[------------------------------] 0/2 done" in followed  # live progress, line by line
+        assert "2/2 done (2 ok, 0 failed)" in followed
+        assert f"operation #{backfill_op.id} succeeded" in followed
 
         # both observations in one run (ASTRO_BACKFILL_BATCH defaults to 4), both assets in it
         (run,) = instance.get_runs(RunsFilter(tags={"dagster/backfill": backfill_id}))
@@ -99,17 +130,49 @@ def test_backfill_launched_from_the_cli_is_run_by_the_daemon(platform, tmp_path)
         wait_for(mirrored_by_the_daemon, 60, "the ledger sensor to mirror the backfill's runs")
         wait_for(lambda: instance.get_backfill(backfill_id).status is BulkActionStatus.COMPLETED_SUCCESS, 60,
                  "the daemon to close the backfill")
-    finally:
-        daemon.terminate()
-        try:
-            daemon.wait(60)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
-        log.close()
     with catalog.session() as s:
         done = operations.get_operation(s, backfill_op.id)
         assert done.outcome is OperationOutcome.SUCCEEDED
         assert done.summary_counts == {"total": 2, "success": 2, "failed": 0, "skipped": 0}
         assert s.scalar(sa.select(ProcessingRun.operation_run_id).where(
             ProcessingRun.dagster_run_id == run.run_id)) == done.id
+
+
+def test_results_backfill_rebuilds_products_through_the_daemon(platform, tmp_path, capsys):
+    settings, instance = platform
+    catalog = CatalogResource(database_url=settings.database_url).catalog()
+    with catalog.session() as s:
+        ready = {str(r.uid): r.assets_revision for r in s.scalars(sa.select(ObservationResult)).all()
+                 if r.data_product_status is DataProductStatus.READY}
+        builds_before = s.scalar(sa.select(sa.func.count()).select_from(ObservationResultProcessingRun))
+    assert len(ready) == 1  # the other frame is the field's reference: its result is SKIPPED, not rebuildable
+
+    assert cli_main(["results", "backfill", "--status", "bogus"]) == 2
+    assert cli_main(["results", "backfill", "--request", "nope"]) == 2
+    assert "no request named 'nope'" in capsys.readouterr().err
+    assert cli_main(["results", "backfill", "--request", "f001", "--status", "failed", "--dry-run"]) == 0
+    assert "no result matches: nothing to backfill" in capsys.readouterr().out
+    assert cli_main(["results", "backfill", "--request", "f001", "--dry-run"]) == 0
+    assert list(ready)[0] in capsys.readouterr().out
+    assert instance.get_backfills() == []  # a dry run launches nothing
+
+    assert cli_main(["results", "backfill", "--request", "f001", "--detach"]) == 0
+    with catalog.session() as s:
+        (operation,) = operations.list_operations(s, operation_type=OperationType.BACKFILL_RESULTS)
+    backfill = instance.get_backfill(operation.context["backfill_id"])
+    assert {k.to_user_string() for k in backfill.asset_backfill_data.target_subset.asset_keys} == {
+        "observation_products"}
+    with running_daemon(tmp_path / "daemon.log"):
+        assert f"operation #{operation.id} succeeded" in follow_operation(operation.id)
+    with catalog.session() as s:
+        done = operations.get_operation(s, operation.id)
+        assert done.outcome is OperationOutcome.SUCCEEDED
+        assert done.summary_counts == {"total": 1, "success": 1, "failed": 0, "skipped": 0}
+        assert s.scalar(sa.select(sa.func.count()).select_from(ObservationResultProcessingRun)) == builds_before + 1
+        for uid, revision in ready.items():
+            result = s.scalar(sa.select(ObservationResult).where(ObservationResult.uid == uuid.UUID(uid)))
+            assert result.data_product_status is DataProductStatus.READY
+            assert result.last_built_revision == revision  # built again from the same revision
+            latest = max(result.result_processing_runs, key=lambda run: run.started_at)
+            assert latest.built_from_revision == revision and latest.dagster_run_id in {
+                r.run_id for r in instance.get_runs(RunsFilter(tags={"dagster/backfill": backfill.backfill_id}))}
