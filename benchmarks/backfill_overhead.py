@@ -4,16 +4,17 @@ Simulates a night, processes it in-process (`process`), then times, on a throw-a
 configured like ``deploy/dagster.yaml`` (queued runs, at most 2 at a time):
 
 1. a trivial partition — the difference of a field's reference frame, which is skipped at once —
-   run in this process (``execute_in_process``) and as a daemon-launched run with the default
-   multiprocess executor and with the in-process executor the ``backfill`` command uses;
+   run in this process (``execute_in_process``) and as a daemon-launched run (a one-partition
+   asset backfill) with Dagster's default multiprocess executor and with the in-process
+   executor the platform uses;
 2. the whole per-observation chain (``observation_job``) of every observation in this process,
    one after the other: the work itself;
-3. the same chain as Dagster backfills run by the daemon: job backfills (one run per
-   partition) with each executor, and the asset backfill the ``backfill`` command launches
-   (``--batch`` partitions per run, in-process executor): wall time from submission to the
-   last run's end (observations per minute) and per-run timings.
+3. the same chain as the asset backfill the ``backfill`` command launches, run by a daemon
+   whose code location batches 1, 4 and 8 partitions per run (``--batches``;
+   ``ASTRO_BACKFILL_BATCH``): wall time from submission to the last run's end (observations
+   per minute) and per-run timings.
 
-    .venv/bin/python benchmarks/backfill_overhead.py --size 1024 --fields 2 --epochs 4 --batch 4
+    .venv/bin/python benchmarks/backfill_overhead.py --size 1024 --fields 2 --epochs 6 --batches 1 4 8
 """
 
 import argparse
@@ -41,9 +42,11 @@ def _environment(root: Path) -> None:
                        "ASTRO_SENSOR_INTERVAL": "5"})
 
 
-def _start_daemon(log: Path) -> subprocess.Popen:
+def _start_daemon(log: Path, batch: int) -> subprocess.Popen:
+    """A daemon whose code location batches ``batch`` partitions per backfill run (the policy is read at import)."""
     from dagster import DagsterInstance
 
+    os.environ["ASTRO_BACKFILL_BATCH"] = str(batch)
     instance = DagsterInstance.get()  # its storage exists before the daemon opens it too
     daemon = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w",
                                str(REPO / "workspace.yaml")], cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
@@ -64,20 +67,19 @@ def _stop(daemon: subprocess.Popen) -> None:
         daemon.wait()
 
 
-def _backfill(instance, job: str, keys: list[str], run_config: dict, label: str, batched: bool = False) -> dict:
-    """Submit a backfill (a job backfill, or the batched asset backfill of the job's assets), wait for its runs;
+def _backfill(instance, job: str, keys: list[str], label: str, run_config: dict) -> dict:
+    """Submit the asset backfill of the job's assets the ``backfill`` command launches, wait for its runs;
     wall time from submission and per-run timings."""
     from dagster import DagsterRun, RunsFilter
     from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
-    from dagster_project.cli_operations import submit_asset_backfill, submit_job_backfill
+    from dagster_project.cli_operations import submit_asset_backfill
     from dagster_project.jobs import JOB_ASSETS
     from dagster_project.sensors.ledger import run_partition_keys
 
     submitted = time.time()
     tags = {"bench": label}
-    backfill_id = (submit_asset_backfill(instance, JOB_ASSETS[job], keys, tags, f"bench {label}", run_config)
-                   if batched else submit_job_backfill(instance, job, keys, tags, f"bench {label}", run_config))
+    backfill_id = submit_asset_backfill(instance, JOB_ASSETS[job], keys, tags, f"bench {label}", run_config)
     runs_filter = RunsFilter(tags=DagsterRun.tags_for_backfill_id(backfill_id))
     while True:
         records = instance.get_run_records(runs_filter)
@@ -103,10 +105,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--fields", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=4, help="partitions per run of the asset backfill")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8],
+                        help="partitions per run (ASTRO_BACKFILL_BATCH) of the backfills to compare")
     args = parser.parse_args()
-    os.environ["ASTRO_BACKFILL_BATCH"] = str(args.batch)  # read by the code location, here and in the daemon
 
     with tempfile.TemporaryDirectory(prefix="backfill-bench-", ignore_cleanup_errors=True) as tmp:
         _environment(Path(tmp))
@@ -146,17 +148,19 @@ def _measure(root: Path, args: argparse.Namespace) -> None:
     trivial_in_process = statistics.median(in_process("difference_job", trivial) for _ in range(3))
     chain = [in_process("observation_job", key) for key in keys]
 
-    daemon = _start_daemon(root / "daemon.log")
+    daemon = _start_daemon(root / "daemon.log", 1)
     try:
-        trivial_runs = {name: _backfill(instance, "difference_job", [trivial], config, f"trivial-{name}")
+        trivial_runs = {name: _backfill(instance, "difference_job", [trivial], f"trivial-{name}", config)
                         for name, config in EXECUTORS.items()}
-        backfills = {f"job backfill, {name} executor, 1 partition per run":
-                     _backfill(instance, "observation_job", keys, config, f"chain-{name}")
-                     for name, config in EXECUTORS.items()}
-        backfills[f"asset backfill (`backfill` command), in_process executor, up to {args.batch} partitions per run"] = \
-            _backfill(instance, "observation_job", keys, EXECUTORS["in_process"], "chain-batched", batched=True)
     finally:
         _stop(daemon)
+    backfills = {}
+    for batch in args.batches:
+        daemon = _start_daemon(root / f"daemon-{batch}.log", batch)
+        try:
+            backfills[batch] = _backfill(instance, "observation_job", keys, f"chain-{batch}", EXECUTORS["in_process"])
+        finally:
+            _stop(daemon)
 
     _print_figures(args.size, len(keys), trivial_in_process, trivial_runs, chain, backfills)
 
@@ -165,7 +169,7 @@ def _print_figures(size: int, n: int, trivial_in_process: float, trivial_runs: d
                    backfills: dict) -> None:
     """Markdown tables, as docs/operations.md shows them."""
     print(f"\n{n} observations of {size}x{size} px, {os.cpu_count()} cores, at most 2 runs at a time\n")
-    print("| one run | queued→started (s) | started→ended (s) | total (s) |")
+    print("| one run | queued→started (s) | started→ended (s) | queued→ended (s) |")
     print("|---|---|---|---|")
     print(f"| trivial partition (a skipped difference), `execute_in_process` in this process | - | - | "
           f"{trivial_in_process:.1f} |")
@@ -174,16 +178,16 @@ def _print_figures(size: int, n: int, trivial_in_process: float, trivial_runs: d
               f"{t['run_s']:.1f} |")
     print(f"| whole chain of one observation, `execute_in_process` (median of {n}) | - | - | "
           f"{statistics.median(chain):.1f} |")
-    for name, b in backfills.items():
-        print(f"| same, in a daemon {name} (median; queued includes waiting for a slot) | "
-              f"{b['launch_s']:.1f} | {b['execute_s']:.1f} | {b['run_s']:.1f} |")
+    for batch, b in backfills.items():
+        print(f"| one run of a daemon backfill, up to {batch} partition(s) per run (median; queued includes waiting "
+              f"for a slot) | {b['launch_s']:.1f} | {b['execute_s']:.1f} | {b['run_s']:.1f} |")
     print(f"\n| backfill of the whole chain, {n} observations | runs | wall (s) | observations / minute | "
           "until the daemon picked it up (s) |")
     print("|---|---|---|---|---|")
     print(f"| in this process, one after the other | - | {sum(chain):.0f} | {60 * n / sum(chain):.1f} | - |")
-    for name, b in backfills.items():
-        print(f"| daemon, {name} | {b['runs']} | {b['wall_s']:.0f} | {60 * n / b['wall_s']:.1f} | "
-              f"{b['pickup_s']:.0f} |")
+    for batch, b in backfills.items():
+        print(f"| daemon backfill, up to {batch} partition(s) per run | {b['runs']} | {b['wall_s']:.0f} | "
+              f"{60 * n / b['wall_s']:.1f} | {b['pickup_s']:.0f} |")
 
 if __name__ == "__main__":
     main()

@@ -32,9 +32,6 @@ if TYPE_CHECKING:
 
 #: --stage → the job whose assets a backfill materializes (observation_job: the whole per-observation chain)
 STAGE_JOBS = {"calibrate": "calibrate_job", "difference": "difference_job", "all": "observation_job"}
-#: as in workspace.yaml and pyproject.toml: the daemon finds the backfill's job by this location name
-CODE_LOCATION = "dagster_project"
-DEFINITIONS_MODULE = "dagster_project.definitions"
 BAR_WIDTH = 30
 #: Backfill runs execute their steps in the run worker's process (the jobs' default too, jobs.py):
 #: a process per step would cost more than the per-observation work itself (docs/operations.md).
@@ -92,40 +89,6 @@ def _catalog(settings: Settings) -> Catalog:
 
 
 # --- backfill -------------------------------------------------------------------------------------------------------
-
-def submit_job_backfill(instance: DagsterInstance, job_name: str, partition_keys: list[str], tags: dict[str, str],
-                        title: str, run_config: dict[str, Any] = BACKFILL_RUN_CONFIG) -> str:
-    """Add a job backfill to the instance, as the UI's "Launch backfill" of a job does: one run per partition.
-
-    ``backfill`` uses :func:`submit_asset_backfill` (several partitions per run);
-    ``benchmarks/backfill_overhead.py`` compares the two. The code location is loaded in this process only to find the job's partition set;
-    the daemon resolves it again by location name in its own workspace. ``run_config``
-    applies to every run (benchmarks/backfill_overhead.py compares executors with it).
-    """
-    from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
-    from dagster._core.remote_origin import InProcessCodeLocationOrigin
-    from dagster._core.remote_representation.external_data import partition_set_snap_name_for_job_name
-    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
-    from dagster._core.utils import make_new_backfill_id
-    from dagster._core.workspace.context import WorkspaceProcessContext
-    from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
-    from dagster._time import get_current_timestamp
-
-    origin = InProcessCodeLocationOrigin(
-        LoadableTargetOrigin(executable_path=sys.executable, module_name=DEFINITIONS_MODULE),
-        location_name=CODE_LOCATION)
-    with WorkspaceProcessContext(instance, InProcessWorkspaceLoadTarget([origin])) as workspace:
-        location = workspace.create_request_context().get_code_location(CODE_LOCATION)
-        (repository,) = location.get_repositories().values()
-        partition_set = repository.get_partition_set(partition_set_snap_name_for_job_name(job_name))
-        backfill = PartitionBackfill(
-            backfill_id=make_new_backfill_id(), partition_set_origin=partition_set.get_remote_origin(),
-            status=BulkActionStatus.REQUESTED, partition_names=partition_keys, from_failure=False,
-            reexecution_steps=None, tags=tags, backfill_timestamp=get_current_timestamp(), title=title,
-            run_config=run_config)
-        instance.add_backfill(backfill)
-    return backfill.backfill_id
-
 
 def submit_asset_backfill(instance: DagsterInstance, asset_names: tuple[str, ...], partition_keys: list[str],
                           tags: dict[str, str], title: str, run_config: dict[str, Any] = BACKFILL_RUN_CONFIG) -> str:

@@ -4,9 +4,8 @@ All run their steps in one process: a partition's work takes seconds, and a proc
 step would cost more than that (measured in docs/operations.md).
 
 * ``observation_job`` — the whole per-observation chain. The ``backfill`` command launches
-  asset backfills of a job's assets (:data:`JOB_ASSETS`), so that each run takes several
-  partitions (``assets/batching.py``); ``dagster job backfill -j observation_job`` still
-  works, one run per partition.
+  asset backfills of a job's assets (:data:`JOB_ASSETS`); these, like ``dagster job backfill
+  -j observation_job``, give each run several partitions (``assets/batching.py``).
 * ``calibrate_job`` / ``difference_job`` — its two halves, launched by the sensors:
   calibration as soon as a frame lands, differencing once the field has a reference.
 * ``reference_job`` — the reference image of one field and band.
