@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
+from astropy.stats import mad_std
+from scipy.signal import convolve2d
 
 from dagster_project.science.psf_models import moffat_stamp, render_point_sources
-from dagster_project.science.zogy import zogy
+from dagster_project.science.zogy import _LEAK_BLOCK, _hidden_flux_bound, _robust_std, _small_grid_kernels, zogy
 
 SHAPE = (384, 384)
 PSF_NEW = moffat_stamp(25, 3.0)
@@ -166,6 +168,68 @@ def test_flux_hidden_under_a_mask_invalidates_the_residual_it_leaves():
     assert guarded.mask.mean() < plain.mask.mean() + 0.01  # only the surroundings of the star are given up
     far = np.abs(np.arange(SHAPE[0]) - y) > 40
     assert np.array_equal(guarded.mask[far], plain.mask[far])  # the rest of the column hides only sky
+
+
+def _exact_hidden_flux_bound(hidden_maps, excluded, kernel):
+    """Full-resolution ``kernel (x) hidden``, hidden: positive flux at excluded pixels, by direct convolution."""
+    source = sum(np.where(excluded & (hidden > 0), hidden, 0.0) for hidden in hidden_maps)
+    return convolve2d(source, kernel, mode="same")
+
+
+@pytest.mark.parametrize("shape", [(203, 157), (96, 128)])
+def test_coarse_hidden_flux_bound_is_an_upper_bound_of_the_exact_one(shape):
+    rng = np.random.default_rng(21)
+    excluded = rng.uniform(size=shape) < 0.02
+    excluded[50:57, 60:63] = True  # a masked star core
+    hidden_new = rng.exponential(100.0, size=shape)
+    hidden_new[rng.uniform(size=shape) < 0.3] = -5.0  # negative and NaN values count as nothing
+    hidden_new[0, 0] = np.nan
+    hidden_ref = np.where(rng.uniform(size=shape) < 0.5, 1e4, 0.0)
+    offsets = np.indices((25, 25)) - 12
+    kernel = np.abs(rng.normal(size=(25, 25))) * np.exp(-0.05 * (offsets[0] ** 2 + 0.5 * offsets[1] ** 2))
+    coarse = _hidden_flux_bound((hidden_new, hidden_ref), np.nonzero(excluded), shape, kernel, _LEAK_BLOCK, 1)
+    bound = np.repeat(np.repeat(coarse, _LEAK_BLOCK, axis=0), _LEAK_BLOCK, axis=1)[: shape[0], : shape[1]]
+    exact = _exact_hidden_flux_bound((hidden_new, hidden_ref), excluded, kernel)
+    assert np.all(bound >= exact - 1e-12 * exact.max())
+    assert _hidden_flux_bound((hidden_new, None), np.nonzero(np.zeros(shape, bool)), shape, kernel, 4, 1) is None
+
+
+def test_every_pixel_within_the_exact_hidden_flux_bound_is_invalid():
+    # The star under a masked column of test_flux_hidden_under_a_mask..., on a frame whose sides are not
+    # multiples of the bound's blocks: at least the pixels where the exact bound exceeds the S noise are invalid.
+    shape, x, y, f = (203, 157), 80.3, 100.6, 4e5
+    new = render_point_sources(shape, x, y, f, 3.0, stamp_size=25).astype(np.float32)
+    ref = render_point_sources(shape, x, y, f, 4.5, 3.0, 0.1, 20.0, stamp_size=33).astype(np.float32)
+    rng = np.random.default_rng(8)
+    new += (rng.normal(size=shape) * SIGMA_NEW).astype(np.float32)
+    ref += (rng.normal(size=shape) * SIGMA_REF).astype(np.float32)
+    mask = np.zeros(shape, dtype=np.uint16)
+    mask[:, 79:82] = 1
+    hidden = (np.where(mask != 0, new - 3 * SIGMA_NEW, 0).clip(0, None),
+              np.where(mask != 0, ref - 3 * SIGMA_REF, 0).clip(0, None))
+    args = dict(var_new=np.full(shape, SIGMA_NEW**2, np.float32), var_ref=np.full(shape, SIGMA_REF**2, np.float32),
+                sigma_new=SIGMA_NEW, sigma_ref=SIGMA_REF, astrometric_rms=(0.05, 0.03), mask=mask)
+    plain = zogy(new, ref, PSF_NEW, PSF_REF, **args)
+    guarded = zogy(new, ref, PSF_NEW, PSF_REF, hidden_new=hidden[0], hidden_ref=hidden[1], **args)
+    a, b = SIGMA_NEW**2, SIGMA_REF**2  # F_n = F_r = 1
+    kernels = _small_grid_kernels(PSF_NEW / PSF_NEW.sum(), PSF_REF / PSF_REF.sum(), a, b, 1.0, 1.0,
+                                  1.0 / np.sqrt(a + b), 33)
+    exact = _exact_hidden_flux_bound(hidden, mask != 0, np.maximum(np.abs(kernels.kn), np.abs(kernels.kr)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        noise = np.abs(plain.S / plain.S_corr)  # the S noise, astrometric term included
+    exact_zone = ~plain.mask & (exact > noise * (1 + 1e-4))
+    blanked = guarded.mask & ~plain.mask
+    assert exact_zone.sum() > 100
+    assert not (exact_zone & ~blanked).any()
+    assert blanked.sum() < 2 * exact_zone.sum()  # a few pixels wider
+
+
+@pytest.mark.parametrize("size", [3, 12, 1000, 4097])
+def test_robust_std_is_astropy_mad_std(size):
+    values = np.random.default_rng(size).normal(3.0, 2.0, size).astype(np.float32)
+    values[::7] = np.nan
+    assert _robust_std(values) == mad_std(values, ignore_nan=True)
+    assert np.isnan(_robust_std(np.full(3, np.nan, np.float32)))
 
 
 @pytest.mark.parametrize(
