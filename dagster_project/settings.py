@@ -21,7 +21,7 @@ variable                       meaning                                     defau
 ``ASTRO_PRODUCT_QUIET``        product rebuild debounce: seconds after     ``60``
                                the last upstream change
 ``ASTRO_PRODUCT_MAX_DELAY``    ... but at most this long after the first   ``600``
-``ASTRO_BACKFILL_BATCH``       partitions per run of a backfill            ``4``
+``ASTRO_BACKFILL_BATCH``       partitions per run of a backfill            ``8``
 =============================  ==========================================  =================================
 """
 
@@ -60,7 +60,7 @@ class Settings:
     detection_threshold: float
     product_quiet_seconds: float = 60.0
     product_max_delay_seconds: float = 600.0
-    backfill_batch_size: int = 4
+    backfill_batch_size: int = 8
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -83,5 +83,5 @@ class Settings:
             detection_threshold=float(os.environ.get("ASTRO_DETECTION_THRESHOLD", "5")),
             product_quiet_seconds=float(os.environ.get("ASTRO_PRODUCT_QUIET", "60")),
             product_max_delay_seconds=float(os.environ.get("ASTRO_PRODUCT_MAX_DELAY", "600")),
-            backfill_batch_size=_positive_int("ASTRO_BACKFILL_BATCH", 4),
+            backfill_batch_size=_positive_int("ASTRO_BACKFILL_BATCH", 8),
         )

@@ -111,7 +111,7 @@ def test_backfill_launched_from_the_cli_is_run_by_the_daemon(platform, tmp_path)
         assert "2/2 done (2 ok, 0 failed)" in followed
         assert f"operation #{backfill_op.id} succeeded" in followed
 
-        # both observations in one run (ASTRO_BACKFILL_BATCH defaults to 4), both assets in it
+        # both observations in one run (ASTRO_BACKFILL_BATCH defaults to 8), both assets in it
         (run,) = instance.get_runs(RunsFilter(tags={"dagster/backfill": backfill_id}))
         assert run.status is DagsterRunStatus.SUCCESS and run.job_name == "__ASSET_JOB"
         assert (run.tags[ASSET_PARTITION_RANGE_START_TAG], run.tags[ASSET_PARTITION_RANGE_END_TAG]) == (
