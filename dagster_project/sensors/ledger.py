@@ -20,7 +20,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -317,37 +317,25 @@ def run_failure(instance: DagsterInstance, run_id: str, status: DagsterRunStatus
 
 @dataclass(frozen=True)
 class _Scope:
-    """An operation's runs (the latest per unit of work), how many units there are, and whether it is over.
+    """An operation's units of work with the latest run of each, how many units there are, whether it is over.
 
-    A unit is a partition for backfills (a run over a range counts for each of its
-    partitions: ``sizes``), a run key for sensor waves, a run otherwise.
+    A unit is a partition for backfills (a run over a range is the latest run of each of
+    its partitions, until a later run covers one of them again), a run key for sensor
+    waves, a run otherwise.
     """
 
     runs: dict[Any, DagsterRun]
     total: int
     over: bool
     cancelled: bool = False
-    sizes: Mapping[str, int] = field(default_factory=dict)
-
-    def units(self, runs: Iterable[DagsterRun]) -> int:
-        return sum(self.sizes.get(run.run_id, 1) for run in runs)
 
 
-def _latest(runs: Sequence[DagsterRun], unit: Callable[[DagsterRun], Any]) -> dict[Any, DagsterRun]:
+def _latest(runs: Sequence[DagsterRun], units: Callable[[DagsterRun], Iterable[Any]]) -> dict[Any, DagsterRun]:
     latest: dict[Any, DagsterRun] = {}
     for run in reversed(runs):  # newest first from the instance: a re-run replaces the earlier attempt
-        latest[unit(run)] = run
+        for unit in units(run):
+            latest[unit] = run
     return latest
-
-
-def _partition_unit(run: DagsterRun) -> Any:
-    """A re-execution of the same partition (or range) by the same job replaces the earlier attempt."""
-    tags = run.tags
-    if PARTITION_NAME_TAG in tags:
-        return run.job_name, tags[PARTITION_NAME_TAG]
-    if ASSET_PARTITION_RANGE_START_TAG in tags:
-        return run.job_name, tags[ASSET_PARTITION_RANGE_START_TAG], tags.get(ASSET_PARTITION_RANGE_END_TAG)
-    return run.run_id
 
 
 def _scope(instance: DagsterInstance, operation: OperationRun) -> _Scope:
@@ -356,24 +344,20 @@ def _scope(instance: DagsterInstance, operation: OperationRun) -> _Scope:
     tagged = RunsFilter(tags={OPERATION_TAG: str(operation.id)})
     if context.get("backfill_id"):
         backfill = instance.get_backfill(context["backfill_id"])
-        runs = _latest(instance.get_runs(tagged), _partition_unit)
-        sizes = {run.run_id: max(len(run_partition_keys(instance, run.tags)), 1) for run in runs.values()}
+        runs = _latest(instance.get_runs(tagged), lambda r: run_partition_keys(instance, r.tags) or [r.run_id])
         total = context.get("partition_count") or len(backfill.partition_names or [])
-        finished = [r for r in runs.values() if r.status in FINISHED_STATUSES]
-        scope = _Scope(runs, total, False, backfill.status in (BulkActionStatus.CANCELING, BulkActionStatus.CANCELED),
-                       sizes)
+        finished = sum(r.status in FINISHED_STATUSES for r in runs.values())
         # the daemon marks a backfill over up to 30 s after its last run: when every partition ran, it is over
-        over = len(finished) == len(runs) and (scope.units(finished) >= total
-                                               or backfill.status in BULK_ACTION_TERMINAL_STATUSES)
-        return replace(scope, over=over)
+        over = finished == len(runs) and (finished >= total or backfill.status in BULK_ACTION_TERMINAL_STATUSES)
+        return _Scope(runs, total, over, backfill.status in (BulkActionStatus.CANCELING, BulkActionStatus.CANCELED))
     if "run_keys" in context:
         keys = context["run_keys"]
-        runs = _latest(instance.get_runs(RunsFilter(tags={RUN_KEY_TAG: keys})), lambda r: r.tags[RUN_KEY_TAG])
+        runs = _latest(instance.get_runs(RunsFilter(tags={RUN_KEY_TAG: keys})), lambda r: [r.tags[RUN_KEY_TAG]])
         all_ended = all(r.status in FINISHED_STATUSES for r in runs.values())
         # a key Dagster never launched (its tick failed for good) must not keep the wave open forever
         given_up = operation.started_at < datetime.now(UTC) - WAVE_PATIENCE
         return _Scope(runs, len(keys), all_ended and (len(runs) == len(keys) or given_up))
-    runs = _latest(instance.get_runs(tagged), _partition_unit)
+    runs = _latest(instance.get_runs(tagged), lambda r: [(r.job_name, r.tags.get(PARTITION_NAME_TAG) or r.run_id)])
     return _Scope(runs, len(runs), over=False)  # its owner completes it (owned_operation)
 
 
@@ -398,15 +382,14 @@ def sync_operation(instance: DagsterInstance, catalog: Catalog, operation_id: in
     ended = [r for r in scope.runs.values() if r.status in FINISHED_STATUSES]
     failed = [r for r in ended if r.status is not DagsterRunStatus.SUCCESS]
     counted = set(context.get("failed_run_ids", []))
-    new_failures = [(run.run_id, *run_failure(instance, run.run_id, run.status))
-                    for run in failed if run.run_id not in counted]
+    new_failures = [(run_id, *run_failure(instance, run_id, run.status))  # a batch's run once, not per partition
+                    for run_id, run in {r.run_id: r for r in failed}.items() if run_id not in counted]
     with catalog.session() as session:
         operation = operations.get_operation(session, operation_id)
         if not operation.is_active or operation.status == operations.OperationStatus.QUEUED:
             return OperationProgress(operation, 0, 0)  # finished by another syncer, or not started yet
-        n_ended, n_failed = scope.units(ended), scope.units(failed)
-        operations.record_progress(session, operation, total=scope.total, success=n_ended - n_failed,
-                                   failed=n_failed, skipped=max(scope.total - n_ended, 0) if over else 0)
+        operations.record_progress(session, operation, total=scope.total, success=len(ended) - len(failed),
+                                   failed=len(failed), skipped=max(scope.total - len(ended), 0) if over else 0)
         for _, code, message in new_failures:
             operations.record_failure(session, operation, code, message)
         if new_failures:
@@ -418,7 +401,7 @@ def sync_operation(instance: DagsterInstance, catalog: Catalog, operation_id: in
         if over:
             operation = operations.complete_operation(
                 session, operation, OperationOutcome.CANCELLED if scope.cancelled else None)
-    in_flight = [r for r in scope.runs.values() if r.status not in FINISHED_STATUSES]
+    in_flight = list({r.run_id: r for r in scope.runs.values() if r.status not in FINISHED_STATUSES}.values())
     started = sum(r.status in (DagsterRunStatus.STARTED, DagsterRunStatus.STARTING) for r in in_flight)
     return OperationProgress(operation, running=started, queued=len(in_flight) - started)
 

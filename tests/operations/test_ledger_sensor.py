@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from dagster import DagsterEvent, DagsterEventType, DagsterRunStatus, instance_for_test, job, op
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from dagster_project.catalog import operations, queries
 from dagster_project.catalog.models import ObservationStatus, RunStatus
@@ -52,9 +53,11 @@ def start_operation(platform, operation_type: OperationType, **context) -> int:
         return operations.mark_running(s, operation).id
 
 
-def run(platform, operation_id: int | None, *events: DagsterEventType, partition: str = "p1", **tags: str) -> str:
-    """A Dagster run of the operation that went through ``events`` (RUN_START, RUN_SUCCESS, ...)."""
-    tags = {**tags, "dagster/partition": partition}
+def run(platform, operation_id: int | None, *events: DagsterEventType, partition: str | None = "p1",
+        **tags: str) -> str:
+    """A Dagster run of the operation that went through ``events`` (RUN_START, RUN_SUCCESS, ...);
+    ``partition=None``: a run over a range (give its range tags)."""
+    tags = {**tags, **({"dagster/partition": partition} if partition else {})}
     if operation_id is not None:
         tags[OPERATION_TAG] = str(operation_id)
     dagster_run = platform.instance.create_run_for_job(tiny_job, tags=tags)
@@ -159,6 +162,41 @@ def test_a_backfill_completes_when_every_partition_ran(platform):
         operation = operations.get_operation(s, operation_id)
         assert operation.outcome is OperationOutcome.SUCCEEDED
         assert operation.summary_counts == {"total": 2, "success": 2, "failed": 0, "skipped": 0}
+
+
+def batch(platform, operation_id: int, first: str, last: str, *events: DagsterEventType) -> str:
+    return run(platform, operation_id, *events, partition=None, **{
+        ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last})
+
+
+def test_a_batched_backfill_counts_partitions_and_a_retry_replaces_the_failed_batch(platform):
+    platform.instance.add_dynamic_partitions("observations", ["p1", "p2", "p3", "p4"])
+    add_backfill(platform, "bf3", BulkActionStatus.REQUESTED, ["p1", "p2", "p3", "p4"])
+    operation_id = start_operation(platform, OperationType.BACKFILL_OBSERVATIONS, backfill_id="bf3")
+    failed = batch(platform, operation_id, "p1", "p2", DagsterEventType.RUN_START, DagsterEventType.RUN_FAILURE)
+    second = batch(platform, operation_id, "p3", "p4", DagsterEventType.RUN_START)
+    platform.tick(operations_ledger_sensor)
+    with platform.catalog.session() as s:
+        operation = operations.get_operation(s, operation_id)
+        assert operation.summary_counts == {"total": 4, "success": 0, "failed": 2, "skipped": 0}
+        assert [f["count"] for f in operation.failure_summary] == [1]  # the batch's run once, not per partition
+    assert processing_run(platform, failed).partition_keys == ["p1", "p2"]
+
+    # Dagster retries the failed batch while the other one runs: each partition counts its latest run only
+    batch(platform, operation_id, "p1", "p2", DagsterEventType.RUN_START, DagsterEventType.RUN_SUCCESS)
+    platform.tick(operations_ledger_sensor)
+    with platform.catalog.session() as s:
+        operation = operations.get_operation(s, operation_id)
+        assert operation.summary_counts == {"total": 4, "success": 2, "failed": 0, "skipped": 0}
+        assert operation.is_active
+    platform.instance.report_dagster_event(DagsterEvent(DagsterEventType.RUN_SUCCESS.value, job_name=tiny_job.name),
+                                           run_id=second)
+    platform.tick(operations_ledger_sensor)
+    with platform.catalog.session() as s:
+        operation = operations.get_operation(s, operation_id)
+        assert operation.summary_counts == {"total": 4, "success": 4, "failed": 0, "skipped": 0}
+        # every partition is done, but a run failed on the way: it stays in the failure summary
+        assert operation.outcome is OperationOutcome.PARTIALLY_SUCCEEDED
 
 
 def test_each_run_is_mirrored_once_and_the_cursor_moves_on(platform):
