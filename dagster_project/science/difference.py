@@ -19,23 +19,40 @@ Steps of :func:`difference_images` (each timed in ``DifferenceResult.timings``):
    common grid.
 10. ``zogy``: D, S, S_corr, flux images; outputs are invalid where flux
     hidden under the masks could leave a residual (:func:`hidden_flux`).
+    When the PSF varies over the field, the tile PSFs are fitted and ZOGY
+    runs on overlapping sub-images within this step (see below).
 11. ``detection``: candidates in S_corr, flagged and marked ``is_good``
     (see :mod:`~dagster_project.science.detection`).
 
-One PSF per image
------------------
-ZOGY here uses one PSF per image. The variation of the PSF over the field is
-measured instead (``quality['fwhm_tile_spread_new']`` and ``..._ref``: the
-relative range of the median per-star FWHM over 3x3 tiles for frames of
-2048 px and more, 2x2 from 1024 px; :func:`~dagster_project.science.psf.star_fwhm`).
+One PSF per image, or one per tile
+----------------------------------
+The variation of the PSF over the field is measured first
+(``quality['fwhm_tile_spread_new']`` and ``..._ref``: the relative range of
+the median per-star FWHM over 3x3 tiles for frames of 2048 px and more, 2x2
+from 1024 px, none below; :func:`~dagster_project.science.psf.star_fwhm`).
 The simulated frames are rendered with one Moffat PSF per exposure and give
 spreads of 0.5-1.5 %, the scatter of the per-tile medians; their static
-stars subtract to the noise, so a PSF per tile would only add fit noise
-(each tile has a ninth of the stars) and time (nine PSF fits per image,
-nine overlapping ZOGY runs per pair). A spread well above that scatter means the
-PSF truly varies over the field: bright stars would then leave residuals, and
-ZOGY would have to run on overlapping sub-images with a PSF each (not
-implemented).
+stars subtract to the noise with one PSF per image, and a PSF per tile would
+only add fit noise (each tile has a ninth of the stars) and time. So by
+default (``DifferenceParams.zogy_tiles=None``) ZOGY runs once on the whole
+frame with one PSF per image, unless the spread of either image exceeds
+``max_psf_spread`` (5 %): the PSF then truly varies, and bright stars
+would leave residuals. ZOGY then runs on the same tiles as the measurement,
+each grown by a margin of twice the largest PSF stamp
+(:func:`~dagster_project.science.zogy_tiles.zogy_tiled`): each tile gets its
+own Moffat PSF of the new image and of the resampled reference, fitted to
+the stars of the tile and its margin (:func:`tile_psfs`), or the
+whole-frame PSF if that fails (``quality['zogy_tiles_psf_fallback']``);
+only the tile cores are kept, so the stitched maps have no seams (with one
+PSF everywhere they equal the whole-frame run to round-off) and no
+wrap-around at the frame border (:func:`~dagster_project.science.zogy.zogy`
+zero-pads). Flux scale, noise and astrometric terms stay global. The PSF
+is still constant within a tile, so a strong gradient is reduced, not
+removed: with a FWHM going from 2.4 to 3.6 px across a 1024 px frame
+(300 stars), 2x2 tiles leave 92 candidates instead of 188 with one PSF per
+image, 82 of them at stars instead of 122 (tests/science/test_difference.py).
+The tile PSF fits cost about 0.1 s each (two per tile). ``P_D`` (used by detection for the footprint
+and the sharpness) is that of the central tile.
 
 Failures raise :class:`~dagster_project.science.psf.PSFError`,
 :class:`~dagster_project.science.registration.RegistrationError` or
@@ -59,6 +76,7 @@ from .psf import PSFError, PSFModel, estimate_psf, find_stars, fwhm_tile_spread,
 from .psf_models import moffat_alpha
 from .registration import Registration, register_images, resample_planes
 from .zogy import ZogyResult, zogy
+from .zogy_tiles import Tile, tile_grid, tile_margin, zogy_tiled
 
 
 @dataclass
@@ -101,6 +119,13 @@ class DifferenceParams:
     psf_tiles : int or None
         Tiles per side over which the PSF FWHM variation is measured; None:
         :func:`default_psf_tiles`.
+    zogy_tiles : int or None
+        Tiles per side of the ZOGY sub-images, each with its own PSFs (see
+        the module notes): None chooses (``psf_tiles`` tiles per side when
+        the FWHM tile spread of either image exceeds ``max_psf_spread``,
+        else 1); 1 never tiles; n > 1 always runs n x n tiles.
+    max_psf_spread : float
+        FWHM tile spread (relative range) above which ``zogy_tiles=None`` tiles.
     fft_workers : int
         Threads for the FFTs (-1: all cores).
     """
@@ -123,6 +148,8 @@ class DifferenceParams:
     max_masked_fraction: float = 0.5
     max_hidden_sigma: float = 1.0
     psf_tiles: int | None = None
+    zogy_tiles: int | None = None
+    max_psf_spread: float = 0.05
     fft_workers: int = -1
 
 
@@ -174,6 +201,28 @@ def default_psf_tiles(shape: tuple[int, int]) -> int:
     return 3 if side >= 2048 else 2 if side >= 1024 else 1
 
 
+def zogy_tile_count(params: DifferenceParams, spreads: dict[str, float], psf_tiles: int) -> tuple[int, str]:
+    """Tiles per side for ZOGY (see ``DifferenceParams.zogy_tiles``) and the reason, for ``quality``.
+
+    Parameters
+    ----------
+    params : DifferenceParams
+    spreads : dict of str to float
+        FWHM tile spread of each image (NaN where not measured).
+    psf_tiles : int
+        Tiles per side over which the spreads were measured.
+    """
+    if params.zogy_tiles is not None:
+        return params.zogy_tiles, f"zogy_tiles={params.zogy_tiles} requested"
+    measured = [v for v in spreads.values() if np.isfinite(v)]
+    if psf_tiles < 2 or not measured:
+        return 1, "FWHM tile spread not measured"
+    widest = max(measured)
+    if widest > params.max_psf_spread:
+        return psf_tiles, f"FWHM tile spread {widest:.3f} > {params.max_psf_spread}"
+    return 1, f"FWHM tile spread {widest:.3f} <= {params.max_psf_spread}"
+
+
 class _Timer:
     def __init__(self):
         self.timings: dict[str, float] = {}
@@ -193,6 +242,47 @@ def _psf_for(label: str, image, variance, mask, stars, params: DifferenceParams)
         )
     except PSFError as exc:
         raise PSFError(f"{label}: {exc}") from exc
+
+
+def tile_psfs(
+    label: str, image, variance, mask, stars: Table, tiles: list[list[Tile]], fallback: PSFModel,
+    params: DifferenceParams,
+) -> tuple[list[list[PSFModel]], np.ndarray]:
+    """The PSF of each tile, fitted to the stars in its extended area (core plus margin).
+
+    Parameters
+    ----------
+    label : str
+        Names the image in error messages.
+    image, variance, mask
+        Background-subtracted image (e-), variance (e-^2) and mask of the whole frame.
+    stars : astropy.table.Table
+        Columns ``x``, ``y`` (0-based px), ``flux`` (and optionally ``fwhm``), as for
+        :func:`~dagster_project.science.psf.estimate_psf`.
+    tiles : list of lists of Tile
+        From :func:`~dagster_project.science.zogy_tiles.tile_grid`.
+    fallback : PSFModel
+        Used for a tile whose fit fails (fewer than ``params.min_psf_stars``
+        usable stars, or no convergence): the whole-frame PSF.
+    params : DifferenceParams
+
+    Returns
+    -------
+    psfs : list of lists of PSFModel
+        ``psfs[i][j]`` for ``tiles[i][j]``.
+    fell_back : ndarray of bool, shape (n, n)
+        True where ``fallback`` was used.
+    """
+    x, y = np.asarray(stars["x"], dtype=float), np.asarray(stars["y"], dtype=float)
+    psfs = [[fallback] * len(row) for row in tiles]
+    fell_back = np.zeros((len(tiles), len(tiles[0])), dtype=bool)
+    for i, row in enumerate(tiles):
+        for j, tile in enumerate(row):
+            try:
+                psfs[i][j] = _psf_for(label, image, variance, mask, stars[tile.contains(x, y)], params)
+            except PSFError:
+                fell_back[i, j] = True
+    return psfs, fell_back
 
 
 #: Flux under a mask counts as hidden (see :func:`hidden_flux`) only above this many sigma of its pixel noise.
@@ -362,7 +452,11 @@ def difference_images(new: ImagePlanes, ref: ImagePlanes, params: DifferencePara
         difference, new-image e-), ``valid_fraction`` (of pixels with valid
         outputs), ``psf_tiles`` (tiles per side), ``fwhm_tile_spread_new``,
         ``fwhm_tile_spread_ref`` (relative range of the per-tile median star
-        FWHM; None when fewer than two tiles have 3 stars), ``n_candidates``,
+        FWHM; None when fewer than two tiles have 3 stars), ``zogy_tiles``
+        (ZOGY sub-images per side, 1: one PSF per image),
+        ``zogy_tiles_psf_fallback`` (tiles where the new or the reference
+        tile PSF could not be fitted and the whole-frame one was used),
+        ``zogy_tiles_reason`` (str: why that many tiles), ``n_candidates``,
         ``n_positive``, ``n_negative``, ``n_good`` (candidates with
         ``is_good``).
 
@@ -374,6 +468,8 @@ def difference_images(new: ImagePlanes, ref: ImagePlanes, params: DifferencePara
         Inconsistent input planes.
     """
     params = DifferenceParams() if params is None else params
+    if params.zogy_tiles is not None and params.zogy_tiles < 1:
+        raise ValueError(f"zogy_tiles must be None or >= 1, got {params.zogy_tiles}")
     for label, planes in (("new", new), ("reference", ref)):
         shape = planes.data.shape
         if planes.data.ndim != 2 or planes.variance.shape != shape or planes.mask.shape != shape:
@@ -406,7 +502,7 @@ def difference_images(new: ImagePlanes, ref: ImagePlanes, params: DifferencePara
     pos_ref = pos_ref[np.isfinite(pos_ref["flux"])]
     timer.lap("positions")
 
-    # One PSF per image is used (see the module notes); how much the FWHM varies over the field is measured.
+    # How much the FWHM varies over the field decides whether ZOGY runs on tiles (see the module notes).
     n_tiles = params.psf_tiles or default_psf_tiles(new.shape)
     spreads = {}
     for label, image, planes, psf, pos in (("new", new_sub, new, psf_new, pos_new),
@@ -456,8 +552,7 @@ def difference_images(new: ImagePlanes, ref: ImagePlanes, params: DifferencePara
 
     astrometric = params.astrometric_rms or (registration.rms_x, registration.rms_y)
     hidden_new, hidden_ref = hidden_flux(new_planes, ref_resampled, flux_scale.ratio, mask)
-    result = zogy(
-        new_sub, ref_resampled.data, psf_new.stamp, psf_ref.stamp,
+    zogy_kw = dict(
         var_new=new.variance, var_ref=ref_resampled.variance,
         # The native-grid noise of the reference: resampling lowers its per-pixel noise but not the
         # PSF-integrated noise that the ZOGY denominator weighs (V_S uses the resampled variance).
@@ -466,6 +561,20 @@ def difference_images(new: ImagePlanes, ref: ImagePlanes, params: DifferencePara
         mask=mask, hidden_new=hidden_new, hidden_ref=hidden_ref, max_hidden_sigma=params.max_hidden_sigma,
         workers=params.fft_workers,
     )
+    n_zogy_tiles, zogy_reason = zogy_tile_count(params, spreads, n_tiles)
+    n_fallback = 0
+    if n_zogy_tiles == 1:
+        result = zogy(new_sub, ref_resampled.data, psf_new.stamp, psf_ref.stamp, **zogy_kw)
+    else:
+        # Stars are picked over the tiles grown by the margin of the whole-frame PSFs.
+        tiles = tile_grid(new.shape, n_zogy_tiles, tile_margin(psf_new.stamp, psf_ref.stamp))
+        tiles_new, fell_new = tile_psfs("new image", new_sub, new.variance, new.mask, stars_new, tiles,
+                                        psf_new, params)
+        tiles_ref, fell_ref = tile_psfs("resampled reference", ref_resampled.data, ref_resampled.variance,
+                                        ref_resampled.mask, matched, tiles, psf_ref, params)
+        stamps_new, stamps_ref = ([[p.stamp for p in row] for row in grid] for grid in (tiles_new, tiles_ref))
+        result = zogy_tiled(new_sub, ref_resampled.data, stamps_new, stamps_ref, **zogy_kw)
+        n_fallback = int(np.count_nonzero(fell_new | fell_ref))
     timer.lap("zogy")
 
     # every source of the reference (segmented when its stars were found), on the new grid
@@ -495,6 +604,9 @@ def difference_images(new: ImagePlanes, ref: ImagePlanes, params: DifferencePara
         "psf_tiles": n_tiles,
         "fwhm_tile_spread_new": spreads["new"] if np.isfinite(spreads["new"]) else None,
         "fwhm_tile_spread_ref": spreads["ref"] if np.isfinite(spreads["ref"]) else None,
+        "zogy_tiles": n_zogy_tiles,
+        "zogy_tiles_psf_fallback": n_fallback,
+        "zogy_tiles_reason": zogy_reason,
         "sigma_new": bkg_new.median_rms,
         "sigma_ref": bkg_ref.median_rms,
         "scorr_std": result.scorr_std,

@@ -45,6 +45,13 @@ def wcs_after_affine(ref_wcs: WCS, matrix: np.ndarray, crpix_error=(0.0, 0.0)) -
     return new
 
 
+def render_stars(shape, x, y, flux, fwhm) -> np.ndarray:
+    """Moffat (beta 3) stars; ``fwhm`` (px) is a number, or a function of the star positions ``(x, y)``."""
+    if not callable(fwhm):
+        return render_point_sources(shape, x, y, flux, fwhm, beta=3.0)
+    return sum(render_point_sources(shape, xi, yi, fi, wi, beta=3.0) for xi, yi, fi, wi in zip(x, y, flux, fwhm(x, y)))
+
+
 def noisy_planes(model, sky, wcs, rng, read_noise=5.0) -> ImagePlanes:
     """Poisson-like Gaussian noise on ``model + sky`` with the exact variance plane."""
     variance = model + sky + read_noise**2
@@ -104,9 +111,10 @@ def make_pair(
     new_y = matrix[1, 0] * ref_x + matrix[1, 1] * ref_y + matrix[1, 2]
     ref_wcs = make_tan_wcs(shape)
     new_wcs = wcs_after_affine(ref_wcs, matrix, crpix_error)
-    new_model = render_point_sources(shape, new_x, new_y, flux, fwhm_new, beta=3.0)
+    new_model = render_stars(shape, new_x, new_y, flux, fwhm_new)
     if transient_xy is not None:
-        new_model += render_point_sources(shape, *transient_xy, transient_flux, fwhm_new, beta=3.0)
+        tx, ty, tf = (np.atleast_1d(v) for v in (*transient_xy, transient_flux))
+        new_model += render_stars(shape, tx, ty, tf, fwhm_new)
     ref_model = render_point_sources(shape, ref_x, ref_y, flux * flux_ratio / scale**2, fwhm_ref, beta=3.0)
     return SyntheticPair(
         new=noisy_planes(new_model, sky_new, new_wcs, rng),
