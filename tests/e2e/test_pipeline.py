@@ -12,9 +12,11 @@ from sqlalchemy import func, select
 
 from dagster_project.catalog import queries
 from dagster_project.catalog.models import Candidate, DifferenceRun, Observation, ObservationStatus, RunStatus
+from dagster_project.catalog.provenance import Artifact, ProcessingRun, ProcessingStep
 from dagster_project.cli import main as cli_main
 from dagster_project.definitions import defs
 from dagster_project.runner import process_folder
+from dagster_project.sensors.ledger import mirror_run
 from dagster_project.science.recovery import match_injections
 from dagster_project.simulator import load_truth, simulate_night
 from tests.conftest import fresh_postgres_database
@@ -127,6 +129,14 @@ def test_a_batch_run_rematerializes_each_partition_of_its_range(processed):
     calibrated = {key: meta["artifact_calibrated_image"].value for key, meta in materialized["calibrated_image"].items()}
     assert len(set(calibrated.values())) == 3 and all(key in path for key, path in calibrated.items())
     assert all(meta["batch_size"].value == 3 for meta in materialized["candidates"].values())
+    # provenance: one run, each partition's files as its own artifacts
+    mirror_run(platform.instance, platform.catalog, platform.settings.store_dir, result.run_id)
+    with platform.catalog.session() as session:
+        run = session.scalar(select(ProcessingRun).where(ProcessingRun.dagster_run_id == result.run_id))
+        assert sorted(run.partition_keys) == sorted(keys)
+        calibrated_artifacts = session.scalars(select(Artifact).join(Artifact.step).where(
+            Artifact.role == "calibrated_image", ProcessingStep.processing_run_id == run.id)).all()
+        assert sorted(a.partition_key for a in calibrated_artifacts) == sorted(keys)
     with platform.catalog.session() as session:
         assert session.scalar(select(func.count()).select_from(Candidate)) == before  # replaced, not added
         assert session.scalar(select(func.count()).select_from(DifferenceRun)) == 3
