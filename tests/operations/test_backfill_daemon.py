@@ -7,7 +7,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -74,11 +74,10 @@ def running_daemon(log_path: Path) -> Iterator[None]:
         yield
     finally:
         daemon.terminate()
-        try:
+        with suppress(subprocess.TimeoutExpired):
             daemon.wait(60)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
+        daemon.kill()  # does nothing once it has exited
+        daemon.wait()
         log.close()
 
 
