@@ -10,8 +10,14 @@ so that a reader never sees half a file. Layout under the store root::
     products/<night>/<observation>/difference.fits   D, SCORR, FLUX, FLUXERR, MASK, REF
     products/<night>/<observation>/candidates.ecsv
     references/<field>-<band>/v<version>.fits   SCI, VAR, MASK
+    references/<field>-<band>/v<version>.char.npz  its background, stars and PSF for differences
+
+The reference characterization is a NumPy ``.npz`` (not FITS) because it must
+read back bit for bit, the PSF parameters and the parameters it was computed
+with included (FITS header floats are not guaranteed to round-trip).
 """
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -21,8 +27,10 @@ from astropy.io import fits
 from astropy.table import Table
 
 from dagster_project.science.calibration import MasterFrame
+from dagster_project.science.difference import ImageCharacterization
 from dagster_project.science.images import ImagePlanes
 from dagster_project.science.masks import MASK_DTYPE
+from dagster_project.science.psf import PSFModel
 
 
 def _atomic_write(path: Path, write) -> Path:
@@ -55,6 +63,11 @@ class ProductStore:
     def reference_path(self, field_band: str, version: int) -> Path:
         return self.root / "references" / field_band / f"v{version}.fits"
 
+    @staticmethod
+    def characterization_path(reference_path: Path | str) -> Path:
+        """Next to the frozen reference: ``v<version>.fits`` -> ``v<version>.char.npz``."""
+        return Path(reference_path).with_suffix(".char.npz")
+
     # -- writing ------------------------------------------------------------
     def write_planes(self, path: Path, planes: ImagePlanes, extra: dict[str, np.ndarray] | None = None) -> Path:
         """SCI/VAR/MASK image extensions (plus ``extra`` named images) with the WCS in each header."""
@@ -83,6 +96,25 @@ class ProductStore:
     def write_bytes(self, path: Path, payload: bytes) -> Path:
         return _atomic_write(path, lambda tmp: tmp.write_bytes(payload))
 
+    def write_characterization(self, path: Path, characterization: ImageCharacterization, code_version: str) -> Path:
+        """Background map, stars (with every source), PSF and parameters, exactly; ``code_version`` computed it."""
+        c, psf = characterization, characterization.psf
+        arrays = {
+            "background": c.background, "sky_rms": np.float64(c.sky_rms),
+            "psf_stamp": psf.stamp, "psf_shape": np.array([psf.fwhm_px, psf.ellipticity, psf.theta_deg, psf.beta]),
+            "psf_n_stars": np.int64(psf.n_stars),
+            "star_columns": np.array(c.stars.colnames), "stars_fwhm": np.float64(c.stars.meta["fwhm"]),
+            **{f"star_{name}": np.asarray(c.stars[name]) for name in c.stars.colnames},
+            **{f"source_{name}": np.asarray(v) for name, v in c.stars.meta["sources"].items()},
+            "params": np.array(json.dumps(c.params)), "code_version": np.array(code_version),
+        }
+
+        def write(tmp: Path) -> None:
+            with tmp.open("wb") as f:  # a file object: np.savez would append ".npz" to a path
+                np.savez(f, **arrays)
+
+        return _atomic_write(path, write)
+
     # -- reading ------------------------------------------------------------
     def read_planes(self, path: Path) -> ImagePlanes:
         maps, header = self.read_maps(path, ("SCI", "VAR", "MASK"))
@@ -99,6 +131,19 @@ class ProductStore:
         ny, nx = maps[names[0]].shape
         header["NAXIS"], header["NAXIS1"], header["NAXIS2"] = 2, nx, ny
         return maps, header
+
+    def read_characterization(self, path: Path) -> tuple[ImageCharacterization, str]:
+        """What :meth:`write_characterization` wrote, and the code version that computed it."""
+        with np.load(path, allow_pickle=False) as z:
+            sources = {k.removeprefix("source_"): z[k] for k in z.files if k.startswith("source_")}
+            stars = Table({name: z[f"star_{name}"] for name in z["star_columns"]},
+                          meta={"fwhm": float(z["stars_fwhm"]), "sources": sources})
+            fwhm_px, ellipticity, theta_deg, beta = (float(v) for v in z["psf_shape"])
+            psf = PSFModel(z["psf_stamp"], fwhm_px, ellipticity, theta_deg, beta, int(z["psf_n_stars"]))
+            characterization = ImageCharacterization(
+                background=z["background"], sky_rms=float(z["sky_rms"]), stars=stars, psf=psf,
+                params=json.loads(str(z["params"])))
+            return characterization, str(z["code_version"])
 
     def read_master(self, path: Path) -> MasterFrame:
         maps, header = self.read_maps(path, ("DATA", "MASK"))

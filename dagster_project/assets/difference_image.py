@@ -17,7 +17,7 @@ from dagster_project.assets.batching import BATCHED_BACKFILL, PartitionOutput, m
 from dagster_project.assets.calibrated_image import calibrated_image
 from dagster_project.assets.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, artifacts, inputs, png_markdown, rounded, size_mb
 from dagster_project.assets.partitions import observations_partitions
-from dagster_project.assets.reference_image import reference_image
+from dagster_project.assets.reference_image import reference_characterization, reference_image
 from dagster_project.catalog import pipeline_queries, queries, result_lifecycle
 from dagster_project.catalog.models import RunStatus
 from dagster_project.keys import field_band_key
@@ -86,7 +86,9 @@ def _difference(key: str, dagster_run_id: str, catalog: CatalogResource, store: 
     try:
         new = products.read_planes(new_path)
         ref = products.read_planes(Path(lineage["reference_path"]))
-        result = difference_images(new, ref, params)
+        ref_characterization, characterization_path, written = reference_characterization(
+            products, lineage["reference_path"], ref, params)
+        result = difference_images(new, ref, params, ref_characterization=ref_characterization)
         products.write_maps(output, new.header, {
             "D": result.zogy.D, "SCORR": result.zogy.S_corr, "FLUX": result.zogy.flux,
             "FLUXERR": result.zogy.flux_err, "MASK": result.mask, "REF": result.ref_resampled.data,
@@ -114,6 +116,8 @@ def _difference(key: str, dagster_run_id: str, catalog: CatalogResource, store: 
         metadata={
             **artifacts(difference_image=output, detections_table=detections_path, difference_preview=preview_path),
             **inputs(calibrated_image=new_path, reference_image=lineage["reference_path"]), "size_mb": size_mb(output),
+            # written here only for a reference version frozen without it (reference_image writes it)
+            **(artifacts(reference_characterization=characterization_path) if written else {}),
             **lineage, **quality,
             "registration_method": result.quality.get("registration_method", ""),
             **{f"time_{k}_s": round(v, 3) for k, v in result.timings.items()},

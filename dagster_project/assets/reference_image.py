@@ -1,4 +1,9 @@
-"""reference_image: per field and band, the best-seeing good calibrated frame, frozen as a numbered version."""
+"""reference_image: per field and band, the best-seeing good calibrated frame, frozen as a numbered version.
+
+Each version also gets its characterization for differences (background, stars, PSF: steps 1-3 of
+:func:`~dagster_project.science.difference.difference_images`), stored next to the frozen file and
+reused by every difference against that version.
+"""
 
 import shutil
 from pathlib import Path
@@ -10,8 +15,17 @@ from dagster_project.assets.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, art
 from dagster_project.assets.partitions import field_band_partitions
 from dagster_project.catalog import pipeline_queries, queries
 from dagster_project.resources import CatalogResource, StoreResource
+from dagster_project.science.difference import (
+    DifferenceParams,
+    ImageCharacterization,
+    characterization_params,
+    characterize_for_difference,
+)
+from dagster_project.science.images import ImagePlanes
 from dagster_project.science.preview import image_preview_png
+from dagster_project.science.psf import PSFError
 from dagster_project.science.reference_selection import choose_reference
+from dagster_project.store import ProductStore
 
 
 @asset(
@@ -45,13 +59,52 @@ def reference_image(context: AssetExecutionContext, catalog: CatalogResource, st
         reference.path = str(target)
         version, source = reference.version, chosen.observation_key
     planes = products.read_planes(Path(target))
+    try:
+        _, characterization_path, _ = reference_characterization(products, target, planes, DifferenceParams())
+        stored = artifacts(reference_characterization=characterization_path)
+    except PSFError as exc:
+        # not fatal here: each difference against this version tries again and fails with this reason
+        stored = {"reference_characterization": f"not stored: {exc}"}
     preview = image_preview_png(planes.data, mask=planes.mask, max_size=256)
     return MaterializeResult(
         metadata={
-            **artifacts(reference_image=target), **inputs(calibrated_image=chosen.path), "size_mb": size_mb(target),
+            **artifacts(reference_image=target), **stored, **inputs(calibrated_image=chosen.path),
+            "size_mb": size_mb(target),
             "reference_version": version, "source_observation": source,
             "selection_reason": choice.reason, "frames_considered": len(frames),
             **rounded({k: chosen.quality.get(k) for k in ("seeing_arcsec", "fwhm_px", "sky_rms_e", "depth_5sigma_e")}),
             "preview": png_markdown(preview, f"reference v{version}"),
         },
     )
+
+
+def reference_characterization(
+    products: ProductStore, reference_path: Path | str, reference: ImagePlanes, params: DifferenceParams
+) -> tuple[ImageCharacterization, Path, bool]:
+    """The reference's characterization for ``params``: read from next to the frozen file, else computed there.
+
+    A stored one is used only when computed with the same characterization parameters by the same code
+    version, so a difference gets the numbers it would compute itself; otherwise (or for a version frozen
+    before characterizations were stored) it is computed and written once.
+
+    Returns
+    -------
+    characterization : ImageCharacterization
+    path : Path
+        The stored file.
+    written : bool
+        True when computed and written by this call.
+
+    Raises
+    ------
+    PSFError
+        Too few usable stars in the reference.
+    """
+    path = products.characterization_path(reference_path)
+    if path.exists():
+        stored, code_version = products.read_characterization(path)
+        if stored.params == characterization_params(params) and code_version == CODE_VERSION:
+            return stored, path, False
+    characterization = characterize_for_difference(reference, params, "reference")
+    products.write_characterization(path, characterization, CODE_VERSION)
+    return characterization, path, True

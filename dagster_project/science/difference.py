@@ -24,6 +24,13 @@ Steps of :func:`difference_images` (each timed in ``DifferenceResult.timings``):
 11. ``detection``: candidates in S_corr, flagged and marked ``is_good``
     (see :mod:`~dagster_project.science.detection`).
 
+Steps 1-3 look at one image alone (:func:`characterize_for_difference`);
+an :class:`ImageCharacterization` computed before, e.g. once per reference
+version, replaces them for that image and gives the same numbers. The new
+image is characterized here: calibration's
+:func:`~dagster_project.science.psf.characterize_image` computes the same
+background but keeps it in memory only, and picks stars with another S/N cut.
+
 One PSF per image, or one per tile
 ----------------------------------
 The variation of the PSF over the field is measured first
@@ -234,6 +241,94 @@ class _Timer:
         self._t = now
 
 
+#: The :class:`DifferenceParams` fields that :func:`characterize_for_difference` reads.
+CHARACTERIZATION_FIELDS = (
+    "bkg_box_size", "bkg_filter_size", "star_snr_min", "max_stars", "psf_stamp_size", "max_psf_stars",
+    "min_psf_stars",
+)
+
+#: The steps of :func:`difference_images` that :func:`characterize_for_difference` does for one image.
+CHARACTERIZATION_STEPS = ("background", "stars", "psf")
+
+
+@dataclass
+class ImageCharacterization:
+    """Steps 1-3 of :func:`difference_images` for one image: background, stars, PSF.
+
+    Attributes
+    ----------
+    background : ndarray, float32, shape (ny, nx)
+        Sky map (e-), as :func:`~dagster_project.science.background.estimate_background` returned it.
+    sky_rms : float
+        Median background noise (e-): the image's ``sigma`` for ZOGY and the saturation halo.
+    stars : astropy.table.Table
+        Output of :func:`~dagster_project.science.psf.find_stars` on the background-subtracted
+        image, with its ``meta['fwhm']`` and ``meta['sources']``.
+    psf : PSFModel
+        PSF of the image on its own grid.
+    params : dict
+        The :data:`CHARACTERIZATION_FIELDS` of the parameters it was computed with.
+    timings : dict
+        Seconds spent per step of :data:`CHARACTERIZATION_STEPS` (empty when read back from a file).
+    """
+
+    background: np.ndarray
+    sky_rms: float
+    stars: Table
+    psf: PSFModel
+    params: dict
+    timings: dict = field(default_factory=dict)
+
+
+def characterization_params(params: DifferenceParams) -> dict:
+    """The :data:`CHARACTERIZATION_FIELDS` of ``params``: a characterization fits ``params`` iff these match."""
+    return {name: getattr(params, name) for name in CHARACTERIZATION_FIELDS}
+
+
+def subtract_background(planes: ImagePlanes, background: np.ndarray) -> np.ndarray:
+    """``planes.data - background`` as float32: the image every step after the background works on."""
+    return (planes.data - background).astype(np.float32)
+
+
+def characterize_for_difference(
+    planes: ImagePlanes, params: DifferenceParams | None = None, label: str = "image"
+) -> ImageCharacterization:
+    """Background, stars and PSF of one image exactly as :func:`difference_images` measures them.
+
+    Parameters
+    ----------
+    planes : ImagePlanes
+        Calibrated image (e-, sky included), variance, mask.
+    params : DifferenceParams, optional
+    label : str
+        Names the image in error messages.
+
+    Returns
+    -------
+    ImageCharacterization
+
+    Raises
+    ------
+    PSFError
+        Too few usable stars, with ``label`` in the message.
+    """
+    params = DifferenceParams() if params is None else params
+    timer = _Timer()
+    bkg = estimate_background(
+        planes.data, planes.mask, box_size=params.bkg_box_size, filter_size=params.bkg_filter_size, rms_map=False
+    )
+    image = subtract_background(planes, bkg.background)
+    timer.lap("background")
+    stars = find_stars(image, planes.variance, planes.mask, snr_min=params.star_snr_min, max_stars=params.max_stars)
+    timer.lap("stars")
+    psf = _psf_for(label, image, planes.variance, planes.mask, stars, params)
+    timer.lap("psf")
+    return ImageCharacterization(
+        background=bkg.background, sky_rms=bkg.median_rms, stars=stars, psf=psf,
+        params=characterization_params(params), timings=timer.timings,
+    )
+
+
 def _psf_for(label: str, image, variance, mask, stars, params: DifferenceParams) -> PSFModel:
     try:
         return estimate_psf(
@@ -428,7 +523,11 @@ def saturation_halo(data: np.ndarray, mask: np.ndarray, psf: PSFModel, sigma: fl
     return halo
 
 
-def difference_images(new: ImagePlanes, ref: ImagePlanes, params: DifferenceParams | None = None) -> DifferenceResult:
+def difference_images(
+    new: ImagePlanes, ref: ImagePlanes, params: DifferenceParams | None = None, *,
+    ref_characterization: ImageCharacterization | None = None,
+    new_characterization: ImageCharacterization | None = None,
+) -> DifferenceResult:
     """Register, PSF-match (ZOGY) and subtract ``ref`` from ``new``; detect transients.
 
     Parameters
@@ -438,6 +537,10 @@ def difference_images(new: ImagePlanes, ref: ImagePlanes, params: DifferencePara
     ref : ImagePlanes
         Calibrated reference image, any grid overlapping ``new``.
     params : DifferenceParams, optional
+    ref_characterization, new_characterization : ImageCharacterization, optional
+        :func:`characterize_for_difference` of ``ref`` (``new``) computed before with the same
+        parameters; steps 1-3 are then skipped for that image (their timings count only the
+        images characterized here) and the result is the same.
 
     Returns
     -------
@@ -465,7 +568,7 @@ def difference_images(new: ImagePlanes, ref: ImagePlanes, params: DifferencePara
     PSFError, RegistrationError, FluxScaleError
         With a message naming the image and the reason.
     ValueError
-        Inconsistent input planes.
+        Inconsistent input planes, or a characterization computed with other parameters.
     """
     params = DifferenceParams() if params is None else params
     if params.zogy_tiles is not None and params.zogy_tiles < 1:
@@ -474,23 +577,21 @@ def difference_images(new: ImagePlanes, ref: ImagePlanes, params: DifferencePara
         shape = planes.data.shape
         if planes.data.ndim != 2 or planes.variance.shape != shape or planes.mask.shape != shape:
             raise ValueError(f"{label} image: data, variance and mask must be 2-D arrays of one shape")
+    for label, given in (("new", new_characterization), ("reference", ref_characterization)):
+        if given is not None and given.params != characterization_params(params):
+            raise ValueError(f"{label} characterization was computed with {given.params}, "
+                             f"not {characterization_params(params)}")
+    char_new = new_characterization or characterize_for_difference(new, params, "new image")
+    char_ref = ref_characterization or characterize_for_difference(ref, params, "reference")
     timer = _Timer()
-
-    bkg_kw = dict(box_size=params.bkg_box_size, filter_size=params.bkg_filter_size, rms_map=False)
-    bkg_new = estimate_background(new.data, new.mask, **bkg_kw)
-    bkg_ref = estimate_background(ref.data, ref.mask, **bkg_kw)
-    new_sub = (new.data - bkg_new.background).astype(np.float32)
-    ref_sub = (ref.data - bkg_ref.background).astype(np.float32)
+    new_sub, ref_sub = subtract_background(new, char_new.background), subtract_background(ref, char_ref.background)
     timer.lap("background")
-
-    star_kw = dict(snr_min=params.star_snr_min, max_stars=params.max_stars)
-    stars_new = find_stars(new_sub, new.variance, new.mask, **star_kw)
-    stars_ref = find_stars(ref_sub, ref.variance, ref.mask, **star_kw)
-    timer.lap("stars")
-
-    psf_new = _psf_for("new image", new_sub, new.variance, new.mask, stars_new, params)
-    psf_ref_native = _psf_for("reference", ref_sub, ref.variance, ref.mask, stars_ref, params)
-    timer.lap("psf")
+    # the steps of the images characterized here; a given characterization cost nothing now
+    computed = [c for c, given in ((char_new, new_characterization), (char_ref, ref_characterization)) if given is None]
+    for step in CHARACTERIZATION_STEPS:
+        timer.timings[step] = round(timer.timings.get(step, 0.0) + sum(c.timings[step] for c in computed), 4)
+    stars_new, stars_ref = char_new.stars, char_ref.stars
+    psf_new, psf_ref_native = char_new.psf, char_ref.psf
 
     pos_new = psf_photometry(
         new_sub, new.variance, new.mask, psf_new, stars_new["x"], stars_new["y"], fit_positions=True
@@ -520,8 +621,8 @@ def difference_images(new: ImagePlanes, ref: ImagePlanes, params: DifferencePara
 
     # Each image's saturated stars get a halo on its own grid, from its own PSF and noise.
     halo_bit = MASK_DTYPE(MaskBit.SATURATION_HALO)
-    new_halo = saturation_halo(new_sub, new.mask, psf_new, bkg_new.median_rms)
-    ref_halo = saturation_halo(ref_sub, ref.mask, psf_ref_native, bkg_ref.median_rms)
+    new_halo = saturation_halo(new_sub, new.mask, psf_new, char_new.sky_rms)
+    ref_halo = saturation_halo(ref_sub, ref.mask, psf_ref_native, char_ref.sky_rms)
     new_mask = new.mask | np.where(new_halo, halo_bit, MASK_DTYPE(0))
     ref_mask = ref.mask | np.where(ref_halo, halo_bit, MASK_DTYPE(0))
     ref_resampled = resample_planes(
@@ -556,7 +657,7 @@ def difference_images(new: ImagePlanes, ref: ImagePlanes, params: DifferencePara
         var_new=new.variance, var_ref=ref_resampled.variance,
         # The native-grid noise of the reference: resampling lowers its per-pixel noise but not the
         # PSF-integrated noise that the ZOGY denominator weighs (V_S uses the resampled variance).
-        sigma_new=bkg_new.median_rms, sigma_ref=bkg_ref.median_rms,
+        sigma_new=char_new.sky_rms, sigma_ref=char_ref.sky_rms,
         flux_ratio_ref=flux_scale.ratio, flux_new=1.0, astrometric_rms=astrometric,
         mask=mask, hidden_new=hidden_new, hidden_ref=hidden_ref, max_hidden_sigma=params.max_hidden_sigma,
         workers=params.fft_workers,
@@ -607,8 +708,8 @@ def difference_images(new: ImagePlanes, ref: ImagePlanes, params: DifferencePara
         "zogy_tiles": n_zogy_tiles,
         "zogy_tiles_psf_fallback": n_fallback,
         "zogy_tiles_reason": zogy_reason,
-        "sigma_new": bkg_new.median_rms,
-        "sigma_ref": bkg_ref.median_rms,
+        "sigma_new": char_new.sky_rms,
+        "sigma_ref": char_ref.sky_rms,
         "scorr_std": result.scorr_std,
         "d_std": result.d_std,
         "depth_5sigma_e": float(5.0 * np.nanmedian(valid_err)),

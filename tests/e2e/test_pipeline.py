@@ -5,7 +5,9 @@ import json
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
+from astropy.io import fits
 from dagster import AssetKey, instance_for_test
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from sqlalchemy import func, select
@@ -107,6 +109,39 @@ def test_rematerializing_a_partition_replaces_rows(processed):
         run = session.scalars(select(DifferenceRun).join(DifferenceRun.observation)
                               .where(Observation.observation_id == key)).one()
         assert run.retry_count == retries + 1
+
+
+def test_the_reference_is_characterized_once_per_version(processed):
+    """Frozen with the reference, read by every difference; one frozen without it gets it written once."""
+    platform, _, _, _ = processed
+    with platform.catalog.session() as session:
+        target = session.scalars(select(DifferenceRun).where(DifferenceRun.status == RunStatus.COMPLETED)).first()
+        key, reference_path = target.observation.observation_id, Path(target.reference_image.path)
+        difference_path = Path(target.difference_image_path)
+    stored = reference_path.with_suffix(".char.npz")
+    frozen = platform.instance.get_latest_materialization_event(AssetKey("reference_image")).asset_materialization
+    assert frozen.metadata["artifact_reference_characterization"].value == str(stored)
+    written_at = stored.stat().st_mtime_ns
+
+    def difference_metadata():
+        result = defs.resolve_job_def("difference_job").execute_in_process(
+            instance=platform.instance, partition_key=key, resources=platform.resources)
+        assert result.success
+        with fits.open(difference_path) as hdul:
+            maps = {name: hdul[name].data.copy() for name in ("D", "SCORR", "MASK")}
+        return result.get_asset_materialization_events()[0].step_materialization_data.materialization.metadata, maps
+
+    metadata, reused = difference_metadata()
+    assert "artifact_reference_characterization" not in metadata
+    assert stored.stat().st_mtime_ns == written_at
+    # a version frozen before characterizations were stored: the next difference writes it, the same numbers
+    stored.unlink()
+    metadata, computed = difference_metadata()
+    assert metadata["artifact_reference_characterization"].value == str(stored) and stored.exists()
+    assert all(np.array_equal(reused[name], computed[name], equal_nan=True) for name in reused)
+    written_at = stored.stat().st_mtime_ns
+    metadata, _ = difference_metadata()
+    assert "artifact_reference_characterization" not in metadata and stored.stat().st_mtime_ns == written_at
 
 
 def test_a_batch_run_rematerializes_each_partition_of_its_range(processed):

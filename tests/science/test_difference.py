@@ -7,7 +7,9 @@ import pytest
 from scipy import ndimage
 
 from dagster_project.science.difference import (
+    CHARACTERIZATION_STEPS,
     DifferenceParams,
+    characterize_for_difference,
     difference_images,
     hidden_flux,
     saturation_halo,
@@ -65,6 +67,33 @@ def test_resampled_reference_and_combined_mask(result, synthetic_pair):
     assert edge.any() and np.isnan(ref.data[edge & ~np.isfinite(ref.data)]).all()
     assert np.array_equal(result.mask & ~np.uint16(MaskBit.SATURATION_HALO), synthetic_pair.new.mask | ref.mask)
     assert np.isnan(result.zogy.S_corr[edge]).all()
+
+
+def test_precomputed_characterizations_give_the_same_result(result, synthetic_pair):
+    # What the pipeline does: the reference's background, stars and PSF computed once and passed in.
+    pair = synthetic_pair
+    ref_char = characterize_for_difference(pair.ref, DifferenceParams(), "reference")
+    new_char = characterize_for_difference(pair.new, DifferenceParams(), "new image")
+    for given in ({"ref_characterization": ref_char},
+                  {"ref_characterization": ref_char, "new_characterization": new_char}):
+        reused = difference_images(pair.new, pair.ref, **given)
+        for name in ("D", "S_corr", "flux", "flux_err"):
+            assert np.array_equal(getattr(reused.zogy, name), getattr(result.zogy, name), equal_nan=True)
+        assert np.array_equal(reused.mask, result.mask)
+        assert reused.candidates.colnames == result.candidates.colnames
+        for name in result.candidates.colnames:
+            column = np.asarray(result.candidates[name])
+            assert np.array_equal(reused.candidates[name], column, equal_nan=column.dtype.kind == "f")
+        assert reused.quality == result.quality
+    # nothing recomputed: only the background subtraction is left of steps 1-3
+    assert all(reused.timings[step] < 0.01 for step in CHARACTERIZATION_STEPS)
+    assert result.timings["stars"] > 0.01
+
+
+def test_a_characterization_with_other_parameters_is_refused(synthetic_pair):
+    ref_char = characterize_for_difference(synthetic_pair.ref, DifferenceParams(star_snr_min=30.0))
+    with pytest.raises(ValueError, match="reference characterization was computed with"):
+        difference_images(synthetic_pair.new, synthetic_pair.ref, ref_characterization=ref_char)
 
 
 def test_reference_without_stars_raises_psf_error(synthetic_pair):
