@@ -115,7 +115,8 @@ def _difference(key: str, dagster_run_id: str, catalog: CatalogResource, store: 
     return PartitionOutput(
         metadata={
             **artifacts(difference_image=output, detections_table=detections_path, difference_preview=preview_path),
-            **inputs(calibrated_image=new_path, reference_image=lineage["reference_path"]), "size_mb": size_mb(output),
+            **inputs(calibrated_image=new_path, reference_image=lineage["reference_path"],
+                     reference_characterization=characterization_path), "size_mb": size_mb(output),
             # written here only for a reference version frozen without it (reference_image writes it)
             **(artifacts(reference_characterization=characterization_path) if written else {}),
             **lineage, **quality,

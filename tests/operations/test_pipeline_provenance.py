@@ -83,11 +83,13 @@ def test_provenance_of_a_difference_image(processed, cli):
     assert answer["parameters"]["difference"]["algorithm"] == "zogy"
     assert answer["parameters"]["metadata"]["reference_version"] == 1
     inputs = {i["role"]: i for i in answer["inputs"]}
-    assert set(inputs) == {"calibrated_image", "reference_image"}
+    assert set(inputs) == {"calibrated_image", "reference_image", "reference_characterization"}
     calibrate_run = next(r for r in report.runs if r.job_name == "calibrate_job" and r.partition_key in str(path))
     assert inputs["calibrated_image"]["made_by_run"] == calibrate_run.run_id
     reference_run = next(r for r in report.runs if r.job_name == "reference_job")
     assert inputs["reference_image"]["made_by_run"] == reference_run.run_id
+    # the reference's background, stars and PSF, computed once when the reference was frozen
+    assert inputs["reference_characterization"]["made_by_run"] == reference_run.run_id
 
 
 def test_provenance_of_a_calibrated_frame_reaches_the_raw_file(processed, cli):
