@@ -58,7 +58,7 @@ Implementation notes
   output maps) runs over blocks of rows in ``workers`` threads, with
   block-sized temporaries that stay in cache instead of image-sized ones.
 * The bound on the flux hidden under excluded pixels is computed on a grid
-  ``_LEAK_BLOCK`` = 4 times coarser (block sums of the hidden flux
+  ``LEAK_BLOCK`` = 4 times coarser (block sums of the hidden flux
   convolved with the block maxima of max(|k_n|, |k_r|)): still an upper
   bound of the full-resolution one at every pixel, at 1/16 of its cost;
   it blanks a few more pixels around each masked star core.
@@ -67,24 +67,20 @@ Implementation notes
   are not amplified.
 """
 
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import fft, ndimage
+
+from .parallel import RowBlocks, threads_for
 
 #: Frequencies where both PSFs have less power than this (relative to the zero
 #: frequency) are not amplified in D: below it the float32 transforms are round-off.
 _DEN_FLOOR = 1e-12
 
 #: Side (px) of the blocks over which the hidden-flux bound is computed and held constant.
-_LEAK_BLOCK = 4
+LEAK_BLOCK = 4
 
-#: Elements per block of rows in the element-wise passes: few enough for a block's arrays (<= 8
-#: bytes an element) to stay in cache, enough to amortise the overhead of each NumPy call.
-_BLOCK_ELEMENTS = 1 << 16
 
 
 @dataclass
@@ -203,68 +199,7 @@ def _small_grid_kernels(psf_n, psf_r, a, b, Fn, Fr, F_D, size) -> _SmallGridKern
     )
 
 
-def _thread_count(workers: int) -> int:
-    """Threads for ``workers`` with the convention of :mod:`scipy.fft` (-1: all cores, -2: all but one...)."""
-    return workers if workers > 0 else max(1, (os.cpu_count() or 1) + 1 + workers)
-
-
-class _RowBlocks:
-    """Runs element-wise work over blocks of rows in ``threads`` threads, the caller's included.
-
-    NumPy releases the GIL in its loops, so blocks run in parallel; the
-    threads take the next free block, so a thread slowed by other load
-    does less. A block's temporaries stay in cache, where full-size ones
-    would each cost fresh zero-filled pages. Use as a context manager.
-    """
-
-    def __init__(self, threads: int):
-        self.threads = threads
-        self._executor = ThreadPoolExecutor(threads - 1) if threads > 1 else None
-        self._local = threading.local()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self._executor is not None:
-            self._executor.shutdown()
-
-    def run(self, func, n_rows: int, width: int, multiple: int = 1) -> None:
-        """Call ``func(rows)`` on consecutive row slices covering ``n_rows`` rows.
-
-        A slice holds about ``_BLOCK_ELEMENTS`` elements of a ``width``-wide
-        array, in whole multiples of ``multiple`` rows.
-        """
-        step = max(1, _BLOCK_ELEMENTS // (width * multiple)) * multiple
-        blocks = iter([slice(r, min(r + step, n_rows)) for r in range(0, n_rows, step)])
-
-        def work():
-            for rows in blocks:  # next() on a list iterator is atomic: each block goes to one thread
-                func(rows)
-
-        helpers = [self._executor.submit(work) for _ in range(self.threads - 1)] if self._executor else []
-        try:
-            work()
-        finally:
-            for helper in helpers:
-                helper.result()
-
-    def scratch(self, count: int, shape: tuple[int, ...], dtype) -> np.ndarray:
-        """``count`` arrays of ``shape`` and ``dtype`` (any contents), private to the calling thread.
-
-        Kept from block to block: freed and allocated again, temporaries
-        may go back to the system each time and return as fresh pages. One
-        call per dtype in a block: a second returns the same memory.
-        """
-        arrays = self._local.__dict__.setdefault("arrays", {})
-        size = count * int(np.prod(shape))
-        key = np.dtype(dtype).str
-        if key not in arrays or arrays[key].size < size:
-            arrays[key] = np.empty(size, dtype=dtype)
-        return arrays[key][:size].reshape(count, *shape)
-
-
-def _excluded_pixels(new, ref, var_new, var_ref, mask, blocks: _RowBlocks) -> np.ndarray:
+def _excluded_pixels(new, ref, var_new, var_ref, mask, blocks: RowBlocks) -> np.ndarray:
     """True where any input is non-finite, a variance is negative, or ``mask`` is non-zero."""
     out = np.empty(new.shape, dtype=bool)
 
@@ -304,7 +239,7 @@ def _stamp_rfft2(stamp: np.ndarray, shape: tuple[int, int], workers: int, out: n
     return fft.fft(full, axis=0, workers=workers, overwrite_x=True)
 
 
-def _forward(image: np.ndarray, excluded: tuple[np.ndarray, np.ndarray], buffer: np.ndarray, blocks: _RowBlocks,
+def _forward(image: np.ndarray, excluded: tuple[np.ndarray, np.ndarray], buffer: np.ndarray, blocks: RowBlocks,
              workers: int) -> np.ndarray:
     """rfft2 of ``image`` with the pixels ``excluded`` (row and column indices) set to 0, zero-padded.
 
@@ -331,7 +266,7 @@ def _inverse(spectrum: np.ndarray, shape: tuple[int, int], ny: int, nx: int, wor
     return fft.irfft(spectrum[:ny], n=shape[1], axis=1, workers=workers)[:, :nx]
 
 
-def _difference_spectra(A, B, Pn, Pr, a, b, Fn, Fr, separate: bool, blocks: _RowBlocks) -> None:
+def _difference_spectra(A, B, Pn, Pr, a, b, Fn, Fr, separate: bool, blocks: RowBlocks) -> None:
     """The ZOGY Fourier-space algebra, in place, one block of rows at a time.
 
     On entry A = N^, B = R^, Pn = P_n^, Pr = P_r^; on exit Pn = D^ (eq. 13)
@@ -376,7 +311,7 @@ def _difference_spectra(A, B, Pn, Pr, a, b, Fn, Fr, separate: bool, blocks: _Row
     blocks.run(block, A.shape[0], A.shape[1])
 
 
-def _variance_spectrum(V, Vr, K2n, K2r, blocks: _RowBlocks) -> None:
+def _variance_spectrum(V, Vr, K2n, K2r, blocks: RowBlocks) -> None:
     """``V <- V K2n + Vr K2r`` in place (the transform of V(S_N) + V(S_R), eqs. 26-27); Vr is scratch."""
 
     def block(rows):
@@ -531,7 +466,7 @@ def _median(values: np.ndarray):
     return (part[half - 1] + part[half]) / 2
 
 
-def _robust_std(sample: np.ndarray) -> float:
+def robust_std(sample: np.ndarray) -> float:
     """``astropy.stats.mad_std(sample, ignore_nan=True)``: 1.4826 times the median absolute deviation."""
     values = sample[~np.isnan(sample)]
     np.subtract(values, _median(values), out=values)
@@ -548,7 +483,7 @@ class _Maps:
 
 
 def _output_maps(D, S_parts, V_S, bad, leak, *, floor, axis_weights, max_hidden_sigma, F_S,
-                 blocks: _RowBlocks) -> _Maps:
+                 blocks: RowBlocks) -> _Maps:
     """S, S_corr, flux and flux_err from the inverse transforms, one block of rows at a time.
 
     ``S_parts`` is ``(S_N, S_R)`` (then V_ast, eqs. 30-33, is added with
@@ -563,7 +498,7 @@ def _output_maps(D, S_parts, V_S, bad, leak, *, floor, axis_weights, max_hidden_
     S = np.empty((ny, nx), dtype=np.float32) if len(S_parts) == 2 else S_parts[0]
     maps = _Maps(S=S, S_corr=np.empty_like(S), flux=np.empty_like(S), flux_err=V_S)
     nan = np.float32(np.nan)
-    thresholds = None if leak is None else _variance_thresholds(leak, max_hidden_sigma, nx, _LEAK_BLOCK)
+    thresholds = None if leak is None else _variance_thresholds(leak, max_hidden_sigma, nx, LEAK_BLOCK)
 
     def block(rows):
         v_s, s_corr = V_S[rows], maps.S_corr[rows]
@@ -577,7 +512,7 @@ def _output_maps(D, S_parts, V_S, bad, leak, *, floor, axis_weights, max_hidden_
         else:
             s, v_total = S[rows], v_s
         if thresholds is not None:
-            blank |= _below_block_rows(v_total, rows, thresholds, _LEAK_BLOCK)
+            blank |= _below_block_rows(v_total, rows, thresholds, LEAK_BLOCK)
         with np.errstate(invalid="ignore"):  # V < 0 only from round-off where nothing is valid (blank)
             np.sqrt(v_total, out=s_corr)
             flux_err = np.sqrt(v_s, out=v_s)
@@ -587,7 +522,7 @@ def _output_maps(D, S_parts, V_S, bad, leak, *, floor, axis_weights, max_hidden_
         flux_err /= F_S
         np.divide(s, F_S, out=maps.flux[rows])
 
-    blocks.run(block, ny, nx, multiple=_LEAK_BLOCK)
+    blocks.run(block, ny, nx, multiple=LEAK_BLOCK)
     return maps
 
 
@@ -693,7 +628,7 @@ def zogy(
     var_new, var_ref = np.asarray(var_new), np.asarray(var_ref)
     mask = None if mask is None else np.asarray(mask)
 
-    with _RowBlocks(_thread_count(workers)) as blocks:
+    with RowBlocks(threads_for(workers)) as blocks:
         bad = _excluded_pixels(new, ref, var_new, var_ref, mask, blocks)
         if bad.all():
             raise ValueError("every pixel is masked or non-finite")
@@ -723,7 +658,7 @@ def zogy(
         del V
 
         leak = _hidden_flux_bound((hidden_new, hidden_ref), excluded, (ny, nx),
-                                  np.maximum(np.abs(kernels.kn), np.abs(kernels.kr)), _LEAK_BLOCK, workers)
+                                  np.maximum(np.abs(kernels.kn), np.abs(kernels.kr)), LEAK_BLOCK, workers)
         floor = 1e-6 * _median(V_S[::8, ::8][~bad[::8, ::8]])
         maps = _output_maps(D, S_parts, V_S, bad, leak, floor=floor, axis_weights=(sy**2, sx**2),
                             max_hidden_sigma=float(max_hidden_sigma), F_S=kernels.F_S, blocks=blocks)
@@ -744,6 +679,6 @@ def zogy(
         flux_new=Fn,
         flux_ratio_ref=Fr,
         astrometric_rms=(sx, sy),
-        scorr_std=_robust_std(maps.S_corr[sample]),
-        d_std=_robust_std(D[sample]),
+        scorr_std=robust_std(maps.S_corr[sample]),
+        d_std=robust_std(D[sample]),
     )

@@ -15,7 +15,7 @@ Conventions
   one PSF everywhere, equal the full-frame ones to float32 round-off
   (tested). At the frame border the extended tile ends where the frame
   does, so the border is treated exactly as :func:`zogy` treats it.
-* Core edges and margins are multiples of ``_LEAK_BLOCK`` (4 px): ZOGY
+* Core edges and margins are multiples of ``LEAK_BLOCK`` (4 px): ZOGY
   bounds the flux hidden under masks on blocks of that size counted from
   the sub-image origin, and aligned tiles put the blocks on the same
   pixels as a full-frame run, so the same pixels are blanked.
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .zogy import _LEAK_BLOCK, ZogyResult, _robust_std, zogy
+from .zogy import LEAK_BLOCK, ZogyResult, robust_std, zogy
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def tile_margin(*stamps: np.ndarray) -> int:
 def tile_grid(shape: tuple[int, int], n_tiles: int, margin: int) -> list[list[Tile]]:
     """``n_tiles`` x ``n_tiles`` tiles whose cores partition an image of ``shape`` = ``(ny, nx)``.
 
-    Core edges fall on multiples of ``_LEAK_BLOCK`` px (except the frame's
+    Core edges fall on multiples of ``LEAK_BLOCK`` px (except the frame's
     far borders) and ``margin`` is rounded up to one (see the module notes).
 
     Returns
@@ -80,10 +80,10 @@ def tile_grid(shape: tuple[int, int], n_tiles: int, margin: int) -> list[list[Ti
     """
     if n_tiles < 1 or margin < 0:
         raise ValueError(f"need n_tiles >= 1 and margin >= 0, got {n_tiles} and {margin}")
-    if min(shape) < n_tiles * _LEAK_BLOCK:
+    if min(shape) < n_tiles * LEAK_BLOCK:
         raise ValueError(f"a {shape} image is too small for {n_tiles} tiles per side")
-    margin = -(-margin // _LEAK_BLOCK) * _LEAK_BLOCK
-    edges = [np.append((np.linspace(0, n, n_tiles + 1)[:-1] / _LEAK_BLOCK).round().astype(int) * _LEAK_BLOCK, n)
+    margin = -(-margin // LEAK_BLOCK) * LEAK_BLOCK
+    edges = [np.append((np.linspace(0, n, n_tiles + 1)[:-1] / LEAK_BLOCK).round().astype(int) * LEAK_BLOCK, n)
              for n in shape]
 
     def axis_slices(k: int, axis: int) -> tuple[slice, slice]:
@@ -190,6 +190,6 @@ def zogy_tiled(
         flux_new=central.flux_new,
         flux_ratio_ref=central.flux_ratio_ref,
         astrometric_rms=central.astrometric_rms,
-        scorr_std=_robust_std(maps["S_corr"][sample]),
-        d_std=_robust_std(maps["D"][sample]),
+        scorr_std=robust_std(maps["S_corr"][sample]),
+        d_std=robust_std(maps["D"][sample]),
     )

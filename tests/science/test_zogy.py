@@ -6,7 +6,7 @@ from astropy.stats import mad_std
 from scipy.signal import convolve2d
 
 from dagster_project.science.psf_models import moffat_stamp, render_point_sources
-from dagster_project.science.zogy import _LEAK_BLOCK, _hidden_flux_bound, _robust_std, _small_grid_kernels, zogy
+from dagster_project.science.zogy import LEAK_BLOCK, _hidden_flux_bound, robust_std, _small_grid_kernels, zogy
 
 SHAPE = (384, 384)
 PSF_NEW = moffat_stamp(25, 3.0)
@@ -187,8 +187,8 @@ def test_coarse_hidden_flux_bound_is_an_upper_bound_of_the_exact_one(shape):
     hidden_ref = np.where(rng.uniform(size=shape) < 0.5, 1e4, 0.0)
     offsets = np.indices((25, 25)) - 12
     kernel = np.abs(rng.normal(size=(25, 25))) * np.exp(-0.05 * (offsets[0] ** 2 + 0.5 * offsets[1] ** 2))
-    coarse = _hidden_flux_bound((hidden_new, hidden_ref), np.nonzero(excluded), shape, kernel, _LEAK_BLOCK, 1)
-    bound = np.repeat(np.repeat(coarse, _LEAK_BLOCK, axis=0), _LEAK_BLOCK, axis=1)[: shape[0], : shape[1]]
+    coarse = _hidden_flux_bound((hidden_new, hidden_ref), np.nonzero(excluded), shape, kernel, LEAK_BLOCK, 1)
+    bound = np.repeat(np.repeat(coarse, LEAK_BLOCK, axis=0), LEAK_BLOCK, axis=1)[: shape[0], : shape[1]]
     exact = _exact_hidden_flux_bound((hidden_new, hidden_ref), excluded, kernel)
     assert np.all(bound >= exact - 1e-12 * exact.max())
     assert _hidden_flux_bound((hidden_new, None), np.nonzero(np.zeros(shape, bool)), shape, kernel, 4, 1) is None
@@ -228,8 +228,8 @@ def test_every_pixel_within_the_exact_hidden_flux_bound_is_invalid():
 def test_robust_std_is_astropy_mad_std(size):
     values = np.random.default_rng(size).normal(3.0, 2.0, size).astype(np.float32)
     values[::7] = np.nan
-    assert _robust_std(values) == mad_std(values, ignore_nan=True)
-    assert np.isnan(_robust_std(np.full(3, np.nan, np.float32)))
+    assert robust_std(values) == mad_std(values, ignore_nan=True)
+    assert np.isnan(robust_std(np.full(3, np.nan, np.float32)))
 
 
 @pytest.mark.parametrize(
