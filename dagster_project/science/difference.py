@@ -57,9 +57,9 @@ zero-pads). Flux scale, noise and astrometric terms stay global. The PSF
 is still constant within a tile, so a strong gradient is reduced, not
 removed: with a FWHM going from 2.4 to 3.6 px across a 1024 px frame
 (300 stars), 2x2 tiles leave 92 candidates instead of 188 with one PSF per
-image, 82 of them at stars instead of 122 (tests/science/test_difference.py).
-The tile PSF fits cost about 0.1 s each (two per tile). ``P_D`` (used by detection for the footprint
-and the sharpness) is that of the central tile.
+image, 82 of them at stars instead of 122 (``pytest -s tests/science/test_difference.py -k
+psf_varying`` prints these). Each tile costs two PSF fits. ``P_D`` (used by detection for the
+footprint and the sharpness) is that of the central tile.
 
 Failures raise :class:`~dagster_project.science.psf.PSFError`,
 :class:`~dagster_project.science.registration.RegistrationError` or
@@ -568,7 +568,8 @@ def difference_images(
     PSFError, RegistrationError, FluxScaleError
         With a message naming the image and the reason.
     ValueError
-        Inconsistent input planes, or a characterization computed with other parameters.
+        Inconsistent input planes, or a characterization computed with other parameters or of
+        another image shape.
     """
     params = DifferenceParams() if params is None else params
     if params.zogy_tiles is not None and params.zogy_tiles < 1:
@@ -577,10 +578,13 @@ def difference_images(
         shape = planes.data.shape
         if planes.data.ndim != 2 or planes.variance.shape != shape or planes.mask.shape != shape:
             raise ValueError(f"{label} image: data, variance and mask must be 2-D arrays of one shape")
-    for label, given in (("new", new_characterization), ("reference", ref_characterization)):
+    for label, given, planes in (("new", new_characterization, new), ("reference", ref_characterization, ref)):
         if given is not None and given.params != characterization_params(params):
             raise ValueError(f"{label} characterization was computed with {given.params}, "
                              f"not {characterization_params(params)}")
+        if given is not None and given.background.shape != planes.data.shape:
+            raise ValueError(f"{label} characterization is of a {given.background.shape} image, "
+                             f"not of this {planes.data.shape} one")
     char_new = new_characterization or characterize_for_difference(new, params, "new image")
     char_ref = ref_characterization or characterize_for_difference(ref, params, "reference")
     timer = _Timer()
