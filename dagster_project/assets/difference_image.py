@@ -22,7 +22,7 @@ from dagster_project.catalog import pipeline_queries, queries, result_lifecycle
 from dagster_project.catalog.models import RunStatus
 from dagster_project.keys import field_band_key
 from dagster_project.resources import CatalogResource, PipelineConfigResource, StoreResource
-from dagster_project.science.difference import DifferenceParams, difference_images
+from dagster_project.science.difference import difference_images
 from dagster_project.science.preview import image_preview_png
 
 #: a good subtraction leaves S_corr with unit noise; outside this band something is mis-modelled
@@ -52,7 +52,7 @@ def difference_image(context: AssetExecutionContext, catalog: CatalogResource, s
 def _difference(key: str, dagster_run_id: str, catalog: CatalogResource, store: StoreResource,
                 pipeline: PipelineConfigResource) -> PartitionOutput:
     products = store.store()
-    params = DifferenceParams(threshold=pipeline.detection_threshold)
+    params = pipeline.difference_params()
     parameters = {"algorithm": "zogy", "threshold": params.threshold, "interpolation_order": params.interpolation_order,
                   "max_registration_rms_px": params.max_registration_rms_px}
     with catalog.catalog().session() as session:

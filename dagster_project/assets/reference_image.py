@@ -14,7 +14,7 @@ from dagster_project.assets.calibrated_image import calibrated_image
 from dagster_project.assets.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, artifacts, inputs, png_markdown, rounded, size_mb
 from dagster_project.assets.partitions import field_band_partitions
 from dagster_project.catalog import pipeline_queries, queries
-from dagster_project.resources import CatalogResource, StoreResource
+from dagster_project.resources import CatalogResource, PipelineConfigResource, StoreResource
 from dagster_project.science.difference import (
     DifferenceParams,
     ImageCharacterization,
@@ -38,7 +38,8 @@ from dagster_project.store import ProductStore
     description="The reference image of one field and band: the best-seeing good calibrated frame so far. "
     "Each materialization is a new version; differences record which version they used.",
 )
-def reference_image(context: AssetExecutionContext, catalog: CatalogResource, store: StoreResource) -> MaterializeResult:
+def reference_image(context: AssetExecutionContext, catalog: CatalogResource, store: StoreResource,
+                    pipeline: PipelineConfigResource) -> MaterializeResult:
     products = store.store()
     with catalog.catalog().session() as session:
         frames = pipeline_queries.calibrated_frames_of_field_band(session, context.partition_key)
@@ -60,7 +61,7 @@ def reference_image(context: AssetExecutionContext, catalog: CatalogResource, st
         version, source = reference.version, chosen.observation_key
     planes = products.read_planes(Path(target))
     try:
-        _, characterization_path, _ = reference_characterization(products, target, planes, DifferenceParams())
+        _, characterization_path, _ = reference_characterization(products, target, planes, pipeline.difference_params())
         stored = artifacts(reference_characterization=characterization_path)
     except PSFError as exc:
         # not fatal here: each difference against this version tries again and fails with this reason

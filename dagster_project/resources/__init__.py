@@ -11,6 +11,7 @@ from dagster_project.catalog.result_lifecycle import RebuildPolicy
 from dagster_project.ingest.fits_structure import StructureLimits
 from dagster_project.ingest.instruments import InstrumentRegistry
 from dagster_project.ingest.landing import LandingConfig
+from dagster_project.science.difference import DifferenceParams
 from dagster_project.settings import Settings
 from dagster_project.store import ProductStore
 
@@ -77,6 +78,10 @@ class PipelineConfigResource(ConfigurableResource):
     max_candidates_per_frame: int = 500
     product_quiet_seconds: float = 60.0
     product_max_delay_seconds: float = 600.0
+
+    def difference_params(self) -> DifferenceParams:
+        """The parameters of every difference (and of each reference's stored characterization)."""
+        return DifferenceParams(threshold=self.detection_threshold)
 
     def rebuild_policy(self) -> RebuildPolicy:
         return RebuildPolicy(quiet=timedelta(seconds=self.product_quiet_seconds),
