@@ -27,9 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from dagster_project.jobs import IN_PROCESS
+
 REPO = Path(__file__).resolve().parents[1]
 EXECUTORS = {"multiprocess": {"execution": {"config": {"multiprocess": {}}}},  # Dagster's default
-             "in_process": {"execution": {"config": {"in_process": {}}}}}  # what `backfill` uses
+             "in_process": IN_PROCESS}  # the jobs' default, and what `backfill` uses
 
 
 def _environment(root: Path) -> None:

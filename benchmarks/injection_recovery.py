@@ -297,14 +297,6 @@ def sample_map(image: np.ndarray, x, y, half: int = 4) -> np.ndarray:
 # --------------------------------------------------------------------------- one pair
 
 
-def flagged(cand) -> np.ndarray:
-    """Candidates the pipeline flags as not to be trusted without a look: ``~is_good`` when the table has that
-    column (is_saturated | is_edge | is_sharp), else ``is_saturated | is_edge``."""
-    if "is_good" in cand.colnames:
-        return ~np.asarray(cand["is_good"], dtype=bool)
-    return np.asarray(cand["is_saturated"], dtype=bool) | np.asarray(cand["is_edge"], dtype=bool)
-
-
 def run_pair(night: sp.Night, index: int, seed: int, args) -> dict:
     """Simulate, inject, difference and score one pair; return per-injection and per-detection records."""
     t0 = time.perf_counter()
@@ -337,7 +329,7 @@ def run_pair(night: sp.Night, index: int, seed: int, args) -> dict:
         scorr_at=scorr_at,
         fp_negative=np.asarray(cand["is_negative"])[spurious], fp_cause=np.array(causes, dtype=object),
         fp_sharpness=np.asarray(cand["sharpness"])[spurious], fp_significance=np.asarray(cand["significance"])[spurious],
-        fp_flagged=flagged(cand)[spurious],
+        fp_flagged=~np.asarray(cand["is_good"], dtype=bool)[spurious],  # saturated, edge or sharp
         fp_masked=np.asarray(cand["masked_fraction"])[spurious] > 0,
         fp_xy=fp_xy, fp_inj_dist=d_inj, fp_inj_s=inj.s_diff[j_inj], fp_inj_found=recovered[j_inj],
         area_mpix=float(unmasked.sum()) / 1e6, frame_mpix=float(unmasked.size) / 1e6,
@@ -412,7 +404,7 @@ def print_summary(summary: dict, records: list[dict]) -> None:
     print(f"\n## false positives ({summary['label']}; unmatched candidates, scaled to a 2048x2048 frame; "
           f"{summary['area_mpix_per_frame']:.2f} unmasked Mpix per frame)")
     print(f"positive: {summary['fp_pos_per_2048']:.1f} per frame ({summary['fp_pos_per_mpix']:.2f} per Mpix), "
-          f"per pair {summary['fp_pos_list']}; not flagged (is_good, or not is_saturated/is_edge): "
+          f"per pair {summary['fp_pos_list']}; not flagged (is_good: not saturated, edge or sharp): "
           f"{summary['fp_pos_unflagged_per_2048']:.1f} per frame; also clear of any masked pixel within "
           f"1 FWHM: {summary['fp_pos_clear_per_2048']:.1f} per frame   goal <= 3")
     print(f"negative: {summary['fp_neg_per_2048']:.1f} per frame ({summary['fp_neg_per_mpix']:.2f} per Mpix), "

@@ -33,9 +33,6 @@ if TYPE_CHECKING:
 #: --stage → the job whose assets a backfill materializes (observation_job: the whole per-observation chain)
 STAGE_JOBS = {"calibrate": "calibrate_job", "difference": "difference_job", "all": "observation_job"}
 BAR_WIDTH = 30
-#: Backfill runs execute their steps in the run worker's process (the jobs' default too, jobs.py):
-#: a process per step would cost more than the per-observation work itself (docs/operations.md).
-BACKFILL_RUN_CONFIG = IN_PROCESS
 
 
 def add_subcommands(subparsers) -> None:
@@ -91,12 +88,13 @@ def _catalog(settings: Settings) -> Catalog:
 # --- backfill -------------------------------------------------------------------------------------------------------
 
 def submit_asset_backfill(instance: DagsterInstance, asset_names: tuple[str, ...], partition_keys: list[str],
-                          tags: dict[str, str], title: str, run_config: dict[str, Any] = BACKFILL_RUN_CONFIG) -> str:
+                          tags: dict[str, str], title: str, run_config: dict[str, Any] = IN_PROCESS) -> str:
     """Add an asset backfill to the instance, as the UI's "Materialize selected" over partitions does.
 
     The daemon turns it into runs following the assets' backfill policy: up to
     ``ASTRO_BACKFILL_BATCH`` partitions per run (``assets/batching.py``), downstream assets
-    in the same run as their upstream ones.
+    in the same run as their upstream ones. ``run_config`` defaults to in-process steps, as
+    the named jobs do (jobs.py): the asset job an asset backfill runs has no config of its own.
     """
     from dagster import AssetKey
     from dagster._core.execution.backfill import PartitionBackfill

@@ -632,7 +632,6 @@ def calibrate_science_frame(
     n_cosmic = 0
     if detect_cosmic_rays:
         params = {**COSMIC_RAY_PARAMS, **(cosmic_ray_params or {})}
-        # data are e-: read noise and saturation in e-; the variance already holds the flat
         cosmic = find_cosmic_rays(data, variance, mask, params=params)
         mask[cosmic] |= MASK_DTYPE(MaskBit.COSMIC_RAY)
         n_cosmic = int(np.count_nonzero(cosmic))
