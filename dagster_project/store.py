@@ -12,13 +12,23 @@ so that a reader never sees half a file. Layout under the store root::
     references/<field>-<band>/v<version>.fits   SCI, VAR, MASK
     references/<field>-<band>/v<version>.char.npz  its background, stars and PSF for differences
 
+    results/<result uid>/r<revision>/...         an observation result's products
+
 The reference characterization is a NumPy ``.npz`` (not FITS) because it must
 read back bit for bit, the PSF parameters and the parameters it was computed
 with included (FITS header floats are not guaranteed to round-trip).
+
+Every folder and file name above comes from outside (``INSTRUME``, ``FILTER``,
+partition keys made of ``OBJECT``...), so each one is made a single harmless
+path component by :func:`safe_path_component`, and every path handed out or
+written is checked by :func:`inside` to lie below the store root. The catalog
+keeps the verbatim header values; only the path is sanitized.
 """
 
+import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -33,12 +43,81 @@ from dagster_project.science.masks import MASK_DTYPE
 from dagster_project.science.psf import PSFModel
 
 
+_UNSAFE_PATH_CHARACTERS = re.compile(r"[^A-Za-z0-9_.-]+")
+_EDGE_CHARACTERS = "._-"  # never first or last: no ".", "..", hidden files or option-like names
+# a short extension kept at the end when a hash goes in: "a b.fits" -> "a_b_<hash>.fits"
+_SUFFIX = re.compile(r"^(.+?)((?:\.[A-Za-z0-9]{1,8}){1,3})$")
+_HASH_CHARACTERS = 8
+
+
+def safe_path_component(value: object, fallback: str, *, max_length: int = 100) -> str:
+    """``value`` (a header value, a file name...) as one harmless file or folder name.
+
+    Only ``[A-Za-z0-9_.-]`` survive (any other run of characters, ``/``, NUL,
+    newlines and non-ASCII included, becomes ``_``), the name neither starts nor
+    ends with ``.``, ``_`` or ``-`` (so never ``.`` or ``..``) and is at most
+    ``max_length`` characters. A value that is already such a name is returned
+    unchanged; any other gets ``_`` and 8 hex digits of the SHA-256 of the
+    original appended (before a short extension such as ``.fits``), so two
+    distinct values never share a name by sanitization: ``'../../tmp/x'`` ->
+    ``'tmp_x_<hash>'``. An empty value or ``None`` gives ``fallback``, which must
+    itself be such a name.
+    """
+    if not fallback or _UNSAFE_PATH_CHARACTERS.search(fallback) or fallback.strip(_EDGE_CHARACTERS) != fallback:
+        raise ValueError(f"fallback {fallback!r} is not a safe path component")
+    text = "" if value is None else str(value)
+    if not text:
+        return fallback
+    token = _UNSAFE_PATH_CHARACTERS.sub("_", text).strip(_EDGE_CHARACTERS)
+    if token == text and len(token) <= max_length:
+        return token
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_CHARACTERS]
+    split = _SUFFIX.match(token)
+    stem, suffix = (split.group(1), split.group(2)) if split else (token, "")
+    stem = stem[:max(1, max_length - len(suffix) - _HASH_CHARACTERS - 1)].rstrip(_EDGE_CHARACTERS) or fallback
+    return f"{stem}_{digest}{suffix}"
+
+
+def inside(root: Path | str, path: Path | str) -> Path:
+    """``path`` (relative ones are taken below ``root``), after checking it lies strictly below ``root``.
+
+    Both are resolved first (``..`` and symbolic links followed), so a path that
+    only looks as if it were inside is refused too.
+
+    Raises
+    ------
+    ValueError
+        ``path`` resolves to ``root`` itself or to somewhere outside it.
+    """
+    root, path = Path(root), Path(path)
+    candidate = path if path.is_absolute() else root / path
+    resolved_root, resolved = root.resolve(), candidate.resolve()
+    if resolved == resolved_root or not resolved.is_relative_to(resolved_root):
+        raise ValueError(f"refusing path {str(candidate)!r}: it resolves to {str(resolved)!r}, "
+                         f"which is not inside {str(resolved_root)!r}")
+    return candidate
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (no race with other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it 0600; a product gets the mode any new file would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -47,21 +126,36 @@ def _atomic_write(path: Path, write) -> Path:
 
 
 class ProductStore:
-    """FITS products below ``root``; paths handed out are absolute."""
+    """FITS products below ``root``; paths handed out are absolute, and always inside ``root``.
+
+    Every method that builds a path makes each component with
+    :func:`safe_path_component`; every method that writes refuses a path outside
+    ``root`` (ValueError).
+    """
 
     def __init__(self, root: Path | str):
         self.root = Path(root).resolve()
 
     # -- layout -------------------------------------------------------------
+    def _below(self, *components: str) -> Path:
+        return inside(self.root, self.root.joinpath(*components))
+
     def calibration_master_path(self, instrument: str, night: str, kind: str, band: str | None) -> Path:
-        name = "bias.fits" if kind == "bias" else f"{kind}_{band}.fits"
-        return self.root / "calib" / instrument / night / name
+        kind_token = safe_path_component(kind, "master")
+        name = "bias.fits" if kind == "bias" else f"{kind_token}_{safe_path_component(band, 'none')}.fits"
+        return self._below("calib", safe_path_component(instrument, "unknown"), safe_path_component(night, "unknown"),
+                           name)
 
     def observation_dir(self, night: str, observation_key: str) -> Path:
-        return self.root / "products" / night / observation_key
+        return self._below("products", safe_path_component(night, "unknown"),
+                           safe_path_component(observation_key, "unknown"))
 
     def reference_path(self, field_band: str, version: int) -> Path:
-        return self.root / "references" / field_band / f"v{version}.fits"
+        return self._below("references", safe_path_component(field_band, "unknown"), f"v{int(version)}.fits")
+
+    def result_dir(self, result_key: str, revision: int) -> Path:
+        """Folder of one build of an observation result's products."""
+        return self._below("results", safe_path_component(result_key, "unknown"), f"r{int(revision)}")
 
     @staticmethod
     def characterization_path(reference_path: Path | str) -> Path:
@@ -75,6 +169,8 @@ class ProductStore:
         return self.write_maps(path, planes.header, maps)
 
     def write_maps(self, path: Path, header: fits.Header, maps: dict[str, np.ndarray]) -> Path:
+        path = inside(self.root, path)
+
         def write(tmp: Path) -> None:
             hdus = [fits.PrimaryHDU(header=header)]
             for name, array in maps.items():
@@ -91,13 +187,14 @@ class ProductStore:
         return self.write_maps(path, header, {"DATA": master.data, "MASK": master.mask})
 
     def write_table(self, path: Path, table: Table) -> Path:
-        return _atomic_write(path, lambda tmp: table.write(tmp, format="ascii.ecsv", overwrite=True))
+        return _atomic_write(inside(self.root, path), lambda tmp: table.write(tmp, format="ascii.ecsv", overwrite=True))
 
     def write_bytes(self, path: Path, payload: bytes) -> Path:
-        return _atomic_write(path, lambda tmp: tmp.write_bytes(payload))
+        return _atomic_write(inside(self.root, path), lambda tmp: tmp.write_bytes(payload))
 
     def write_characterization(self, path: Path, characterization: ImageCharacterization, code_version: str) -> Path:
         """Background map, stars (with every source), PSF and parameters, exactly; ``code_version`` computed it."""
+        path = inside(self.root, path)
         c, psf = characterization, characterization.psf
         arrays = {
             "background": c.background, "sky_rms": np.float64(c.sky_rms),
