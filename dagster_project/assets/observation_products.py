@@ -95,7 +95,7 @@ def _build_products(key: str, dagster_run_id: str, catalog: CatalogResource, sto
         return PartitionOutput(metadata={"status": status.value, "reason": str(plan), "revision": revision},
                                checks=checks)
     try:
-        outputs = _build(products, plan, Path(products.root) / "results" / key / f"r{revision}")
+        outputs = _build(products, plan, products.result_dir(key, revision))
         with catalog.catalog().session() as session:
             processing_run = session.get_one(result_lifecycle.ObservationResultProcessingRun, run_id)
             for kind, (path, meta) in outputs.items():
@@ -113,9 +113,10 @@ def _build_products(key: str, dagster_run_id: str, catalog: CatalogResource, sto
         metadata={
             "status": status.value, "revision": revision, "request": plan["request"], "cell": plan["cell"],
             "observation": plan["observation_key"],
-            "flux_e": round(photometry["flux"], 1), "flux_err_e": round(photometry["flux_err"], 1),
-            "snr": round(photometry["snr"], 2), "detected": photometry["detected"],
-            "limit_mag_5sigma": round(photometry["limit_mag"], 3),
+            "flux_e": _rounded(photometry["flux"], 1), "flux_err_e": _rounded(photometry["flux_err"], 1),
+            "snr": _rounded(photometry["snr"], 2), "detected": photometry["detected"],
+            "limit_mag_5sigma": _rounded(photometry["limit_mag"], 3),
+            "photometry_measured": photometry["measured"], "photometry_flag": photometry["flag"] or "",
             "n_candidates_near_target": len(outputs["candidates_near_target"][1]["candidates"]),
             "products": MetadataValue.md("\n".join(f"- **{k}**: `{p.name}`" for k, (p, _) in outputs.items())),
             **artifacts(**{k: p for k, (p, _) in outputs.items()}),
@@ -158,11 +159,12 @@ def _plan(session, result) -> dict:
 
 
 def _build(products: ProductStore, plan: dict, folder: Path) -> dict[str, tuple[Path, dict]]:
-    maps, header = products.read_maps(Path(plan["difference_path"]), ("FLUX", "FLUXERR", "D", "REF"))
+    maps, header = products.read_maps(Path(plan["difference_path"]), ("FLUX", "FLUXERR", "D", "REF", "MASK"))
     new = products.read_planes(Path(plan["calibrated_path"])).data
     target = plan["target"]
+    # a target on masked pixels is an outcome (measured=False, with its flag), not a failed build
     photometry = forced_photometry(maps["FLUX"], maps["FLUXERR"], WCS(header, naxis=2), target["ra"], target["dec"],
-                                   plan["exposure_time"])
+                                   plan["exposure_time"], mask=maps["MASK"])
     record = {**photometry.as_dict(), "time": plan["observation_time"], "band": plan["band"],
               "reference_version": plan["reference_version"], "units": "e- (new image); mag = -2.5 log10(e-/s)"}
     outputs = {
@@ -205,6 +207,10 @@ def _checks(session, result, now, policy) -> list[AssetCheckResult]:
 
 #: slack on top of the debounce cap before a waiting result counts as overdue
 CHECK_GRACE = timedelta(minutes=10)
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def _json(value) -> bytes:
