@@ -44,7 +44,8 @@ def add_subcommands(subparsers) -> None:
     backfill.add_argument("--night-from", help="first night, YYYY-MM-DD")
     backfill.add_argument("--night-to", help="last night, YYYY-MM-DD (inclusive)")
     backfill.add_argument("--status", action="append",
-                          help="an observation status (e.g. failed, blocked, differenced) or never-processed; "
+                          help="an observation status (e.g. failed, blocked, differenced), never-processed, or "
+                          "unfinished (every status but differenced: what a failed or killed run left behind); "
                           "repeatable; default: all but archived")
     backfill.add_argument("--stage", choices=sorted(STAGE_JOBS), default="all",
                           help="calibrate, difference (calibrated observations only) or all (the whole chain)")

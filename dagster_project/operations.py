@@ -65,14 +65,21 @@ def start_wave(catalog: Catalog, survey: str, operation_type: OperationType, run
                context: Mapping[str, Any] | None = None) -> int:
     """Record the runs a sensor tick requests as one running operation; returns its id.
 
-    Tag the tick's RunRequests with it (:data:`OPERATION_TAG`). Asking again for the same
-    run keys while the wave is active returns the same operation (a re-evaluated tick).
+    Tag the tick's RunRequests with it (:data:`OPERATION_TAG`). A run key launches at most one
+    run, so the same run keys are the same wave: asking again for them returns the operation
+    that has them, whether it is still running (a re-evaluated tick) or already completed (a
+    tick asking for keys Dagster will skip), never a new one.
     """
     keys = sorted(run_keys)
+    identity = {"run_keys": keys}
     with catalog.session() as session:
+        survey_row = queries.get_or_create_survey(session, survey)
+        known = operations.find_operation(session, survey=survey_row, operation_type=operation_type, identity=identity)
+        if known is not None:
+            return known.id
         operation, created = operations.start_operation(
-            session, survey=queries.get_or_create_survey(session, survey), operation_type=operation_type,
-            identity={"run_keys": keys}, context={**(context or {}), "run_keys": keys})
+            session, survey=survey_row, operation_type=operation_type,
+            identity=identity, context={**(context or {}), "run_keys": keys})
         return (operations.mark_running(session, operation) if created else operation).id
 
 

@@ -7,6 +7,15 @@ the reference-and-difference sensor decides what runs next, and the product
 rebuild sensor builds ObservationResult products once their debounce has passed.
 Runs execute in this process but are recorded in the configured Dagster
 instance, so the UI shows them like any other run.
+
+Failed or interrupted work is retried as the daemon would: the sensors ask for it
+again under a new run key once its backoff has passed (``sensors/pipeline.py``), and
+``process`` waits for those retries like it waits for product debounces, until each
+piece of work succeeded or had its ``max_attempts`` (so a permanently failing
+partition ends the command, it does not keep it busy). The ledger operations the
+sensors start for the runs executed here (reprocessing and rebuild waves) are
+completed here as their runs end, and operations of a ``process`` that was killed are
+closed (their runs failed, their attempts abandoned) before this one starts.
 """
 
 import json
@@ -16,15 +25,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_context
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, SensorResult, SkipReason, build_sensor_context
 
-from dagster_project.catalog import Catalog, result_lifecycle
+from dagster_project.catalog import Catalog, operations, pipeline_queries, result_lifecycle
 from dagster_project.catalog.models import utcnow
 from dagster_project.catalog.operations import OperationType
+from dagster_project.catalog.pipeline_queries import RetryPolicy
 from dagster_project.definitions import defs
-from dagster_project.operations import OPERATION_TAG
+from dagster_project.operations import OPERATION_TAG, owner_is_gone
 from dagster_project.resources import resources_from_settings
 from dagster_project.sensors import ledger
+from dagster_project.sensors.pipeline import schedule_attempts
 from dagster_project.settings import Settings
 from dagster_project.sensors.product_rebuild import RUN_KEY_TAG
 
@@ -46,6 +57,13 @@ class ProcessReport:
 
     @property
     def failed(self) -> list[RunRecord]:
+        """The runs that failed and were not retried successfully (the last run of each job and partition)."""
+        last = {(r.job_name, r.partition_key): r for r in self.runs}
+        return [r for r in last.values() if not r.success]
+
+    @property
+    def failed_attempts(self) -> list[RunRecord]:
+        """Every run that failed, retried ones too."""
         return [r for r in self.runs if not r.success]
 
 
@@ -53,13 +71,17 @@ class HeadlessDaemon:
     """Does what the Dagster daemon would do with this code location's sensors, in this process."""
 
     def __init__(self, settings: Settings, *, instance: DagsterInstance | None = None,
-                 landing_dir: Path | None = None, progress: Callable[[str], None] = print):
+                 landing_dir: Path | None = None, progress: Callable[[str], None] = print,
+                 retry_policy: RetryPolicy | None = None):
         self.settings = settings
         self.instance = instance or DagsterInstance.get()
-        self.resources = resources_from_settings(settings, landing_dir=landing_dir, keep_originals=landing_dir is not None)
+        self.resources = resources_from_settings(settings, landing_dir=landing_dir, keep_originals=landing_dir is not None,
+                                                 retry_policy=retry_policy)
+        self.retry_policy = self.resources["pipeline"].retry_policy()
         self.progress = progress
         self.report = ProcessReport()
-        self.attempted: set[str] = set()
+        self.attempted: set[str] = set()  # run keys executed here: never twice
+        self.named_operations: set[int] = set()  # operations the sensors tagged the executed requests with
         self.arrival_cursor: str | None = None
         self.catalog = self.resources["catalog"].catalog()
 
@@ -76,6 +98,9 @@ class HeadlessDaemon:
 
     def run(self, job_name: str, partition_key: str, run_key: str, tags: dict | None = None) -> RunRecord:
         self.attempted.add(run_key)
+        named = (tags or {}).get(OPERATION_TAG, "")
+        if named.isdigit():  # the sensor's wave (or scan) for this run: completed once its runs ended
+            self.named_operations.add(int(named))
         started = time.monotonic()
         tags = {**(tags or {}), RUN_KEY_TAG: run_key}
         if self.report.operation_id is not None:
@@ -104,7 +129,38 @@ class HeadlessDaemon:
     def _execute(self, requests, default_job: str) -> int:
         for request in requests:
             self.run(request.job_name or default_job, request.partition_key, request.run_key, dict(request.tags))
+        self._sync_named_operations()
         return len(requests)
+
+    def _sync_named_operations(self) -> None:
+        """Bring the sensors' operations for the runs executed here up to date (the ledger sensor may not run)."""
+        for operation_id in sorted(self.named_operations):
+            if not ledger.sync_operation(self.instance, self.catalog, operation_id).operation.is_active:
+                self.named_operations.discard(operation_id)
+
+    def recover_interrupted(self) -> int:
+        """Close the operations of headless runs whose process died (as the ledger sensor would): their runs
+        still marked started are failed in Dagster and their catalog attempts abandoned, so the sensors
+        retry that work. Returns how many operations were closed."""
+        with self.catalog.session() as session:
+            dead = [op.id for op in operations.active_operations(session) if owner_is_gone(op)]
+        for operation_id in dead:
+            unfinished = self.instance.get_run_ids(RunsFilter(
+                tags={OPERATION_TAG: str(operation_id)},
+                statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.NOT_STARTED]))
+            ledger.sync_operation(self.instance, self.catalog, operation_id)
+            for run_id in unfinished:
+                ledger.mirror_run(self.instance, self.catalog, self.resources["store"].store().root, run_id)
+        return len(dead)
+
+    def seconds_until_next_retry(self) -> float | None:
+        """Seconds until some failed or interrupted work is due to be tried again (0: now); None: none will be."""
+        with self.catalog.session() as session:
+            planned = pipeline_queries.plan_next_runs(session)
+        attempts = schedule_attempts(self.instance, planned, self.retry_policy)
+        if attempts.requests:
+            return 0.0
+        return min(attempts.waiting.values()) if attempts.waiting else None
 
     def ingest(self) -> list[str]:
         """One landing scan and the calibrations it asks for; returns the files still being written."""
@@ -141,14 +197,29 @@ class HeadlessDaemon:
 
 
 def process_folder(folder: Path, settings: Settings, *, wait: bool = False, wait_timeout: float = 3600.0,
-                   progress: Callable[[str], None] = print, instance: DagsterInstance | None = None) -> ProcessReport:
-    """Ingest every FITS file below ``folder`` and run the pipeline on them to completion."""
-    daemon = HeadlessDaemon(settings, instance=instance, landing_dir=folder.resolve(), progress=progress)
+                   progress: Callable[[str], None] = print, instance: DagsterInstance | None = None,
+                   retry_policy: RetryPolicy | None = None) -> ProcessReport:
+    """Ingest every FITS file below ``folder`` and run the pipeline on them to completion.
+
+    Failed or interrupted work is retried by ``retry_policy`` (default: :class:`RetryPolicy`),
+    within ``wait_timeout``; what still fails after its last attempt is in the report's ``failed``."""
+    daemon = HeadlessDaemon(settings, instance=instance, landing_dir=folder.resolve(), progress=progress,
+                            retry_policy=retry_policy)
     deadline = time.monotonic() + wait_timeout
+    daemon.recover_interrupted()
+    idle_rounds = 0  # rounds that ran nothing although a retry was due: a safety net against spinning
     with daemon.operation(OperationType.PROCESS_FOLDER, {"folder": str(folder.resolve())}):
         while True:
+            before = len(daemon.report.runs)
             waiting = daemon.ingest()
             daemon.drain(wait_for_products=not waiting)
+            retry_in = daemon.seconds_until_next_retry()
+            idle_rounds = idle_rounds + 1 if len(daemon.report.runs) == before and retry_in == 0 else 0
+            if retry_in is not None and idle_rounds < 3 and time.monotonic() + retry_in <= deadline:
+                if retry_in > 0:
+                    progress(f"failed or interrupted work is retried in {retry_in:.0f} s ...")
+                time.sleep(min(max(retry_in, 0.2), max(0.0, deadline - time.monotonic())))
+                continue
             if not waiting or not wait or time.monotonic() > deadline:
                 daemon.report.waiting_files = waiting
                 return daemon.report

@@ -230,6 +230,15 @@ def _active(session: Session, survey_id: uuid.UUID, identity_hash: str) -> Opera
         OperationRun.status.in_(ACTIVE)))
 
 
+def find_operation(session: Session, *, survey: Survey, operation_type: OperationType,
+                   identity: Mapping[str, Any]) -> OperationRun | None:
+    """The newest operation of this type and identity in the survey, whatever its status (None: none)."""
+    return session.scalar(sa.select(OperationRun).where(
+        OperationRun.survey_id == survey.id,
+        OperationRun.run_identity_hash == run_identity_hash(OperationType(operation_type), identity))
+        .order_by(OperationRun.id.desc()).limit(1))
+
+
 def start_operation(session: Session, *, survey: Survey, operation_type: OperationType,
                     identity: Mapping[str, Any], initiator: str | None = None,
                     context: Mapping[str, Any] | None = None) -> tuple[OperationRun, bool]:
@@ -376,7 +385,14 @@ def active_operations(session: Session) -> list[OperationRun]:
 
 #: --status value meaning "no calibration attempt ever"
 NEVER_PROCESSED = "never-processed"
-BACKFILL_STATUSES = (NEVER_PROCESSED, *(s.value for s in ObservationStatus if s is not ObservationStatus.ARCHIVED))
+#: --status value meaning "not differenced yet, whatever the reason": waiting, interrupted, failed or blocked
+UNFINISHED = "unfinished"
+#: the observation statuses UNFINISHED stands for: every state but differenced (done) and archived (replaced);
+#: an observation a killed run left behind stays ingested, preprocessing, preprocessed or differencing
+UNFINISHED_STATUSES = tuple(s for s in ObservationStatus
+                            if s not in (ObservationStatus.DIFFERENCED, ObservationStatus.ARCHIVED))
+BACKFILL_STATUSES = (NEVER_PROCESSED, UNFINISHED,
+                     *(s.value for s in ObservationStatus if s is not ObservationStatus.ARCHIVED))
 
 
 def observations_for_backfill(session: Session, *, field_name: str | None = None, filter_band: str | None = None,
@@ -384,7 +400,8 @@ def observations_for_backfill(session: Session, *, field_name: str | None = None
                               statuses: Iterable[str] = (), calibrated_only: bool = False) -> list[Observation]:
     """Observations to (re)process, in time order; archived ones (their raw file was replaced) never.
 
-    ``statuses``: observation statuses and/or ``never-processed`` (any of them; none: all).
+    ``statuses``: observation statuses, ``never-processed`` and/or ``unfinished`` (every status but
+    differenced: :data:`UNFINISHED_STATUSES`); any of them; none: all.
     ``calibrated_only``: only those with a completed calibration, which differencing needs.
     Nights are ``YYYY-MM-DD`` and inclusive.
     """
@@ -405,7 +422,10 @@ def observations_for_backfill(session: Session, *, field_name: str | None = None
         raise ValueError(f"unknown status {sorted(unknown)}: choose from {', '.join(BACKFILL_STATUSES)}")
     if statuses:
         wanted = [PreprocessRun.id.is_(None)] if NEVER_PROCESSED in statuses else []
-        if observation_statuses := [ObservationStatus(s) for s in statuses - {NEVER_PROCESSED}]:
+        observation_statuses = {ObservationStatus(s) for s in statuses - {NEVER_PROCESSED, UNFINISHED}}
+        if UNFINISHED in statuses:
+            observation_statuses |= set(UNFINISHED_STATUSES)
+        if observation_statuses := sorted(observation_statuses):
             wanted.append(Observation.status.in_(observation_statuses))
         stmt = stmt.where(sa.or_(*wanted))
     if calibrated_only:

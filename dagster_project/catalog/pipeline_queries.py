@@ -1,6 +1,14 @@
-"""Queries that decide what the pipeline should run next (used by sensors and the CLI)."""
+"""Queries that decide what the pipeline should run next (used by sensors and the CLI).
+
+Each query returns :class:`PlannedRun`\ s whose ``run_key`` names the work (the *base* key:
+an observation's raw content, its calibration count and reference version); the sensors
+turn each into a request for its next attempt (``sensors/pipeline.py``), so that work a
+failed or killed run left unfinished is asked for again, with backoff, under a new key
+(:meth:`RetryPolicy.attempt_key`), up to :attr:`RetryPolicy.max_attempts` attempts.
+"""
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import select
@@ -23,27 +31,75 @@ CALIBRATED = (ObservationStatus.PREPROCESSED, ObservationStatus.DIFFERENCING, Ob
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """A run the pipeline wants: which job, which partition, and a key that makes it happen once."""
+    """A run the pipeline wants: which job, which partition, and a key that makes it happen once.
+
+    ``attempt_run_id``: the Dagster run of the catalog's last attempt at this work when that
+    attempt is still marked running (it may have died: the sensor asks Dagster) or failed;
+    ``failed_at``: when that attempt failed. Both None for work never attempted.
+    """
 
     job_name: str
     partition_key: str
     run_key: str
     reason: str
+    attempt_run_id: str | None = None
+    failed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often, and how soon, work whose run failed or died is asked for again.
+
+    Attempt 0 runs under the base run key, attempt ``n`` under ``<base>:a<n>``; attempt
+    ``n`` (n >= 1) is due ``backoff_seconds * 2**(n-1)`` (at most ``max_backoff_seconds``)
+    after the previous attempt ended. After ``max_attempts`` attempts the work is left
+    for a person (``backfill --status unfinished``).
+    """
+
+    max_attempts: int = 4
+    backoff_seconds: float = 30.0
+    max_backoff_seconds: float = 900.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1 or self.backoff_seconds < 0 or self.max_backoff_seconds < 0:
+            raise ValueError(f"invalid retry policy {self}")
+
+    def delay_before(self, attempt: int) -> float:
+        """Seconds between the end of attempt ``attempt - 1`` and the start of ``attempt`` (>= 1)."""
+        return min(self.max_backoff_seconds, self.backoff_seconds * 2 ** max(attempt - 1, 0))
+
+    def attempt_key(self, base_key: str, attempt: int) -> str:
+        return base_key if attempt == 0 else f"{base_key}:a{attempt}"
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
 def observations_awaiting_calibration(session: Session) -> list[PlannedRun]:
-    """Registered observations never calibrated (e.g. the sensor stopped before requesting their run)."""
-    rows = session.scalars(
-        select(Observation)
-        .where(Observation.status == ObservationStatus.INGESTED)
+    """Observations whose calibration is unfinished: never attempted (e.g. the sensor stopped before
+    requesting it, or its run died before the attempt began), still marked running (its run may have
+    died), or failed."""
+    rows = session.execute(
+        select(Observation, PreprocessRun)
+        .outerjoin(PreprocessRun, PreprocessRun.observation_id == Observation.id)
+        .where(Observation.status.in_((ObservationStatus.INGESTED, ObservationStatus.PREPROCESSING,
+                                       ObservationStatus.FAILED)))
         .options(selectinload(Observation.raw_file))
         .order_by(Observation.observation_time)
     )
-    return [
-        PlannedRun("calibrate_job", obs.observation_id, f"calibrate:{obs.observation_id}:{obs.raw_file.sha256}",
-                   "new observation")
-        for obs in rows
-    ]
+    planned = []
+    for obs, pre in rows:
+        if obs.status is ObservationStatus.FAILED and (pre is None or pre.status != RunStatus.FAILED):
+            continue  # failed later, in its difference
+        if obs.status is ObservationStatus.PREPROCESSING and (pre is None or pre.status != RunStatus.RUNNING):
+            continue
+        reason = "new observation" if pre is None else f"calibration attempt {pre.status.value}"
+        planned.append(PlannedRun(
+            "calibrate_job", obs.observation_id, f"calibrate:{obs.observation_id}:{obs.raw_file.sha256}", reason,
+            attempt_run_id=None if pre is None or obs.status is ObservationStatus.INGESTED else pre.dagster_run_id,
+            failed_at=_aware(pre.finished_at) if pre is not None and pre.status == RunStatus.FAILED else None))
+    return planned
 
 
 def field_bands_awaiting_reference(session: Session) -> list[PlannedRun]:
@@ -63,14 +119,15 @@ def field_bands_awaiting_reference(session: Session) -> list[PlannedRun]:
 
 
 def observations_awaiting_difference(session: Session) -> list[PlannedRun]:
-    """Calibrated observations with a reference whose difference is missing, blocked or built on an older reference."""
+    """Calibrated observations with a reference whose difference is missing, blocked, failed, still
+    marked running (its run may have died), or built on an older reference."""
     references = {(r.field_name, r.filter_band): r for r in session.scalars(select(ReferenceImage).where(ReferenceImage.is_current))}
     planned = []
     rows = session.execute(
         select(Observation, PreprocessRun, DifferenceRun)
         .join(PreprocessRun, PreprocessRun.observation_id == Observation.id)
         .outerjoin(DifferenceRun, DifferenceRun.observation_id == Observation.id)
-        .where(Observation.status.in_(CALIBRATED + (ObservationStatus.BLOCKED,)))
+        .where(Observation.status.in_(CALIBRATED + (ObservationStatus.BLOCKED, ObservationStatus.FAILED)))
         .where(PreprocessRun.status == RunStatus.COMPLETED)
         .order_by(Observation.observation_time)
     )
@@ -78,16 +135,18 @@ def observations_awaiting_difference(session: Session) -> list[PlannedRun]:
         ref = references.get((obs.field_name, obs.filter_band))
         if ref is None:
             continue
-        up_to_date = (diff is not None and diff.reference_version == ref.version
-                      and diff.status in (RunStatus.COMPLETED, RunStatus.SKIPPED, RunStatus.RUNNING, RunStatus.FAILED))
-        if up_to_date:
+        current = diff is not None and diff.reference_version == ref.version
+        if current and diff.status in (RunStatus.COMPLETED, RunStatus.SKIPPED):
             continue
         reason = "no difference yet" if diff is None else (
             f"reference v{diff.reference_version} -> v{ref.version}" if diff.reference_version != ref.version
             else f"previous attempt {diff.status.value}")
+        unfinished = current and diff.status in (RunStatus.RUNNING, RunStatus.FAILED)
         planned.append(PlannedRun(
             "difference_job", obs.observation_id,
-            f"difference:{obs.observation_id}:p{pre.retry_count}:ref{ref.version}", reason))
+            f"difference:{obs.observation_id}:p{pre.retry_count}:ref{ref.version}", reason,
+            attempt_run_id=diff.dagster_run_id if unfinished else None,
+            failed_at=_aware(diff.finished_at) if current and diff.status == RunStatus.FAILED else None))
     return planned
 
 

@@ -1,12 +1,14 @@
 """Dagster resources: thin, configurable handles on the catalog, the store and the landing folder."""
 
+import os
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, EnvVar
 
 from dagster_project.catalog import Catalog
+from dagster_project.catalog.pipeline_queries import RetryPolicy
 from dagster_project.catalog.result_lifecycle import RebuildPolicy
 from dagster_project.ingest.fits_structure import StructureLimits
 from dagster_project.ingest.instruments import InstrumentRegistry
@@ -24,13 +26,33 @@ def _migrated_catalog(database_url: str) -> Catalog:
     return catalog
 
 
+#: the environment variable holding the catalog's URL (and so, on PostgreSQL, its password)
+DATABASE_URL_VARIABLE = "DATABASE_URL"
+
+
 class CatalogResource(ConfigurableResource):
-    """The PostgreSQL or SQLite catalog (``DATABASE_URL``)."""
+    """The PostgreSQL or SQLite catalog (``DATABASE_URL``).
+
+    ``database_url`` is an :class:`~dagster.EnvVar` when the URL comes from the environment
+    (:func:`resources_from_settings`): Dagster then holds only the variable's name and reads
+    its value when a run or tick uses the resource, so its password is never part of the
+    code location's snapshot (what the webserver's UI and GraphQL show).
+    """
 
     database_url: str
 
+    def url(self) -> str:
+        """The URL itself, also when this resource is used outside Dagster (e.g. by the headless runner)."""
+        value = self.database_url
+        if isinstance(value, EnvVar):
+            resolved = value.get_value()
+            if not resolved:
+                raise RuntimeError(f"the catalog's URL is taken from ${value.env_var_name}, which is not set")
+            return resolved
+        return value
+
     def catalog(self) -> Catalog:
-        return _migrated_catalog(self.database_url)
+        return _migrated_catalog(self.url())
 
 
 class StoreResource(ConfigurableResource):
@@ -78,6 +100,10 @@ class PipelineConfigResource(ConfigurableResource):
     max_candidates_per_frame: int = 500
     product_quiet_seconds: float = 60.0
     product_max_delay_seconds: float = 600.0
+    #: automatic retries of failed or interrupted calibrations, references and differences (RetryPolicy)
+    retry_max_attempts: int = RetryPolicy.max_attempts
+    retry_backoff_seconds: float = RetryPolicy.backoff_seconds
+    retry_max_backoff_seconds: float = RetryPolicy.max_backoff_seconds
 
     def difference_params(self) -> DifferenceParams:
         """The parameters of every difference (and of each reference's stored characterization)."""
@@ -87,11 +113,27 @@ class PipelineConfigResource(ConfigurableResource):
         return RebuildPolicy(quiet=timedelta(seconds=self.product_quiet_seconds),
                              max_delay=timedelta(seconds=self.product_max_delay_seconds))
 
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(max_attempts=self.retry_max_attempts, backoff_seconds=self.retry_backoff_seconds,
+                           max_backoff_seconds=self.retry_max_backoff_seconds)
 
-def resources_from_settings(settings: Settings, landing_dir: Path | None = None, keep_originals: bool = False) -> dict:
-    """The resources of the code location; ``landing_dir``/``keep_originals`` for batch processing of a folder."""
+
+def catalog_url_config(database_url: str) -> str:
+    """The catalog URL as Dagster's config should hold it: the variable's name (an EnvVar) when the
+    URL is the value of ``DATABASE_URL``; otherwise (the settings' SQLite default, or a URL given in
+    code) the URL itself."""
+    if os.environ.get(DATABASE_URL_VARIABLE) == database_url:
+        return EnvVar(DATABASE_URL_VARIABLE)
+    return database_url
+
+
+def resources_from_settings(settings: Settings, landing_dir: Path | None = None, keep_originals: bool = False,
+                            retry_policy: RetryPolicy | None = None) -> dict:
+    """The resources of the code location; ``landing_dir``/``keep_originals`` for batch processing of a folder,
+    ``retry_policy`` to retry failed runs otherwise than by default."""
+    retry = retry_policy or RetryPolicy()
     return {
-        "catalog": CatalogResource(database_url=settings.database_url),
+        "catalog": CatalogResource(database_url=catalog_url_config(settings.database_url)),
         "store": StoreResource(root=str(settings.store_dir)),
         "landing": LandingResource(
             landing_dir=str(landing_dir or settings.landing_dir),
@@ -107,5 +149,8 @@ def resources_from_settings(settings: Settings, landing_dir: Path | None = None,
         ),
         "pipeline": PipelineConfigResource(detection_threshold=settings.detection_threshold,
                                            product_quiet_seconds=settings.product_quiet_seconds,
-                                           product_max_delay_seconds=settings.product_max_delay_seconds),
+                                           product_max_delay_seconds=settings.product_max_delay_seconds,
+                                           retry_max_attempts=retry.max_attempts,
+                                           retry_backoff_seconds=retry.backoff_seconds,
+                                           retry_max_backoff_seconds=retry.max_backoff_seconds),
     }

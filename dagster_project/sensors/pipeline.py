@@ -4,20 +4,140 @@ Dagster cannot map an observation partition to its field's reference partition,
 so the catalog decides (see ``catalog/pipeline_queries.py``); each request's
 ``run_key`` names the reference version, so a new reference re-runs exactly the
 differences that used an older one, and nothing runs twice.
+
+Work a run left unfinished (it failed, or died before its catalog attempt began or
+ended) is asked for again by :func:`schedule_attempts`, which both sensors use: under a
+new run key carrying the attempt number, once the backoff of the
+:class:`~dagster_project.catalog.pipeline_queries.RetryPolicy` has passed, at most
+``max_attempts`` times. Attempts are counted from Dagster's own runs (by run key), so
+a restart, a lost cursor or the headless runner all see the same count.
 """
 
-from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+from dagster import (
+    DagsterInstance,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunRecord,
+    RunRequest,
+    RunsFilter,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
 
 from dagster_project.assets.partitions import field_band_partitions
+from dagster_project.catalog.operations import OperationType
 from dagster_project.catalog.pipeline_queries import (
+    PlannedRun,
+    RetryPolicy,
     field_bands_awaiting_reference,
     observations_awaiting_difference,
 )
 from dagster_project.jobs import difference_job, reference_job
-from dagster_project.catalog.operations import OperationType
 from dagster_project.operations import OPERATION_TAG, start_wave
-from dagster_project.resources import CatalogResource, LandingResource
+from dagster_project.resources import CatalogResource, LandingResource, PipelineConfigResource
+from dagster_project.sensors.product_rebuild import RUN_KEY_TAG
 from dagster_project.settings import Settings
+
+#: run tag: which attempt at its work a run is (0: the first)
+ATTEMPT_TAG = "astro/attempt"
+_ENDED = frozenset({DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED})
+#: run keys looked up per query
+_KEYS_PER_QUERY = 500
+
+
+@dataclass
+class Attempts:
+    """What the sensor asks for now (``requests``, each under its attempt's key), and what it does not."""
+
+    requests: list[PlannedRun] = field(default_factory=list)
+    attempt: dict[str, int] = field(default_factory=dict)  # request run key -> attempt number
+    waiting: dict[str, float] = field(default_factory=dict)  # base key -> seconds until its next attempt is due
+    in_flight: list[str] = field(default_factory=list)  # base keys with a run under way
+    given_up: list[str] = field(default_factory=list)  # base keys that had max_attempts attempts
+
+    def summary(self) -> str:
+        parts = [f"{len(self.in_flight)} under way"] if self.in_flight else []
+        if self.waiting:
+            parts.append(f"{len(self.waiting)} to retry (next in {min(self.waiting.values()):.0f} s)")
+        if self.given_up:
+            parts.append(f"{len(self.given_up)} given up after their last attempt failed "
+                         "(`backfill --status unfinished` runs them again)")
+        return "; ".join(parts) or "nothing to run"
+
+
+def _end_time(record: RunRecord) -> float:
+    return record.end_time if record.end_time is not None else record.update_timestamp.timestamp()
+
+
+def _records_by_key(instance: DagsterInstance, keys: Sequence[str]) -> dict[str, list[RunRecord]]:
+    found: dict[str, list[RunRecord]] = {}
+    for start in range(0, len(keys), _KEYS_PER_QUERY):
+        for record in instance.get_run_records(RunsFilter(tags={RUN_KEY_TAG: list(keys[start:start + _KEYS_PER_QUERY])})):
+            found.setdefault(record.dagster_run.tags[RUN_KEY_TAG], []).append(record)
+    return found
+
+
+def _records_by_id(instance: DagsterInstance, run_ids: Iterable[str]) -> dict[str, RunRecord]:
+    run_ids = sorted(set(run_ids))
+    found: dict[str, RunRecord] = {}
+    for start in range(0, len(run_ids), _KEYS_PER_QUERY):
+        for record in instance.get_run_records(RunsFilter(run_ids=run_ids[start:start + _KEYS_PER_QUERY])):
+            found[record.dagster_run.run_id] = record
+    return found
+
+
+def schedule_attempts(instance: DagsterInstance, planned: Sequence[PlannedRun], policy: RetryPolicy,
+                      now: float | None = None) -> Attempts:
+    """Decide, for each piece of planned work, whether to ask for an attempt now.
+
+    Its attempts are the Dagster runs under its keys (``policy.attempt_key``), plus the run of
+    the catalog's last attempt when another run made it (e.g. a backfill). Work with a run
+    under way is left alone; work never attempted is asked for at once; otherwise its next
+    attempt is asked for once the backoff after the latest end has passed, unless it had
+    ``max_attempts`` already.
+    """
+    now = datetime.now(UTC).timestamp() if now is None else now
+    keys = {p.run_key: [policy.attempt_key(p.run_key, n) for n in range(policy.max_attempts)] for p in planned}
+    by_key = _records_by_key(instance, [key for ks in keys.values() for key in ks])
+    by_id = _records_by_id(instance, (p.attempt_run_id for p in planned if p.attempt_run_id))
+    result = Attempts()
+    for work in planned:
+        numbered = [(n, record) for n, key in enumerate(keys[work.run_key]) for record in by_key.get(key, [])]
+        runs = {record.dagster_run.run_id: record for _, record in numbered}
+        own = by_id.get(work.attempt_run_id) if work.attempt_run_id else None
+        if own is not None:
+            runs.setdefault(own.dagster_run.run_id, own)
+        if any(record.dagster_run.status not in _ENDED for record in runs.values()):
+            result.in_flight.append(work.run_key)
+            continue
+        ends = [_end_time(record) for record in runs.values()]
+        if work.failed_at is not None and own is None:  # failed under a run this instance does not know
+            ends.append(work.failed_at.timestamp())
+        if not ends:
+            next_attempt = 0
+        elif len(ends) >= policy.max_attempts:
+            result.given_up.append(work.run_key)
+            continue
+        else:
+            due = max(ends) + policy.delay_before(len(ends))
+            if now < due:
+                result.waiting[work.run_key] = due - now
+                continue
+            next_attempt = max((n + 1 for n, _ in numbered), default=0)
+        request = replace(work, run_key=policy.attempt_key(work.run_key, next_attempt))
+        result.requests.append(request)
+        result.attempt[request.run_key] = next_attempt
+    return result
+
+
+def attempt_tags(attempts: Attempts, work: PlannedRun) -> dict[str, str]:
+    return {ATTEMPT_TAG: str(attempts.attempt[work.run_key])}
 
 
 def build_pipeline_sensor(interval_seconds: int):
@@ -27,10 +147,11 @@ def build_pipeline_sensor(interval_seconds: int):
         minimum_interval_seconds=interval_seconds,
         default_status=DefaultSensorStatus.RUNNING,
         description="Requests reference images for fields that have calibrated frames but no reference, and "
-        "difference runs for calibrated observations whose field has a (newer) reference.",
+        "difference runs for calibrated observations whose field has a (newer) reference; retries failed "
+        "or interrupted ones with backoff.",
     )
     def reference_and_difference_sensor(context: SensorEvaluationContext, catalog: CatalogResource,
-                                        landing: LandingResource):
+                                        landing: LandingResource, pipeline: PipelineConfigResource):
         with catalog.catalog().session() as session:
             references = field_bands_awaiting_reference(session)
             differences = observations_awaiting_difference(session)
@@ -38,17 +159,24 @@ def build_pipeline_sensor(interval_seconds: int):
             return SkipReason("every calibrated observation has an up-to-date difference")
         known = set(context.instance.get_dynamic_partitions(field_band_partitions.name))
         new_fields = sorted({p.partition_key for p in references} - known)
-        planned = references + differences
-        # the ledger: one reprocessing wave per tick that asks for runs (re-asking returns the same one)
+        attempts = schedule_attempts(context.instance, references + differences, pipeline.retry_policy())
+        if attempts.given_up:
+            context.log.warning(f"not retried any more: {', '.join(attempts.given_up[:20])}")
+        partitions = [field_band_partitions.build_add_request(new_fields)] if new_fields else []
+        if not attempts.requests:
+            if partitions:
+                return SensorResult(dynamic_partitions_requests=partitions)
+            return SkipReason(attempts.summary())
+        # the ledger: one reprocessing wave per set of run keys (asking again returns the same one)
         wave = start_wave(catalog.catalog(), landing.survey, OperationType.REPROCESS_CAMPAIGN,
-                          [p.run_key for p in planned], context={"sensor": "reference_and_difference_sensor"})
+                          [p.run_key for p in attempts.requests], context={"sensor": "reference_and_difference_sensor"})
         return SensorResult(
             run_requests=[
                 RunRequest(run_key=p.run_key, partition_key=p.partition_key, job_name=p.job_name,
-                           tags={"astro/reason": p.reason, OPERATION_TAG: str(wave)})
-                for p in planned
+                           tags={"astro/reason": p.reason, OPERATION_TAG: str(wave), **attempt_tags(attempts, p)})
+                for p in attempts.requests
             ],
-            dynamic_partitions_requests=[field_band_partitions.build_add_request(new_fields)] if new_fields else [],
+            dynamic_partitions_requests=partitions,
         )
 
     return reference_and_difference_sensor

@@ -18,7 +18,8 @@ from dagster_project.ingest.landing import decode_seen, encode_seen, scan_landin
 from dagster_project.jobs import calibrate_job
 from dagster_project.keys import field_band_of
 from dagster_project.operations import OPERATION_TAG, record_ingest_scan
-from dagster_project.resources import CatalogResource, LandingResource
+from dagster_project.resources import CatalogResource, LandingResource, PipelineConfigResource
+from dagster_project.sensors.pipeline import attempt_tags, schedule_attempts
 from dagster_project.settings import Settings
 
 #: files taken per tick, so that a tick stays well inside the sensor time-out
@@ -32,9 +33,11 @@ def build_raw_arrival_sensor(interval_seconds: int):
         minimum_interval_seconds=interval_seconds,
         default_status=DefaultSensorStatus.RUNNING,
         description="Validates new FITS files in the landing folder, registers them, adds one partition per "
-        "observation and requests its calibration. Bad files are quarantined with a reason.",
+        "observation and requests its calibration (again, with backoff, when a run failed or died). Bad files "
+        "are quarantined with a reason.",
     )
-    def raw_arrival_sensor(context: SensorEvaluationContext, catalog: CatalogResource, landing: LandingResource):
+    def raw_arrival_sensor(context: SensorEvaluationContext, catalog: CatalogResource, landing: LandingResource,
+                           pipeline: PipelineConfigResource):
         # The cursor only remembers files still being written; what was taken is known by the
         # catalog (sha256) and by the file having left the landing folder, so a restart loses nothing.
         cursor = json.loads(context.cursor) if context.cursor else {}
@@ -54,17 +57,22 @@ def build_raw_arrival_sensor(interval_seconds: int):
         new_keys = [p.partition_key for p in planned if p.partition_key not in known]
         new_fields = sorted({field_band_of(p.partition_key) for p in planned} - known_fields)
         new_cursor = json.dumps({"waiting": encode_seen(scan.waiting)})
-        if not planned and not scan.outcomes:
+        # never attempted: at once; failed or died: again under a new run key, after the backoff
+        due = schedule_attempts(context.instance, planned, pipeline.retry_policy())
+        if not due.requests and not scan.outcomes and not new_keys and not new_fields:
             context.update_cursor(new_cursor)
-            return SkipReason(f"nothing new; {len(scan.waiting)} file(s) still being written")
-        context.log.info(f"landing scan: {summarize(scan.outcomes)}; {len(planned)} observation(s) to calibrate")
+            return SkipReason(f"nothing new; {len(scan.waiting)} file(s) still being written; calibrations: "
+                              f"{due.summary()}")
+        context.log.info(f"landing scan: {summarize(scan.outcomes)}; {len(due.requests)} observation(s) to calibrate"
+                         f" ({due.summary()})")
         tags = {}
         if scan.outcomes:  # the ledger: one ingest.scan operation per scan that found files
             tags[OPERATION_TAG] = str(record_ingest_scan(
                 catalog.catalog(), landing.survey, scan.outcomes, started_at=started_at,
-                requested=[{"run_key": p.run_key, "partition_key": p.partition_key} for p in planned]))
+                requested=[{"run_key": p.run_key, "partition_key": p.partition_key} for p in due.requests]))
         return SensorResult(
-            run_requests=[RunRequest(run_key=p.run_key, partition_key=p.partition_key, tags=tags) for p in planned],
+            run_requests=[RunRequest(run_key=p.run_key, partition_key=p.partition_key,
+                                     tags={**tags, **attempt_tags(due, p)}) for p in due.requests],
             dynamic_partitions_requests=[
                 observations_partitions.build_add_request(new_keys),
                 field_band_partitions.build_add_request(new_fields),
