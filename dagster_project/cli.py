@@ -119,7 +119,8 @@ def _print_recovery(settings: Settings, truth: list[dict]) -> None:
           f"in {len(files_with_injections)} frame(s) with injections")
 
 
-EXPORT_COLUMNS = ("raw_file", "observation_id", "ra", "dec", "x", "y", "snr", "flux", "flux_error", "flags")
+EXPORT_COLUMNS = ("raw_file", "raw_file_version", "raw_file_status", "observation_id", "observation_status",
+                  "ra", "dec", "x", "y", "snr", "flux", "flux_error", "flags")
 
 
 def _export_row(row: dict) -> dict:
@@ -130,7 +131,7 @@ def cmd_candidates_export(args, settings: Settings) -> int:
     from dagster_project.catalog import queries
 
     with _catalog(settings).session() as session:
-        rows = queries.candidates_for_export(session)
+        rows = queries.candidates_for_export(session, all_versions=args.all_versions)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "json":
@@ -141,7 +142,8 @@ def cmd_candidates_export(args, settings: Settings) -> int:
             writer.writeheader()
             for row in rows:
                 writer.writerow({**_export_row(row), "flags": "|".join(row["flags"])})
-    print(f"wrote {len(rows)} candidates to {out}")
+    which = "of every file version" if args.all_versions else "of current file versions (--all-versions: all)"
+    print(f"wrote {len(rows)} candidates {which} to {out}")
     return 0
 
 
@@ -188,9 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     cands = sub.add_parser("candidates", help="candidate catalog")
     cands_sub = cands.add_subparsers(dest="action", required=True)
-    export = cands_sub.add_parser("export", help="one row per candidate")
+    export = cands_sub.add_parser("export", help="one row per candidate of the current version of each raw file")
     export.add_argument("--format", choices=("csv", "json"), default="csv")
     export.add_argument("--out", required=True)
+    export.add_argument("--all-versions", action="store_true",
+                        help="also candidates of superseded (or later quarantined) file versions and archived "
+                             "observations; the raw_file_version, raw_file_status and observation_status columns "
+                             "tell them apart")
     export.set_defaults(func=cmd_candidates_export)
 
     sub.add_parser("status", help="counts of files, observations and candidates").set_defaults(func=cmd_status)

@@ -467,21 +467,33 @@ _FLAGS = (("saturated", Candidate.is_saturated), ("blended", Candidate.is_blende
           ("negative", Candidate.is_negative))
 
 
-def candidates_for_export(session: Session) -> list[dict[str, Any]]:
-    """Every candidate with its provenance, by observation then pixel row/column.
+def candidates_for_export(session: Session, *, all_versions: bool = False) -> list[dict[str, Any]]:
+    """Candidates with their provenance, by observation then pixel row/column.
 
-    Keys: original_name (of the raw file), observation_id, ra, dec, x, y (0-based
-    pixels), snr, flux, flux_error, flags (names of the set flags, e.g. ["edge"]).
+    Only those of current frames unless ``all_versions``: a candidate counts when
+    its raw file is the accepted version of its name (not ``superseded`` by a newer
+    one, nor quarantined later) and its observation is not ``archived`` (the state
+    an observation of a superseded file is moved to).
+
+    Keys: original_name and raw_file_version (of the raw file), raw_file_status,
+    observation_id, observation_status, ra, dec, x, y (0-based pixels), snr,
+    flux, flux_error, flags (names of the set flags, e.g. ["edge"]).
     """
-    stmt = (sa.select(Candidate, Observation.observation_id, RawDataFile.original_name)
+    stmt = (sa.select(Candidate, Observation.observation_id, Observation.status, RawDataFile.original_name,
+                      RawDataFile.version, RawDataFile.status)
             .join(Observation, Candidate.observation_id == Observation.id)
             .outerjoin(RawDataFile, RawDataFile.observation_id == Observation.id)
             .order_by(Observation.observation_id, Candidate.pixel_y, Candidate.pixel_x))
+    if not all_versions:
+        stmt = stmt.where(Observation.status != ObservationStatus.ARCHIVED,
+                          sa.or_(RawDataFile.id.is_(None), RawDataFile.status == RawFileStatus.ACCEPTED))
     return [
-        {"original_name": original_name, "observation_id": observation_id, "ra": c.ra, "dec": c.dec,
-         "x": c.pixel_x, "y": c.pixel_y, "snr": c.snr, "flux": c.flux, "flux_error": c.flux_error,
-         "flags": [name for name, column in _FLAGS if getattr(c, column.key)]}
-        for c, observation_id, original_name in session.execute(stmt)
+        {"original_name": original_name, "raw_file_version": version,
+         "raw_file_status": raw_status.value if raw_status is not None else None,
+         "observation_id": observation_id, "observation_status": observation_status.value,
+         "ra": c.ra, "dec": c.dec, "x": c.pixel_x, "y": c.pixel_y, "snr": c.snr, "flux": c.flux,
+         "flux_error": c.flux_error, "flags": [name for name, column in _FLAGS if getattr(c, column.key)]}
+        for c, observation_id, observation_status, original_name, version, raw_status in session.execute(stmt)
     ]
 
 

@@ -307,7 +307,8 @@ def test_difference_lifecycle_and_candidates(catalog):
         assert s.get(type(run), run.id).candidates_found == 3
         assert queries.get_observation(s, obs.observation_id).status is ObservationStatus.DIFFERENCED
         exported = queries.candidates_for_export(s)
-    assert exported[1] == {"original_name": "F001-r-2.fits", "observation_id": obs.observation_id, "ra": 10.001,
+    assert exported[1] == {"original_name": "F001-r-2.fits", "raw_file_version": 1, "raw_file_status": "accepted",
+                           "observation_id": obs.observation_id, "observation_status": "differenced", "ra": 10.001,
                            "dec": 20.0, "x": 1.0, "y": 5.0, "snr": 21.0, "flux": 101.0, "flux_error": 5.0,
                            "flags": ["edge"]}
     assert [e["flags"] for e in exported] == [[], ["edge"], ["negative"]]

@@ -192,5 +192,8 @@ def test_candidates_export_csv_and_json(processed, tmp_path, monkeypatch):
     rows = list(csv.DictReader((tmp_path / "c.csv").open()))
     records = json.loads((tmp_path / "c.json").read_text())
     assert rows and len(rows) == len(records)
-    assert set(rows[0]) == {"raw_file", "observation_id", "ra", "dec", "x", "y", "snr", "flux", "flux_error", "flags"}
+    assert set(rows[0]) == {"raw_file", "raw_file_version", "raw_file_status", "observation_id", "observation_status",
+                            "ra", "dec", "x", "y", "snr", "flux", "flux_error", "flags"}
+    assert {(r["raw_file_version"], r["raw_file_status"], r["observation_status"]) for r in rows} == {
+        ("1", "accepted", "differenced")}
     assert all(r["raw_file"].endswith(".fits") and 0 <= float(r["ra"]) < 360 for r in rows)
