@@ -1,4 +1,4 @@
-"""Command line: ``python -m dagster_project <command>`` (see ``--help``)."""
+"""Command line: ``astro-platform <command>``, or ``python -m dagster_project <command>`` (see ``--help``)."""
 
 import argparse
 import csv
@@ -7,9 +7,11 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from dagster_project import cli_operations, cli_results
+from dagster_project.cli_args import PROG, Parser, fail, image_size, iso_date, non_negative_float, non_negative_int, positive_int
 from dagster_project.settings import Settings
 
 
@@ -22,14 +24,25 @@ def _catalog(settings: Settings):
 
 
 def cmd_simulate_night(args, settings: Settings) -> int:
-    from dagster_project.simulator import simulate_night
+    """A new night each time unless --night and --seed say which: the first date from today on with no frames
+    in the folder or the raw archive, and a seed from the clock; the truth table goes beside the folder."""
+    from datetime import date
 
-    night = simulate_night(
-        Path(args.out), n_fields=args.fields, n_epochs=args.epochs, size=args.size, bands=tuple(args.bands),
-        n_bias=args.bias, n_flats=args.flats, transients_per_frame=args.transients, seed=args.seed,
-        night=args.night,
-    )
-    print(json.dumps(night.summary, indent=2, default=str))
+    from dagster_project.simulator import free_night, simulate_night
+
+    out = Path(args.out).expanduser().resolve()
+    night = args.night or free_night([out, settings.store_dir / "raw"], date.today()).isoformat()
+    seed = args.seed if args.seed is not None else time.time_ns() // 1000 % 2**31
+    truth = Path(args.truth) if args.truth else out.parent / "truth" / f"{out.name}-{night}-seed{seed}.csv"
+    try:
+        simulated = simulate_night(
+            out, n_fields=args.fields, n_epochs=args.epochs, size=args.size, bands=tuple(args.bands),
+            n_bias=args.bias, n_flats=args.flats, transients_per_frame=args.transients, seed=seed,
+            night=night, truth_path=truth,
+        )
+    except ValueError as exc:  # e.g. an unknown band (checked before anything is written)
+        return fail(exc)
+    print(json.dumps(simulated.summary, indent=2, default=str))
     return 0
 
 
@@ -67,7 +80,9 @@ def cmd_demo(args, settings: Settings) -> int:
     settings = dataclasses.replace(settings, product_quiet_seconds=args.debounce)
     folder = settings.home / "demo-night"
     print(f"simulating a night of {args.fields} fields x {args.epochs} epochs at {args.size}x{args.size} into {folder}")
-    night = simulate_night(folder, n_fields=args.fields, n_epochs=args.epochs, size=args.size, seed=args.seed)
+    truth_path = settings.home / "truth" / "demo-night.csv"
+    night = simulate_night(folder, n_fields=args.fields, n_epochs=args.epochs, size=args.size, seed=args.seed,
+                           truth_path=truth_path)
     specs = [RequestSpec(name=f"demo-{field}-r", program="demo", target_name=f"{field} centre", ra=pos["ra"],
                          dec=pos["dec"], filter_band="r", exposure_time=60, n_epochs=args.epochs, cadence_hours=1.0)
              for field, pos in night.summary["fields"].items()]
@@ -79,7 +94,7 @@ def cmd_demo(args, settings: Settings) -> int:
     print(f"processing it (Dagster instance: {os.environ['DAGSTER_HOME']}, catalog: {settings.database_url})")
     report = process_folder(folder, settings, wait=True)
     _print_status(settings)
-    _print_recovery(settings, load_truth(folder / "truth.csv"))
+    _print_recovery(settings, load_truth(truth_path))
     cli_results.print_results_status(settings)
     first_field = f"{next(iter(night.summary['fields']))}-r"
     print(f"\nre-processing field {first_field}: a new reference version makes exactly its results stale")
@@ -148,6 +163,7 @@ def cmd_candidates_export(args, settings: Settings) -> int:
 
 
 def cmd_status(args, settings: Settings) -> int:
+    print(f"catalog: {settings.database_url}")
     _print_status(settings)
     return 0
 
@@ -159,20 +175,23 @@ def cmd_migrate(args, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dagster_project", description=__doc__)
+    parser = Parser(prog=PROG, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser("simulate-night", help="write a simulated night of raw FITS frames")
     sim.add_argument("--out", required=True, help="folder to write into (e.g. the landing folder)")
-    sim.add_argument("--fields", type=int, default=2)
-    sim.add_argument("--epochs", type=int, default=3)
-    sim.add_argument("--size", type=int, default=2048, help="data section is size x size pixels")
+    sim.add_argument("--fields", type=positive_int, default=2)
+    sim.add_argument("--epochs", type=positive_int, default=3)
+    sim.add_argument("--size", type=image_size, default=2048, help="data section is size x size pixels")
     sim.add_argument("--bands", nargs="+", default=["r"])
-    sim.add_argument("--bias", type=int, default=5, help="bias frames (0 for a night without calibration)")
-    sim.add_argument("--flats", type=int, default=5, help="flat frames per band")
-    sim.add_argument("--transients", type=int, default=10, help="injected transients per science frame")
-    sim.add_argument("--seed", type=int, default=42)
-    sim.add_argument("--night", default="2026-11-21", help="local date at the start of the night")
+    sim.add_argument("--bias", type=non_negative_int, default=5, help="bias frames (0 for a night without calibration)")
+    sim.add_argument("--flats", type=non_negative_int, default=5, help="flat frames per band")
+    sim.add_argument("--transients", type=non_negative_int, default=10, help="injected transients per science frame")
+    sim.add_argument("--seed", type=int, help="the same seed and night write the same bytes (default: from the clock)")
+    sim.add_argument("--night", type=iso_date, help="local date at the start of the night, YYYY-MM-DD (default: "
+                     "the first from today on with no frames in --out or in the raw archive)")
+    sim.add_argument("--truth", help="where the table of injected transients goes "
+                     "(default: <out>/../truth/<out name>-<night>-seed<seed>.csv, outside the landing folder)")
     sim.set_defaults(func=cmd_simulate_night)
 
     proc = sub.add_parser("process", help="ingest a folder of raw FITS frames and run the pipeline to completion")
@@ -181,11 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     proc.set_defaults(func=cmd_process)
 
     demo = sub.add_parser("demo", help="simulate a night and process it end to end")
-    demo.add_argument("--fields", type=int, default=2)
-    demo.add_argument("--epochs", type=int, default=3)
-    demo.add_argument("--size", type=int, default=2048)
+    demo.add_argument("--fields", type=positive_int, default=2)
+    demo.add_argument("--epochs", type=positive_int, default=3)
+    demo.add_argument("--size", type=image_size, default=2048)
     demo.add_argument("--seed", type=int, default=42)
-    demo.add_argument("--debounce", type=float, default=5.0, help="product rebuild quiet period, seconds")
+    demo.add_argument("--debounce", type=non_negative_float, default=5.0, help="product rebuild quiet period, seconds")
     demo.set_defaults(func=cmd_demo)
 
     cands = sub.add_parser("candidates", help="candidate catalog")
@@ -216,8 +235,36 @@ def ensure_dagster_home(settings: Settings) -> None:
         shutil.copy(template, home / "dagster.yaml")
 
 
+#: (command, action) that start from nothing or add to what is there; every other command reads existing state
+MAKES_STATE = {("process", None), ("demo", None), ("migrate", None), ("requests", "add")}
+#: commands that touch neither the catalog nor the Dagster instance
+NO_STATE = {("simulate-night", None)}
+
+
+def missing_state(settings: Settings) -> str | None:
+    """Why there is no catalog to read, saying where it was looked for; None if there is one (or it is a server)."""
+    url = settings.database_url
+    if not url.startswith("sqlite:///"):
+        return None
+    path = Path(url.removeprefix("sqlite:///")).expanduser()
+    if path.is_file():
+        return None
+    how = "from DATABASE_URL" if os.environ.get("DATABASE_URL") else f"ASTRO_HOME={settings.home}; {settings.home_source}"
+    return (f"no catalog at {path} ({how}): run `{PROG} process FOLDER` or `{PROG} demo` first, "
+            "or set ASTRO_HOME to the folder that holds catalog.sqlite")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = Settings.from_env()
-    ensure_dagster_home(settings)
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:  # a setting of the environment that is not a number, or out of range
+        return fail(exc)
+    command = (args.command, getattr(args, "action", None))
+    if command not in NO_STATE:
+        # a command that reads state never creates an empty catalog (or instance) where there was none
+        problem = None if command in MAKES_STATE else missing_state(settings)
+        if problem:
+            return fail(problem)
+        ensure_dagster_home(settings)
     return args.func(args, settings)

@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from dagster_project.cli_args import PROG, fail, iso_date, positive_float, positive_int
 from dagster_project.jobs import IN_PROCESS, JOB_ASSETS
 from dagster_project.settings import Settings
 
@@ -41,8 +42,8 @@ def add_subcommands(subparsers) -> None:
         "backfill", help="(re)process observations chosen in the catalog, as a Dagster backfill run by the daemon")
     backfill.add_argument("--field", help="field name, e.g. F001")
     backfill.add_argument("--band", help="filter band, e.g. r")
-    backfill.add_argument("--night-from", help="first night, YYYY-MM-DD")
-    backfill.add_argument("--night-to", help="last night, YYYY-MM-DD (inclusive)")
+    backfill.add_argument("--night-from", type=iso_date, help="first night, YYYY-MM-DD")
+    backfill.add_argument("--night-to", type=iso_date, help="last night, YYYY-MM-DD (inclusive)")
     backfill.add_argument("--status", action="append",
                           help="an observation status (e.g. failed, blocked, differenced), never-processed, or "
                           "unfinished (every status but differenced: what a failed or killed run left behind); "
@@ -58,7 +59,7 @@ def add_subcommands(subparsers) -> None:
     listing = ops_sub.add_parser("list", help="operations, newest first")
     listing.add_argument("--type", help="e.g. backfill.observations, ingest.scan, process.folder")
     listing.add_argument("--status", choices=("queued", "running", "completed"))
-    listing.add_argument("--limit", type=int, default=30)
+    listing.add_argument("--limit", type=positive_int, default=30)
     listing.set_defaults(func=cmd_operations_list)
     show = ops_sub.add_parser("show", help="one operation: counts, failures, context, runs")
     show.add_argument("id", type=int)
@@ -75,8 +76,9 @@ def add_subcommands(subparsers) -> None:
     runs = subparsers.add_parser("runs", help="Dagster runs, as the catalog records them")
     runs_sub = runs.add_subparsers(dest="action", required=True)
     tail = runs_sub.add_parser("tail", help="follow a run's steps as they happen; exits when it ends")
-    tail.add_argument("run_id")
-    tail.add_argument("--interval", type=float, default=0.5, help="seconds between looks")
+    tail.add_argument("run_id", help="a run id, or the start of one that no other run has (e.g. the 8 characters "
+                      "the UI shows)")
+    tail.add_argument("--interval", type=positive_float, default=0.5, help="seconds between looks")
     tail.set_defaults(func=cmd_runs_tail)
 
 
@@ -189,11 +191,11 @@ def run_backfill_command(args, settings: Settings, catalog: Catalog, target: Bac
     operation, launched = launch_backfill(instance, catalog, settings, target, [row[0] for row in rows], selection)
     backfill_id = (operation.context or {}).get("backfill_id")
     if launched:
-        print(f"operation #{operation.id}: backfill {backfill_id} launched (Dagster UI: Overview > Backfills)")
+        print(f"operation #{operation.id}: backfill {backfill_id} launched (Dagster UI: Runs > Backfills)")
     else:
         print(f"the same backfill is already {operation.status} as operation #{operation.id} (backfill {backfill_id})")
     if args.detach:
-        print(f"follow it with: python -m dagster_project operations show {operation.id} --follow")
+        print(f"follow it with: {PROG} operations show {operation.id} --follow")
         return 0
     return follow(instance, catalog, operation.id)
 
@@ -201,6 +203,8 @@ def run_backfill_command(args, settings: Settings, catalog: Catalog, target: Bac
 def cmd_backfill(args, settings: Settings) -> int:
     from dagster_project.catalog import operations
 
+    if args.night_from and args.night_to and args.night_from > args.night_to:
+        return fail(f"--night-from {args.night_from} is after --night-to {args.night_to}")
     catalog = _catalog(settings)
     selection = {key: value for key, value in (("field", args.field), ("band", args.band),
                                                ("night_from", args.night_from), ("night_to", args.night_to),
@@ -263,8 +267,7 @@ def follow(instance: DagsterInstance, catalog: Catalog, operation_id: int, out: 
                 break
             time.sleep(poll_seconds)
     except KeyboardInterrupt:
-        out.write(f"\ndetached: it goes on. Follow again: python -m dagster_project operations show {operation_id} "
-                  "--follow\n")
+        out.write(f"\ndetached: it goes on. Follow again: {PROG} operations show {operation_id} --follow\n")
         return 0
     operation = progress.operation
     out.write(("\n" if out.isatty() else "") + f"operation #{operation.id} {operation.outcome.value}\n")
@@ -471,22 +474,39 @@ def format_step(step: ProcessingStep) -> str:
     return "\n".join(lines)
 
 
+def resolve_run_id(instance: DagsterInstance, text: str) -> str:
+    """The id of the one run whose id is ``text`` or starts with it; LookupError when none or several do."""
+    text = text.strip().lower()
+    if text and instance.get_run_by_id(text) is not None:
+        return text
+    matches = sorted(r.dagster_run.run_id for r in instance.get_run_records() if r.dagster_run.run_id.startswith(text)) \
+        if text else []
+    if not matches:
+        raise LookupError(f"no Dagster run {text or '(empty id)'} in the instance at {instance.root_directory}")
+    if len(matches) > 1:
+        shown = ", ".join(matches[:3]) + (", ..." if len(matches) > 3 else "")
+        raise LookupError(f"{text} is the start of {len(matches)} run ids ({shown}): give more of it")
+    return matches[0]
+
+
 def cmd_runs_tail(args, settings: Settings) -> int:
     from dagster import DagsterInstance
 
     from dagster_project.catalog import provenance
     from dagster_project.sensors import ledger
 
-    instance, catalog = DagsterInstance.get(), _catalog(settings)
-    if instance.get_run_by_id(args.run_id) is None:
-        print(f"error: no Dagster run {args.run_id} in the instance at {instance.root_directory}", file=sys.stderr)
-        return 2
+    instance = DagsterInstance.get()
+    try:
+        run_id = resolve_run_id(instance, args.run_id)
+    except LookupError as exc:
+        return fail(exc)
+    catalog = _catalog(settings)
     shown = -1
     try:
         while True:
-            status = ledger.mirror_run(instance, catalog, settings.store_dir, args.run_id)
+            status = ledger.mirror_run(instance, catalog, settings.store_dir, run_id)
             with catalog.session() as session:
-                for step in provenance.steps_after(session, args.run_id, shown):
+                for step in provenance.steps_after(session, run_id, shown):
                     print(format_step(step), flush=True)
                     shown = step.sequence
             if status in provenance.FINISHED:
@@ -494,5 +514,5 @@ def cmd_runs_tail(args, settings: Settings) -> int:
             time.sleep(args.interval)
     except KeyboardInterrupt:
         return 130
-    print(f"run {args.run_id} {status.value}")
+    print(f"run {run_id} {status.value}")
     return 0 if status == provenance.ProcessingRunStatus.COMPLETED else 1

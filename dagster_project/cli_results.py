@@ -6,6 +6,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from dagster_project.cli_args import fail
 from dagster_project.settings import Settings
 
 
@@ -23,8 +24,7 @@ def cmd_requests_add(args, settings: Settings) -> int:
     try:
         created = submit_requests(_catalog(settings), load_request_file(Path(args.file)), settings.survey)
     except InvalidRequest as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     for name, n in created:
         print(f"request {name!r}: {n} result(s)")
     return 0

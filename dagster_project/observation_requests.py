@@ -100,8 +100,12 @@ def parse_requests(document: object, source: str = "request") -> list[RequestSpe
 def load_request_file(path: Path) -> list[RequestSpec]:
     try:
         document = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:  # missing, a folder, unreadable, not text
+        raise InvalidRequest(f"cannot read the request file {path}: {getattr(exc, 'strerror', None) or exc}") from None
     except yaml.YAMLError as exc:
-        raise InvalidRequest(f"{path}: not valid YAML ({exc})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise InvalidRequest(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
     return parse_requests(document, source=str(path))
 
 

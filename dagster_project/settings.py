@@ -3,7 +3,8 @@
 =============================  ==========================================  =================================
 variable                       meaning                                     default
 =============================  ==========================================  =================================
-``ASTRO_HOME``                 root of all local state                     ``./var``
+``ASTRO_HOME``                 root of all local state                     ``var/`` of the source checkout
+                                                                           (editable install), else ``./var``
 ``ASTRO_LANDING_DIR``          folder the telescopes write raw FITS into   ``$ASTRO_HOME/landing``
 ``ASTRO_STORE_DIR``            raw archive, masters, products              ``$ASTRO_HOME/store``
 ``ASTRO_QUARANTINE_DIR``       rejected files, with a ``.reason`` file     ``$ASTRO_HOME/quarantine``
@@ -35,8 +36,44 @@ def _path(name: str, default: Path) -> Path:
     return Path(value).expanduser().resolve() if value else default
 
 
+def _source_checkout() -> Path | None:
+    """The project folder this package was installed from in editable mode (or is run from), else None."""
+    root = Path(__file__).resolve().parent.parent
+    pyproject = root / "pyproject.toml"
+    try:
+        return root if 'name = "dagster_project"' in pyproject.read_text() else None
+    except OSError:
+        return None
+
+
+def default_home() -> tuple[Path, str]:
+    """Where local state lives when ``ASTRO_HOME`` is not set, and a phrase saying why there.
+
+    The source checkout's ``var/`` for an editable install, wherever the command is run from
+    (it is where ``make demo`` and ``make ui`` keep it); for an installed package, ``./var``.
+    """
+    checkout = _source_checkout()
+    if checkout is not None:
+        return checkout / "var", f"ASTRO_HOME is not set: var/ of the source checkout {checkout}"
+    return Path.cwd() / "var", "ASTRO_HOME is not set: var/ of the current folder"
+
+
+def _number(name: str, default: float, kind: type = float, minimum: float | None = None) -> float:
+    """The environment variable ``name`` as a ``kind``; ValueError naming the variable if it is not one."""
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return kind(default)
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, not {text!r}") from None
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be at least {minimum:g}, not {text!r}")
+    return value
+
+
 def _positive_int(name: str, default: int) -> int:
-    value = int(os.environ.get(name, str(default)))
+    value = int(_number(name, default, int))
     if value < 1:
         raise ValueError(f"{name} must be a positive integer, not {value}")
     return value
@@ -61,10 +98,14 @@ class Settings:
     product_quiet_seconds: float = 60.0
     product_max_delay_seconds: float = 600.0
     backfill_batch_size: int = 8
+    #: how ``home`` was chosen, for messages that say where state was looked for
+    home_source: str = "given"
 
     @classmethod
     def from_env(cls) -> "Settings":
-        home = _path("ASTRO_HOME", Path.cwd() / "var")
+        fallback, fallback_source = default_home()
+        home = _path("ASTRO_HOME", fallback)
+        home_source = "ASTRO_HOME" if os.environ.get("ASTRO_HOME") else fallback_source
         instruments = os.environ.get("ASTRO_INSTRUMENTS_FILE")
         return cls(
             home=home,
@@ -75,13 +116,14 @@ class Settings:
             dagster_home=_path("DAGSTER_HOME", home / "dagster"),
             survey=os.environ.get("ASTRO_SURVEY", "local"),
             instruments_file=Path(instruments).expanduser() if instruments else None,
-            sensor_interval_seconds=int(os.environ.get("ASTRO_SENSOR_INTERVAL", "10")),
-            settle_seconds=float(os.environ.get("ASTRO_SETTLE_SECONDS", "2")),
-            truncated_after_seconds=float(os.environ.get("ASTRO_TRUNCATED_AFTER", "300")),
-            max_file_bytes=int(float(os.environ.get("ASTRO_MAX_FILE_MB", "4096")) * 2**20),
-            max_hdus=int(os.environ.get("ASTRO_MAX_HDUS", "16")),
-            detection_threshold=float(os.environ.get("ASTRO_DETECTION_THRESHOLD", "5")),
-            product_quiet_seconds=float(os.environ.get("ASTRO_PRODUCT_QUIET", "60")),
-            product_max_delay_seconds=float(os.environ.get("ASTRO_PRODUCT_MAX_DELAY", "600")),
+            sensor_interval_seconds=_positive_int("ASTRO_SENSOR_INTERVAL", 10),
+            settle_seconds=_number("ASTRO_SETTLE_SECONDS", 2, minimum=0),
+            truncated_after_seconds=_number("ASTRO_TRUNCATED_AFTER", 300, minimum=0),
+            max_file_bytes=int(_number("ASTRO_MAX_FILE_MB", 4096, minimum=0) * 2**20),
+            max_hdus=_positive_int("ASTRO_MAX_HDUS", 16),
+            detection_threshold=_number("ASTRO_DETECTION_THRESHOLD", 5, minimum=0),
+            product_quiet_seconds=_number("ASTRO_PRODUCT_QUIET", 60, minimum=0),
+            product_max_delay_seconds=_number("ASTRO_PRODUCT_MAX_DELAY", 600, minimum=0),
             backfill_batch_size=_positive_int("ASTRO_BACKFILL_BATCH", 8),
+            home_source=home_source,
         )

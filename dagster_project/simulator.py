@@ -15,7 +15,9 @@ Every file (and ``truth.csv``) is written under a hidden temporary name
 ``.NAME.partial`` in the same folder and renamed into place, so a process
 watching the folder never sees a partial ``.fits`` file.
 
-``truth.csv`` lists the injected transients: ``file`` (base name), ``field``,
+``truth.csv`` is written beside the frames unless ``truth_path`` says where; the
+command line puts it outside the folder (``<out>/../truth/``), since the folder
+is often a watched landing folder, which is for raw frames only. It lists the injected transients: ``file`` (base name), ``field``,
 ``band``, ``epoch``, ``ra``, ``dec`` (deg), ``x``, ``y`` (true 0-based position
 in the trimmed data section), ``flux_e`` (electrons before the flat field) and
 ``snr_optimal``.
@@ -27,7 +29,7 @@ import itertools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
@@ -134,6 +136,20 @@ def frame_name(instrument: str, night: date, seq: int, kind: str, band: str, fie
     return f"{instrument}_{night:%Y%m%d}_{seq:04d}_{kind}{'_' + field if field else ''}_{band}.fits"
 
 
+def free_night(folders: list[Path], start: date, instrument: str = DetectorSpec.instrument) -> date:
+    """The first night from ``start`` on whose frames (``{instrument}_{YYYYMMDD}_*``) are in none of ``folders``.
+
+    ``folders`` are searched one level deep too (the raw archive is ``raw/<night>/<name>``), so a night
+    already ingested and moved out of the landing folder counts as taken.
+    """
+    night = start
+    while any(next(folder.glob(pattern), None) is not None
+              for folder in folders if folder.is_dir()
+              for pattern in (f"{instrument}_{night:%Y%m%d}_*", f"*/{instrument}_{night:%Y%m%d}_*")):
+        night += timedelta(days=1)
+    return night
+
+
 def _science_schedule(
     n_fields: int, bands: tuple[str, ...], n_epochs: int, midnight_mjd: float, spec: DetectorSpec, seed: int
 ) -> list[tuple[int, int, int, EpochConditions]]:
@@ -168,6 +184,7 @@ def simulate_night(
     overscan: int = 32,
     seed: int = 42,
     night: str = "2026-11-21",
+    truth_path: Path | str | None = None,
 ) -> SimulatedNight:
     """Simulate and write one night of raw frames into ``out_dir``.
 
@@ -193,6 +210,8 @@ def simulate_night(
         Everything is a function of ``seed``: the same seed writes identical bytes.
     night : str
         ``YYYY-MM-DD``, local date at the start of the night.
+    truth_path : path-like, optional
+        Where ``truth.csv`` goes (its folder is created); default ``out_dir / "truth.csv"``.
     """
     if n_fields < 1 or n_epochs < 1 or n_bias < 0 or n_flats < 0 or transients_per_frame < 0:
         raise ValueError("need n_fields >= 1, n_epochs >= 1 and non-negative frame and transient counts")
@@ -250,12 +269,14 @@ def simulate_night(
             for t in frame.transients
         ]
 
-    truth_path = out_dir / "truth.csv"
+    truth_path = out_dir / "truth.csv" if truth_path is None else Path(truth_path)
+    truth_path.parent.mkdir(parents=True, exist_ok=True)
     payload = _truth_csv(truth)
     write_atomically(truth_path, lambda fh: fh.write(payload))
     summary = {
         "night": night,
         "out_dir": str(out_dir),
+        "truth": str(truth_path),
         "files": {kind: len(p) for kind, p in paths.items()},
         "fields": {fld.name: {"ra": round(fld.ra_deg, 6), "dec": round(fld.dec_deg, 6)} for fld in fields},
         "bands": list(bands),
