@@ -32,7 +32,8 @@ def _json_default(value: Any) -> Any:
 
 
 def _json_dumps(value: Any) -> str:
-    return json.dumps(value, default=_json_default)
+    # NaN and Infinity are not JSON: PostgreSQL refuses them and SQLite would store text no reader parses
+    return json.dumps(value, default=_json_default, allow_nan=False)
 
 
 def _enable_wal(cursor: sqlite3.Cursor) -> None:

@@ -108,6 +108,10 @@ def _insert_raw_file(session: Session, status: RawFileStatus, original_name: str
     return raw
 
 
+class ContentAlreadyStored(ValueError):
+    """The bytes are already in the archive (another scan took them first): they are a duplicate."""
+
+
 def register_raw_file(session: Session, *, original_name: str, sha256: str, **fields: Any) -> RawDataFile:
     """Record an accepted file as the next version of its name.
 
@@ -119,7 +123,8 @@ def register_raw_file(session: Session, *, original_name: str, sha256: str, **fi
     """
     known = find_raw_file_by_sha256(session, sha256)
     if known is not None:
-        raise ValueError(f"content {sha256} is already stored as {known!r}: register it with register_duplicate_file")
+        raise ContentAlreadyStored(
+            f"content {sha256} is already stored as {known!r}: register it with register_duplicate_file")
     previous = session.scalars(sa.select(RawDataFile).where(RawDataFile.original_name == original_name,
                                                             RawDataFile.status == RawFileStatus.ACCEPTED)).all()
     raw = _insert_raw_file(session, RawFileStatus.ACCEPTED, original_name, sha256=sha256, **fields)
@@ -149,6 +154,22 @@ def quarantine_raw_file(session: Session, raw_file: RawDataFile, stored_path: st
     raw_file = _current(session, raw_file)
     transition(raw_file, RawFileStatus.QUARANTINED, reason=reason)
     raw_file.stored_path = stored_path
+    session.flush()
+    return raw_file
+
+
+def requeue_raw_file(session: Session, raw_file: RawDataFile | uuid.UUID | str, reason: str) -> RawDataFile:
+    """An acceptance undone because the file changed while it was taken: quarantined, its observation archived.
+
+    The file itself went back to the landing folder (``stored_path`` is cleared);
+    it is taken again, as the next version of its name, once it is complete.
+    """
+    if not isinstance(raw_file, RawDataFile):
+        raw_file = session.get(RawDataFile, uuid.UUID(str(raw_file)))
+    transition(raw_file, RawFileStatus.QUARANTINED, reason=reason)
+    raw_file.stored_path = None
+    if raw_file.observation is not None and raw_file.observation.status != ObservationStatus.ARCHIVED:
+        transition(raw_file.observation, ObservationStatus.ARCHIVED, reason=reason)
     session.flush()
     return raw_file
 

@@ -9,6 +9,8 @@ card) followed by ``|BITPIX|/8 * GCOUNT * (PCOUNT + NAXIS1*...*NAXISn)`` bytes
 of data padded to a multiple of 2880.
 """
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +64,19 @@ class FitsStructure:
         return self.hdus[0].header
 
 
+def open_regular(path: Path):
+    """Open ``path`` for reading only if it is a regular file; links are not followed and FIFOs do not block."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidFitsFile("not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _padded(n: int) -> int:
     return -(-n // BLOCK) * BLOCK
 
@@ -79,12 +94,28 @@ def _read_header(fh, offset: int, limits: StructureLimits, index: int) -> tuple[
         # END must start a card: look only at card boundaries of this block
         for start in range(len(raw) - BLOCK, len(raw), CARD):
             if raw[start : start + 8] == b"END     ":
+                text = raw[: start + CARD].decode("ascii")
                 try:
-                    header = fits.Header.fromstring(raw[: start + CARD].decode("ascii"))
+                    header = fits.Header.fromstring(text)
                 except Exception as exc:  # astropy raises several types for broken cards
                     raise InvalidFitsFile(f"HDU {index}: unreadable header ({exc})") from None
+                _verify_values(header, text, index)
                 return header, offset + len(raw)
     raise InvalidFitsFile(f"HDU {index}: no END card within {limits.max_header_blocks} header blocks")
+
+
+def _verify_values(header: fits.Header, text: str, index: int) -> None:
+    """Every card's value must parse: astropy parses lazily, and would fail later, far from the cause.
+
+    The card is quoted from ``text`` as it was written: astropy rewrites a card it failed to parse.
+    """
+    for card in header.cards:
+        try:
+            card.value
+        except Exception:  # VerifyError or ValueError, depending on how the card is broken
+            image = next((text[i:i + CARD] for i in range(0, len(text), CARD)
+                          if text[i:i + 8].rstrip() == card.keyword), card.keyword)
+            raise InvalidFitsFile(f"HDU {index}: malformed header card {image.rstrip()!r}") from None
 
 
 class _Incomplete(Exception):
@@ -138,12 +169,12 @@ def inspect_fits_structure(path: Path, limits: StructureLimits = StructureLimits
     InvalidFitsFile
         The bytes cannot be a FITS file, or they break a limit.
     """
-    actual = path.stat().st_size
-    if actual > limits.max_file_bytes:
-        raise InvalidFitsFile(f"file is {actual} bytes, over the limit of {limits.max_file_bytes}")
     hdus: list[HduLayout] = []
     offset = 0
-    with path.open("rb") as fh:
+    with open_regular(path) as fh:
+        actual = os.fstat(fh.fileno()).st_size
+        if actual > limits.max_file_bytes:
+            raise InvalidFitsFile(f"file is {actual} bytes, over the limit of {limits.max_file_bytes}")
         head = fh.read(len(SIGNATURE))
         if not SIGNATURE.startswith(head):  # a short prefix may be a file still being written
             raise InvalidFitsFile("not a FITS file: it does not start with 'SIMPLE  ='")

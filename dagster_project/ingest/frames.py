@@ -13,9 +13,10 @@ from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 
-from dagster_project.ingest.fits_structure import FitsStructure, InvalidFitsFile
-from dagster_project.ingest.instruments import InstrumentRegistry
+from dagster_project.catalog.models import Observation, RawDataFile
 from dagster_project.catalog.result_lifecycle import SCHEDULER_KEYWORDS
+from dagster_project.ingest.fits_structure import FitsStructure, InvalidFitsFile, open_regular
+from dagster_project.ingest.instruments import InstrumentRegistry
 from dagster_project.keys import field_band_key, observation_key, safe_token
 from dagster_project.science.calibration import parse_fits_section
 
@@ -34,6 +35,12 @@ KEPT_CARDS = (
     "SATURATE", "INSTRUME", "TELESCOP", "BIASSEC", "TRIMSEC", "NAXIS1", "NAXIS2", "BITPIX",
     *SCHEDULER_KEYWORDS.values(),
 )
+#: header values that go into catalog columns, and the widths of those columns
+COLUMN_WIDTHS = {
+    "instrument": RawDataFile.__table__.c.instrument.type.length,
+    "filter": RawDataFile.__table__.c.filter_band.type.length,
+    "object": Observation.__table__.c.field_name.type.length,
+}
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,7 @@ def describe_frame(path: Path, structure: FitsStructure, registry: InstrumentReg
     header = structure.primary_header
     profile = registry.for_instrument(str(_value(header, "INSTRUME") or ""))
     kw = profile.keyword
+    _check_widths(header, kw)
     imagetyp = _value(header, kw("imagetyp"))
     if imagetyp is None:
         raise InvalidFitsFile(f"missing required keyword {kw('imagetyp')}")
@@ -157,14 +165,15 @@ def describe_frame(path: Path, structure: FitsStructure, registry: InstrumentReg
     if data_nx == 0 or data_ny == 0:
         raise InvalidFitsFile(f"{kw('trimsec')} = {trimsec!r} selects no pixels of a {nx}x{ny} image")
 
-    _check_pixels(path, primary.data_offset)
+    _check_pixels(path)
 
     ra = dec = pixel_scale = None
     if frame_type == "science":
         ra, dec, pixel_scale = _pointing(header, data_nx, data_ny)
 
     longitude = _number(header, kw("site_longitude")) or 0.0
-    cards = {k: header[k] for k in KEPT_CARDS if k in header and isinstance(header[k], (str, int, float, bool))}
+    cards = {k: _json_safe(header[k]) for k in KEPT_CARDS
+             if k in header and isinstance(header[k], (str, int, float, bool))}
     return FrameInfo(
         frame_type=frame_type,
         instrument=str(_value(header, kw("instrument"))).strip(),
@@ -189,10 +198,40 @@ def describe_frame(path: Path, structure: FitsStructure, registry: InstrumentReg
     )
 
 
-def _check_pixels(path: Path, data_offset: int) -> None:
-    """The data must decode and must not be empty of information."""
+def _check_widths(header: fits.Header, kw) -> None:
+    """Values the catalog stores in fixed-width columns must fit them (PostgreSQL refuses, SQLite would not)."""
+    for canonical, width in COLUMN_WIDTHS.items():
+        value = _value(header, kw(canonical))
+        if value is not None and len(str(value).strip()) > width:
+            raise InvalidFitsFile(f"{kw(canonical)} is {len(str(value).strip())} characters long; "
+                                  f"the catalog keeps at most {width}")
+
+
+class ChecksumMismatch(InvalidFitsFile):
+    """The declared CHECKSUM/DATASUM do not match: a corrupted file, or one whose writer has not finished."""
+
+
+def _json_safe(value):
+    """A header value the catalog's JSON can hold: a non-finite float (``1E400``) is kept as its text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _verify_checksums(hdul: fits.HDUList) -> None:
+    """CHECKSUM and DATASUM (FITS Standard 4.0, appendix J), where the file declares them."""
+    for index, hdu in enumerate(hdul):
+        if "DATASUM" in hdu.header and hdu.verify_datasum() == 0:
+            raise ChecksumMismatch(f"HDU {index}: DATASUM does not match the data (corrupted, or still being written)")
+        if "CHECKSUM" in hdu.header and hdu.verify_checksum() == 0:
+            raise ChecksumMismatch(f"HDU {index}: CHECKSUM does not match the HDU (corrupted, or still being written)")
+
+
+def _check_pixels(path: Path) -> None:
+    """The declared checksums must hold, and the data must decode and not be empty of information."""
     try:
-        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+        with open_regular(path) as fh, fits.open(fh, memmap=False, lazy_load_hdus=True) as hdul:
+            _verify_checksums(hdul)
             data = hdul[0].data
             if data is None:
                 raise InvalidFitsFile("primary HDU holds no data")

@@ -17,30 +17,103 @@ its hash already registered, and finishes the move.
 
 import hashlib
 import os
+import re
 import shutil
+import stat as stat_module
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from dagster_project.catalog import Catalog, pipeline_queries, queries, result_lifecycle
-from dagster_project.ingest.fits_structure import InvalidFitsFile, StructureLimits, inspect_fits_structure
-from dagster_project.ingest.frames import FrameInfo, describe_frame
+from dagster_project.catalog.models import RawFileStatus
+from dagster_project.ingest.fits_structure import (
+    BLOCK,
+    FitsStructure,
+    InvalidFitsFile,
+    StructureLimits,
+    inspect_fits_structure,
+    open_regular,
+)
+from dagster_project.ingest.frames import ChecksumMismatch, FrameInfo, describe_frame
 from dagster_project.ingest.instruments import InstrumentRegistry
+from dagster_project.store import inside
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts")
+#: compressed FITS: recorded and quarantined with that reason rather than silently ignored
+COMPRESSED_SUFFIXES = tuple(f"{s}{c}" for s in FITS_SUFFIXES for c in (".gz", ".fz", ".bz2", ".xz", ".zip")) + (".fz",)
+#: bytes read at each of the sample points of a waiting file (its content, not only its size, must settle)
+SAMPLE_BYTES = 4096
+SAMPLE_POINTS = 16
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def candidate_files(landing_dir: Path) -> list[Path]:
-    """FITS files below ``landing_dir``, oldest first; hidden files and folders skipped."""
-    found = []
-    for root, dirs, files in os.walk(landing_dir):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
-            if not name.startswith(".") and name.lower().endswith(FITS_SUFFIXES):
-                found.append(Path(root) / name)
-    return sorted(found, key=lambda p: (p.stat().st_mtime_ns if p.exists() else 0, str(p)))
+def printable(text: str) -> str:
+    """``text`` fit for one log line: control characters (a newline in a file name) and undecodable bytes escaped."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+@dataclass(frozen=True)
+class LandingEntry:
+    """One entry below the landing folder; ``refusal`` says why it is not taken as a FITS file."""
+
+    path: Path
+    refusal: str | None = None
+
+
+def _refusal(path: Path, stat: os.stat_result) -> str | None:
+    """Why the entry at ``path`` (``lstat`` result ``stat``) is not read at all, or None for a regular file."""
+    if stat_module.S_ISLNK(stat.st_mode):
+        return f"symbolic link to {printable(os.readlink(path))!r}: links are never followed"
+    if not stat_module.S_ISREG(stat.st_mode):
+        kind = {stat_module.S_IFIFO: "named pipe (FIFO)", stat_module.S_IFSOCK: "socket",
+                stat_module.S_IFCHR: "character device", stat_module.S_IFBLK: "block device"}
+        return f"{kind.get(stat_module.S_IFMT(stat.st_mode), 'special file')}: only regular files are taken"
+    return None
+
+
+def _is_undecodable(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.walk hands undecodable bytes over as surrogate escapes
+        return True
+    return False
+
+
+def _is_landing_name(name: str) -> bool:
+    lower = name.lower()
+    return not name.startswith(".") and lower.endswith(FITS_SUFFIXES + COMPRESSED_SUFFIXES)
+
+
+def candidate_files(landing_dir: Path) -> list[LandingEntry]:
+    """Entries below ``landing_dir`` to take or refuse, oldest first; hidden files and folders skipped.
+
+    Nothing is followed or opened here: a symbolic link (to a file or a folder),
+    a FIFO or a device is listed with its refusal, and is never read.
+    """
+    found: list[tuple[int, LandingEntry]] = []
+    for root, dirs, files in os.walk(landing_dir):  # os.walk does not descend into linked folders
+        linked = [d for d in dirs if os.path.islink(os.path.join(root, d)) and not d.startswith(".")]
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in linked)
+        for name in (*files, *linked):
+            path = Path(root) / name
+            if name in files and not _is_landing_name(name):
+                continue
+            try:
+                stat = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            refusal = _refusal(path, stat)
+            if refusal is None and _is_undecodable(name):
+                refusal = "file name is not valid UTF-8"
+            if refusal is None and name.lower().endswith(COMPRESSED_SUFFIXES):
+                refusal = "compressed FITS is not taken: decompress it (funpack, gunzip) into the landing folder"
+            found.append((stat.st_mtime_ns, LandingEntry(path, refusal)))
+    return [entry for _, entry in sorted(found, key=lambda item: (item[0], str(item[1].path)))]
 
 
 @dataclass
@@ -49,13 +122,65 @@ class SeenFile:
 
     size: int
     mtime_ns: int
-    unchanged_since: float  # epoch seconds when size/mtime were last seen to change
+    unchanged_since: float  # epoch seconds when its signature was last seen to change
+    ctime_ns: int = 0
+    sample: str = ""  # digest of a few blocks spread over the file
+
+    def signature(self) -> tuple:
+        return self.size, self.mtime_ns, self.ctime_ns, self.sample
+
+
+def content_sample(path: Path, size: int) -> str:
+    """Digest of ``SAMPLE_POINTS`` blocks spread evenly over the file, its last block included.
+
+    A writer that preallocates the file to its full size and then fills it
+    changes no size, and may not move the mtime (mmap); it changes these bytes.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    with open_regular(path) as fh:
+        for k in range(SAMPLE_POINTS):
+            fh.seek(max(0, (size - SAMPLE_BYTES) * k // max(1, SAMPLE_POINTS - 1)))
+            digest.update(fh.read(SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def _observe(path: Path, previous: SeenFile | None, now: float) -> SeenFile:
+    stat = os.lstat(path)
+    sample = content_sample(path, stat.st_size)
+    current = SeenFile(stat.st_size, stat.st_mtime_ns, 0.0, stat.st_ctime_ns, sample)
+    if previous is not None and previous.signature() == current.signature():
+        current.unchanged_since = previous.unchanged_since
+    else:
+        # a write moves the ctime (which no utime call can set back): a file first seen is
+        # quiet since its last change, never since an old mtime preserved by `cp -p` or rsync
+        current.unchanged_since = min(now, max(stat.st_mtime_ns, stat.st_ctime_ns) / 1e9)
+        if previous is not None:
+            current.unchanged_since = now
+    return current
+
+
+def _tail_unwritten(path: Path, structure: FitsStructure) -> bool:
+    """Whether the last bytes of the last HDU's data are all zero: a preallocated file not yet filled.
+
+    A writer that sets the full size first and fills the file in order writes
+    the tail last. Real pixel data practically never ends in 2880 zero bytes;
+    a file that does is still taken once unchanged for ``truncated_after``.
+    """
+    last = next((hdu for hdu in reversed(structure.hdus) if hdu.data_bytes), None)
+    if last is None:
+        return False
+    n = min(BLOCK, last.data_bytes)
+    with open_regular(path) as fh:
+        fh.seek(last.data_offset + last.data_bytes - n)
+        return not fh.read(n).strip(b"\0")
 
 
 @dataclass(frozen=True)
 class Readiness:
     state: str  # "ready", "wait" or "reject"
     reason: str = ""
+    #: changed within ``truncated_after``: a file whose checksums fail may still be being written
+    recent: bool = False
 
 
 def assess(path: Path, previous: SeenFile | None, now: float, settle_seconds: float,
@@ -63,26 +188,24 @@ def assess(path: Path, previous: SeenFile | None, now: float, settle_seconds: fl
     """Decide whether ``path`` can be taken now.
 
     A file is ready when the size its FITS headers imply equals its size on
-    disk and neither size nor mtime changed for ``settle_seconds`` (across two
-    scans, or by its mtime). A file that stays incomplete and unchanged for
-    ``truncated_after`` seconds is rejected as truncated.
+    disk and its signature (size, mtime, ctime and a sample of its content) has
+    not changed for ``settle_seconds``. A file that stays incomplete and
+    unchanged for ``truncated_after`` seconds is rejected as truncated.
     """
-    stat = path.stat()
-    if previous and (previous.size, previous.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
-        seen = previous
-    else:
-        seen = SeenFile(stat.st_size, stat.st_mtime_ns, min(now, stat.st_mtime_ns / 1e9))
-    quiet_for = now - max(seen.unchanged_since, stat.st_mtime_ns / 1e9)
+    seen = _observe(path, previous, now)
+    quiet_for = now - seen.unchanged_since
     try:
         structure = inspect_fits_structure(path, limits)
     except InvalidFitsFile as exc:
         # a header can look broken only because it is half written
         return (Readiness("reject", exc.reason) if quiet_for >= settle_seconds else Readiness("wait")), seen
     if structure is not None and structure.is_complete:
-        return (Readiness("ready") if quiet_for >= settle_seconds else Readiness("wait")), seen
+        if quiet_for < settle_seconds or (quiet_for < truncated_after and _tail_unwritten(path, structure)):
+            return Readiness("wait"), seen
+        return Readiness("ready", recent=quiet_for < truncated_after), seen
     if quiet_for >= truncated_after:
         if structure is None:
-            reason = f"truncated: file ends inside its headers after {stat.st_size} bytes"
+            reason = f"truncated: file ends inside its headers after {seen.size} bytes"
         elif structure.actual_size > structure.expected_size:
             reason = f"{structure.actual_size - structure.expected_size} unexpected bytes after the last HDU"
         else:
@@ -92,12 +215,22 @@ def assess(path: Path, previous: SeenFile | None, now: float, settle_seconds: fl
     return Readiness("wait"), seen
 
 
-def sha256_of(path: Path, chunk: int = 4 * 2**20) -> str:
+def sha256_of(path: Path, chunk: int = 4 * 2**20, max_bytes: int | None = None) -> str:
+    """SHA-256 of a regular file (never of what a link points at); at most ``max_bytes`` are read."""
     digest = hashlib.sha256()
-    with path.open("rb") as fh:
+    read = 0
+    with open_regular(path) as fh:
         while block := fh.read(chunk):
+            read += len(block)
+            if max_bytes is not None and read > max_bytes:
+                raise InvalidFitsFile(f"file grew past the limit of {max_bytes} bytes while it was read")
             digest.update(block)
     return digest.hexdigest()
+
+
+def entry_digest(description: str, landing_path: str) -> str:
+    """The catalog's sha256 for an entry that has no content to hash (a link, a FIFO): that of what it is and where."""
+    return hashlib.sha256(f"{description}\0{landing_path}".encode("utf-8", "backslashreplace")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -128,95 +261,211 @@ class LandingConfig:
     keep_originals: bool = False
 
 
+#: the catalog's column widths for names and paths (RawDataFile.original_name, .landing_path, .stored_path)
+NAME_CHARS, PATH_CHARS = 255, 1024
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` if it fits its column, else its tail behind an ellipsis (the file name is the informative end)."""
+    return text if len(text) <= limit else "\u2026" + text[-(limit - 1):]
+
+
+def _text(path: Path | str) -> str:
+    """A path as catalog text: undecodable bytes of a file name written as backslash escapes."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def catalog_name(config: LandingConfig, path: Path) -> str:
+    """The name a landed file is known by: its path relative to the landing folder.
+
+    Two files called ``a.fits`` in two sub-folders are two names, not two versions of one.
+    """
+    try:
+        relative = path.relative_to(config.landing_dir).as_posix()
+    except ValueError:
+        relative = path.name
+    return _clip(_text(relative), NAME_CHARS)
+
+
 def _unique_destination(folder: Path, name: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / name
     n = 1
-    while target.exists():
+    while os.path.lexists(target):
         target = folder / f"{name}.{n}"
         n += 1
     return target
 
 
 def _transfer(config: LandingConfig, source: Path, target: Path) -> None:
+    """Copy or move a regular file; a link is never followed (``copy2`` copies the link itself)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if config.keep_originals:
-        shutil.copy2(source, target)
+        shutil.copy2(source, target, follow_symlinks=False)
     else:
         shutil.move(str(source), str(target))
 
 
+def _transfer_entry(config: LandingConfig, source: Path, target: Path) -> Path | None:
+    """Move a link, FIFO or device into the quarantine without opening it; where it went, or None (left in place).
+
+    In copy mode nothing is moved. A FIFO or device is only ever renamed (a
+    copy would block on it or read it), so across file systems it stays.
+    """
+    if config.keep_originals:
+        return None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(source, target)
+    except OSError:
+        if not source.is_symlink():
+            return None
+        os.symlink(os.readlink(source), target)  # recreate the link itself, then drop the original
+        source.unlink()
+    return target
+
+
 def archive_path(config: LandingConfig, night: str, original_name: str, version: int) -> Path:
-    stem, dot, suffix = original_name.rpartition(".")
-    name = original_name if version == 1 else f"{stem}.v{version}.{suffix}" if dot else f"{original_name}.v{version}"
-    return config.store_dir / "raw" / night / name
+    """``<store>/raw/<night>/<name>``, ``<stem>.v<N>.<suffix>`` for later versions; always inside the store."""
+    folder, _, name = original_name.rpartition("/")
+    name = _CONTROL.sub("_", name)
+    stem, dot, suffix = name.rpartition(".")
+    name = name if version == 1 else f"{stem}.v{version}.{suffix}" if dot else f"{name}.v{version}"
+    parts = [_CONTROL.sub("_", part) for part in folder.split("/") if part not in ("", ".", "..")]
+    return inside(config.store_dir, config.store_dir.joinpath("raw", night, *parts, name))
+
+
+def _quarantine_target(config: LandingConfig, path: Path, duplicate: bool) -> Path:
+    folder = config.quarantine_dir / ("duplicates" if duplicate else datetime.now(timezone.utc).strftime("%Y%m%d"))
+    return inside(config.quarantine_dir, _unique_destination(folder, _CONTROL.sub("_", _text(path.name))))
+
+
+def _write_reason(target: Path, reason: str) -> None:
+    # written before the catalog row, so a crash cannot leave a quarantined file without its reason
+    reason_path = target.with_name(target.name + ".reason.txt")
+    partial = reason_path.with_name(reason_path.name + ".partial")
+    partial.write_text(reason + "\n")
+    os.replace(partial, reason_path)
 
 
 def quarantine(config: LandingConfig, catalog: Catalog, path: Path, reason: str, sha256: str,
-               duplicate_of=None) -> IngestOutcome:
-    """Move ``path`` out of the landing folder with its reason; record it in the catalog."""
-    folder = config.quarantine_dir / ("duplicates" if duplicate_of is not None else
-                                      datetime.now(timezone.utc).strftime("%Y%m%d"))
-    target = _unique_destination(folder, path.name)
+               duplicate_of=None, regular: bool = True) -> IngestOutcome:
+    """Move ``path`` out of the landing folder with its reason; record it in the catalog.
+
+    ``regular=False`` for a link, FIFO or device: it is moved (renamed) but never opened or copied.
+    """
+    target = _quarantine_target(config, path, duplicate_of is not None)
+    _write_reason(target, reason)
+    size = os.lstat(path).st_size if regular else 0
+    stored = str(target) if regular or not config.keep_originals else None
+    fields = dict(original_name=catalog_name(config, path), landing_path=_clip(_text(path), PATH_CHARS),
+                  stored_path=_clip(_text(stored), PATH_CHARS) if stored else None, size_bytes=size, sha256=sha256)
     with catalog.session() as session:
         survey = queries.get_or_create_survey(session, config.survey)
         if duplicate_of is not None:
-            row = queries.register_duplicate_file(
-                session, original=duplicate_of, original_name=path.name, landing_path=str(path),
-                stored_path=str(target), size_bytes=path.stat().st_size, sha256=sha256, survey=survey)
+            row = queries.register_duplicate_file(session, original=duplicate_of, survey=survey, **fields)
         else:
-            row = queries.register_quarantined_file(
-                session, original_name=path.name, landing_path=str(path), stored_path=str(target),
-                size_bytes=path.stat().st_size, sha256=sha256, reason=reason, survey=survey)
+            row = queries.register_quarantined_file(session, reason=reason, survey=survey, **fields)
         raw_id = str(row.id)
-    _transfer(config, path, target)
-    target.with_name(target.name + ".reason.txt").write_text(reason + "\n")
+    if regular:
+        _transfer(config, path, target)
+    else:
+        _transfer_entry(config, path, target)
     status = "duplicate" if duplicate_of is not None else "quarantined"
-    return IngestOutcome(str(path), status, raw_id, sha256=sha256, reason=reason)
+    return IngestOutcome(_text(path), status, raw_id, sha256=sha256, reason=reason)
+
+
+def refuse_entry(config: LandingConfig, catalog: Catalog, entry: LandingEntry) -> IngestOutcome:
+    """Quarantine an entry that is not read (link, FIFO, device) or not taken (name, compression), with its reason."""
+    path, reason = entry.path, entry.refusal
+    regular = stat_module.S_ISREG(os.lstat(path).st_mode)
+    landing_text = _clip(_text(path), PATH_CHARS)
+    sha256 = sha256_of(path, max_bytes=config.limits.max_file_bytes) if regular else entry_digest(reason, landing_text)
+    with catalog.session() as session:
+        known = queries.find_raw_file_by_sha256(session, sha256)
+        if known is not None and known.landing_path == landing_text and (
+                config.keep_originals or not regular):  # recorded by an earlier scan (copy mode, or left in place)
+            return IngestOutcome(_text(path), "known", str(known.id), sha256=sha256, reason=reason)
+        known_id = str(known.id) if known is not None else None
+    return quarantine(config, catalog, path, reason, sha256, duplicate_of=known_id, regular=regular)
+
+
+def _signature(path: Path) -> tuple[int, int, int]:
+    stat = os.lstat(path)
+    return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
 
 def ingest_file(config: LandingConfig, catalog: Catalog, registry: InstrumentRegistry, path: Path,
-                readiness: Readiness) -> IngestOutcome:
-    """Take one file that :func:`assess` found ready (or rejected) into the platform."""
-    sha256 = sha256_of(path)
+                readiness: Readiness) -> IngestOutcome | None:
+    """Take one file that :func:`assess` found ready (or rejected) into the platform.
+
+    Returns None when the file changed while it was read, or when a recently
+    changed file's checksums do not hold yet: it waits for the next scan.
+    A scan racing this one for the same content or name loses its insert to the
+    database's unique indexes and looks again: the content is then a duplicate.
+    """
+    for attempt in range(3):
+        try:
+            return _ingest_once(config, catalog, registry, path, readiness)
+        except (sa.exc.IntegrityError, queries.ContentAlreadyStored):
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _ingest_once(config: LandingConfig, catalog: Catalog, registry: InstrumentRegistry, path: Path,
+                 readiness: Readiness) -> IngestOutcome | None:
+    before = _signature(path)
+    sha256 = sha256_of(path, max_bytes=config.limits.max_file_bytes)
+    if _signature(path) != before:
+        return None
+    landing_text = _clip(_text(path), PATH_CHARS)
     with catalog.session() as session:
-        if config.keep_originals and pipeline_queries.raw_file_arrived_from(session, sha256, str(path)):
-            return IngestOutcome(str(path), "known", "", sha256=sha256)  # taken by an earlier run
+        if config.keep_originals and pipeline_queries.raw_file_arrived_from(session, sha256, landing_text):
+            return IngestOutcome(_text(path), "known", "", sha256=sha256)  # taken by an earlier run
         known = queries.find_raw_file_by_sha256(session, sha256)
         if known is not None:
-            known_path, known_id = Path(known.stored_path), str(known.id)
-            recovering = known.landing_path == str(path) and not known_path.exists()
+            known_path, known_id = Path(known.stored_path or ""), str(known.id)
+            recovering = known.landing_path == landing_text and bool(known.stored_path) and not known_path.exists()
             known_info = (known.frame_type.value if known.frame_type else None,
-                          known.observation.observation_id if known.observation else None)
+                          known.observation.observation_id if known.observation else None,
+                          known.quarantine_reason if known.status == RawFileStatus.QUARANTINED else None)
     if known is not None:
         if recovering:  # registered by a scan that stopped before moving the file
+            if known_info[2] is not None:
+                _write_reason(known_path, known_info[2])
             _transfer(config, path, known_path)
-            return IngestOutcome(str(path), "recovered", known_id, frame_type=known_info[0],
+            return IngestOutcome(_text(path), "recovered", known_id, frame_type=known_info[0],
                                  observation_key=known_info[1], sha256=sha256)
         return quarantine(config, catalog, path, f"duplicate of {known_path.name} (same sha256)", sha256,
                           duplicate_of=known_id)
     if readiness.state == "reject":
         return quarantine(config, catalog, path, readiness.reason, sha256)
-    structure = inspect_fits_structure(path, config.limits)
     try:
+        structure = inspect_fits_structure(path, config.limits)
+        if structure is None or not structure.is_complete:
+            return None  # it changed since it was assessed
         info = describe_frame(path, structure, registry)
     except InvalidFitsFile as exc:
+        if isinstance(exc, ChecksumMismatch) and readiness.recent:
+            return None  # a writer that preallocates may not have finished: look again
         return quarantine(config, catalog, path, exc.reason, sha256)
     return _register_accepted(config, catalog, path, info, sha256)
 
 
 def _register_accepted(config: LandingConfig, catalog: Catalog, path: Path, info: FrameInfo,
                        sha256: str) -> IngestOutcome:
-    size = path.stat().st_size
+    size = os.lstat(path).st_size
+    name = catalog_name(config, path)
     with catalog.session() as session:
         survey = queries.get_or_create_survey(session, config.survey)
-        version = queries.next_raw_file_version(session, path.name)
-        target = archive_path(config, info.night, path.name, version)
+        version = queries.next_raw_file_version(session, name)
+        target = archive_path(config, info.night, name, version)
         raw = queries.register_raw_file(
-            session, original_name=path.name, landing_path=str(path), stored_path=str(target),
-            size_bytes=size, sha256=sha256, frame_type=info.frame_type, instrument=info.instrument,
-            filter_band=info.filter_band, night=info.night, observation_time=info.observation_time,
-            header=info.cards, survey=survey)
+            session, original_name=name, landing_path=_clip(_text(path), PATH_CHARS),
+            stored_path=_clip(_text(target), PATH_CHARS), size_bytes=size, sha256=sha256,
+            frame_type=info.frame_type, instrument=info.instrument, filter_band=info.filter_band, night=info.night,
+            observation_time=info.observation_time, header=info.cards, survey=survey)
         observation_key = None
         if info.frame_type == "science":
             observation_key = info.observation_key(sha256)
@@ -230,15 +479,74 @@ def _register_accepted(config: LandingConfig, catalog: Catalog, path: Path, info
             result_lifecycle.match_observation(session, observation, info.cards)
         raw_id = str(raw.id)
     _transfer(config, path, target)
-    return IngestOutcome(str(path), "accepted", raw_id, frame_type=info.frame_type,
+    after = sha256_of(target, max_bytes=config.limits.max_file_bytes)
+    if after != sha256:
+        return _requeue_changed(config, catalog, raw_id, path, target, sha256, after)
+    return IngestOutcome(_text(path), "accepted", raw_id, frame_type=info.frame_type,
                          observation_key=observation_key,
                          field_band=info.field_band if observation_key else None, sha256=sha256)
+
+
+def _requeue_changed(config: LandingConfig, catalog: Catalog, raw_id: str, path: Path, target: Path,
+                     sha256: str, after: str) -> IngestOutcome:
+    """The bytes changed between the hash and the move (a writer still at work): undo the acceptance.
+
+    The registration is quarantined (its observation archived) with the reason,
+    and the file goes back to the landing folder, to be taken again, as a new
+    version, once it is complete.
+    """
+    reason = (f"content changed while it was being taken (sha256 {sha256[:12]}... at registration, "
+              f"{after[:12]}... after the move): returned to the landing folder to be taken again once complete")
+    with catalog.session() as session:
+        queries.requeue_raw_file(session, raw_id, reason)
+    if config.keep_originals:
+        target.unlink()  # our copy; the original is still in the landing folder
+    else:
+        os.replace(target, path)
+    return IngestOutcome(_text(path), "quarantined", raw_id, sha256=sha256, reason=reason)
 
 
 @dataclass
 class ScanResult:
     outcomes: list[IngestOutcome]
     waiting: dict[str, SeenFile]  # path -> how it looked, for the next scan
+    #: files that could not even be quarantined this time (left in place for the next scan), with why
+    errors: list[str] = field(default_factory=list)
+
+
+#: the catalog itself is unreachable: no file is at fault, the whole scan is retried at the next tick
+CATALOG_UNREACHABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+
+
+def _quarantine_after_error(config: LandingConfig, catalog: Catalog, path: Path, exc: Exception) -> IngestOutcome:
+    """Any failure on one file quarantines that file with the failure as its reason."""
+    reason = f"could not be taken: {type(exc).__name__}: {printable(str(exc))}"[:2000]
+    landing_text = _clip(_text(path), PATH_CHARS)
+    try:
+        sha256 = sha256_of(path, max_bytes=config.limits.max_file_bytes)
+    except Exception:  # unreadable: identify it by what happened where
+        sha256 = entry_digest(reason, landing_text)
+    with catalog.session() as session:
+        known = queries.find_raw_file_by_sha256(session, sha256)
+        known_id = str(known.id) if known is not None else None
+    return quarantine(config, catalog, path, reason, sha256, duplicate_of=known_id)
+
+
+def _take(config: LandingConfig, catalog: Catalog, registry: InstrumentRegistry, entry: LandingEntry,
+          seen: SeenFile | None, now: float, settle_seconds: float, truncated_after: float
+          ) -> tuple[IngestOutcome | None, SeenFile | None]:
+    """One entry: (its outcome or None, and how it looked if it must wait)."""
+    if entry.refusal is not None:
+        return refuse_entry(config, catalog, entry), None
+    readiness, state = assess(entry.path, seen, now, settle_seconds, truncated_after, config.limits)
+    if readiness.state == "wait":
+        return None, state
+    outcome = ingest_file(config, catalog, registry, entry.path, readiness)
+    if outcome is None:  # not taken this time: it changed while it was read, or its checksums do not hold yet
+        if _signature(entry.path) != (state.size, state.mtime_ns, state.ctime_ns):
+            state.unchanged_since = now
+        return None, state
+    return outcome, None
 
 
 def scan_landing(config: LandingConfig, catalog: Catalog, registry: InstrumentRegistry,
@@ -246,35 +554,54 @@ def scan_landing(config: LandingConfig, catalog: Catalog, registry: InstrumentRe
                  now: float | None = None, max_files: int | None = None) -> ScanResult:
     """One pass over the landing folder: take every ready file, remember the waiting ones.
 
-    A file that disappears or fails unexpectedly is left for the next scan; one
-    bad file never stops the others.
+    One bad file never stops the others: any failure on a file quarantines it
+    with the failure as its reason, and the scan goes on. Only an unreachable
+    catalog stops the scan (nothing is moved without its row, so the next tick
+    simply starts again).
     """
     now = time.time() if now is None else now
-    outcomes: list[IngestOutcome] = []
-    waiting: dict[str, SeenFile] = {}
-    for path in candidate_files(config.landing_dir):
-        if max_files is not None and len(outcomes) >= max_files:
-            if str(path) in seen:  # not looked at this time: keep what we knew
-                waiting[str(path)] = seen[str(path)]
+    result = ScanResult([], {})
+    for entry in candidate_files(config.landing_dir):
+        key = _text(entry.path)
+        if max_files is not None and len(result.outcomes) >= max_files:
+            if key in seen:  # not looked at this time: keep what we knew
+                result.waiting[key] = seen[key]
             continue
         try:
-            readiness, state = assess(path, seen.get(str(path)), now, settle_seconds, truncated_after,
-                                      config.limits)
-            if readiness.state == "wait":
-                waiting[str(path)] = state
-                continue
-            outcomes.append(ingest_file(config, catalog, registry, path, readiness))
+            outcome, state = _take(config, catalog, registry, entry, seen.get(key), now, settle_seconds,
+                                   truncated_after)
         except FileNotFoundError:
             continue  # moved away by the writer or by a concurrent scan
-    return ScanResult(outcomes, waiting)
+        except CATALOG_UNREACHABLE:
+            raise
+        except Exception as exc:
+            outcome, state = _quarantine_or_note(config, catalog, entry.path, exc, result), None
+        if state is not None:
+            result.waiting[key] = state
+        if outcome is not None:
+            result.outcomes.append(outcome)
+    return result
+
+
+def _quarantine_or_note(config: LandingConfig, catalog: Catalog, path: Path, exc: Exception,
+                        result: ScanResult) -> IngestOutcome | None:
+    try:
+        return _quarantine_after_error(config, catalog, path, exc)
+    except CATALOG_UNREACHABLE:
+        raise
+    except Exception as second:  # e.g. the quarantine folder is not writable: leave the file, say so
+        result.errors.append(f"{printable(str(path))}: {type(exc).__name__}: {printable(str(exc))}; "
+                             f"quarantining it failed too ({type(second).__name__}: {printable(str(second))})")
+        return None
 
 
 def encode_seen(seen: dict[str, SeenFile]) -> dict:
-    return {path: [s.size, s.mtime_ns, s.unchanged_since] for path, s in seen.items()}
+    return {path: [s.size, s.mtime_ns, s.unchanged_since, s.ctime_ns, s.sample] for path, s in seen.items()}
 
 
 def decode_seen(raw: dict | None) -> dict[str, SeenFile]:
-    return {path: SeenFile(int(v[0]), int(v[1]), float(v[2])) for path, v in (raw or {}).items()}
+    return {path: SeenFile(int(v[0]), int(v[1]), float(v[2]), *([int(v[3]), str(v[4])] if len(v) >= 5 else []))
+            for path, v in (raw or {}).items()}
 
 
 def summarize(outcomes: Iterable[IngestOutcome]) -> dict[str, int]:

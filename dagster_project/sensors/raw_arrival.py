@@ -14,7 +14,7 @@ from dagster import (
 
 from dagster_project.assets.partitions import field_band_partitions, observations_partitions
 from dagster_project.catalog.pipeline_queries import observations_awaiting_calibration
-from dagster_project.ingest.landing import decode_seen, encode_seen, scan_landing, summarize
+from dagster_project.ingest.landing import decode_seen, encode_seen, printable, scan_landing, summarize
 from dagster_project.jobs import calibrate_job
 from dagster_project.keys import field_band_of
 from dagster_project.operations import OPERATION_TAG, record_ingest_scan
@@ -49,7 +49,9 @@ def build_raw_arrival_sensor(interval_seconds: int):
         )
         for outcome in scan.outcomes:
             if outcome.status in ("quarantined", "duplicate"):
-                context.log.warning(f"{outcome.path}: {outcome.status}: {outcome.reason}")
+                context.log.warning(f"{printable(outcome.path)}: {outcome.status}: {printable(outcome.reason or '')}")
+        for error in scan.errors:
+            context.log.error(f"left in the landing folder for the next scan: {error}")
         with catalog.catalog().session() as session:
             planned = observations_awaiting_calibration(session)
         known = set(context.instance.get_dynamic_partitions(observations_partitions.name))

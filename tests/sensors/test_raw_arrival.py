@@ -81,13 +81,22 @@ def test_file_not_yet_settled_waits(tmp_path, sqlite_url, night):
         assert isinstance(result, SkipReason) and platform.waiting(cursor)
 
 
-def test_truncated_file_is_quarantined_with_reason(platform, night):
+def test_truncated_file_is_quarantined_with_reason(tmp_path, sqlite_url, night):
+    with instance_for_test() as instance:
+        platform = make_platform(tmp_path, sqlite_url, instance, truncated_after_seconds=0.3)
+        _quarantined_as_truncated(platform, night)
+
+
+def _quarantined_as_truncated(platform, night):
     source = science(night)[0].read_bytes()
     target = platform.landing / "cut.fits"
     target.write_bytes(source[: len(source) - 5000])
     old = time.time() - 3600
-    os.utime(target, (old, old))  # unchanged for an hour: the writer is gone
-    result, _ = platform.tick(raw_arrival_sensor)
+    os.utime(target, (old, old))  # an old mtime proves nothing: the ctime says when it was last written
+    result, cursor = platform.tick(raw_arrival_sensor)
+    assert platform.waiting(cursor) == [str(target)]
+    time.sleep(0.4)  # unchanged for longer than truncated_after: the writer is gone
+    result, _ = platform.tick(raw_arrival_sensor, cursor)
     (row,) = raw_rows(platform)
     assert row.status == RawFileStatus.QUARANTINED
     assert "truncated" in row.quarantine_reason
