@@ -31,7 +31,7 @@ from dagster_project.science.psf import characterize_image
 @asset(
     partitions_def=observations_partitions,
     deps=[raw_observation],
-    group_name="observations",
+    group_name="calibration",
     kinds={"fits"},
     freshness_policy=NIGHTLY_FRESHNESS,
     code_version=CODE_VERSION,

@@ -52,7 +52,7 @@ def _clip01(value) -> float | None:
 @asset(
     partitions_def=observations_partitions,
     deps=[difference_image],
-    group_name="observations",
+    group_name="detection",
     kinds={"table"},
     freshness_policy=NIGHTLY_FRESHNESS,
     code_version=CODE_VERSION,
@@ -64,7 +64,18 @@ def _clip01(value) -> float | None:
 )
 def candidates(context: AssetExecutionContext, catalog: CatalogResource, store: StoreResource,
                pipeline: PipelineConfigResource) -> MaterializeResult:
-    return materialize_partitions(context, lambda key: _record_candidates(key, catalog, store, pipeline))
+    return materialize_partitions(context, lambda key: _candidates_or_failed(key, catalog, store, pipeline))
+
+
+def _candidates_or_failed(key: str, catalog: CatalogResource, store: StoreResource,
+                          pipeline: PipelineConfigResource) -> PartitionOutput:
+    """The observation is ``differenced`` once its candidates are stored, ``failed`` (with why) if they cannot be."""
+    try:
+        return _record_candidates(key, catalog, store, pipeline)
+    except Exception as exc:
+        with catalog.catalog().session() as session:
+            queries.candidates_not_recorded(session, key, f"candidates not recorded: {type(exc).__name__}: {exc}")
+        raise
 
 
 def _record_candidates(key: str, catalog: CatalogResource, store: StoreResource,
@@ -76,7 +87,7 @@ def _record_candidates(key: str, catalog: CatalogResource, store: StoreResource,
         if run is None or run.status not in (RunStatus.COMPLETED, RunStatus.SKIPPED):
             raise ValueError(f"{key} has no completed difference image")
         if run.status == RunStatus.SKIPPED:
-            queries.replace_candidates(session, run, [])
+            queries.record_candidates(session, run, [])
             result_lifecycle.observation_materialized(session, key, pipeline.rebuild_policy())
             return PartitionOutput(
                 metadata={"n_candidates": 0, "skipped": run.error_message or "no difference image"},
@@ -85,7 +96,7 @@ def _record_candidates(key: str, catalog: CatalogResource, store: StoreResource,
         new_path = Path(observation.preprocess_run.processed_fits_path)
         detections = Table.read(diff_path.with_name("detections.ecsv"), format="ascii.ecsv")
         rows = candidate_rows(detections)
-        queries.replace_candidates(session, run, rows)
+        queries.record_candidates(session, run, rows)  # and the observation is differenced, in this transaction
         result_lifecycle.observation_materialized(session, key, pipeline.rebuild_policy())
     table_path = products.write_table(diff_path.with_name("candidates.ecsv"), detections)
 

@@ -34,7 +34,7 @@ SCORR_STD_RANGE = (0.8, 1.25)
     # Which reference partition an observation uses is resolved through the catalog (see README):
     # the dependency on all reference partitions shows the lineage in the graph.
     deps=[calibrated_image, AssetDep(reference_image, partition_mapping=AllPartitionMapping())],
-    group_name="observations",
+    group_name="detection",
     kinds={"fits"},
     freshness_policy=NIGHTLY_FRESHNESS,
     code_version=CODE_VERSION,
@@ -106,7 +106,8 @@ def _difference(key: str, dagster_run_id: str, catalog: CatalogResource, store: 
             session, pipeline_queries.get_difference_run(session, run_id), status=RunStatus.COMPLETED,
             difference_image_path=str(output), significance_map_path=f"{output}[SCORR]",
             noise_level=result.zogy.d_std, detection_threshold=params.threshold,
-            candidates_found=len(result.candidates), quality={**quality, "timings": result.timings},
+            # candidates_found and the observation's "differenced" come with the rows (the candidates asset)
+            quality={**quality, "n_detections": len(result.candidates), "timings": result.timings},
             processing_time_seconds=result.timings.get("total"))
         result_lifecycle.observation_materialized(session, key, pipeline.rebuild_policy())
     scorr_ok = SCORR_STD_RANGE[0] <= result.zogy.scorr_std <= SCORR_STD_RANGE[1]

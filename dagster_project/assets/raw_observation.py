@@ -16,7 +16,7 @@ from dagster_project.science.preview import image_preview_png
 
 @asset(
     partitions_def=observations_partitions,
-    group_name="observations",
+    group_name="calibration",
     kinds={"fits"},
     freshness_policy=NIGHTLY_FRESHNESS,
     code_version=CODE_VERSION,

@@ -8,7 +8,8 @@ reused by every difference against that version.
 import shutil
 from pathlib import Path
 
-from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
+import numpy as np
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, Failure, MaterializeResult, asset
 
 from dagster_project.assets.calibrated_image import calibrated_image
 from dagster_project.assets.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, artifacts, inputs, png_markdown, rounded, size_mb
@@ -27,6 +28,10 @@ from dagster_project.science.psf import PSFError
 from dagster_project.science.reference_selection import choose_reference
 from dagster_project.store import ProductStore
 
+#: a reference PSF fitted on fewer stars than this is too uncertain to match every new frame against
+REFERENCE_MIN_PSF_STARS = 10
+USABLE_CHECK = "usable_for_differences"
+
 
 @asset(
     partitions_def=field_band_partitions,
@@ -35,6 +40,10 @@ from dagster_project.store import ProductStore
     kinds={"fits"},
     freshness_policy=NIGHTLY_FRESHNESS,
     code_version=CODE_VERSION,
+    check_specs=[AssetCheckSpec(
+        USABLE_CHECK, asset="reference_image",
+        description=f"The frozen reference has a PSF fitted on at least {REFERENCE_MIN_PSF_STARS} stars and "
+        "finite pixels with finite, positive variance wherever it is not masked.")],
     description="The reference image of one field and band: the best-seeing good calibrated frame so far. "
     "Each materialization is a new version; differences record which version they used.",
 )
@@ -61,11 +70,13 @@ def reference_image(context: AssetExecutionContext, catalog: CatalogResource, st
         version, source = reference.version, chosen.observation_key
     planes = products.read_planes(Path(target))
     try:
-        _, characterization_path, _ = reference_characterization(products, target, planes, pipeline.difference_params())
-        stored = artifacts(reference_characterization=characterization_path)
+        characterization, characterization_path, _ = reference_characterization(
+            products, target, planes, pipeline.difference_params())
+        stored, psf_stars, psf_problem = artifacts(reference_characterization=characterization_path), \
+            characterization.psf.n_stars, None
     except PSFError as exc:
         # not fatal here: each difference against this version tries again and fails with this reason
-        stored = {"reference_characterization": f"not stored: {exc}"}
+        stored, psf_stars, psf_problem = {"reference_characterization": f"not stored: {exc}"}, 0, str(exc)
     preview = image_preview_png(planes.data, mask=planes.mask, max_size=256)
     return MaterializeResult(
         metadata={
@@ -76,7 +87,22 @@ def reference_image(context: AssetExecutionContext, catalog: CatalogResource, st
             **rounded({k: chosen.quality.get(k) for k in ("seeing_arcsec", "fwhm_px", "sky_rms_e", "depth_5sigma_e")}),
             "preview": png_markdown(preview, f"reference v{version}"),
         },
+        check_results=[usable_for_differences(planes, psf_stars, psf_problem)],
     )
+
+
+def usable_for_differences(planes: ImagePlanes, psf_stars: int, psf_problem: str | None = None) -> AssetCheckResult:
+    """The reference check: enough PSF stars, and finite data with finite positive variance where unmasked."""
+    good = planes.mask == 0
+    unmasked = int(good.sum())
+    finite = bool(unmasked and np.isfinite(planes.data[good]).all())
+    variance_ok = bool(unmasked and (np.isfinite(planes.variance[good]) & (planes.variance[good] > 0)).all())
+    enough_stars = psf_problem is None and psf_stars >= REFERENCE_MIN_PSF_STARS
+    return AssetCheckResult(
+        check_name=USABLE_CHECK, passed=finite and variance_ok and enough_stars, severity=AssetCheckSeverity.ERROR,
+        metadata={"psf_stars": psf_stars, "min_psf_stars": REFERENCE_MIN_PSF_STARS, "psf_problem": psf_problem or "-",
+                  "unmasked_fraction": round(unmasked / good.size, 4), "finite_unmasked": finite,
+                  "variance_finite_positive": variance_ok})
 
 
 def reference_characterization(

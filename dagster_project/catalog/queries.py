@@ -313,21 +313,24 @@ def _begin_attempt(run: PreprocessRun | DifferenceRun, outcome: dict[str, Any], 
     transition(run, RunStatus.RUNNING)
 
 
-def _end_attempt(run: PreprocessRun | DifferenceRun, observation_status: ObservationStatus, status: RunStatus,
+def _end_attempt(run: PreprocessRun | DifferenceRun, observation_status: ObservationStatus | None, status: RunStatus,
                  outcome: dict[str, Any], fields: dict[str, Any]) -> None:
+    """End ``run`` as ``status``; its observation moves to ``observation_status`` (None: it stays where it is)."""
     error_message = fields.pop("error_message", None)
     unknown = set(fields) - (set(outcome) - {"finished_at"}) - _FINISH_EXTRA[type(run)]
     if unknown:
         raise TypeError(f"{type(run).__name__} has no outcome field(s) {sorted(unknown)}")
     check_transition(run, status)  # both, before either changes
-    check_transition(run.observation, observation_status)
+    if observation_status is not None:
+        check_transition(run.observation, observation_status)
     for name, value in fields.items():
         setattr(run, name, value)
     run.finished_at = utcnow()
     if "processing_time_seconds" not in fields and run.started_at is not None:
         run.processing_time_seconds = (run.finished_at - run.started_at).total_seconds()
     transition(run, status, reason=error_message)
-    transition(run.observation, observation_status, reason=error_message)
+    if observation_status is not None:
+        transition(run.observation, observation_status, reason=error_message)
 
 
 def start_preprocess_run(session: Session, observation: Observation, parameters: dict[str, Any] | None,
@@ -408,14 +411,17 @@ def start_difference_run(session: Session, observation: Observation, reference: 
     return run
 
 
+# completed: the observation stays differencing until record_candidates writes its candidates (and then, in
+# the same transaction, it is differenced: the status never promises rows that are not there yet);
 # skipped: nothing to subtract for good (e.g. the frame is its own reference), so differencing is over
-_DIFFERENCE_RESULT = {RunStatus.COMPLETED: ObservationStatus.DIFFERENCED,
+_DIFFERENCE_RESULT = {RunStatus.COMPLETED: None,
                       RunStatus.SKIPPED: ObservationStatus.DIFFERENCED,
                       RunStatus.FAILED: ObservationStatus.FAILED, RunStatus.BLOCKED: ObservationStatus.BLOCKED}
 
 
 def finish_difference_run(session: Session, run: DifferenceRun, *, status: RunStatus, **fields: Any) -> DifferenceRun:
-    """End the attempt: completed or skipped → observation differenced; failed / blocked → the same.
+    """End the attempt: skipped → observation differenced; failed / blocked → the same; completed → the
+    observation stays ``differencing`` until :func:`record_candidates` stores the candidates.
 
     ``fields``: outcome columns (difference_image_path, significance_map_path, noise_level,
     detection_threshold, candidates_found, quality, processing_time_seconds) and
@@ -482,6 +488,28 @@ def replace_candidates(session: Session, difference_run: DifferenceRun, rows: Se
     run.candidates_found = len(rows)
     session.flush()
     return len(rows)
+
+
+def record_candidates(session: Session, difference_run: DifferenceRun, rows: Sequence[dict[str, Any]]) -> int:
+    """Store the candidates of a finished difference (:func:`replace_candidates`) and, in the same
+    transaction, mark its observation ``differenced``: a reader never sees that status without its rows."""
+    run = _current(session, difference_run)
+    if run.status not in (RunStatus.COMPLETED, RunStatus.SKIPPED):
+        raise ValueError(f"{run!r} is {run.status.value}: candidates come from a completed (or skipped) difference")
+    stored = replace_candidates(session, run, rows)
+    if run.observation.status == ObservationStatus.DIFFERENCING:
+        transition(run.observation, ObservationStatus.DIFFERENCED)
+    session.flush()
+    return stored
+
+
+def candidates_not_recorded(session: Session, observation_id: str, reason: str) -> Observation:
+    """The candidates of a completed difference could not be stored: the observation is failed, with why."""
+    observation = get_observation(session, observation_id)
+    if observation.status == ObservationStatus.DIFFERENCING:
+        transition(observation, ObservationStatus.FAILED, reason=reason)
+    session.flush()
+    return observation
 
 
 _FLAGS = (("saturated", Candidate.is_saturated), ("blended", Candidate.is_blended), ("edge", Candidate.is_edge),

@@ -294,10 +294,14 @@ def test_difference_lifecycle_and_candidates(catalog):
                  snr=np.float64(20.0 + i), is_edge=np.bool_(i == 1), is_negative=bool(i == 2),
                  features={"sharpness": np.float32(0.5)}) for i in range(3)]
     with catalog.session() as s:
-        assert queries.replace_candidates(s, run, rows) == 3
-        assert queries.replace_candidates(s, run, rows) == 3  # replaced, not added
         run = queries.finish_difference_run(s, run, status=RunStatus.COMPLETED, difference_image_path="/d",
                                             noise_level=1.5, detection_threshold=5.0)
+    with catalog.session() as s:  # the difference image is there, its candidates are not yet: not "differenced"
+        assert queries.get_observation(s, obs.observation_id).status is ObservationStatus.DIFFERENCING
+        assert s.scalar(sa.select(sa.func.count()).select_from(Candidate)) == 0
+    with catalog.session() as s:
+        assert queries.record_candidates(s, run, rows) == 3
+        assert queries.record_candidates(s, run, rows) == 3  # replaced, not added
     with catalog.session() as s:
         candidates = s.scalars(sa.select(Candidate).order_by(Candidate.pixel_x)).all()
         assert len(candidates) == 3 and all(c.difference_run_id == run.id for c in candidates)
@@ -320,8 +324,31 @@ def test_difference_lifecycle_and_candidates(catalog):
         assert s.scalar(sa.select(sa.func.count()).select_from(Candidate)) == 0
         assert queries.replace_candidates(s, run, rows[:1]) == 1
         queries.finish_difference_run(s, run, status=RunStatus.COMPLETED)
-        assert queries.replace_candidates(s, run, []) == 0
+        assert queries.record_candidates(s, run, []) == 0
         assert s.scalar(sa.select(sa.func.count()).select_from(Candidate)) == 0
+        assert queries.get_observation(s, obs.observation_id).status is ObservationStatus.DIFFERENCED
+
+
+def test_candidates_are_recorded_only_for_a_finished_difference(catalog):
+    with catalog.session() as s:
+        ref_obs, obs = calibrated(s, 1), calibrated(s, 2)
+        ref = queries.record_reference(s, "F001", "r", ref_obs, "/ref", 1.0, 21.0, "first", "d")
+        run = queries.start_difference_run(s, obs, ref, {}, "d")
+        with pytest.raises(ValueError, match="running"):
+            queries.record_candidates(s, run, [])
+        assert obs.status is ObservationStatus.DIFFERENCING
+
+
+def test_failing_to_record_candidates_fails_the_observation(catalog):
+    with catalog.session() as s:
+        ref_obs, obs = calibrated(s, 1), calibrated(s, 2)
+        ref = queries.record_reference(s, "F001", "r", ref_obs, "/ref", 1.0, 21.0, "first", "d")
+        run = queries.finish_difference_run(s, queries.start_difference_run(s, obs, ref, {}, "d"),
+                                            status=RunStatus.COMPLETED)
+    with catalog.session() as s:
+        failed = queries.candidates_not_recorded(s, obs.observation_id, "OSError: disk full")
+        assert (failed.status, failed.status_reason) == (ObservationStatus.FAILED, "OSError: disk full")
+        assert s.get(type(run), run.id).status is RunStatus.COMPLETED  # the difference image itself is fine
 
 
 def test_difference_needs_a_calibrated_observation(catalog):
