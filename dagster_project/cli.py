@@ -92,13 +92,15 @@ def cmd_demo(args, settings: Settings) -> int:
         submit_requests(_catalog(settings), new_specs, settings.survey)
         print(f"requests: {', '.join(s.name for s in new_specs)} ({args.epochs} epochs each)")
     print(f"processing it (Dagster instance: {os.environ['DAGSTER_HOME']}, catalog: {settings.database_url})")
-    report = process_folder(folder, settings, wait=True)
+    print("Dagster's own log is shown from INFO up; each run's full event log is in that instance "
+          "(`make ui`, Runs; or `astro-platform runs tail RUN_ID`)")
+    report = process_folder(folder, settings, wait=True, launched_by="demo")
     _print_status(settings)
     _print_recovery(settings, load_truth(truth_path))
     cli_results.print_results_status(settings)
     first_field = f"{next(iter(night.summary['fields']))}-r"
     print(f"\nre-processing field {first_field}: a new reference version makes exactly its results stale")
-    report.runs += rebuild_reference(first_field, settings).runs
+    report.runs += rebuild_reference(first_field, settings, launched_by="demo").runs
     cli_results.print_results_status(settings)
     print("\nopen the Dagster UI on this instance with:  make ui")
     return 1 if report.failed else 0

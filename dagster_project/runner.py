@@ -32,12 +32,21 @@ from dagster_project.catalog.models import utcnow
 from dagster_project.catalog.operations import OperationType
 from dagster_project.catalog.pipeline_queries import RetryPolicy
 from dagster_project.definitions import defs
-from dagster_project.operations import OPERATION_TAG, owner_is_gone
+from dagster_project.jobs import IN_PROCESS
+from dagster_project.operations import OPERATION_TAG, current_initiator, owner_is_gone
 from dagster_project.resources import resources_from_settings
 from dagster_project.sensors import ledger
 from dagster_project.sensors.pipeline import schedule_attempts
 from dagster_project.settings import Settings
 from dagster_project.sensors.product_rebuild import RUN_KEY_TAG
+
+#: what started a headless run (``process``, ``demo``, ``references rebuild``), on every run it executes
+LAUNCHED_BY_TAG = "astro/launched_by"
+#: the tag by which Dagster (and its UI: "launched by sensor ...") knows a sensor's runs
+SENSOR_NAME_TAG = "dagster/sensor_name"
+#: Dagster's console log at INFO: its DEBUG lines (every step event) would drown the progress lines;
+#: the full event log of every run stays in the instance (the UI's run page, ``runs tail``)
+RUN_CONFIG = {**IN_PROCESS, "loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 @dataclass
@@ -72,8 +81,9 @@ class HeadlessDaemon:
 
     def __init__(self, settings: Settings, *, instance: DagsterInstance | None = None,
                  landing_dir: Path | None = None, progress: Callable[[str], None] = print,
-                 retry_policy: RetryPolicy | None = None):
+                 retry_policy: RetryPolicy | None = None, launched_by: str = "process"):
         self.settings = settings
+        self.launched_by = launched_by
         self.instance = instance or DagsterInstance.get()
         self.resources = resources_from_settings(settings, landing_dir=landing_dir, keep_originals=landing_dir is not None,
                                                  retry_policy=retry_policy)
@@ -96,18 +106,21 @@ class HeadlessDaemon:
         new_cursor = result.cursor if isinstance(result, SensorResult) and result.cursor else context.cursor
         return [r for r in result.run_requests or [] if r.run_key not in self.attempted], new_cursor
 
-    def run(self, job_name: str, partition_key: str, run_key: str, tags: dict | None = None) -> RunRecord:
+    def run(self, job_name: str, partition_key: str, run_key: str, tags: dict | None = None,
+            sensor_name: str | None = None) -> RunRecord:
+        """Execute one run; ``sensor_name``: the sensor that requested it (else it is this command's own)."""
         self.attempted.add(run_key)
         named = (tags or {}).get(OPERATION_TAG, "")
         if named.isdigit():  # the sensor's wave (or scan) for this run: completed once its runs ended
             self.named_operations.add(int(named))
         started = time.monotonic()
-        tags = {**(tags or {}), RUN_KEY_TAG: run_key}
+        tags = {**(tags or {}), RUN_KEY_TAG: run_key, LAUNCHED_BY_TAG: self.launched_by,
+                **({SENSOR_NAME_TAG: sensor_name} if sensor_name else {"user": current_initiator()})}
         if self.report.operation_id is not None:
             tags[OPERATION_TAG] = str(self.report.operation_id)
         result = defs.resolve_job_def(job_name).execute_in_process(
             instance=self.instance, partition_key=partition_key, resources=self.resources, raise_on_error=False,
-            tags=tags)
+            tags=tags, run_config=RUN_CONFIG)
         record = RunRecord(job_name, partition_key, result.run_id, result.success, time.monotonic() - started)
         # provenance and the operation's counts now, without waiting for the ledger sensor
         ledger.mirror_run(self.instance, self.catalog, self.resources["store"].store().root, result.run_id)
@@ -126,9 +139,10 @@ class HeadlessDaemon:
             self.report.operation_id = operation_id
             yield operation_id
 
-    def _execute(self, requests, default_job: str) -> int:
+    def _execute(self, requests, default_job: str, sensor_name: str | None = None) -> int:
         for request in requests:
-            self.run(request.job_name or default_job, request.partition_key, request.run_key, dict(request.tags))
+            self.run(request.job_name or default_job, request.partition_key, request.run_key, dict(request.tags),
+                     sensor_name=sensor_name)
         self._sync_named_operations()
         return len(requests)
 
@@ -165,7 +179,7 @@ class HeadlessDaemon:
     def ingest(self) -> list[str]:
         """One landing scan and the calibrations it asks for; returns the files still being written."""
         requests, self.arrival_cursor = self._tick("raw_arrival_sensor", self.arrival_cursor)
-        self._execute(requests, "calibrate_job")
+        self._execute(requests, "calibrate_job", "raw_arrival_sensor")
         return sorted(json.loads(self.arrival_cursor).get("waiting", {})) if self.arrival_cursor else []
 
     def drain(self, wait_for_products: bool = True, timeout: float = 3600.0) -> None:
@@ -173,10 +187,10 @@ class HeadlessDaemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             requests, _ = self._tick("reference_and_difference_sensor")
-            if self._execute(requests, "difference_job"):
+            if self._execute(requests, "difference_job", "reference_and_difference_sensor"):
                 continue
             requests, _ = self._tick("product_rebuild_sensor")
-            if self._execute(requests, "products_job"):
+            if self._execute(requests, "products_job", "product_rebuild_sensor"):
                 continue
             pause = self._seconds_until_next_rebuild() if wait_for_products else None
             if pause is None:
@@ -198,13 +212,13 @@ class HeadlessDaemon:
 
 def process_folder(folder: Path, settings: Settings, *, wait: bool = False, wait_timeout: float = 3600.0,
                    progress: Callable[[str], None] = print, instance: DagsterInstance | None = None,
-                   retry_policy: RetryPolicy | None = None) -> ProcessReport:
+                   retry_policy: RetryPolicy | None = None, launched_by: str = "process") -> ProcessReport:
     """Ingest every FITS file below ``folder`` and run the pipeline on them to completion.
 
     Failed or interrupted work is retried by ``retry_policy`` (default: :class:`RetryPolicy`),
     within ``wait_timeout``; what still fails after its last attempt is in the report's ``failed``."""
     daemon = HeadlessDaemon(settings, instance=instance, landing_dir=folder.resolve(), progress=progress,
-                            retry_policy=retry_policy)
+                            retry_policy=retry_policy, launched_by=launched_by)
     deadline = time.monotonic() + wait_timeout
     daemon.recover_interrupted()
     idle_rounds = 0  # rounds that ran nothing although a retry was due: a safety net against spinning
@@ -228,9 +242,9 @@ def process_folder(folder: Path, settings: Settings, *, wait: bool = False, wait
 
 
 def rebuild_reference(field_band: str, settings: Settings, *, progress: Callable[[str], None] = print,
-                      instance: DagsterInstance | None = None) -> ProcessReport:
+                      instance: DagsterInstance | None = None, launched_by: str = "references rebuild") -> ProcessReport:
     """Re-select the reference of one field and band, then re-run exactly what it made stale."""
-    daemon = HeadlessDaemon(settings, instance=instance, progress=progress)
+    daemon = HeadlessDaemon(settings, instance=instance, progress=progress, launched_by=launched_by)
     if field_band not in daemon.instance.get_dynamic_partitions("field_bands"):
         raise ValueError(f"unknown field and band {field_band!r}")
     with daemon.operation(OperationType.REFERENCE_REBUILD, {"field_band": field_band}):
