@@ -13,6 +13,14 @@ alike. Files move, they are never deleted:
 The catalog row is committed before the file moves, so a crash in between is
 repaired by the next scan: it finds the file still in the landing folder, sees
 its hash already registered, and finishes the move.
+
+Hostile entries (see ``docs/reliability.md``): only regular files are read,
+through :func:`~dagster_project.ingest.fits_structure.open_regular` (no link is
+followed, a FIFO never blocks); a link, FIFO or device is quarantined without
+being opened. Any failure on one file quarantines that file with the failure as
+its reason and the scan goes on; only an unreachable catalog stops a scan. A file
+is known by its path below the landing folder, so ``a/x.fits`` and ``b/x.fits``
+are two files. Every path written is checked to lie inside its folder.
 """
 
 import hashlib
