@@ -136,17 +136,20 @@ def observations_awaiting_difference(session: Session) -> list[PlannedRun]:
         if ref is None:
             continue
         current = diff is not None and diff.reference_version == ref.version
-        if current and diff.status in (RunStatus.COMPLETED, RunStatus.SKIPPED):
+        if (current and diff.status in (RunStatus.COMPLETED, RunStatus.SKIPPED)
+                and obs.status is ObservationStatus.DIFFERENCED):
             continue
         reason = "no difference yet" if diff is None else (
             f"reference v{diff.reference_version} -> v{ref.version}" if diff.reference_version != ref.version
             else f"previous attempt {diff.status.value}")
-        unfinished = current and diff.status in (RunStatus.RUNNING, RunStatus.FAILED)
+        # differencing or failed: the observation is where this difference attempt left it (running, or died,
+        # or failed, also after its difference completed); preprocessed: calibrated again since any attempt
+        attempted = current and obs.status in (ObservationStatus.DIFFERENCING, ObservationStatus.FAILED)
         planned.append(PlannedRun(
             "difference_job", obs.observation_id,
             f"difference:{obs.observation_id}:p{pre.retry_count}:ref{ref.version}", reason,
-            attempt_run_id=diff.dagster_run_id if unfinished else None,
-            failed_at=_aware(diff.finished_at) if current and diff.status == RunStatus.FAILED else None))
+            attempt_run_id=diff.dagster_run_id if attempted else None,
+            failed_at=_aware(diff.finished_at) if attempted and obs.status is ObservationStatus.FAILED else None))
     return planned
 
 

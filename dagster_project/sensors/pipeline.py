@@ -68,7 +68,7 @@ class Attempts:
         if self.given_up:
             parts.append(f"{len(self.given_up)} given up after their last attempt failed "
                          "(`backfill --status unfinished` runs them again)")
-        return "; ".join(parts) or "nothing to run"
+        return "; ".join(parts) or "none waiting or under way"
 
 
 def _end_time(record: RunRecord) -> float:
