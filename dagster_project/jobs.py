@@ -10,6 +10,10 @@ step would cost more than that (measured in docs/operations.md).
   calibration as soon as a frame lands, differencing once the field has a reference.
 * ``reference_job`` — the reference image of one field and band.
 * ``products_job`` — the products of one ObservationResult (launched by the rebuild sensor).
+
+Runs the sensors launch carry ``dagster/run_key`` (the work, plus ``:a<n>`` for its n-th retry) and
+``astro/attempt``; failed or interrupted work is retried by the sensors with backoff, not by Dagster's
+run retries (see ``sensors/pipeline.py`` and ``deploy/dagster.yaml``).
 """
 
 from dagster import AssetSelection, define_asset_job
