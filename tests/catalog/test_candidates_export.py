@@ -12,10 +12,10 @@ from tests.catalog import T0, calibrated, raw_file
 
 def _differenced(session, observation, reference, n_candidates: int, x0: float) -> None:
     run = queries.start_difference_run(session, observation, reference, {}, f"diff-{observation.observation_id}")
-    queries.replace_candidates(session, run, [
+    queries.finish_difference_run(session, run, status=RunStatus.COMPLETED, difference_image_path="/d")
+    queries.record_candidates(session, run, [  # as the pipeline does: differenced with its candidates
         dict(ra=10.0 + i * 1e-3, dec=20.0, pixel_x=x0 + i, pixel_y=5.0, flux=100.0, flux_error=5.0, snr=20.0)
         for i in range(n_candidates)])
-    queries.finish_difference_run(session, run, status=RunStatus.COMPLETED, difference_image_path="/d")
 
 
 def _night_with_a_superseded_frame(catalog) -> None:
