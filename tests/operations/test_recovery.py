@@ -8,12 +8,14 @@ the archived raw file they verify is gone.
 """
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from dagster import DagsterRunStatus, Definitions, RunsFilter, SensorResult, instance_for_test
+from dagster import DagsterInstance, DagsterRunStatus, Definitions, RunsFilter, SensorResult, instance_for_test
 
 import dagster_project
 from dagster_project.catalog import operations, queries
@@ -332,6 +334,47 @@ def test_differences_failed_by_a_database_outage_are_retried_and_succeed(night, 
         assert set(s.scalars(sa.select(Observation.status))) == {ObservationStatus.DIFFERENCED}
         assert not operations.active_operations(s)
     assert not night_platform.instance.get_run_ids(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
+
+
+@pytest.mark.slow
+def test_process_killed_mid_calibration_is_recovered_by_the_next_process(night, tmp_path, monkeypatch):
+    """SIGKILL of `process` inside a calibration; the next `process` finishes every frame, no manual step."""
+    folder, _ = night
+    home = tmp_path / "dagster"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    for name, value in {"ASTRO_HOME": str(tmp_path), "DAGSTER_HOME": str(home), "DATABASE_URL": url,
+                        "ASTRO_SURVEY": "test", "ASTRO_SETTLE_SECONDS": "0"}.items():
+        monkeypatch.setenv(name, value)
+    worker = subprocess.Popen([sys.executable, "-m", "dagster_project", "process", str(folder)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    instance = DagsterInstance.from_config(str(home))
+    platform = make_platform(tmp_path, url, instance)
+    deadline = time.monotonic() + 120
+
+    def calibrating() -> bool:  # a short transaction each time: SQLite's writer must not wait for us
+        with platform.catalog.session() as s:
+            return bool(s.scalar(sa.select(sa.func.count()).where(PreprocessRun.status == RunStatus.RUNNING)))
+
+    while not calibrating():  # killed inside calibrated_image, while its attempt is running
+        assert worker.poll() is None, "`process` ended before any calibration started"
+        assert time.monotonic() < deadline, "no calibration started in time"
+        time.sleep(0.02)
+    worker.kill()
+    worker.wait()
+    (killed,) = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))  # nobody told Dagster
+
+    report = process_folder(folder, platform.settings, instance=instance, progress=lambda _: None,
+                            retry_policy=RetryPolicy(max_attempts=3, backoff_seconds=0.5))
+    assert not report.failed
+    assert instance.get_run_by_id(killed.run_id).status is DagsterRunStatus.FAILURE
+    with platform.catalog.session() as s:
+        assert set(s.scalars(sa.select(Observation.status))) == {ObservationStatus.DIFFERENCED}
+        assert not operations.active_operations(s)
+    again = [instance.get_run_by_id(r.run_id) for r in report.runs
+             if r.job_name == "calibrate_job" and r.partition_key == killed.tags["dagster/partition"]]
+    assert len(again) == 1 and again[0].tags[ATTEMPT_TAG] in ("0", "1")
 
 
 # --- (e) the catalog's password never reaches Dagster's config ------------------------------------------------------
