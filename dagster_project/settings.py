@@ -23,6 +23,10 @@ variable                       meaning                                     defau
                                the last upstream change
 ``ASTRO_PRODUCT_MAX_DELAY``    ... but at most this long after the first   ``600``
 ``ASTRO_BACKFILL_BATCH``       partitions per run of a backfill            ``8``
+``ASTRO_RETRY_ATTEMPTS``       attempts at a calibration, reference or     ``4``
+                               difference whose run failed or died
+``ASTRO_RETRY_BACKOFF``        seconds before the first retry (doubling    ``30``
+                               each time, at most 900)
 =============================  ==========================================  =================================
 """
 
@@ -98,6 +102,9 @@ class Settings:
     product_quiet_seconds: float = 60.0
     product_max_delay_seconds: float = 600.0
     backfill_batch_size: int = 8
+    #: automatic retries of failed or interrupted work (``RetryPolicy``'s defaults)
+    retry_max_attempts: int = 4
+    retry_backoff_seconds: float = 30.0
     #: how ``home`` was chosen, for messages that say where state was looked for
     home_source: str = "given"
 
@@ -125,5 +132,7 @@ class Settings:
             product_quiet_seconds=_number("ASTRO_PRODUCT_QUIET", 60, minimum=0),
             product_max_delay_seconds=_number("ASTRO_PRODUCT_MAX_DELAY", 600, minimum=0),
             backfill_batch_size=_positive_int("ASTRO_BACKFILL_BATCH", 8),
+            retry_max_attempts=_positive_int("ASTRO_RETRY_ATTEMPTS", 4),
+            retry_backoff_seconds=_number("ASTRO_RETRY_BACKOFF", 30, minimum=0),
             home_source=home_source,
         )

@@ -130,8 +130,9 @@ def catalog_url_config(database_url: str) -> str:
 def resources_from_settings(settings: Settings, landing_dir: Path | None = None, keep_originals: bool = False,
                             retry_policy: RetryPolicy | None = None) -> dict:
     """The resources of the code location; ``landing_dir``/``keep_originals`` for batch processing of a folder,
-    ``retry_policy`` to retry failed runs otherwise than by default."""
-    retry = retry_policy or RetryPolicy()
+    ``retry_policy`` to retry failed runs otherwise than the settings say (``ASTRO_RETRY_*``)."""
+    retry = retry_policy or RetryPolicy(max_attempts=settings.retry_max_attempts,
+                                        backoff_seconds=settings.retry_backoff_seconds)
     return {
         "catalog": CatalogResource(database_url=catalog_url_config(settings.database_url)),
         "store": StoreResource(root=str(settings.store_dir)),
