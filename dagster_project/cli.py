@@ -91,7 +91,7 @@ def cmd_demo(args, settings: Settings) -> int:
     if new_specs:
         submit_requests(_catalog(settings), new_specs, settings.survey)
         print(f"requests: {', '.join(s.name for s in new_specs)} ({args.epochs} epochs each)")
-    print(f"processing it (Dagster instance: {os.environ['DAGSTER_HOME']}, catalog: {settings.database_url})")
+    print(f"processing it (Dagster instance: {os.environ['DAGSTER_HOME']}, catalog: {settings.database_url_shown})")
     print("Dagster's own log is shown from INFO up; each run's full event log is in that instance "
           "(`make ui`, Runs; or `astro-platform runs tail RUN_ID`)")
     report = process_folder(folder, settings, wait=True, launched_by="demo")
@@ -165,14 +165,14 @@ def cmd_candidates_export(args, settings: Settings) -> int:
 
 
 def cmd_status(args, settings: Settings) -> int:
-    print(f"catalog: {settings.database_url}")
+    print(f"catalog: {settings.database_url_shown}")
     _print_status(settings)
     return 0
 
 
 def cmd_migrate(args, settings: Settings) -> int:
     _catalog(settings)
-    print(f"catalog at {settings.database_url} is at the latest schema")
+    print(f"catalog at {settings.database_url_shown} is at the latest schema")
     return 0
 
 

@@ -108,6 +108,16 @@ class Settings:
     #: how ``home`` was chosen, for messages that say where state was looked for
     home_source: str = "given"
 
+    @property
+    def database_url_shown(self) -> str:
+        """The catalog URL as it may be printed or logged: any password masked."""
+        from sqlalchemy import make_url  # here: the settings module stays free of heavy imports
+
+        try:
+            return make_url(self.database_url).render_as_string(hide_password=True)
+        except Exception:  # not a URL SQLAlchemy parses: say nothing of it rather than leak it
+            return "<unparsable DATABASE_URL>"
+
     @classmethod
     def from_env(cls) -> "Settings":
         fallback, fallback_source = default_home()
