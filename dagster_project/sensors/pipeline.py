@@ -46,6 +46,8 @@ from dagster_project.settings import Settings
 
 #: run tag: which attempt at its work a run is (0: the first)
 ATTEMPT_TAG = "astro/attempt"
+#: Dagster's tag naming a run's partition
+PARTITION_TAG = "dagster/partition"
 _ENDED = frozenset({DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED})
 #: run keys looked up per query
 _KEYS_PER_QUERY = 500
@@ -136,6 +138,18 @@ def schedule_attempts(instance: DagsterInstance, planned: Sequence[PlannedRun], 
     return result
 
 
+def references_under_way(instance: DagsterInstance, references: Sequence[PlannedRun]) -> set[str]:
+    """Fields and bands with a reference run not ended yet. Their reference's base key counts the
+    calibrated frames, so the next tick, with more frames calibrated, would otherwise ask for a second
+    reference of the same field under a new key while the first is still being built (two versions,
+    and every difference made twice)."""
+    if not references:
+        return set()
+    unfinished = [status for status in DagsterRunStatus if status not in _ENDED]
+    runs = instance.get_runs(RunsFilter(job_name=reference_job.name, statuses=unfinished))
+    return {run.tags.get(PARTITION_TAG) for run in runs} & {p.partition_key for p in references}
+
+
 def attempt_tags(attempts: Attempts, work: PlannedRun) -> dict[str, str]:
     return {ATTEMPT_TAG: str(attempts.attempt[work.run_key])}
 
@@ -159,6 +173,8 @@ def build_pipeline_sensor(interval_seconds: int):
             return SkipReason("every calibrated observation has an up-to-date difference")
         known = set(context.instance.get_dynamic_partitions(field_band_partitions.name))
         new_fields = sorted({p.partition_key for p in references} - known)
+        building = references_under_way(context.instance, references)
+        references = [p for p in references if p.partition_key not in building]
         attempts = schedule_attempts(context.instance, references + differences, pipeline.retry_policy())
         if attempts.given_up:
             context.log.warning(f"not retried any more: {', '.join(attempts.given_up[:20])}")
