@@ -27,6 +27,9 @@ variable                       meaning                                     defau
                                difference whose run failed or died
 ``ASTRO_RETRY_BACKOFF``        seconds before the first retry (doubling    ``30``
                                each time, at most 900)
+``ASTRO_ALLOW_UNCALIBRATED``   ``1``: a science frame with no master bias  ``0`` (such frames are blocked)
+                               or flat on any night is processed without
+                               them, recorded as uncalibrated
 =============================  ==========================================  =================================
 """
 
@@ -76,6 +79,18 @@ def _number(name: str, default: float, kind: type = float, minimum: float | None
     return value
 
 
+def _flag(name: str, default: bool = False) -> bool:
+    """``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off`` (any case); ValueError naming the variable."""
+    text = os.environ.get(name, "").strip().lower()
+    if text == "":
+        return default
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be 1 or 0 (true or false), not {os.environ[name]!r}")
+
+
 def _positive_int(name: str, default: int) -> int:
     value = int(_number(name, default, int))
     if value < 1:
@@ -105,6 +120,8 @@ class Settings:
     #: automatic retries of failed or interrupted work (``RetryPolicy``'s defaults)
     retry_max_attempts: int = 4
     retry_backoff_seconds: float = 30.0
+    #: the user's explicit choice to process frames without any master bias or flat (recorded as uncalibrated)
+    allow_uncalibrated: bool = False
     #: how ``home`` was chosen, for messages that say where state was looked for
     home_source: str = "given"
 
@@ -144,5 +161,6 @@ class Settings:
             backfill_batch_size=_positive_int("ASTRO_BACKFILL_BATCH", 8),
             retry_max_attempts=_positive_int("ASTRO_RETRY_ATTEMPTS", 4),
             retry_backoff_seconds=_number("ASTRO_RETRY_BACKOFF", 30, minimum=0),
+            allow_uncalibrated=_flag("ASTRO_ALLOW_UNCALIBRATED"),
             home_source=home_source,
         )

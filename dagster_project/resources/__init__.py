@@ -97,6 +97,8 @@ class PipelineConfigResource(ConfigurableResource):
 
     detection_threshold: float = 5.0
     detect_cosmic_rays: bool = True
+    #: ASTRO_ALLOW_UNCALIBRATED: calibrate without masters when no night has any (else: blocked)
+    allow_uncalibrated: bool = False
     max_candidates_per_frame: int = 500
     product_quiet_seconds: float = 60.0
     product_max_delay_seconds: float = 600.0
@@ -149,6 +151,7 @@ def resources_from_settings(settings: Settings, landing_dir: Path | None = None,
             max_hdus=settings.max_hdus,
         ),
         "pipeline": PipelineConfigResource(detection_threshold=settings.detection_threshold,
+                                           allow_uncalibrated=settings.allow_uncalibrated,
                                            product_quiet_seconds=settings.product_quiet_seconds,
                                            product_max_delay_seconds=settings.product_max_delay_seconds,
                                            retry_max_attempts=retry.max_attempts,
