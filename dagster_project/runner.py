@@ -167,6 +167,14 @@ class HeadlessDaemon:
                 ledger.mirror_run(self.instance, self.catalog, self.resources["store"].store().root, run_id)
         return len(dead)
 
+    def sync_open_waves(self) -> None:
+        """Close the sensors' waves whose runs are over, also those a killed ``process`` started: without
+        a daemon no ledger sensor runs to close them, and this process does not know them by name."""
+        with self.catalog.session() as session:
+            waves = [op.id for op in operations.active_operations(session) if "run_keys" in (op.context or {})]
+        for operation_id in waves:
+            ledger.sync_operation(self.instance, self.catalog, operation_id)
+
     def seconds_until_next_retry(self) -> float | None:
         """Seconds until some failed or interrupted work is due to be tried again (0: now); None: none will be."""
         with self.catalog.session() as session:
@@ -236,6 +244,7 @@ def process_folder(folder: Path, settings: Settings, *, wait: bool = False, wait
                 continue
             if not waiting or not wait or time.monotonic() > deadline:
                 daemon.report.waiting_files = waiting
+                daemon.sync_open_waves()
                 return daemon.report
             progress(f"waiting for {len(waiting)} file(s) still being written ...")
             time.sleep(max(0.5, min(2.0, settings.settle_seconds)))
