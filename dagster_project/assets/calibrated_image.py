@@ -1,5 +1,16 @@
-"""calibrated_image: overscan, bias and flat, ADU to electrons, variance and mask planes, PSF and seeing."""
+"""calibrated_image: overscan, bias and flat, ADU to electrons, variance and mask planes, PSF and seeing.
 
+The raw header is read as ingest interpreted it through the instrument profile
+(``ingest/frames.py``: standard keywords, a nominal WCS for a frame without one). A frame
+without a WCS gets one solved against another calibrated frame of its field
+(``frame_astrometry.py``), or is blocked (``no WCS: ...``). A night without calibration
+frames borrows another night's masters (``calibration_masters.py``, with a note); without
+any masters the frame is blocked, or, when the user chose so (``ASTRO_ALLOW_UNCALIBRATED=1``),
+processed without them and recorded as uncalibrated (``PreprocessRun.calibration_applied``
+false, the note and the metadata's ``calibration`` say what was left out).
+"""
+
+import dataclasses
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,7 +26,8 @@ from dagster import (
 )
 
 from dagster_project.assets.batching import BATCHED_BACKFILL, PartitionOutput, materialize_partitions
-from dagster_project.assets.calibration_masters import masters_for
+from dagster_project.assets import frame_astrometry
+from dagster_project.assets.calibration_masters import MastersChoice, masters_for
 from dagster_project.assets.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, Stopwatch, artifacts, inputs, png_markdown, rounded, size_mb
 from dagster_project.assets.partitions import observations_partitions
 from dagster_project.assets.raw_observation import raw_observation
@@ -25,7 +37,8 @@ from dagster_project.resources import CatalogResource, PipelineConfigResource, S
 from dagster_project.science.calibration import calibrate_science_frame, calibrated_header
 from dagster_project.science.images import ImagePlanes
 from dagster_project.science.preview import image_preview_png
-from dagster_project.science.psf import characterize_image
+from dagster_project.ingest.frames import standard_cards
+from dagster_project.science.psf import characterize_image, pixel_scale_arcsec
 
 
 @asset(
@@ -48,38 +61,55 @@ def calibrated_image(context: AssetExecutionContext, catalog: CatalogResource, s
 def _calibrate(key: str, dagster_run_id: str, catalog: CatalogResource, store: StoreResource,
                pipeline: PipelineConfigResource) -> PartitionOutput:
     products = store.store()
-    parameters = {"detect_cosmic_rays": pipeline.detect_cosmic_rays}
+    parameters = {"detect_cosmic_rays": pipeline.detect_cosmic_rays, "allow_uncalibrated": pipeline.allow_uncalibrated}
     watch = Stopwatch()
+    anchors = None
     with catalog.catalog().session() as session:
         observation = queries.get_observation(session, key)
         raw = observation.raw_file
         run = queries.start_preprocess_run(session, observation, parameters=parameters, dagster_run_id=dagster_run_id)
         run_id, night, band = run.id, observation.night, observation.filter_band
         raw_path, instrument = Path(raw.stored_path), observation.instrument or raw.instrument
+        raw_cards = dict(raw.header or {})
         output = products.observation_dir(night, observation.observation_id) / "calibrated.fits"
         with watch.step("masters"):
             masters = masters_for(session, products, instrument=instrument, night=night, band=band)
+        if frame_astrometry.needs_solving(raw_cards):
+            anchors = frame_astrometry.anchors_for(session, observation)
+            no_anchor = frame_astrometry.no_anchor_reason(observation)
+    notes = list(masters.notes)
+    solution = anchor = None
     try:
-        if masters.blocked_reason:
-            raise _Blocked(masters.blocked_reason)
+        notes += _masters_or_block(masters, pipeline.allow_uncalibrated)
+        if anchors == []:
+            raise _Blocked(no_anchor)
         with watch.step("read"):
             with fits.open(raw_path, memmap=False) as hdul:
                 raw_adu = hdul[0].data.astype(np.float32)
-                raw_header = hdul[0].header.copy()
+                raw_header = _as_ingested(hdul[0].header, raw_cards)
         with watch.step("calibrate"):
             result = calibrate_science_frame(
                 raw_adu, gain=float(raw_header["GAIN"]), read_noise_e=float(raw_header["RDNOISE"]),
-                saturate_adu=float(raw_header["SATURATE"]), master_bias=masters.bias.frame,
-                master_flat=masters.flat.frame, biassec=raw_header.get("BIASSEC"),
+                saturate_adu=float(raw_header["SATURATE"]), master_bias=masters.bias and masters.bias.frame,
+                master_flat=masters.flat and masters.flat.frame, biassec=raw_header.get("BIASSEC"),
                 trimsec=raw_header.get("TRIMSEC"), detect_cosmic_rays=pipeline.detect_cosmic_rays)
             header = calibrated_header(raw_header, result)
             planes = ImagePlanes(result.planes.data, result.planes.variance, result.planes.mask, header)
         with watch.step("characterize"):
             quality = characterize_image(planes)
+        if anchors is not None:
+            with watch.step("astrometry"):
+                solution, anchor = frame_astrometry.solve(products, planes, quality, anchors)
+            header = frame_astrometry.with_solution(header, solution, anchor)
+            planes = ImagePlanes(planes.data, planes.variance, planes.mask, header)
+            scale = pixel_scale_arcsec(planes.wcs)
+            quality = dataclasses.replace(quality, pixel_scale_arcsec=scale, seeing_arcsec=quality.psf.fwhm_px * scale)
+            notes.append(f"WCS solved against {anchor.observation_key} ({solution.registration.n_matched} stars, "
+                         f"rms {solution.registration.rms:.3f} px, {solution.registration.method} match)")
         with watch.step("write"):
             products.write_planes(output, planes)
-    except _Blocked as blocked:
-        _finish(catalog, run_id, RunStatus.BLOCKED, error_message=str(blocked), calibration_note="; ".join(masters.notes))
+    except (_Blocked, frame_astrometry.NoWcs) as blocked:
+        _finish(catalog, run_id, RunStatus.BLOCKED, error_message=str(blocked), calibration_note="; ".join(notes) or None)
         raise Failure(f"calibration blocked: {blocked}", allow_retries=False) from None
     except Exception as exc:
         _finish(catalog, run_id, RunStatus.FAILED, error_message=f"{type(exc).__name__}: {exc}")
@@ -96,28 +126,82 @@ def _calibrate(key: str, dagster_run_id: str, catalog: CatalogResource, store: S
     wcs_ok = planes.wcs.has_celestial
     good = (planes.mask == 0)
     finite = bool(np.isfinite(planes.data[good]).all() and np.isfinite(planes.variance[good]).all())
-    _finish(catalog, run_id, RunStatus.COMPLETED, processed_fits_path=str(output), calibration_applied=True,
-            wcs_aligned=wcs_ok, quality=figures, processing_time_seconds=watch.total,
-            master_bias_id=masters.bias.master_id, master_flat_id=masters.flat.master_id,
-            calibration_note="; ".join(masters.notes) or None,
-            wcs_info={k: header[k] for k in ("CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2") if k in header})
+    wcs_info = {k: header[k] for k in ("CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2") if k in header}
+    wcs_info.update(_wcs_provenance(solution, anchor))
+    _finish(catalog, run_id, RunStatus.COMPLETED, processed_fits_path=str(output),
+            calibration_applied=masters.blocked_reason is None, wcs_aligned=wcs_ok, quality=figures,
+            processing_time_seconds=watch.total, master_bias_id=masters.bias and masters.bias.master_id,
+            master_flat_id=masters.flat and masters.flat.master_id, calibration_note="; ".join(notes) or None,
+            registration_quality=solution.registration.rms if solution else None, wcs_info=wcs_info)
     with catalog.catalog().session() as session:
         pipeline_queries.record_seeing(session, key, seeing)
+        if solution is not None:
+            frame_astrometry.record_position(session, key, solution, planes.shape)
         result_lifecycle.observation_materialized(session, key, pipeline.rebuild_policy())
     preview = image_preview_png(planes.data, mask=planes.mask, max_size=256)
     preview_path = products.write_bytes(output.with_name("calibrated.png"), preview)
     return PartitionOutput(
         metadata={
             **artifacts(calibrated_image=output, calibrated_preview=preview_path), "size_mb": size_mb(output),
-            **inputs(raw_frame=raw_path, master_bias=masters.bias.path, master_flat=masters.flat.path),
+            **inputs(raw_frame=raw_path, master_bias=masters.bias and masters.bias.path,
+                     master_flat=masters.flat and masters.flat.path, wcs_anchor=anchor and anchor.path),
             **figures, **watch.as_metadata(),
-            "master_bias_night": masters.bias.night, "master_flat_night": masters.flat.night,
-            "calibration_note": "; ".join(masters.notes) or "masters of the same night",
+            "master_bias_night": masters.bias.night if masters.bias else "none",
+            "master_flat_night": masters.flat.night if masters.flat else "none",
+            "calibration": _calibration_summary(masters),
+            "calibration_note": "; ".join(notes) or "masters of the same night",
+            "wcs_source": wcs_info["source"],
+            **({"wcs_anchor": anchor.observation_key, "wcs_solution_rms_px": round(solution.registration.rms, 4),
+                "wcs_solution_n_stars": solution.registration.n_matched} if solution else {}),
             "preview": png_markdown(preview, "calibrated (e-)"),
         },
         checks=[AssetCheckResult(check_name="finite_with_wcs", passed=finite and wcs_ok,
                                  metadata={"finite_unmasked": finite, "celestial_wcs": wcs_ok})],
     )
+
+
+def _masters_or_block(masters: MastersChoice, allow_uncalibrated: bool) -> list[str]:
+    """Nothing to add when both masters were found; without them, blocked, or the user's choice noted."""
+    reason = masters.blocked_reason
+    if reason is None:
+        return []
+    if not allow_uncalibrated:
+        raise _Blocked(f"{reason} (ASTRO_ALLOW_UNCALIBRATED=1 processes such frames without, recorded as uncalibrated)")
+    missing = " and ".join(k for k, m in (("bias", masters.bias), ("flat", masters.flat)) if m is None)
+    return [f"uncalibrated by the user's choice (ASTRO_ALLOW_UNCALIBRATED=1): {reason}; no {missing} applied"]
+
+
+def _calibration_summary(masters: MastersChoice) -> str:
+    if masters.blocked_reason is None:
+        return "bias and flat"
+    applied = [k for k, m in (("bias", masters.bias), ("flat", masters.flat)) if m is not None]
+    return f"uncalibrated (user's choice): {' '.join(applied) + ' only' if applied else 'overscan and gain only'}"
+
+
+def _as_ingested(header: fits.Header, raw_cards: dict) -> fits.Header:
+    """The raw header with the standard keywords as ingest read them through the instrument profile, and the
+    nominal WCS built from the pointing for a frame without one."""
+    header = header.copy()
+    profile = raw_cards.get("profile") or {}
+    for key, value in standard_cards(raw_cards).items():
+        raw_value = header.get(key)
+        if value is None:
+            header.remove(key, ignore_missing=True, remove_all=True)
+        else:
+            header[key] = value
+        header.add_history(f"{key} = {value!r}, read from {raw_value!r} by instrument profile {profile.get('name')}")
+    if profile.get("nominal_wcs"):
+        header.update(profile["nominal_wcs"])
+        header.add_history("WCS: nominal, from the pointing and the profile's pixel scale (to be solved)")
+    return header
+
+
+def _wcs_provenance(solution, anchor) -> dict:
+    if solution is None:
+        return {"source": "header"}
+    return {"source": "solved", "anchor": anchor.observation_key, "rms_px": round(solution.registration.rms, 4),
+            "n_stars": solution.registration.n_matched, "method": solution.registration.method,
+            "pixel_scale_arcsec": round(solution.pixel_scale_arcsec, 5)}
 
 
 class _Blocked(Exception):

@@ -1,20 +1,30 @@
-"""Master bias and flat for a science frame: built from its night's frames, or borrowed from an earlier night.
+"""Master bias and flat for a science frame: built from its night's frames, or borrowed from another night.
 
 Not an asset of its own: a master is a by-product of calibrating the first science
 frame of a night and filter, recorded in the catalog (CalibrationMaster, with the
 ids of the frames that went in) and reused by the others. It is rebuilt when more
 calibration frames of that night have arrived since.
+
+A night without (at least two) calibration frames of a kind borrows the master of the
+nearest earlier night that has one or has the frames to build it, else of the nearest
+later night; the choice is a note (``MastersChoice.notes``) that the calibrated image
+records in the catalog (``PreprocessRun.calibration_note``) and in its metadata. With no
+night to borrow from, the frame is blocked (``MastersChoice.blocked_reason``), unless the
+user chose to process such frames uncalibrated (``ASTRO_ALLOW_UNCALIBRATED=1``, see
+``calibrated_image``).
 """
 
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import sqlalchemy as sa
 from astropy.io import fits
 from sqlalchemy.orm import Session
 
 from dagster_project.catalog import queries
-from dagster_project.catalog.models import CalibrationMaster, FrameType, MasterKind
+from dagster_project.catalog.models import CalibrationMaster, FrameType, MasterKind, RawDataFile, RawFileStatus
+from dagster_project.ingest.frames import standard_card
 from dagster_project.science.calibration import MasterFrame, make_master_bias, make_master_flat
 from dagster_project.store import ProductStore
 
@@ -41,7 +51,7 @@ class MastersChoice:
         missing = [k for k, m in (("bias", self.bias), ("flat", self.flat)) if m is None]
         if not missing:
             return None
-        return f"no master {' or '.join(missing)} for this night or any earlier one"
+        return f"no master {' or '.join(missing)} for this night or any other night"
 
 
 def _read_raw(path: str) -> np.ndarray:
@@ -52,22 +62,25 @@ def _use(master: CalibrationMaster, store: ProductStore) -> MasterInUse:
     return MasterInUse(master.id, master.night, master.path, store.read_master(Path(master.path)))
 
 
-def _ensure(session: Session, store: ProductStore, *, kind: MasterKind, instrument: str, night: str,
-            band: str, bias: MasterInUse | None) -> tuple[MasterInUse | None, str | None]:
+def _master_of_night(session: Session, store: ProductStore, *, kind: MasterKind, instrument: str, night: str,
+                     band: str, bias: MasterInUse | None) -> MasterInUse | None:
+    """The master of exactly ``night``: (re)built from its frames if they changed, else the one recorded, else None."""
     frame_type = FrameType.BIAS if kind is MasterKind.BIAS else FrameType.FLAT
     frames = queries.calibration_frames(session, instrument=instrument, night=night, frame_type=frame_type,
                                         filter_band=band or None)
     if len(frames) < MIN_FRAMES:  # a master's noise is measured from the difference of two frames
         frames = []
-    existing = queries.latest_master(session, instrument=instrument, kind=kind, filter_band=band,
-                                     on_or_before_night=night)
+    existing = session.scalar(sa.select(CalibrationMaster).where(
+        CalibrationMaster.instrument == instrument, CalibrationMaster.kind == kind,
+        CalibrationMaster.filter_band == (band if kind is MasterKind.FLAT else ""), CalibrationMaster.night == night))
     ids = sorted(str(f.id) for f in frames)
-    if frames and not (existing and existing.night == night and sorted(existing.input_file_ids) == ids):
+    if frames and not (existing and sorted(existing.input_file_ids) == ids):
         if kind is MasterKind.FLAT and bias is None:
-            return None, None
+            return _use(existing, store) if existing else None
         raws = [_read_raw(f.stored_path) for f in frames]
-        # one camera, one night: every frame shares the readout layout
-        sections = {"biassec": frames[0].header.get("BIASSEC"), "trimsec": frames[0].header.get("TRIMSEC")}
+        # one camera, one night: every frame shares the readout layout (as its instrument profile reads it)
+        sections = {"biassec": standard_card(frames[0].header, "BIASSEC"),
+                    "trimsec": standard_card(frames[0].header, "TRIMSEC")}
         if kind is MasterKind.BIAS:
             master = make_master_bias(raws, **sections)
         else:
@@ -80,17 +93,56 @@ def _ensure(session: Session, store: ProductStore, *, kind: MasterKind, instrume
         existing = queries.upsert_master(
             session, kind=kind, instrument=instrument, night=night, filter_band=band, path=str(path),
             n_frames=len(frames), input_file_ids=ids, stats=master.stats)
-        return _use(existing, store), None
-    if existing is None:
-        return None, None
-    note = None if existing.night == night else f"no {kind.value} frames on {night}: using the master of {existing.night}"
-    return _use(existing, store), note
+    return _use(existing, store) if existing else None
+
+
+def _other_nights(session: Session, *, kind: MasterKind, instrument: str, night: str, band: str) -> list[str]:
+    """Nights with a master of this kind, or the frames to build one: the earlier ones nearest first, then the later."""
+    frame_type = FrameType.BIAS if kind is MasterKind.BIAS else FrameType.FLAT
+    with_frames = sa.select(RawDataFile.night).where(
+        RawDataFile.status == RawFileStatus.ACCEPTED, RawDataFile.instrument == instrument,
+        RawDataFile.frame_type == frame_type, RawDataFile.night.is_not(None))
+    if kind is MasterKind.FLAT:
+        with_frames = with_frames.where(RawDataFile.filter_band == band)
+    with_frames = with_frames.group_by(RawDataFile.night).having(sa.func.count() >= MIN_FRAMES)
+    with_master = sa.select(CalibrationMaster.night).where(
+        CalibrationMaster.instrument == instrument, CalibrationMaster.kind == kind,
+        CalibrationMaster.filter_band == (band if kind is MasterKind.FLAT else ""))
+    nights = set(session.scalars(with_frames)) | set(session.scalars(with_master))
+    nights.discard(night)
+    # 'YYYY-MM-DD' sorts chronologically
+    return sorted((n for n in nights if n < night), reverse=True) + sorted(n for n in nights if n > night)
+
+
+def _choose(session: Session, store: ProductStore, *, kind: MasterKind, instrument: str, night: str, band: str,
+            bias_for) -> tuple[MasterInUse | None, str | None]:
+    """The master of ``night``, else of the nearest other night (earlier first), with a note saying so."""
+    kwargs = dict(kind=kind, instrument=instrument, band=band)
+    master = _master_of_night(session, store, night=night, bias=bias_for(night), **kwargs)
+    if master is not None:
+        return master, None
+    for other in _other_nights(session, night=night, **kwargs):
+        master = _master_of_night(session, store, night=other, bias=bias_for(other), **kwargs)
+        if master is not None:
+            side = "earlier" if other < night else "later"
+            what = kind.value if kind is MasterKind.BIAS else f"{kind.value} {band}"
+            return master, (f"no {what} frames on {night}: using the master of {other} "
+                            f"(the nearest {side} night with one)")
+    return None, None
 
 
 def masters_for(session: Session, store: ProductStore, *, instrument: str, night: str, band: str) -> MastersChoice:
     """The master bias and flat a science frame of ``night`` and ``band`` is calibrated with."""
-    bias, bias_note = _ensure(session, store, kind=MasterKind.BIAS, instrument=instrument, night=night, band="",
-                              bias=None)
-    flat, flat_note = _ensure(session, store, kind=MasterKind.FLAT, instrument=instrument, night=night, band=band,
-                              bias=bias)
+    biases: dict[str, tuple[MasterInUse | None, str | None]] = {}
+
+    def bias_of(of_night: str) -> tuple[MasterInUse | None, str | None]:
+        if of_night not in biases:
+            biases[of_night] = _choose(session, store, kind=MasterKind.BIAS, instrument=instrument, night=of_night,
+                                       band="", bias_for=lambda _: None)
+        return biases[of_night]
+
+    bias, bias_note = bias_of(night)
+    # a flat built for another night is bias-subtracted with that night's (nearest) bias
+    flat, flat_note = _choose(session, store, kind=MasterKind.FLAT, instrument=instrument, night=night, band=band,
+                              bias_for=lambda of_night: bias_of(of_night)[0])
     return MastersChoice(bias, flat, tuple(n for n in (bias_note, flat_note) if n))

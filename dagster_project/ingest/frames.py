@@ -1,12 +1,31 @@
-"""Turn a structurally sound FITS file into a described frame, or say why not."""
+"""Turn a structurally sound FITS file into a described frame, or say why not.
+
+Headers are read through the frame's instrument profile (:mod:`.instruments`): keyword
+aliases, legacy date formats, sexagesimal pointings, filter-wheel positions. What the
+platform made of them is kept in the catalog with the raw cards (``RawDataFile.header``):
+``header["profile"]`` holds the profile's name, ``standard`` (the standard keywords whose
+value differs from the raw header's, e.g. ``EXPTIME`` read from ``ITIME``, ``FILTER`` from
+a wheel position; a null value: the raw card does not apply), and for science frames
+``wcs``: ``header`` (the frame's own WCS), ``nominal`` (none; ``nominal_wcs`` holds the
+cards built from the pointing and the profile's geometry) or ``none`` (none, and no pixel
+scale to build one). Calibration reads these (:func:`standard_cards`, :func:`standard_card`).
+
+A science frame needs a position: its celestial WCS, or else a pointing (``RA``/``DEC``),
+which the calibration stage refines into a WCS against an earlier frame of the field, or
+blocks the observation saying why. A frame with neither is quarantined.
+"""
 
 import math
+import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
+from astropy import units as u
+from astropy.coordinates import FK4, FK5, Angle, SkyCoord
 from astropy.io import fits
 from astropy.time import Time
 from astropy.utils.exceptions import AstropyWarning
@@ -16,8 +35,9 @@ from astropy.wcs.utils import proj_plane_pixel_scales
 from dagster_project.catalog.models import Observation, RawDataFile
 from dagster_project.catalog.result_lifecycle import SCHEDULER_KEYWORDS
 from dagster_project.ingest.fits_structure import FitsStructure, InvalidFitsFile, open_regular
-from dagster_project.ingest.instruments import InstrumentRegistry
+from dagster_project.ingest.instruments import STANDARD_KEYWORDS, InstrumentProfile, InstrumentRegistry
 from dagster_project.keys import field_band_key, observation_key, safe_token
+from dagster_project.science.astrometry import nominal_wcs_header
 from dagster_project.science.calibration import parse_fits_section
 
 #: canonical keywords each frame type must carry
@@ -67,6 +87,8 @@ class FrameInfo:
     biassec: str | None
     trimsec: str | None
     cards: dict
+    #: science frames: "header" (its own WCS), "nominal" (built from the pointing) or "none"
+    wcs_source: str | None = None
 
     @property
     def field_name(self) -> str:
@@ -112,26 +134,27 @@ def describe_frame(path: Path, structure: FitsStructure, registry: InstrumentReg
     Raises
     ------
     InvalidFitsFile
-        Missing or malformed keywords, unknown frame type, unusable data or WCS.
+        Missing or malformed keywords, unknown frame type, unusable data or WCS,
+        a science frame with neither a WCS nor a pointing.
     """
     header = structure.primary_header
     profile = registry.for_instrument(str(_value(header, "INSTRUME") or ""))
-    kw = profile.keyword
+
+    def kw(canonical: str) -> str:
+        return profile.keyword_in(header, canonical)
+
     _check_widths(header, kw)
     imagetyp = _value(header, kw("imagetyp"))
     if imagetyp is None:
-        raise InvalidFitsFile(f"missing required keyword {kw('imagetyp')}")
+        raise InvalidFitsFile(f"missing required keyword {profile.keyword_names('imagetyp')}")
     frame_type = profile.frame_type(str(imagetyp))
     if frame_type == "unknown":
         raise InvalidFitsFile(f"{kw('imagetyp')} = {imagetyp!r} is not a known frame type")
-    missing = [kw(c) for c in REQUIRED[frame_type] if _value(header, kw(c)) is None]
+    missing = [profile.keyword_names(c) for c in REQUIRED[frame_type] if _value(header, kw(c)) is None]
     if missing:
         raise InvalidFitsFile(f"missing required keyword(s) {', '.join(missing)} for a {frame_type} frame")
 
-    try:
-        time = Time(str(_value(header, kw("date_obs"))), format="isot", scale="utc")
-    except ValueError:
-        raise InvalidFitsFile(f"{kw('date_obs')} = {_value(header, kw('date_obs'))!r} is not an ISO time") from None
+    time = _observation_time(header, profile, kw)
     mjd = _number(header, kw("mjd_obs"))
     if mjd is not None and abs(mjd - time.mjd) > 1.0 / 86400 * 5:
         raise InvalidFitsFile(f"{kw('mjd_obs')} = {mjd} disagrees with {kw('date_obs')} ({time.mjd:.6f})")
@@ -146,8 +169,8 @@ def describe_frame(path: Path, structure: FitsStructure, registry: InstrumentReg
     airmass = _number(header, kw("airmass"), positive=True, allow_zero=False)
     if airmass is not None and airmass < 1.0 - 1e-3:
         raise InvalidFitsFile(f"{kw('airmass')} = {airmass} is below 1")
+    filter_band = _filter_band(header, profile, kw)
 
-    primary = structure.hdus[0]
     if header.get("NAXIS") != 2:
         raise InvalidFitsFile(f"primary HDU must hold a 2-D image, NAXIS = {header.get('NAXIS')}")
     ny, nx = int(header["NAXIS2"]), int(header["NAXIS1"])
@@ -167,18 +190,29 @@ def describe_frame(path: Path, structure: FitsStructure, registry: InstrumentReg
 
     _check_pixels(path)
 
-    ra = dec = pixel_scale = None
+    ra = dec = pixel_scale = wcs_source = None
+    nominal = None
     if frame_type == "science":
-        ra, dec, pixel_scale = _pointing(header, data_nx, data_ny)
+        ra, dec, pixel_scale, wcs_source, nominal = _science_position(
+            header, profile, kw, data_nx, data_ny, (data_slices[1].indices(nx)[0], data_slices[0].indices(ny)[0]))
 
-    longitude = _number(header, kw("site_longitude")) or 0.0
-    cards = {k: _json_safe(header[k]) for k in KEPT_CARDS
-             if k in header and isinstance(header[k], (str, int, float, bool))}
+    longitude = _number(header, kw("site_longitude"))
+    if longitude is None:
+        longitude = profile.site_longitude_deg or 0.0
+    object_name = str(_value(header, kw("object"))).strip() if _value(header, kw("object")) else None
+    instrument = str(_value(header, kw("instrument"))).strip()
+    standard = {
+        "DATE-OBS": time.isot, "EXPTIME": exptime, "FILTER": filter_band, "OBJECT": object_name,
+        "INSTRUME": instrument, "GAIN": gain, "RDNOISE": read_noise, "SATURATE": saturate, "AIRMASS": airmass,
+        "BIASSEC": str(biassec) if biassec else None, "TRIMSEC": str(trimsec) if trimsec else None,
+    }
+    if mjd is None:  # derived, for products of frames written without it
+        standard["MJD-OBS"] = round(float(time.mjd), 8)
     return FrameInfo(
         frame_type=frame_type,
-        instrument=str(_value(header, kw("instrument"))).strip(),
-        filter_band=str(_value(header, kw("filter"))).strip() if _value(header, kw("filter")) else None,
-        object_name=str(_value(header, kw("object"))).strip() if _value(header, kw("object")) else None,
+        instrument=instrument,
+        filter_band=filter_band,
+        object_name=object_name,
         observation_time=observation_time,
         mjd=float(time.mjd),
         night=_night_of(observation_time, longitude),
@@ -192,10 +226,171 @@ def describe_frame(path: Path, structure: FitsStructure, registry: InstrumentReg
         ra=ra,
         dec=dec,
         pixel_scale=pixel_scale,
-        biassec=str(biassec) if biassec else None,
-        trimsec=str(trimsec) if trimsec else None,
-        cards=cards,
+        biassec=standard["BIASSEC"],
+        trimsec=standard["TRIMSEC"],
+        cards=_catalog_cards(header, profile, kw, standard, wcs_source, nominal),
+        wcs_source=wcs_source,
     )
+
+
+def _catalog_cards(header: fits.Header, profile: InstrumentProfile, kw, standard: dict, wcs_source: str | None,
+                   nominal: fits.Header | None) -> dict:
+    """The raw cards the catalog keeps, and what the profile made of them (``cards["profile"]``)."""
+    names = list(KEPT_CARDS) + [kw(c) for c in STANDARD_KEYWORDS]
+    cards = {k: _json_safe(header[k]) for k in dict.fromkeys(names)
+             if k in header and isinstance(header[k], (str, int, float, bool))}
+    block = {"name": profile.name,
+             "standard": {k: v for k, v in standard.items() if header.get(k) != v}}
+    if wcs_source is not None:
+        block["wcs"] = wcs_source
+    if nominal is not None:
+        block["nominal_wcs"] = {k: nominal[k] for k in nominal}
+    cards["profile"] = block
+    return cards
+
+
+def standard_card(cards: Mapping, key: str):
+    """A standard keyword's value as ingest read it: through the instrument profile (``cards["profile"]``),
+    else the raw card (rows ingested before profiles were recorded)."""
+    standard = (cards.get("profile") or {}).get("standard") or {}
+    return standard[key] if key in standard else cards.get(key)
+
+
+def standard_cards(cards: Mapping) -> dict:
+    """The standard keywords whose value the profile changed (None: drop the raw card); see the module notes."""
+    return dict((cards.get("profile") or {}).get("standard") or {})
+
+
+def _text(value) -> str:
+    return str(value).strip()
+
+
+_TIME_DIRECTIVES = ("%H", "%I", "%X", "%T", "%c", "%R")
+
+
+def _observation_time(header: fits.Header, profile: InstrumentProfile, kw) -> Time:
+    """UTC start of the exposure: ``date_obs`` as ISO 8601 or in the profile's ``date_format``, and
+    ``time_obs`` for a date without a time of day."""
+    key = kw("date_obs")
+    text = _text(_value(header, key))
+    moment = None
+    if profile.date_format:
+        try:
+            moment = datetime.strptime(text, profile.date_format)
+        except ValueError:
+            moment = None  # perhaps ISO: a camera whose software was updated writes both over the years
+        if moment is not None and not any(d in profile.date_format for d in _TIME_DIRECTIVES):
+            moment = _with_time_of_day(moment, header, profile, kw, key, text, required=True)
+    if moment is None:
+        try:
+            time = Time(text, format="isot", scale="utc")
+        except ValueError:
+            formats = f"an ISO time nor {profile.date_format!r}" if profile.date_format else "an ISO time"
+            raise InvalidFitsFile(f"{key} = {text!r} is not {formats}") from None
+        if "T" in text or _value(header, kw("time_obs")) is None:
+            return time
+        moment = _with_time_of_day(time.to_datetime(), header, profile, kw, key, text, required=False)
+    return Time(moment, scale="utc")
+
+
+def _with_time_of_day(day: datetime, header, profile: InstrumentProfile, kw, date_key: str, date_text: str, *,
+                      required: bool) -> datetime:
+    """``day`` at the ``time_obs`` time of day (``hh:mm[:ss[.s]]``, colons or spaces)."""
+    key = kw("time_obs")
+    value = _value(header, key)
+    if value is None:
+        if required:
+            raise InvalidFitsFile(f"{date_key} = {date_text!r} gives no time of day and "
+                                  f"{profile.keyword_names('time_obs')} is missing")
+        return day
+    parts = re.split(r"[:\s]+", _text(value))
+    try:
+        hours, minutes, seconds = (float(p) for p in parts + ["0"] * (3 - len(parts)))
+    except ValueError:  # not numbers, or more than three parts
+        hours = minutes = seconds = math.nan
+    if len(parts) < 2 or not (0 <= hours < 24 and 0 <= minutes < 60 and 0 <= seconds < 61):
+        raise InvalidFitsFile(f"{key} = {value!r} is not a time of day hh:mm:ss")
+    return datetime(day.year, day.month, day.day) + timedelta(hours=hours, minutes=minutes, seconds=seconds)
+
+
+def _filter_band(header: fits.Header, profile: InstrumentProfile, kw) -> str | None:
+    value = _value(header, kw("filter"))
+    if value is None:
+        return None
+    try:
+        return profile.band_of(value)
+    except ValueError as exc:
+        raise InvalidFitsFile(f"{kw('filter')} = {value!r} {exc}") from None
+
+
+def _science_position(header: fits.Header, profile: InstrumentProfile, kw, nx: int, ny: int,
+                      start: tuple[int, int]):
+    """(ra, dec, pixel scale, wcs source, nominal WCS cards) of a science frame: from its WCS, else its pointing."""
+    from_wcs = _pointing(header, nx, ny)
+    if from_wcs is not None:
+        return (*from_wcs, "header", None)
+    pointing = _header_pointing(header, profile, kw)
+    if pointing is None:
+        raise InvalidFitsFile(
+            "science frame has no celestial WCS (CTYPE1/2, CRVAL, CRPIX, CD or CDELT) and no pointing "
+            f"({profile.keyword_names('ra')} and {profile.keyword_names('dec')}) to solve one from")
+    ra, dec = pointing
+    scale = profile.pixel_scale_arcsec
+    if scale is None:
+        return ra, dec, None, "none", None
+    crpix = (start[0] + (nx + 1) / 2.0, start[1] + (ny + 1) / 2.0)  # the data section's centre, 1-based raw px
+    nominal = nominal_wcs_header(ra, dec, scale, crpix, rotation_deg=profile.rotation_deg, east=profile.east)
+    return ra, dec, scale, "nominal", nominal
+
+
+def _equinox_frame(header: fits.Header, kw):
+    """The frame of a header pointing: ICRS for J2000 (or none given), else FK5/FK4 of its equinox."""
+    key = kw("equinox")
+    value = _value(header, key)
+    if value is None:
+        return "icrs"
+    text = _text(value).upper()
+    try:
+        year = float(text.lstrip("JB"))
+    except ValueError:
+        raise InvalidFitsFile(f"{key} = {value!r} is not an equinox (e.g. 2000 or B1950)") from None
+    if not 1800 <= year <= 2200:
+        raise InvalidFitsFile(f"{key} = {value!r} is not a plausible equinox")
+    if abs(year - 2000.0) < 1e-6 and not text.startswith("B"):
+        return "icrs"
+    if text.startswith("B") or (not text.startswith("J") and year < 1984):
+        return FK4(equinox=Time(year, format="byear"))
+    return FK5(equinox=Time(year, format="jyear"))
+
+
+def _header_pointing(header: fits.Header, profile: InstrumentProfile, kw) -> tuple[float, float] | None:
+    """ICRS (ra, dec) in degrees from the ``ra``/``dec`` keywords, in the profile's ``ra_dec_format``; None if absent."""
+    ra_key, dec_key = kw("ra"), kw("dec")
+    ra_value, dec_value = _value(header, ra_key), _value(header, dec_key)
+    if ra_value is None or dec_value is None:
+        return None
+    frame = _equinox_frame(header, kw)
+    sexagesimal = profile.ra_dec_format == "sexagesimal"
+    ra = dec = math.nan
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AstropyWarning)
+            if sexagesimal:
+                ra_angle, dec_angle = Angle(_text(ra_value), unit=u.hourangle), Angle(_text(dec_value), unit=u.deg)
+                ok = 0 <= ra_angle.hour < 24
+            else:
+                ra_angle, dec_angle = Angle(float(ra_value), unit=u.deg), Angle(float(dec_value), unit=u.deg)
+                ok = 0 <= ra_angle.deg <= 360
+            coord = SkyCoord(ra_angle, dec_angle, frame=frame).icrs
+            ra, dec = float(coord.ra.deg), float(coord.dec.deg)
+    except (ValueError, TypeError, IndexError):
+        ok = False
+    if not ok or not (math.isfinite(ra) and math.isfinite(dec)):
+        hint = "" if sexagesimal else " (sexagesimal values need ra_dec_format: sexagesimal in the instrument profile)"
+        expected = "RA hh:mm:ss in hours, Dec ±dd:mm:ss" if sexagesimal else "degrees"
+        raise InvalidFitsFile(f"{ra_key} = {ra_value!r}, {dec_key} = {dec_value!r} is not a pointing in "
+                              f"{expected}{hint}")
+    return ra % 360.0, dec
 
 
 def _check_widths(header: fits.Header, kw) -> None:
@@ -247,7 +442,8 @@ def _check_pixels(path: Path) -> None:
         raise InvalidFitsFile("pixel data are constant")
 
 
-def _pointing(header: fits.Header, nx: int, ny: int) -> tuple[float, float, float]:
+def _pointing(header: fits.Header, nx: int, ny: int) -> tuple[float, float, float] | None:
+    """(ra, dec, pixel scale) of the data-section centre from the header's WCS; None if it has no celestial WCS."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyWarning)
         try:
@@ -255,7 +451,7 @@ def _pointing(header: fits.Header, nx: int, ny: int) -> tuple[float, float, floa
         except Exception as exc:
             raise InvalidFitsFile(f"WCS cannot be parsed ({exc})") from None
     if not wcs.has_celestial or wcs.celestial.naxis != 2:
-        raise InvalidFitsFile("science frame has no celestial WCS (CTYPE1/2, CRVAL, CRPIX, CD or CDELT)")
+        return None
     try:
         sky = wcs.celestial.pixel_to_world((nx - 1) / 2.0, (ny - 1) / 2.0).icrs
         scale = float(np.mean(proj_plane_pixel_scales(wcs.celestial)) * 3600.0)
