@@ -141,6 +141,13 @@ class Settings:
         home = _path("ASTRO_HOME", fallback)
         home_source = "ASTRO_HOME" if os.environ.get("ASTRO_HOME") else fallback_source
         instruments = os.environ.get("ASTRO_INSTRUMENTS_FILE")
+        if instruments:  # a bad profile stops every command at once, naming the file, instrument and key
+            from dagster_project.ingest.instruments import InstrumentRegistry
+
+            try:
+                InstrumentRegistry.from_yaml(Path(instruments).expanduser())
+            except ValueError as exc:
+                raise ValueError(f"ASTRO_INSTRUMENTS_FILE: {exc}") from None
         return cls(
             home=home,
             landing_dir=_path("ASTRO_LANDING_DIR", home / "landing"),

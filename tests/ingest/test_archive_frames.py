@@ -147,6 +147,19 @@ def test_an_unreadable_instruments_file_is_an_error_naming_it(tmp_path):
         InstrumentRegistry.from_yaml(listed)
 
 
+def test_a_bad_instruments_file_stops_every_command_with_one_line(tmp_path, monkeypatch, capsys):
+    from dagster_project.cli import main
+
+    path = write_profiles(tmp_path / "instruments.yaml", {"OLDCAM": {"east": "up"}})
+    monkeypatch.setenv("ASTRO_INSTRUMENTS_FILE", str(path))
+    monkeypatch.setenv("ASTRO_HOME", str(tmp_path / "home"))
+    with pytest.raises(ValueError, match=f"ASTRO_INSTRUMENTS_FILE: {path}: instrument OLDCAM: east: "):
+        Settings.from_env()
+    assert main(["status"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: ASTRO_INSTRUMENTS_FILE: {path}: instrument OLDCAM: east: must be one of left, right, not 'up'"]
+
+
 def test_the_uncalibrated_choice_is_explicit(monkeypatch):
     monkeypatch.delenv("ASTRO_ALLOW_UNCALIBRATED", raising=False)
     assert Settings.from_env().allow_uncalibrated is False
