@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from dagster import (
     DagsterEventType,
@@ -39,16 +39,6 @@ from dagster import (
     SkipReason,
     sensor,
 )
-from dagster._core.definitions.data_version import CODE_VERSION_TAG, DATA_VERSION_TAG
-from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, BulkActionStatus
-from dagster._core.storage.dagster_run import FINISHED_STATUSES, NOT_FINISHED_STATUSES
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-    PARTITION_NAME_TAG,
-    RUN_KEY_TAG,
-)
-from dagster._utils.error import SerializableErrorInfo
 
 from dagster_project.assets.metadata import ARTIFACT_PREFIX, INPUT_PREFIX
 from dagster_project.assets.partitions import field_band_partitions, observations_partitions, results_partitions
@@ -59,6 +49,36 @@ from dagster_project.ingest.landing import sha256_of
 from dagster_project.operations import OPERATION_TAG, current_initiator, owner_context, owner_is_gone
 from dagster_project.resources import CatalogResource, StoreResource
 from dagster_project.settings import Settings
+
+# --- names Dagster defines in its private modules -------------------------------------------------------------------
+# Dagster 1.13 exports none of these from ``dagster``: they are written here, each with where Dagster defines it
+# (tests/test_house.py checks they still match).
+
+#: run tags, in ``dagster._core.storage.tags``
+PARTITION_NAME_TAG = "dagster/partition"
+ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+ASSET_PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
+RUN_KEY_TAG = "dagster/run_key"
+#: materialization tags, in ``dagster._core.definitions.data_version``
+CODE_VERSION_TAG = "dagster/code_version"
+DATA_VERSION_TAG = "dagster/data_version"
+#: ``FINISHED_STATUSES`` and ``NOT_FINISHED_STATUSES`` of ``dagster._core.storage.dagster_run`` (MANAGED is neither)
+FINISHED_STATUSES = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+NOT_FINISHED_STATUSES = (DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.SUSPENDED,
+                         DagsterRunStatus.CANCELING, DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED)
+#: values of ``dagster._core.execution.backfill.BulkActionStatus`` (a backfill's ``status``), by name:
+#: ``BULK_ACTION_TERMINAL_STATUSES``, and the statuses of a backfill being or having been canceled
+BACKFILL_TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELED", "COMPLETED_SUCCESS", "COMPLETED_FAILED"})
+BACKFILL_CANCELED_STATUSES = frozenset({"CANCELING", "CANCELED"})
+
+
+class ErrorInfo(Protocol):
+    """What is read of the error a failed step carries (Dagster's ``SerializableErrorInfo``)."""
+
+    cls_name: str | None
+    message: str
+    cause: "ErrorInfo | None"
+
 
 #: run-status events the sensor follows (one cursor over all four: the event log's storage id)
 RUN_STATUS_EVENTS = (DagsterEventType.RUN_START, DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_FAILURE,
@@ -140,7 +160,7 @@ def _snake(name: str) -> str:
     return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)).lower()
 
 
-def describe_error(error: SerializableErrorInfo | None, fallback: str) -> tuple[str, str]:
+def describe_error(error: ErrorInfo | None, fallback: str) -> tuple[str, str]:
     """(code, message) of the error user code raised, unwrapped from Dagster's wrappers, without its stack."""
     if error is None:
         return "run.failed", fallback
@@ -348,8 +368,8 @@ def _scope(instance: DagsterInstance, operation: OperationRun) -> _Scope:
         total = context.get("partition_count") or len(backfill.partition_names or [])
         finished = sum(r.status in FINISHED_STATUSES for r in runs.values())
         # the daemon marks a backfill over up to 30 s after its last run: when every partition ran, it is over
-        over = finished == len(runs) and (finished >= total or backfill.status in BULK_ACTION_TERMINAL_STATUSES)
-        return _Scope(runs, total, over, backfill.status in (BulkActionStatus.CANCELING, BulkActionStatus.CANCELED))
+        over = finished == len(runs) and (finished >= total or backfill.status.value in BACKFILL_TERMINAL_STATUSES)
+        return _Scope(runs, total, over, backfill.status.value in BACKFILL_CANCELED_STATUSES)
     if "run_keys" in context:
         keys = context["run_keys"]
         runs = _latest(instance.get_runs(RunsFilter(tags={RUN_KEY_TAG: keys})), lambda r: [r.tags[RUN_KEY_TAG]])
