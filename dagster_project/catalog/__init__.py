@@ -1,6 +1,7 @@
 """The catalog: what arrived, what was made of it, and where each observation stands.
 
-``Catalog(url)`` gives sessions and migrations; ``models`` the schema;
+``Catalog(url)`` gives sessions and migrations; ``models`` the schema (``models_operations``: the
+ledger's and provenance's tables, ``results`` those of observation requests and results);
 ``states.transition`` every status change; ``queries`` the named reads and
 lifecycle operations the ingest layer, assets, sensors and CLI use;
 ``healpix`` the spatial index behind ``queries.cone_search``;

@@ -1,8 +1,12 @@
 """The operations ledger: one OperationRun per long-running operation, and who started it.
 
+Its tables, :class:`~dagster_project.catalog.models_operations.OperationRun` and
+:class:`~dagster_project.catalog.models_operations.Operator`, are in
+:mod:`~dagster_project.catalog.models_operations`; this module records and reads them.
+
 Adapted from the unified operation-runs model (``shared/seeds/operation-runs-data-model.txt``):
 the seed's tenant is our :class:`~dagster_project.catalog.models.Survey` (``survey_id``), its
-user is an :class:`Operator` — the person or system that started the operation — with
+user is an ``Operator`` — the person or system that started the operation — with
 ``initiator_name`` a snapshot of the name ("System" for sensors and the daemon).
 
 * ``status``: queued → running → completed; ``outcome``: pending until completed, then
@@ -19,7 +23,6 @@ Like :mod:`~dagster_project.catalog.queries`, every function takes a session fir
 flushes but never commits, and re-reads the row locked for update before changing it.
 """
 
-import enum
 import hashlib
 import json
 import re
@@ -31,130 +34,25 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
+from sqlalchemy.orm import Session
 
-from dagster_project.catalog.models import (
-    Base,
-    Observation,
-    ObservationStatus,
-    PreprocessRun,
-    RunStatus,
-    StandardColumns,
-    Survey,
-    enum_type,
-    utcnow,
+from dagster_project.catalog import states
+from dagster_project.catalog.models import Observation, ObservationStatus, PreprocessRun, RunStatus, Survey, utcnow
+from dagster_project.catalog.models_operations import (
+    ACTIVE,
+    OperationOutcome,
+    OperationRun,
+    OperationStatus,
+    OperationType,
+    Operator,
 )
-
-
-class OperationStatus(enum.StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-
-
-class OperationOutcome(enum.StrEnum):
-    PENDING = "pending"
-    SUCCEEDED = "succeeded"
-    PARTIALLY_SUCCEEDED = "partially_succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-class OperationType(enum.StrEnum):
-    """The stable taxonomy of ``OperationRun.type`` (``<domain>.<action>``)."""
-
-    INGEST_SCAN = "ingest.scan"  # a landing-folder scan that found files
-    PROCESS_FOLDER = "process.folder"  # `python -m dagster_project process <folder>`
-    BACKFILL_OBSERVATIONS = "backfill.observations"  # `python -m dagster_project backfill`
-    BACKFILL_RESULTS = "backfill.results"  # a backfill of ObservationResult products
-    REPROCESS_CAMPAIGN = "reprocess.campaign"  # re-running a stage over many observations
-    REFERENCE_REBUILD = "reference.rebuild"  # new reference versions and the differences they invalidate
-    PRODUCT_REBUILD_WAVE = "product.rebuild_wave"  # one wave of debounced product rebuilds
-
 
 #: initiator_name of operations nobody in particular started (sensors, the daemon)
 SYSTEM = "System"
 COUNT_KEYS = ("total", "success", "failed", "skipped")
-ACTIVE = (OperationStatus.QUEUED, OperationStatus.RUNNING)
 #: distinct failure entries kept per operation; further ones are folded into one "other" entry
 MAX_FAILURE_ENTRIES = 20
 MAX_MESSAGE_CHARS = 200
-
-_ACTIVE_SQL = sa.text("status IN ('queued', 'running')")
-
-
-class Operator(StandardColumns, Base):
-    """Someone (a person, by login name) or something that starts operations."""
-
-    __tablename__ = "operators"
-
-    name: Mapped[str] = mapped_column(sa.String(128), unique=True)
-
-    def __repr__(self) -> str:
-        return f"Operator({self.name!r})"
-
-
-class OperationRun(StandardColumns, Base):
-    """The canonical record of one long-running operation (see the module docstring)."""
-
-    __tablename__ = "operation_runs"
-    __table_args__ = (
-        sa.CheckConstraint("(status = 'completed') = (outcome != 'pending')", name="outcome_final_iff_completed"),
-        sa.CheckConstraint("(status = 'completed') = (completed_at IS NOT NULL)", name="completed_at_iff_completed"),
-        sa.CheckConstraint("(status = 'queued') = (started_at IS NULL)", name="started_at_unless_queued"),
-        sa.CheckConstraint("completed_at IS NULL OR completed_at >= started_at", name="completed_after_started"),
-        # Portable CHECKs cannot match patterns, so each dialect gets its own spelling.
-        sa.CheckConstraint("run_identity_hash ~ '^[0-9a-f]{64}$'", name="run_identity_hash_hex").ddl_if(
-            dialect="postgresql"),
-        sa.CheckConstraint("length(run_identity_hash) = 64 AND run_identity_hash NOT GLOB '*[^0-9a-f]*'",
-                           name="run_identity_hash_hex").ddl_if(dialect="sqlite"),
-        sa.CheckConstraint("type ~ '^[a-z_]+(\\.[a-z_]+)+$'", name="type_taxonomy").ddl_if(dialect="postgresql"),
-        sa.CheckConstraint("type GLOB '[a-z_]*.[a-z_]*' AND type NOT GLOB '*[^a-z_.]*' AND type NOT GLOB '*.' "
-                           "AND type NOT GLOB '*..*'", name="type_taxonomy").ddl_if(dialect="sqlite"),
-        # Idempotency: one active operation per identity and survey, however many starters race.
-        sa.Index("uq_operation_runs_active_identity", "survey_id", "run_identity_hash", unique=True,
-                 sqlite_where=_ACTIVE_SQL, postgresql_where=_ACTIVE_SQL),
-        sa.Index("ix_operation_runs_survey_type_created", "survey_id", "type", "created_at"),
-        sa.Index("ix_operation_runs_survey_created", "survey_id", "created_at"),
-    )
-
-    # BigInt as in the seed (and short enough to type: `operations show 42`); SQLite
-    # only auto-increments a column declared exactly INTEGER PRIMARY KEY.
-    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
-                                    autoincrement=True, sort_order=-1)
-    survey_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("surveys.id", ondelete="RESTRICT"))
-    # The name snapshot outlives the operator row.
-    operator_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("operators.id", ondelete="SET NULL"),
-                                                          index=True)
-    initiator_name: Mapped[str] = mapped_column(sa.String(128))
-    type: Mapped[str] = mapped_column(sa.String(64))
-    status: Mapped[OperationStatus] = mapped_column(enum_type(OperationStatus, "operation_status"),
-                                                   default=OperationStatus.QUEUED,
-                                                   server_default=OperationStatus.QUEUED.value)
-    outcome: Mapped[OperationOutcome] = mapped_column(enum_type(OperationOutcome, "operation_outcome"),
-                                                     default=OperationOutcome.PENDING,
-                                                     server_default=OperationOutcome.PENDING.value)
-    run_identity_hash: Mapped[str] = mapped_column(sa.String(64))
-    summary_counts: Mapped[dict[str, Any] | None]
-    failure_summary: Mapped[list[Any] | None]
-    context: Mapped[dict[str, Any] | None]
-    started_at: Mapped[datetime | None]
-    completed_at: Mapped[datetime | None]
-
-    survey: Mapped[Survey] = relationship()
-    operator: Mapped[Operator | None] = relationship()
-
-    @property
-    def is_active(self) -> bool:
-        return self.status in ACTIVE
-
-    def __repr__(self) -> str:
-        return f"OperationRun(#{self.id} {self.type}, {self.status}/{self.outcome})"
-
-
-# Imported once the models exist: states.py imports this module for OperationRun, so
-# whichever of the two is imported first, the other finds what it needs.
-from dagster_project.catalog import states  # noqa: E402
 
 
 class OperationActive(RuntimeError):

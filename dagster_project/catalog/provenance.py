@@ -16,11 +16,11 @@ Run → ordered Steps → Artifacts, with the agent vocabulary mapped onto the p
   and, where known, to the artifact or raw file each one was, so that "which inputs produced
   this file" and "everything derived from this raw file" are queries.
 
+The tables are in :mod:`~dagster_project.catalog.models_operations`; this module records and reads them.
 Rows are written by the ledger sensor and the CLI (``dagster_project/sensors/ledger.py``)
 from plain records (:class:`StepRecord`), so this module knows nothing about Dagster.
 """
 
-import enum
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,165 +29,19 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, Session, mapped_column, relationship, selectinload
+from sqlalchemy.orm import Session, selectinload
 
-from dagster_project.catalog.models import (
-    Base,
-    DifferenceRun,
-    PreprocessRun,
-    RawDataFile,
-    RunStatus,
-    StandardColumns,
-    enum_type,
+from dagster_project.catalog import queries, states
+from dagster_project.catalog.models import DifferenceRun, PreprocessRun, RawDataFile, RunStatus
+from dagster_project.catalog.models_operations import (
+    FINISHED,  # noqa: F401 - not used here; read as provenance.FINISHED by the CLI
+    Artifact,
+    ProcessingRun,
+    ProcessingRunStatus,
+    ProcessingStep,
+    StepInput,
+    StepType,
 )
-
-
-class ProcessingRunStatus(enum.StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-class StepType(enum.StrEnum):
-    RUN_START = "run_start"
-    STEP_START = "step_start"
-    MATERIALIZATION = "materialization"
-    CHECK_RESULT = "check_result"
-    STEP_SUCCESS = "step_success"
-    FAILURE = "failure"
-    RUN_END = "run_end"
-
-
-FINISHED = (ProcessingRunStatus.COMPLETED, ProcessingRunStatus.FAILED, ProcessingRunStatus.CANCELLED)
-
-
-def _sha256_checks(column: str) -> tuple[sa.CheckConstraint, sa.CheckConstraint]:
-    """NULL or 64 lower-case hex digits (each dialect spells the pattern its own way)."""
-    return (
-        sa.CheckConstraint(f"{column} IS NULL OR {column} ~ '^[0-9a-f]{{64}}$'", name=f"{column}_hex").ddl_if(
-            dialect="postgresql"),
-        sa.CheckConstraint(f"{column} IS NULL OR (length({column}) = 64 AND {column} NOT GLOB '*[^0-9a-f]*')",
-                           name=f"{column}_hex").ddl_if(dialect="sqlite"),
-    )
-
-
-class ProcessingRun(StandardColumns, Base):
-    """One Dagster run, mirrored from the instance's run and event storage."""
-
-    __tablename__ = "processing_runs"
-    __table_args__ = (
-        sa.CheckConstraint("finished_at IS NULL OR started_at IS NULL OR finished_at >= started_at",
-                           name="finished_after_started"),
-        sa.CheckConstraint("status IN ('completed', 'failed', 'cancelled') OR finished_at IS NULL",
-                           name="finished_at_only_when_finished"),
-    )
-
-    dagster_run_id: Mapped[str] = mapped_column(sa.String(64), unique=True)
-    job_name: Mapped[str] = mapped_column(sa.String(128), index=True)
-    partition_keys: Mapped[list[Any]] = mapped_column(default=list)
-    status: Mapped[ProcessingRunStatus] = mapped_column(enum_type(ProcessingRunStatus, "processing_run_status"),
-                                                       index=True)
-    run_config: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    run_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
-    operation_run_id: Mapped[int | None] = mapped_column(
-        sa.BigInteger, sa.ForeignKey("operation_runs.id", ondelete="SET NULL"), index=True)
-    started_at: Mapped[datetime | None]
-    finished_at: Mapped[datetime | None]
-
-    operation: Mapped["OperationRun | None"] = relationship()  # noqa: F821 - catalog.operations
-    steps: Mapped[list["ProcessingStep"]] = relationship(
-        back_populates="run", order_by="ProcessingStep.sequence", cascade="all, delete-orphan", passive_deletes=True)
-
-    def __repr__(self) -> str:
-        return f"ProcessingRun({self.dagster_run_id!r}, {self.job_name}, {self.status})"
-
-
-class ProcessingStep(StandardColumns, Base):
-    """One event of a run, in order; ``event_storage_id`` makes mirroring it twice impossible."""
-
-    __tablename__ = "processing_steps"
-    __table_args__ = (
-        sa.UniqueConstraint("processing_run_id", "sequence"),
-        sa.UniqueConstraint("processing_run_id", "event_storage_id"),
-        sa.CheckConstraint("sequence >= 0", name="sequence_non_negative"),
-        sa.CheckConstraint("latency_ms IS NULL OR latency_ms >= 0", name="latency_non_negative"),
-    )
-
-    processing_run_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("processing_runs.id", ondelete="CASCADE"))
-    sequence: Mapped[int]
-    type: Mapped[StepType] = mapped_column(enum_type(StepType, "processing_step_type"))
-    content: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    timestamp: Mapped[datetime]
-    latency_ms: Mapped[float | None] = mapped_column(sa.Double)
-    event_storage_id: Mapped[int] = mapped_column(sa.BigInteger)
-
-    run: Mapped[ProcessingRun] = relationship(back_populates="steps")
-    artifacts: Mapped[list["Artifact"]] = relationship(
-        back_populates="step", cascade="all, delete-orphan", passive_deletes=True, order_by="Artifact.role")
-    inputs: Mapped[list["StepInput"]] = relationship(
-        back_populates="step", cascade="all, delete-orphan", passive_deletes=True, order_by="StepInput.role",
-        foreign_keys="StepInput.step_id")
-
-    def __repr__(self) -> str:
-        return f"ProcessingStep(#{self.sequence} {self.type})"
-
-
-class Artifact(StandardColumns, Base):
-    """A file a materialization wrote. ``size_bytes``/``sha256`` are NULL when the file had
-    changed or vanished before it could be fingerprinted (so they never describe other bytes)."""
-
-    __tablename__ = "artifacts"
-    __table_args__ = (
-        sa.CheckConstraint("size_bytes IS NULL OR size_bytes >= 0", name="size_non_negative"),
-        *_sha256_checks("sha256"),
-        sa.Index("ix_artifacts_asset_partition", "asset_key", "partition_key"),
-    )
-
-    step_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("processing_steps.id", ondelete="CASCADE"), index=True)
-    role: Mapped[str] = mapped_column(sa.String(64))
-    path: Mapped[str] = mapped_column(sa.String(1024), index=True)
-    mime_type: Mapped[str] = mapped_column(sa.String(128))
-    size_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
-    sha256: Mapped[str | None] = mapped_column(sa.String(64))
-    asset_key: Mapped[str] = mapped_column(sa.String(255))
-    partition_key: Mapped[str | None] = mapped_column(sa.String(128))
-    code_version: Mapped[str | None] = mapped_column(sa.String(64))
-
-    step: Mapped[ProcessingStep] = relationship(back_populates="artifacts")
-
-    def __repr__(self) -> str:
-        return f"Artifact({self.role}, {self.path!r})"
-
-
-class StepInput(StandardColumns, Base):
-    """A file a materialization read, and what it was: an earlier artifact, a raw frame, or neither
-    (e.g. a calibration master). The path stays when the linked row goes."""
-
-    __tablename__ = "step_inputs"
-    __table_args__ = (*_sha256_checks("sha256"),)
-
-    step_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("processing_steps.id", ondelete="CASCADE"), index=True)
-    role: Mapped[str] = mapped_column(sa.String(64))
-    path: Mapped[str] = mapped_column(sa.String(1024))
-    sha256: Mapped[str | None] = mapped_column(sa.String(64))
-    input_artifact_id: Mapped[uuid.UUID | None] = mapped_column(
-        sa.ForeignKey("artifacts.id", ondelete="SET NULL"), index=True)
-    raw_data_file_id: Mapped[uuid.UUID | None] = mapped_column(
-        sa.ForeignKey("raw_data_files.id", ondelete="SET NULL"), index=True)
-
-    step: Mapped[ProcessingStep] = relationship(back_populates="inputs", foreign_keys=[step_id])
-    input_artifact: Mapped[Artifact | None] = relationship()
-    raw_data_file: Mapped[RawDataFile | None] = relationship()
-
-    def __repr__(self) -> str:
-        return f"StepInput({self.role}, {self.path!r})"
-
-
-# Imported once the models exist: states.py imports this module for ProcessingRun (and
-# queries imports states), so whichever is imported first, the others find what they need.
-from dagster_project.catalog import queries, states  # noqa: E402
 
 
 # --- records handed in by the Dagster side ----------------------------------------------------------------------------

@@ -60,6 +60,13 @@ from dagster_project.catalog.models import (
     RawFileStatus,
     RunStatus,
 )
+from dagster_project.catalog.models_operations import (
+    OperationOutcome,
+    OperationRun,
+    OperationStatus,
+    ProcessingRun,
+    ProcessingRunStatus,
+)
 
 O, R, F, C = ObservationStatus, RunStatus, RawFileStatus, CandidateStatus
 
@@ -152,10 +159,6 @@ def transition(entity: Any, new_status: Enum, *, reason: str | None = None) -> N
 
 
 # --- the operations ledger and provenance ---------------------------------------------------------------------------
-# Imported last: their modules define the models and then import this one for transition(),
-# and provenance needs queries, which needs the functions above. Any import order works.
-from dagster_project.catalog.operations import OperationOutcome, OperationRun, OperationStatus  # noqa: E402
-from dagster_project.catalog.provenance import ProcessingRun, ProcessingRunStatus  # noqa: E402
 
 OS, OO, P = OperationStatus, OperationOutcome, ProcessingRunStatus
 
