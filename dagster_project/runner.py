@@ -32,6 +32,7 @@ from dagster_project.catalog.models import utcnow
 from dagster_project.catalog.operations import OperationType
 from dagster_project.catalog.pipeline_queries import RetryPolicy
 from dagster_project.definitions import defs
+from dagster_project.ingest.landing import CATALOG_UNREACHABLE
 from dagster_project.jobs import IN_PROCESS
 from dagster_project.operations import OPERATION_TAG, current_initiator, owner_is_gone
 from dagster_project.resources import resources_from_settings
@@ -40,6 +41,9 @@ from dagster_project.sensors.pipeline import schedule_attempts
 from dagster_project.settings import Settings
 from dagster_project.sensors.product_rebuild import RUN_KEY_TAG
 
+#: the catalog unreachable (a database outage): ``process`` tries again every few seconds, this long at most
+CATALOG_PATIENCE_SECONDS = 600.0
+CATALOG_PAUSE_SECONDS = 3.0
 #: what started a headless run (``process``, ``demo``, ``references rebuild``), on every run it executes
 LAUNCHED_BY_TAG = "astro/launched_by"
 #: the tag by which Dagster (and its UI: "launched by sensor ...") knows a sensor's runs
@@ -93,6 +97,7 @@ class HeadlessDaemon:
         self.attempted: set[str] = set()  # run keys executed here: never twice
         self.named_operations: set[int] = set()  # operations the sensors tagged the executed requests with
         self.arrival_cursor: str | None = None
+        self.unmirrored: list[str] = []  # runs executed here whose provenance is not written yet
         self.catalog = self.resources["catalog"].catalog()
 
     def _tick(self, sensor_name: str, cursor: str | None = None) -> tuple[list, str | None]:
@@ -122,14 +127,21 @@ class HeadlessDaemon:
             instance=self.instance, partition_key=partition_key, resources=self.resources, raise_on_error=False,
             tags=tags, run_config=RUN_CONFIG)
         record = RunRecord(job_name, partition_key, result.run_id, result.success, time.monotonic() - started)
-        # provenance and the operation's counts now, without waiting for the ledger sensor
-        ledger.mirror_run(self.instance, self.catalog, self.resources["store"].store().root, result.run_id)
-        if self.report.operation_id is not None:
-            ledger.sync_operation(self.instance, self.catalog, self.report.operation_id)
         self.report.runs.append(record)
         mark = "ok  " if record.success else "FAIL"
         self.progress(f"[{len(self.report.runs):3d}] {mark} {job_name:<15} {partition_key:<40} {record.seconds:6.1f} s")
+        self.unmirrored.append(result.run_id)
+        self.mirror_pending()
         return record
+
+    def mirror_pending(self) -> None:
+        """Provenance and the operation's counts of the runs executed here, now, without waiting for the
+        ledger sensor; runs that could not be mirrored (the catalog unreachable) are mirrored later."""
+        while self.unmirrored:
+            ledger.mirror_run(self.instance, self.catalog, self.resources["store"].store().root, self.unmirrored[0])
+            self.unmirrored.pop(0)
+        if self.report.operation_id is not None:
+            ledger.sync_operation(self.instance, self.catalog, self.report.operation_id)
 
     @contextmanager
     def operation(self, operation_type: OperationType, identity: Mapping[str, str]) -> Iterator[int]:
@@ -230,12 +242,28 @@ def process_folder(folder: Path, settings: Settings, *, wait: bool = False, wait
     deadline = time.monotonic() + wait_timeout
     daemon.recover_interrupted()
     idle_rounds = 0  # rounds that ran nothing although a retry was due: a safety net against spinning
+    unreachable_since: float | None = None
     with daemon.operation(OperationType.PROCESS_FOLDER, {"folder": str(folder.resolve())}):
         while True:
             before = len(daemon.report.runs)
-            waiting = daemon.ingest()
-            daemon.drain(wait_for_products=not waiting)
-            retry_in = daemon.seconds_until_next_retry()
+            try:  # one round: what the daemon's sensors would do in one tick each, and the runs they ask for
+                daemon.mirror_pending()
+                waiting = daemon.ingest()
+                daemon.drain(wait_for_products=not waiting)
+                retry_in = daemon.seconds_until_next_retry()
+            except CATALOG_UNREACHABLE as exc:
+                # as a daemon's tick would fail and the next one start again: nothing was taken without its
+                # row, and runs that failed for it are retried by the sensors once the catalog is back
+                now = time.monotonic()
+                unreachable_since = unreachable_since if unreachable_since is not None else now
+                if now - unreachable_since > CATALOG_PATIENCE_SECONDS or now > deadline:
+                    raise
+                pause = min(CATALOG_PAUSE_SECONDS, max(0.0, deadline - now))
+                progress(f"the catalog is unreachable ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]});"
+                         f" trying again in {pause:.0f} s")
+                time.sleep(pause)
+                continue
+            unreachable_since = None
             idle_rounds = idle_rounds + 1 if len(daemon.report.runs) == before and retry_in == 0 else 0
             if retry_in is not None and idle_rounds < 3 and time.monotonic() + retry_in <= deadline:
                 if retry_in > 0:
