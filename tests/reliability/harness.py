@@ -98,7 +98,9 @@ class Site:
 # --- processes ---------------------------------------------------------------------------------------------------------
 
 class Started:
-    """A process this test started, in its own session; ``destroy`` ends it and every descendant by pid."""
+    """A process this test started, as the leader of a new session: every process it starts (a daemon's
+    code servers and run workers) stays in that session, also once orphaned by a SIGKILL, so
+    :meth:`destroy` finds and ends them all by pid."""
 
     def __init__(self, argv: list[str], site: Site, log_name: str):
         self.log_path = site.log(log_name)
@@ -106,19 +108,16 @@ class Started:
         self.popen = subprocess.Popen(argv, cwd=site.root, env=site.env, stdout=self._log, stderr=subprocess.STDOUT,
                                       start_new_session=True)
         self.pid = self.popen.pid
-        self.known: set[int] = {self.pid}  # this process and every descendant ever seen
 
     def alive(self) -> bool:
         return self.popen.poll() is None
 
-    def descendants(self) -> list[int]:
-        found = descendants(self.pid)
-        self.known.update(found)
-        return found
+    def session(self) -> list[int]:
+        """Every live process of this session but the leader (descendants, and orphans of a killed leader)."""
+        return [pid for pid, info in _processes().items() if info.session == self.pid and pid != self.pid]
 
     def sigkill(self) -> None:
         """SIGKILL of this process only (its children live on, orphaned, as after a real crash)."""
-        self.descendants()
         with suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
         self.popen.wait()
@@ -131,19 +130,29 @@ class Started:
         return self.log_path.read_text(errors="replace")
 
     def destroy(self) -> None:
-        """End this process and all its descendants (those alive now, and those seen before)."""
-        self.descendants()
-        for pid in sorted(self.known):
-            if pid == self.pid or _is_descendant_of_us(pid):
+        """End this process and every process of its session."""
+        if self.alive():
+            with suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        for _ in range(3):
+            for pid in self.session():
                 with suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
         with suppress(subprocess.TimeoutExpired):
             self.popen.wait(10)
         self._log.close()
 
 
-def _processes() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command line), from /proc."""
+@dataclass(frozen=True)
+class ProcessInfo:
+    ppid: int
+    session: int
+    cmdline: str
+
+
+def _processes() -> dict[int, ProcessInfo]:
+    """pid -> parent, session and command line, from /proc."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -153,38 +162,9 @@ def _processes() -> dict[int, tuple[int, str]]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        found[int(entry.name)] = (ppid, cmdline)
+        fields = stat.rsplit(")", 1)[1].split()  # state ppid pgrp session ...
+        found[int(entry.name)] = ProcessInfo(int(fields[1]), int(fields[3]), cmdline)
     return found
-
-
-_STARTED_HERE: set[int] = set()
-
-
-def _is_descendant_of_us(pid: int) -> bool:
-    """Only pids we saw below a process we started are ever signalled (pids can be reused)."""
-    return pid in _STARTED_HERE
-
-
-def descendants(pid: int) -> list[int]:
-    table = _processes()
-    children: dict[int, list[int]] = {}
-    for child, (parent, _) in table.items():
-        children.setdefault(parent, []).append(child)
-    found, stack = [], [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    _STARTED_HERE.update(found)
-    return found
-
-
-def command_line(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
 
 
 def open_paths(pid: int) -> list[str]:
@@ -197,36 +177,34 @@ def open_paths(pid: int) -> list[str]:
     return paths
 
 
-def run_worker_pids(process: Started, run_id: str) -> list[int]:
-    """The run worker of ``run_id`` below ``process`` (the daemon). Dagster's default run launcher asks
-    the code server (`dagster api grpc`) to start the run, which it does in a spawned subprocess
-    (`multiprocessing.spawn`); that command line names no run, but the worker holds the run's
-    compute-log files open (``storage/<run_id>/compute_logs/``) and its `tail` children name them.
-    A worker started as `dagster api execute_run` (other launchers) is recognised by its command line."""
+def run_worker_pids(sessions: list[Started], run_id: str) -> list[int]:
+    """The run worker of ``run_id`` in the sessions of ``sessions`` (daemons, also killed ones whose
+    code servers live on). Dagster's default run launcher asks the code server (`dagster api grpc`) to
+    start the run, which it does in a spawned subprocess (`multiprocessing.spawn`); that command line
+    names no run, but the worker holds the run's compute-log files open
+    (``storage/<run_id>/compute_logs/``) and its `tail` children name them. A worker started as
+    `dagster api execute_run` (other launchers) is recognised by its command line."""
     table = _processes()
-    below = set(process.descendants())
+    leaders = {proc.pid for proc in sessions}
     workers = []
-    for pid in below:
-        line = table.get(pid, (0, ""))[1]
-        if "execute_run" in line and run_id in line:
+    for pid, info in table.items():
+        if info.session not in leaders:
+            continue
+        if "execute_run" in info.cmdline and run_id in info.cmdline:
             workers.append(pid)
-        elif "spawn_main" in line:
-            children = [c for c, (parent, _) in table.items() if parent == pid]
-            if any(run_id in path for path in open_paths(pid)) or any(run_id in table[c][1] for c in children):
+        elif "spawn_main" in info.cmdline:
+            children = [c for c, child in table.items() if child.ppid == pid]
+            if any(run_id in path for path in open_paths(pid)) or any(run_id in table[c].cmdline for c in children):
                 workers.append(pid)
     return workers
 
 
 def start_process(site: Site, folder: Path, log_name: str = "process.log") -> Started:
-    proc = Started([PYTHON, "-m", "dagster_project", "process", str(folder)], site, log_name)
-    _STARTED_HERE.add(proc.pid)
-    return proc
+    return Started([PYTHON, "-m", "dagster_project", "process", str(folder)], site, log_name)
 
 
 def start_daemon(site: Site, log_name: str = "daemon.log") -> Started:
-    proc = Started([str(DAEMON), "run", "-w", str(site.root / "workspace.yaml")], site, log_name)
-    _STARTED_HERE.add(proc.pid)
-    return proc
+    return Started([str(DAEMON), "run", "-w", str(site.root / "workspace.yaml")], site, log_name)
 
 
 @contextmanager

@@ -12,17 +12,21 @@ ASTRO_RETRY_ATTEMPTS=6) so a recovery takes seconds. Frames are 640 px: the smal
 simulator's star field gives every frame a PSF (so a failure here is a crash's doing, not science's).
 """
 
+import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+import sqlalchemy as sa
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from dagster_project.catalog import Catalog
 from tests.reliability import harness
 from tests.reliability.harness import CatalogProbe, Site, start_daemon, start_process, started, wait_for
 from tests.reliability.invariants import assert_every_file_once, settled, sha256
+from tests.reliability.proxy import LOOPBACK, CuttableProxy
 
 pytestmark = pytest.mark.slow
 
@@ -87,4 +91,163 @@ def test_process_killed_mid_batch_again_and_again_then_run_once_more(tmp_path, c
                                               tags={"dagster/partition": run.tags["dagster/partition"]}))
         assert len(redone) == 1 and redone[0].tags["astro/attempt"] == "1", redone
     assert outcome.files == len(files) and outcome.observations == 3 and outcome.candidates > 0
+    catalog.engine.dispose()
+
+
+# --- 2. the daemon killed at the phases of a tick; run workers killed mid-asset ------------------------------------
+
+def drop(files: list[Path], site: Site) -> None:
+    """Files appear in the landing folder whole (written beside it, then renamed in), as a careful writer does."""
+    staging = site.root / "staging"
+    staging.mkdir(exist_ok=True)
+    for f in files:
+        shutil.copy(f, staging / f.name)
+        (staging / f.name).replace(site.landing / f.name)
+
+
+def kill_run_worker(daemons, instance: DagsterInstance, run_id: str, what: str) -> None:
+    """SIGKILL of the run worker executing ``run_id`` (never the code server or the daemon)."""
+    workers = wait_for(lambda: harness.run_worker_pids(daemons, run_id), 30, f"the run worker of {what}")
+    assert len(workers) == 1, workers
+    os.kill(workers[0], signal.SIGKILL)
+    wait_for(lambda: instance.get_run_by_id(run_id).status is DagsterRunStatus.FAILURE, 60,
+             f"Dagster to know that the run of {what} failed")
+
+
+def running_attempt(probe: CatalogProbe, table: str) -> str | None:
+    """The Dagster run id of an attempt the catalog has running in ``table``, if any."""
+    with probe.engine.connect() as connection:
+        return connection.execute(sa.text(f"SELECT dagster_run_id FROM {table} WHERE status = 'running'")).scalar()
+
+
+def test_daemon_killed_at_each_phase_of_a_tick_and_run_workers_killed_mid_asset(tmp_path, instance_of):
+    """One night arrives in three parts while `dagster-daemon run` ingests it (move mode): the daemon is
+    SIGKILLed after a tick committed its first registrations (before any run request), again right after
+    the first run request of a tick (before its cursor), and once more at a moment chosen by a delay; run
+    workers are SIGKILLed inside reference_image, difference_image and calibrated_image. Each time the
+    daemon is simply started again. At the end every file has one accepted registration and every
+    observation one completed chain, with the automatic retries as the only recovery."""
+    site = Site(tmp_path / "site", f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    files = harness.night(tmp_path / "night", epochs=4)
+    calibration = [f for f in files if "_sci_" not in f.name]
+    science = [f for f in files if "_sci_" in f.name]
+    parts = [calibration + science[:2], science[2:3], science[3:]]
+    probe = CatalogProbe(site.database_url)
+    instance = instance_of(site)
+    catalog = Catalog(site.database_url)
+    daemons: list[harness.Started] = []
+    phases = []
+
+    def daemon() -> harness.Started:
+        daemons.append(start_daemon(site, f"daemon-{len(daemons)}.log"))
+        return daemons[-1]
+
+    try:
+        # after registering, before the run request: the first rows are committed mid-scan
+        current = daemon()
+        drop(parts[0], site)
+        wait_for(lambda: probe.accepted() >= 1, 120, "the first registration", interval=0.005, alive=current)
+        current.sigkill()
+        phases.append(("registering", probe.accepted(), instance.get_runs_count(), time.monotonic()))
+        assert phases[-1][1] < len(parts[0]) and phases[-1][2] == 0, phases  # mid-scan, nothing requested
+
+        # after the run request, before the cursor: the first calibration run exists, the tick goes on
+        current = daemon()
+        wait_for(lambda: instance.get_runs_count() >= 1, 120, "the first run request", interval=0.005, alive=current)
+        current.sigkill()
+        phases.append(("requested", probe.accepted(), instance.get_runs_count(), time.monotonic()))
+
+        # run workers, mid-asset: the reference, a difference
+        current = daemon()
+        reference = wait_for(lambda: next(iter(instance.get_run_ids(RunsFilter(
+            job_name="reference_job", statuses=[DagsterRunStatus.STARTED]))), None), 120, "a reference run",
+            interval=0.02, alive=current)
+        wait_for(lambda: instance.get_records_for_run(reference, of_type=DagsterEventType.STEP_START).records, 30,
+                 "reference_image to start", interval=0.02)
+        kill_run_worker(daemons, instance, reference, "reference_image")
+        phases.append(("ref worker", time.monotonic()))
+        difference = wait_for(lambda: running_attempt(probe, "difference_runs"), 120, "a difference under way",
+                              interval=0.01, alive=current)
+        kill_run_worker(daemons, instance, difference, "difference_image")
+        phases.append(("diff worker", time.monotonic()))
+
+        # a calibration, of the second part
+        drop(parts[1], site)
+        calibrating = wait_for(lambda: running_attempt(probe, "preprocess_runs"), 120, "a calibration under way",
+                               interval=0.01, alive=current)
+        kill_run_worker(daemons, instance, calibrating, "calibrated_image")
+        phases.append(("cal worker", time.monotonic()))
+
+        # the daemon again, at a moment of the tick chosen by a delay after its first registration
+        before = probe.accepted()
+        drop(parts[2], site)
+        wait_for(lambda: probe.accepted() > before, 120, "the third part's registration", interval=0.005,
+                 alive=current)
+        time.sleep(0.3)
+        current.sigkill()
+        phases.append(("delay 0.3 s", probe.accepted(), instance.get_runs_count(), time.monotonic()))
+
+        current = daemon()
+        wait_for(lambda: settled(catalog, instance, len(science)), 240, "the night to be done", interval=0.5,
+                 alive=current)
+    finally:
+        for started_daemon in daemons:
+            started_daemon.destroy()
+        probe.dispose()
+    phases.append(("settled", time.monotonic()))
+    print(f"kills (phase, accepted rows, runs): {phases}")
+
+    outcome = assert_every_file_once(catalog, instance, site.store, checksums(files), landing=site.landing)
+    assert outcome.observations == len(science) and outcome.candidates > 0
+    for run_id, job in ((reference, "reference_job"), (difference, "difference_job"), (calibrating, "calibrate_job")):
+        killed = instance.get_run_by_id(run_id)
+        assert killed.status is DagsterRunStatus.FAILURE and killed.job_name == job
+        redone = instance.get_runs(RunsFilter(job_name=job, statuses=[DagsterRunStatus.SUCCESS],
+                                              tags={"dagster/partition": killed.tags["dagster/partition"]}))
+        assert len(redone) == 1, (job, redone)
+    catalog.engine.dispose()
+
+
+# --- 3. the database connection cut mid-transaction -----------------------------------------------------------------
+
+def through(proxy: CuttableProxy, url: str) -> str:
+    """``url`` with its host and port replaced by the proxy's."""
+    return sa.make_url(url).set(host=LOOPBACK, port=proxy.port).render_as_string(hide_password=False)
+
+
+#: (what is under way when the connections are cut, for how long new ones are refused)
+CUTS = [("registering", lambda probe: probe.accepted() >= 1, 10.0),
+        ("differencing", lambda probe: probe.running("difference_runs") >= 1, 20.0)]
+
+
+def test_database_connections_cut_while_process_ingests_and_differences(tmp_path, postgres_url, instance_of):
+    """`process` on a PostgreSQL catalog reached through a loopback proxy: every connection is reset (in the
+    middle of whatever transaction it carried) and new ones refused for 10 s while it registers the night,
+    and again for 20 s while it differences. The command itself carries on and, once the database is back,
+    its automatic retries finish every chain: every file registered once, nothing lost or duplicated."""
+    files = harness.night(tmp_path / "night")
+    probe = CatalogProbe(postgres_url)  # straight to the server: the test watches while the platform is cut off
+    cuts = []
+    with CuttableProxy(("127.0.0.1", sa.make_url(postgres_url).port or 5432)) as proxy:
+        site = Site(tmp_path / "site", through(proxy, postgres_url))
+        try:
+            with started(lambda: start_process(site, tmp_path / "night")) as proc:
+                for point, reached, seconds in CUTS:
+                    wait_for(lambda: reached(probe), 120, f"`process` {point}", interval=0.01, alive=proc)
+                    cuts.append((point, proxy.cut(), time.monotonic()))
+                    time.sleep(seconds)
+                    proxy.restore()
+                assert proc.wait(240) == 0, proc.output()[-5000:]
+                output = proc.output()
+        finally:
+            probe.dispose()
+    print(f"cuts (point, connections reset, at): {cuts}")
+    assert all(reset >= 1 for _, reset, _ in cuts), cuts  # each cut broke live connections
+    assert "run(s) failed" not in output, output[-3000:]
+
+    catalog = Catalog(postgres_url)
+    instance = instance_of(site)
+    outcome = assert_every_file_once(catalog, instance, site.store, checksums(files))
+    assert outcome.observations == 3 and outcome.candidates > 0
+    assert outcome.failed_runs >= 1  # the outage did fail runs: their retries finished the work
     catalog.engine.dispose()
