@@ -39,7 +39,7 @@ from dagster_project.resources import resources_from_settings
 from dagster_project.sensors import ledger
 from dagster_project.sensors.pipeline import schedule_attempts
 from dagster_project.settings import Settings
-from dagster_project.sensors.product_rebuild import RUN_KEY_TAG
+from dagster_project.sensors.ledger import RUN_KEY_TAG
 
 #: the catalog unreachable (a database outage): ``process`` tries again every few seconds, this long at most
 CATALOG_PATIENCE_SECONDS = 600.0

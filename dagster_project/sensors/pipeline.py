@@ -41,14 +41,13 @@ from dagster_project.catalog.pipeline_queries import (
 from dagster_project.jobs import difference_job, reference_job
 from dagster_project.operations import OPERATION_TAG, start_wave
 from dagster_project.resources import CatalogResource, LandingResource, PipelineConfigResource
-from dagster_project.sensors.product_rebuild import RUN_KEY_TAG
+from dagster_project.sensors.ledger import FINISHED_STATUSES, RUN_KEY_TAG
 from dagster_project.settings import Settings
 
 #: run tag: which attempt at its work a run is (0: the first)
 ATTEMPT_TAG = "astro/attempt"
 #: Dagster's tag naming a run's partition
 PARTITION_TAG = "dagster/partition"
-_ENDED = frozenset({DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED})
 #: run keys looked up per query
 _KEYS_PER_QUERY = 500
 
@@ -115,7 +114,7 @@ def schedule_attempts(instance: DagsterInstance, planned: Sequence[PlannedRun], 
         own = by_id.get(work.attempt_run_id) if work.attempt_run_id else None
         if own is not None:
             runs.setdefault(own.dagster_run.run_id, own)
-        if any(record.dagster_run.status not in _ENDED for record in runs.values()):
+        if any(record.dagster_run.status not in FINISHED_STATUSES for record in runs.values()):
             result.in_flight.append(work.run_key)
             continue
         ends = [_end_time(record) for record in runs.values()]
@@ -145,7 +144,7 @@ def references_under_way(instance: DagsterInstance, references: Sequence[Planned
     and every difference made twice)."""
     if not references:
         return set()
-    unfinished = [status for status in DagsterRunStatus if status not in _ENDED]
+    unfinished = [status for status in DagsterRunStatus if status not in FINISHED_STATUSES]
     runs = instance.get_runs(RunsFilter(job_name=reference_job.name, statuses=unfinished))
     return {run.tags.get(PARTITION_TAG) for run in runs} & {p.partition_key for p in references}
 

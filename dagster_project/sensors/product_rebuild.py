@@ -24,9 +24,9 @@ from dagster_project.jobs import products_job
 from dagster_project.catalog.operations import OperationType
 from dagster_project.operations import OPERATION_TAG, start_wave
 from dagster_project.resources import CatalogResource, LandingResource, PipelineConfigResource
+from dagster_project.sensors.ledger import RUN_KEY_TAG
 from dagster_project.settings import Settings
 
-RUN_KEY_TAG = "dagster/run_key"
 _ALIVE = {DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
           DagsterRunStatus.STARTED, DagsterRunStatus.MANAGED, DagsterRunStatus.CANCELING}
 
