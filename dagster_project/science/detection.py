@@ -172,6 +172,41 @@ def _segments(data: np.ndarray, invalid: np.ndarray, threshold: float, deblend_a
     return segm, set(segm.deblended_labels.tolist())
 
 
+def _peak_positions(labels: np.ndarray, sign_of: np.ndarray, filled: np.ndarray, original: np.ndarray,
+                    unusable: np.ndarray, invalid: np.ndarray):
+    """Peak pixel, sub-pixel position and area of each labelled segment of the signed S_corr map."""
+    n = len(sign_of)
+    xpk, ypk = np.zeros(n), np.zeros(n)
+    for i, sl in enumerate(ndimage.find_objects(labels)):  # peak pixel of each segment
+        values = np.where(labels[sl] == i + 1, sign_of[i] * filled[sl], -np.inf)
+        py, px = np.unravel_index(np.argmax(values), values.shape)
+        xpk[i], ypk[i] = px + sl[1].start, py + sl[0].start
+    area = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    # Sub-pixel peak of the matched-filter image: quadratic fit to the 3x3 pixels around the maximum.
+    x, y = xpk.copy(), ypk.copy()
+    for sign in (1.0, -1.0):
+        sel = np.flatnonzero(sign_of == sign)
+        if sel.size:
+            with warnings.catch_warnings():  # a peak without a quadratic maximum keeps its pixel (below)
+                warnings.simplefilter("ignore", AstropyUserWarning)
+                cx, cy = centroid_sources(
+                    sign * filled, xpk[sel], ypk[sel], box_size=3, mask=unusable, centroid_func=centroid_quadratic,
+                    fit_boxsize=3,
+                )
+            ok = np.isfinite(cx) & np.isfinite(cy) & (np.hypot(cx - xpk[sel], cy - ypk[sel]) <= 1.0)
+            x[sel[ok]], y[sel[ok]] = cx[ok], cy[ok]
+    # Next to a masked gap the 3x3 box holds bridged (interpolated) pixels, which pull the quadratic
+    # peak towards the brighter side: fit the valid pixels on both sides instead.
+    for i in range(n):
+        ix, iy = int(xpk[i]), int(ypk[i])
+        if invalid[max(iy - 1, 0) : iy + 2, max(ix - 1, 0) : ix + 2].any():
+            gx, gy = _gaussian_peak(sign_of[i] * original, ix, iy)
+            if np.isfinite(gx):
+                x[i], y[i] = gx, gy
+
+    return xpk, ypk, x, y, area
+
+
 def detect_transients(
     result: ZogyResult,
     mask: np.ndarray | None = None,
@@ -288,33 +323,7 @@ def detect_transients(
         return table
     sign_of = np.asarray(sign_of)
 
-    xpk, ypk = np.zeros(n), np.zeros(n)
-    for i, sl in enumerate(ndimage.find_objects(labels)):  # peak pixel of each segment
-        values = np.where(labels[sl] == i + 1, sign_of[i] * filled[sl], -np.inf)
-        py, px = np.unravel_index(np.argmax(values), values.shape)
-        xpk[i], ypk[i] = px + sl[1].start, py + sl[0].start
-    area = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    # Sub-pixel peak of the matched-filter image: quadratic fit to the 3x3 pixels around the maximum.
-    x, y = xpk.copy(), ypk.copy()
-    for sign in (1.0, -1.0):
-        sel = np.flatnonzero(sign_of == sign)
-        if sel.size:
-            with warnings.catch_warnings():  # a peak without a quadratic maximum keeps its pixel (below)
-                warnings.simplefilter("ignore", AstropyUserWarning)
-                cx, cy = centroid_sources(
-                    sign * filled, xpk[sel], ypk[sel], box_size=3, mask=unusable, centroid_func=centroid_quadratic,
-                    fit_boxsize=3,
-                )
-            ok = np.isfinite(cx) & np.isfinite(cy) & (np.hypot(cx - xpk[sel], cy - ypk[sel]) <= 1.0)
-            x[sel[ok]], y[sel[ok]] = cx[ok], cy[ok]
-    # Next to a masked gap the 3x3 box holds bridged (interpolated) pixels, which pull the quadratic
-    # peak towards the brighter side: fit the valid pixels on both sides instead.
-    for i in range(n):
-        ix, iy = int(xpk[i]), int(ypk[i])
-        if invalid[max(iy - 1, 0) : iy + 2, max(ix - 1, 0) : ix + 2].any():
-            gx, gy = _gaussian_peak(sign_of[i] * original, ix, iy)
-            if np.isfinite(gx):
-                x[i], y[i] = gx, gy
+    xpk, ypk, x, y, area = _peak_positions(labels, sign_of, filled, original, unusable, invalid)
 
     scorr_peak, flux, flux_err, sharpness = (np.full(n, np.nan) for _ in range(4))
     n_opposite = np.zeros(n, dtype=int)
