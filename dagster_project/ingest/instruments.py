@@ -215,10 +215,8 @@ def parse_profile(name: str, entry, *, where: str | None = None) -> InstrumentPr
     for canonical, value in aliases.items():
         if canonical not in STANDARD_KEYWORDS:
             fail(f"keywords.{canonical}", f"unknown canonical name (known: {', '.join(STANDARD_KEYWORDS)})")
-        names = [value] if isinstance(value, str) else value
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
-            fail(f"keywords.{canonical}", f"must be a header keyword or a non-empty list of them, not {value!r}")
-        keywords[canonical] = tuple(n.strip().upper() for n in names)
+        names = _strings(value, f"keywords.{canonical}", "a header keyword", fail)
+        keywords[canonical] = tuple(n.upper() for n in names)
     return InstrumentProfile(
         name=name,
         keywords=keywords,
@@ -242,11 +240,17 @@ def _frame_types(value, fail) -> dict[str, tuple[str, ...]]:
     for kind, values in value.items():
         if kind not in STANDARD_FRAME_TYPES:
             fail(f"frame_types.{kind}", f"unknown frame type (known: {', '.join(STANDARD_FRAME_TYPES)})")
-        values = [values] if isinstance(values, str) else values
-        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-            fail(f"frame_types.{kind}", "must be an IMAGETYP value or a list of them")
-        frame_types[kind] = tuple(v.strip().lower() for v in values) + STANDARD_FRAME_TYPES[kind]
+        names = _strings(values, f"frame_types.{kind}", "an IMAGETYP value", fail)
+        frame_types[kind] = tuple(v.lower() for v in names) + STANDARD_FRAME_TYPES[kind]
     return frame_types
+
+
+def _strings(value, key: str, what: str, fail) -> list[str]:
+    """One string or a non-empty list of them, stripped: the YAML form of keyword aliases and IMAGETYP values."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+        fail(key, f"must be {what} or a non-empty list of them, not {value!r}")
+    return [n.strip() for n in names]
 
 
 def _date_format(value, fail) -> str | None:
