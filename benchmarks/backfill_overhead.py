@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dagster_project.jobs import IN_PROCESS
+from dagster_project.pipeline.jobs import IN_PROCESS
 
 REPO = Path(__file__).resolve().parents[1]
 EXECUTORS = {"multiprocess": {"execution": {"config": {"multiprocess": {}}}},  # Dagster's default
@@ -75,8 +75,8 @@ def _backfill(instance, job: str, keys: list[str], label: str, run_config: dict)
     from dagster import DagsterRun, RunsFilter
     from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
-    from dagster_project.cli_operations import submit_asset_backfill
-    from dagster_project.jobs import JOB_ASSETS
+    from dagster_project.cli.operations import submit_asset_backfill
+    from dagster_project.pipeline.jobs import JOB_ASSETS
     from dagster_project.sensors.ledger import run_partition_keys
 
     submitted = time.time()
@@ -125,9 +125,9 @@ def _measure(root: Path, args: argparse.Namespace) -> None:
     from dagster_project.catalog.models import ReferenceImage
     from dagster_project.definitions import defs
     from dagster_project.resources import resources_from_settings
-    from dagster_project.runner import process_folder
+    from dagster_project.cli.runner import process_folder
     from dagster_project.settings import Settings
-    from dagster_project.simulator import simulate_night
+    from dagster_project.simulation.night import simulate_night
 
     settings, instance = Settings.from_env(), DagsterInstance.get()
     night = simulate_night(root / "night", n_fields=args.fields, n_epochs=args.epochs, size=args.size, seed=11)

@@ -43,7 +43,7 @@ from dagster_project.science.background import estimate_background  # noqa: E402
 from dagster_project.science.difference import DifferenceParams  # noqa: E402
 from dagster_project.science.psf import estimate_psf, find_stars, psf_photometry  # noqa: E402
 from dagster_project.science.registration import RegistrationError, register_images  # noqa: E402
-from dagster_project.science.simulation import FieldSpec, draw_epoch_conditions, make_sky_model  # noqa: E402
+from dagster_project.simulation.telescope import FieldSpec, draw_epoch_conditions, make_sky_model  # noqa: E402
 
 #: Relative rotations (deg) and plate-scale factors cycled through the trials.
 ROTATIONS = (0.0, 0.5, -0.5, 0.25, -0.35, 0.45, -0.1, 0.15, -0.5, 0.3)

@@ -2,7 +2,7 @@
 
 Not a benchmark itself: :mod:`injection_recovery`, :mod:`peer_properimage` and
 :mod:`registration_accuracy` import it. Everything is built from the pure
-functions of :mod:`dagster_project.science.simulation` and calibrated with
+functions of :mod:`dagster_project.simulation.telescope` and calibrated with
 :mod:`dagster_project.science.calibration` exactly as the ``calibrated_image``
 asset does (masters of the night, overscan, bias, flat, gain, variance, masks,
 L.A.Cosmic), so the pairs carry the realistic nuisances of the simulated
@@ -11,7 +11,7 @@ pointing offsets of 2-20 px and rotations up to 0.4 deg between epochs, a header
 WCS wrong by up to 0.8 px, galaxies, cosmic rays, saturated stars with bleed
 trails, hot and dead columns, a sky gradient.
 
-Unlike :func:`~dagster_project.science.simulation.simulate_science_frame`, the
+Unlike :func:`~dagster_project.simulation.telescope.simulate_science_frame`, the
 science frame is exposed step by step here so that the truth the benchmarks need
 is kept: the noiseless scene (for the ideal S/N of an injection), the cosmic-ray
 charge (to classify false positives) and the true WCS (for the true transform).
@@ -44,7 +44,7 @@ from dagster_project.science.calibration import (
 )
 from dagster_project.science.images import ImagePlanes
 from dagster_project.science.psf_models import moffat_alpha, moffat_stamp
-from dagster_project.science.simulation import (
+from dagster_project.simulation.telescope import (
     DetectorModel,
     DetectorSpec,
     EpochConditions,

@@ -30,7 +30,7 @@ from dagster_project.science.calibration import (
 from dagster_project.science.difference import DifferenceParams, characterize_for_difference, difference_images
 from dagster_project.science.images import ImagePlanes
 from dagster_project.science.psf import characterize_image
-from dagster_project.simulator import simulate_night
+from dagster_project.simulation.night import simulate_night
 from dagster_project.store import ProductStore
 
 

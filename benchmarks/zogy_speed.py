@@ -83,7 +83,7 @@ def make_inputs(size: int, seed: int = 7, *, hidden: bool = True):
     import numpy as np
 
     from dagster_project.science.psf_models import moffat_stamp
-    from dagster_project.science.simulation import render_moffat_sources
+    from dagster_project.simulation.telescope import render_moffat_sources
     from dagster_project.science.zogy import zogy
 
     rng = np.random.default_rng(seed)

@@ -1,3 +1,3 @@
-from dagster_project.cli import main
+from dagster_project.cli.main import main
 
 raise SystemExit(main())

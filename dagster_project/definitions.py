@@ -2,16 +2,16 @@
 
 from dagster import Definitions
 
-from dagster_project.assets.calibrated_image import calibrated_image
-from dagster_project.assets.candidates import candidates
-from dagster_project.assets.difference_image import difference_image
-from dagster_project.assets.observation_products import observation_products
-from dagster_project.assets.raw_observation import raw_observation
-from dagster_project.assets.reference_image import reference_image
-from dagster_project.jobs import calibrate_job, difference_job, observation_job, products_job, reference_job
+from dagster_project.assets.observations.calibrated_image import calibrated_image
+from dagster_project.assets.detection.candidates import candidates
+from dagster_project.assets.detection.difference_image import difference_image
+from dagster_project.assets.products.observation_products import observation_products
+from dagster_project.assets.observations.raw_observation import raw_observation
+from dagster_project.assets.references.reference_image import reference_image
+from dagster_project.pipeline.jobs import calibrate_job, difference_job, observation_job, products_job, reference_job
 from dagster_project.resources import resources_from_settings
 from dagster_project.sensors.ledger import operations_ledger_sensor
-from dagster_project.sensors.pipeline import reference_and_difference_sensor
+from dagster_project.sensors.reference_and_difference import reference_and_difference_sensor
 from dagster_project.sensors.product_rebuild import product_rebuild_sensor
 from dagster_project.sensors.raw_arrival import raw_arrival_sensor
 from dagster_project.settings import Settings

@@ -2,7 +2,7 @@
 
 Each query returns :class:`PlannedRun`\ s whose ``run_key`` names the work (the *base* key:
 an observation's raw content, its calibration count and reference version); the sensors
-turn each into a request for its next attempt (``sensors/pipeline.py``), so that work a
+turn each into a request for its next attempt (``sensors/reference_and_difference.py``), so that work a
 failed or killed run left unfinished is asked for again, with backoff, under a new key
 (:meth:`RetryPolicy.attempt_key`), up to :attr:`RetryPolicy.max_attempts` attempts.
 """

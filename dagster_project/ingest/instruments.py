@@ -46,7 +46,7 @@ Options (all optional)
     built from its pointing with this pixel scale, rotated by ``rotation_deg`` (the
     ``CROTA2`` convention, default 0: north up) with east ``left`` (default) or
     ``right`` (a mirrored camera). The calibration stage refines it against an earlier
-    calibrated frame of the field (see ``dagster_project/assets/frame_astrometry.py``).
+    calibrated frame of the field (see ``dagster_project/calibration/astrometry.py``).
 ``site_longitude_deg``
     East-positive longitude for frames without ``LONG-OBS``, to tell the local night.
 

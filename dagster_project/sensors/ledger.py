@@ -40,13 +40,13 @@ from dagster import (
     sensor,
 )
 
-from dagster_project.assets.metadata import ARTIFACT_PREFIX, INPUT_PREFIX
-from dagster_project.assets.partitions import field_band_partitions, observations_partitions, results_partitions
+from dagster_project.pipeline.metadata import ARTIFACT_PREFIX, INPUT_PREFIX
+from dagster_project.pipeline.partitions import field_band_partitions, observations_partitions, results_partitions
 from dagster_project.catalog import Catalog, operations, provenance, queries
 from dagster_project.catalog.operations import OperationActive, OperationOutcome, OperationRun, OperationType
 from dagster_project.catalog.provenance import ArtifactRecord, InputRecord, ProcessingRunStatus, StepRecord, StepType
 from dagster_project.ingest.landing import sha256_of
-from dagster_project.operations import OPERATION_TAG, current_initiator, owner_context, owner_is_gone
+from dagster_project.operations.recording import OPERATION_TAG, current_initiator, owner_context, owner_is_gone
 from dagster_project.resources import CatalogResource, StoreResource
 from dagster_project.settings import Settings
 

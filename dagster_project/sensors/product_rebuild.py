@@ -17,12 +17,12 @@ from dagster import (
     sensor,
 )
 
-from dagster_project.assets.partitions import results_partitions
+from dagster_project.pipeline.partitions import results_partitions
 from dagster_project.catalog import result_lifecycle
 from dagster_project.catalog.models import utcnow
-from dagster_project.jobs import products_job
+from dagster_project.pipeline.jobs import products_job
 from dagster_project.catalog.operations import OperationType
-from dagster_project.operations import OPERATION_TAG, start_wave
+from dagster_project.operations.recording import OPERATION_TAG, start_wave
 from dagster_project.resources import CatalogResource, LandingResource, PipelineConfigResource
 from dagster_project.sensors.ledger import RUN_KEY_TAG
 from dagster_project.settings import Settings

@@ -12,14 +12,14 @@ from dagster import (
     sensor,
 )
 
-from dagster_project.assets.partitions import field_band_partitions, observations_partitions
+from dagster_project.pipeline.partitions import field_band_partitions, observations_partitions
 from dagster_project.catalog.pipeline_queries import observations_awaiting_calibration
 from dagster_project.ingest.landing import decode_seen, encode_seen, printable, scan_landing, summarize
-from dagster_project.jobs import calibrate_job
+from dagster_project.pipeline.jobs import calibrate_job
 from dagster_project.keys import field_band_of
-from dagster_project.operations import OPERATION_TAG, record_ingest_scan
+from dagster_project.operations.recording import OPERATION_TAG, record_ingest_scan
 from dagster_project.resources import CatalogResource, LandingResource, PipelineConfigResource
-from dagster_project.sensors.pipeline import attempt_tags, schedule_attempts
+from dagster_project.sensors.reference_and_difference import attempt_tags, schedule_attempts
 from dagster_project.settings import Settings
 
 #: files taken per tick, so that a tick stays well inside the sensor time-out

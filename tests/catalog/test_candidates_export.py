@@ -5,8 +5,8 @@ import json
 from datetime import timedelta
 
 from dagster_project.catalog import RunStatus, queries
-from dagster_project.cli import EXPORT_COLUMNS
-from dagster_project.cli import main as cli_main
+from dagster_project.cli.main import EXPORT_COLUMNS
+from dagster_project.cli.main import main as cli_main
 from tests.catalog import T0, calibrated, raw_file
 
 

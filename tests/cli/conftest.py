@@ -2,7 +2,7 @@
 
 import pytest
 
-from dagster_project.cli import main
+from dagster_project.cli.main import main
 
 
 @pytest.fixture

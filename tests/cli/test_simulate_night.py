@@ -4,7 +4,7 @@ import json
 import shutil
 from datetime import date, timedelta
 
-from dagster_project.simulator import load_truth
+from dagster_project.simulation.night import load_truth
 from tests.cli.conftest import run_cli
 
 TINY = ["--fields", "1", "--epochs", "2", "--size", "64", "--bias", "0", "--flats", "0", "--transients", "2"]

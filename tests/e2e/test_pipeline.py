@@ -15,12 +15,12 @@ from sqlalchemy import func, select
 from dagster_project.catalog import queries
 from dagster_project.catalog.models import Candidate, DifferenceRun, Observation, ObservationStatus, RunStatus
 from dagster_project.catalog.provenance import Artifact, ProcessingRun, ProcessingStep
-from dagster_project.cli import main as cli_main
+from dagster_project.cli.main import main as cli_main
 from dagster_project.definitions import defs
-from dagster_project.runner import process_folder
+from dagster_project.cli.runner import process_folder
 from dagster_project.sensors.ledger import mirror_run
-from dagster_project.science.recovery import match_injections
-from dagster_project.simulator import load_truth, simulate_night
+from dagster_project.simulation.recovery import match_injections
+from dagster_project.simulation.night import load_truth, simulate_night
 from tests.conftest import fresh_postgres_database
 from tests.platform import make_platform
 

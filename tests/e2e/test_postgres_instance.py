@@ -11,15 +11,15 @@ import pytest
 import sqlalchemy as sa
 from dagster import AssetKey, DagsterInstance, materialize
 
-from dagster_project.assets.candidates import candidates
-from dagster_project.assets.difference_image import difference_image
-from dagster_project.assets.reference_image import REFERENCE_MIN_PSF_STARS, USABLE_CHECK, usable_for_differences
+from dagster_project.assets.detection.candidates import candidates
+from dagster_project.assets.detection.difference_image import difference_image
+from dagster_project.assets.references.reference_image import REFERENCE_MIN_PSF_STARS, USABLE_CHECK, usable_for_differences
 from dagster_project.catalog import queries
 from dagster_project.catalog.models import Candidate, DifferenceRun, Observation, ObservationStatus, RunStatus
 from dagster_project.definitions import defs
-from dagster_project.runner import process_folder
+from dagster_project.cli.runner import process_folder
 from dagster_project.science.images import ImagePlanes
-from dagster_project.simulator import simulate_night
+from dagster_project.simulation.night import simulate_night
 from tests.conftest import fresh_postgres_database
 from tests.platform import make_platform
 

@@ -9,9 +9,9 @@ from dagster import AssetKey, instance_for_test
 from dagster_project.catalog.result_lifecycle import results_status_table
 from dagster_project.catalog.results import ObservationResult, ObservationResultProcessingRun
 from dagster_project.ingest.landing import sha256_of
-from dagster_project.observation_requests import RequestSpec, submit_requests
-from dagster_project.runner import process_folder, rebuild_reference
-from dagster_project.simulator import simulate_night
+from dagster_project.products.requests import RequestSpec, submit_requests
+from dagster_project.cli.runner import process_folder, rebuild_reference
+from dagster_project.simulation.night import simulate_night
 from tests.platform import make_platform
 
 pytestmark = pytest.mark.slow

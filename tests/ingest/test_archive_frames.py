@@ -30,16 +30,16 @@ from astropy.wcs import WCS
 from dagster import AssetKey, AssetRecordsFilter, instance_for_test
 from sqlalchemy import select
 
-from dagster_project.assets.calibration_masters import masters_for
+from dagster_project.calibration.masters import masters_for
 from dagster_project.catalog import Catalog
 from dagster_project.catalog.pipeline_queries import RetryPolicy
 from dagster_project.catalog.models import Observation, ObservationStatus, PreprocessRun, RawDataFile, RawFileStatus, RunStatus
 from dagster_project.ingest.fits_structure import StructureLimits
 from dagster_project.ingest.instruments import InstrumentRegistry, ProfileError
 from dagster_project.ingest.landing import LandingConfig, scan_landing
-from dagster_project.runner import process_folder
+from dagster_project.cli.runner import process_folder
 from dagster_project.settings import Settings
-from dagster_project.simulator import simulate_night
+from dagster_project.simulation.night import simulate_night
 from dagster_project.store import ProductStore
 from tests.platform import make_platform
 
@@ -148,7 +148,7 @@ def test_an_unreadable_instruments_file_is_an_error_naming_it(tmp_path):
 
 
 def test_a_bad_instruments_file_stops_every_command_with_one_line(tmp_path, monkeypatch, capsys):
-    from dagster_project.cli import main
+    from dagster_project.cli.main import main
 
     path = write_profiles(tmp_path / "instruments.yaml", {"OLDCAM": {"east": "up"}})
     monkeypatch.setenv("ASTRO_INSTRUMENTS_FILE", str(path))

@@ -23,7 +23,7 @@ from dagster_project.ingest import landing as landing_module
 from dagster_project.ingest.fits_structure import StructureLimits
 from dagster_project.ingest.instruments import InstrumentRegistry
 from dagster_project.ingest.landing import LandingConfig, printable, scan_landing
-from dagster_project.simulator import simulate_night
+from dagster_project.simulation.night import simulate_night
 
 SCAN_TIMEOUT = 60.0  # seconds: a scan that takes longer than this is hanging
 

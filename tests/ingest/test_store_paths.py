@@ -19,8 +19,8 @@ from dagster_project.catalog.models import (
     RawDataFile,
     RunStatus,
 )
-from dagster_project.runner import process_folder
-from dagster_project.simulator import simulate_night
+from dagster_project.cli.runner import process_folder
+from dagster_project.simulation.night import simulate_night
 from dagster_project.store import ProductStore, inside, safe_path_component
 from tests.platform import make_platform
 

@@ -20,13 +20,13 @@ from dagster_project.catalog import operations
 from dagster_project.catalog.operations import OperationOutcome, OperationType
 from dagster_project.catalog.provenance import ProcessingRun, ProcessingRunStatus
 from dagster_project.catalog.results import DataProductStatus, ObservationResult, ObservationResultProcessingRun
-from dagster_project.cli import main as cli_main
-from dagster_project.operations import OPERATION_TAG
+from dagster_project.cli.main import main as cli_main
+from dagster_project.operations.recording import OPERATION_TAG
 from dagster_project.resources import CatalogResource
-from dagster_project.runner import process_folder
+from dagster_project.cli.runner import process_folder
 from dagster_project.settings import Settings
-from dagster_project.observation_requests import RequestSpec, submit_requests
-from dagster_project.simulator import simulate_night
+from dagster_project.products.requests import RequestSpec, submit_requests
+from dagster_project.simulation.night import simulate_night
 
 pytestmark = pytest.mark.slow
 

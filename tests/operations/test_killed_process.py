@@ -11,10 +11,10 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster_project.catalog import operations
 from dagster_project.catalog.models import ObservationStatus, PreprocessRun, RunStatus
 from dagster_project.catalog.operations import OperationOutcome, OperationStatus, OperationType
-from dagster_project.cli import main as cli_main
-from dagster_project.operations import OPERATION_TAG
+from dagster_project.cli.main import main as cli_main
+from dagster_project.operations.recording import OPERATION_TAG
 from dagster_project.sensors.ledger import operations_ledger_sensor
-from dagster_project.simulator import simulate_night
+from dagster_project.simulation.night import simulate_night
 from tests.platform import make_platform
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ from dagster_project.catalog import operations, queries
 from dagster_project.catalog.models import ObservationStatus, RunStatus
 from dagster_project.catalog.operations import OperationOutcome, OperationStatus, OperationType
 from dagster_project.catalog.provenance import ProcessingRun, ProcessingRunStatus, ProcessingStep, StepType
-from dagster_project.operations import OPERATION_TAG, owner_context, start_wave
+from dagster_project.operations.recording import OPERATION_TAG, owner_context, start_wave
 from dagster_project.sensors.ledger import operations_ledger_sensor
 from tests.catalog import observation
 from tests.platform import make_platform

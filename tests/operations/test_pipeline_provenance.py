@@ -9,11 +9,11 @@ from dagster import instance_for_test
 from dagster_project.catalog import operations, queries
 from dagster_project.catalog.operations import OperationOutcome, OperationType
 from dagster_project.catalog.provenance import Artifact, ProcessingRun, ProcessingStep
-from dagster_project.cli import main as cli_main
+from dagster_project.cli.main import main as cli_main
 from dagster_project.ingest.landing import sha256_of
-from dagster_project.runner import process_folder
+from dagster_project.cli.runner import process_folder
 from dagster_project.sensors.ledger import operations_ledger_sensor
-from dagster_project.simulator import simulate_night
+from dagster_project.simulation.night import simulate_night
 from tests.platform import make_platform
 
 pytestmark = pytest.mark.slow

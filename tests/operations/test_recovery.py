@@ -22,17 +22,17 @@ from dagster_project.catalog import operations, queries
 from dagster_project.catalog.models import DifferenceRun, Observation, ObservationStatus, PreprocessRun, RunStatus
 from dagster_project.catalog.operations import OperationStatus, OperationType, observations_for_backfill
 from dagster_project.catalog.pipeline_queries import RetryPolicy
-from dagster_project.cli import main as cli_main
+from dagster_project.cli.main import main as cli_main
 from dagster_project.definitions import defs
-from dagster_project.observation_requests import RequestSpec, submit_requests
-from dagster_project.operations import start_wave
+from dagster_project.products.requests import RequestSpec, submit_requests
+from dagster_project.operations.recording import start_wave
 from dagster_project.resources import CatalogResource, resources_from_settings
-from dagster_project.runner import HeadlessDaemon, process_folder
+from dagster_project.cli.runner import HeadlessDaemon, process_folder
 from dagster_project.sensors.ledger import operations_ledger_sensor
-from dagster_project.sensors.pipeline import ATTEMPT_TAG, reference_and_difference_sensor
+from dagster_project.sensors.reference_and_difference import ATTEMPT_TAG, reference_and_difference_sensor
 from dagster_project.sensors.raw_arrival import raw_arrival_sensor
 from dagster_project.settings import Settings
-from dagster_project.simulator import simulate_night
+from dagster_project.simulation.night import simulate_night
 from tests.catalog import calibrated, observation
 from tests.platform import make_platform
 

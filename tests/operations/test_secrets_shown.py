@@ -1,6 +1,6 @@
 """The catalog password never reaches a printed line."""
 
-from dagster_project.cli import main
+from dagster_project.cli.main import main
 from tests.platform import make_settings
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from dagster_project.simulator import simulate_night
+from dagster_project.simulation.night import simulate_night
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable

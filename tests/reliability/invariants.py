@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from astropy.table import Table
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from dagster_project.assets.candidates import candidate_rows
+from dagster_project.assets.detection.candidates import candidate_rows
 from dagster_project.catalog import Catalog, operations
 from dagster_project.catalog.models import (
     Candidate,

@@ -17,7 +17,7 @@ from dagster_project.catalog.result_lifecycle import (
     unmatched_observations,
 )
 from dagster_project.catalog.results import CopiesMode, FulfillmentStatus, TaskState
-from dagster_project.observation_requests import InvalidRequest, load_request_file, parse_requests
+from dagster_project.products.requests import InvalidRequest, load_request_file, parse_requests
 from tests.catalog import observation
 from tests.results.helpers import T0, request
 

@@ -11,10 +11,10 @@ from dagster import instance_for_test
 
 from dagster_project.catalog.results import DataProductStatus, ObservationResult
 from dagster_project.definitions import defs
-from dagster_project.observation_requests import RequestSpec, submit_requests
-from dagster_project.runner import process_folder
+from dagster_project.products.requests import RequestSpec, submit_requests
+from dagster_project.cli.runner import process_folder
 from dagster_project.science.masks import MaskBit
-from dagster_project.simulator import simulate_night
+from dagster_project.simulation.night import simulate_night
 from tests.platform import make_platform
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ from astropy.io import fits
 from scipy import ndimage
 
 from dagster_project.science import calibration as cal
-from dagster_project.science import simulation as sim
+from dagster_project.simulation import telescope as sim
 from dagster_project.science.masks import MaskBit, dilate, empty_mask
 
 GAIN, READ_NOISE_E, SATURATE = 1.6, 5.0, 60000.0

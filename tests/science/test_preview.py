@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dagster_project.science.preview import MASKED_RGB, cutout_triplet_png, image_preview_png
+from dagster_project.rendering.preview import MASKED_RGB, cutout_triplet_png, image_preview_png
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

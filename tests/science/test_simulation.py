@@ -12,9 +12,9 @@ from astropy.wcs import WCS
 from photutils.centroids import centroid_com
 from scipy import ndimage
 
-from dagster_project.science import simulation as sim
+from dagster_project.simulation import telescope as sim
 from dagster_project.science.psf_models import moffat_stamp, render_point_sources
-from dagster_project.simulator import TRUTH_COLUMNS, load_truth, simulate_night, write_atomically
+from dagster_project.simulation.night import TRUTH_COLUMNS, load_truth, simulate_night, write_atomically
 
 SMALL = sim.DetectorSpec(nx=256, ny=256, overscan=16, cosmic_ray_rate=0.0)
 CLEAN = dataclasses.replace(SMALL, n_hot_columns=0, n_dead_columns=0)  # no defects under the test star

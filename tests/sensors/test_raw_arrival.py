@@ -13,7 +13,7 @@ from sqlalchemy import select
 from dagster_project.catalog.models import Observation, RawDataFile, RawFileStatus
 from dagster_project.ingest import landing as landing_module
 from dagster_project.sensors.raw_arrival import raw_arrival_sensor
-from dagster_project.simulator import simulate_night
+from dagster_project.simulation.night import simulate_night
 from tests.platform import make_platform
 
 

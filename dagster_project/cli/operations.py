@@ -19,8 +19,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from dagster_project.cli_args import PROG, fail, iso_date, positive_float, positive_int
-from dagster_project.jobs import IN_PROCESS, JOB_ASSETS
+from dagster_project.cli.args import PROG, fail, iso_date, positive_float, positive_int
+from dagster_project.pipeline.jobs import IN_PROCESS, JOB_ASSETS
 from dagster_project.settings import Settings
 
 # The command line starts fast: Dagster and the catalog are imported by the commands that use them.
@@ -102,9 +102,9 @@ def submit_asset_backfill(instance: DagsterInstance, asset_names: tuple[str, ...
     """Add an asset backfill to the instance, as the UI's "Materialize selected" over partitions does.
 
     The daemon turns it into runs following the assets' backfill policy: up to
-    ``ASTRO_BACKFILL_BATCH`` partitions per run (``assets/batching.py``), downstream assets
+    ``ASTRO_BACKFILL_BATCH`` partitions per run (``pipeline/batching.py``), downstream assets
     in the same run as their upstream ones. ``run_config`` defaults to in-process steps, as
-    the named jobs do (jobs.py): the asset job an asset backfill runs has no config of its own.
+    the named jobs do (pipeline/jobs.py): the asset job an asset backfill runs has no config of its own.
     """
     from dagster import AssetKey
     # The one private Dagster name left: Dagster 1.13 has no public Python API that creates an asset backfill
@@ -146,7 +146,7 @@ def launch_backfill(instance: DagsterInstance, catalog: Catalog, settings: Setti
     """
     from dagster_project.catalog import operations, queries
     from dagster_project.catalog.operations import OperationOutcome, OperationType
-    from dagster_project.operations import OPERATION_TAG, current_initiator
+    from dagster_project.operations.recording import OPERATION_TAG, current_initiator
 
     initiator, job_name = current_initiator(), target.job_name
     with catalog.session() as session:

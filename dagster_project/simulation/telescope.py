@@ -15,7 +15,7 @@ A night of data is built from a few self-contained ingredients:
 :func:`simulate_bias_frame`, :func:`simulate_flat_frame` and
 :func:`simulate_science_frame` return a :class:`RawFrame`; every random number
 comes from the ``numpy.random.Generator`` passed in.
-:mod:`dagster_project.simulator` writes them to disk.
+:mod:`dagster_project.simulation.night` writes them to disk.
 
 Raw frame conventions
 ---------------------

@@ -5,7 +5,7 @@ step would cost more than that (measured in docs/operations.md).
 
 * ``observation_job`` — the whole per-observation chain. The ``backfill`` command launches
   asset backfills of a job's assets (:data:`JOB_ASSETS`); these, like ``dagster job backfill
-  -j observation_job``, give each run several partitions (``assets/batching.py``).
+  -j observation_job``, give each run several partitions (``pipeline/batching.py``).
 * ``calibrate_job`` / ``difference_job`` — its two halves, launched by the sensors:
   calibration as soon as a frame lands, differencing once the field has a reference.
 * ``reference_job`` — the reference image of one field and band.
@@ -13,12 +13,12 @@ step would cost more than that (measured in docs/operations.md).
 
 Runs the sensors launch carry ``dagster/run_key`` (the work, plus ``:a<n>`` for its n-th retry) and
 ``astro/attempt``; failed or interrupted work is retried by the sensors with backoff, not by Dagster's
-run retries (see ``sensors/pipeline.py`` and ``deploy/dagster.yaml``).
+run retries (see ``sensors/reference_and_difference.py`` and ``deploy/dagster.yaml``).
 """
 
 from dagster import AssetSelection, define_asset_job
 
-from dagster_project.assets.partitions import field_band_partitions, observations_partitions, results_partitions
+from dagster_project.pipeline.partitions import field_band_partitions, observations_partitions, results_partitions
 
 #: default run config: steps run in the run worker's process (a launch may still ask for multiprocess)
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}

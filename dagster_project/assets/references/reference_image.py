@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, Failure, MaterializeResult, asset
 
-from dagster_project.assets.calibrated_image import calibrated_image
-from dagster_project.assets.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, artifacts, inputs, png_markdown, rounded, size_mb
-from dagster_project.assets.partitions import field_band_partitions
+from dagster_project.assets.observations.calibrated_image import calibrated_image
+from dagster_project.pipeline.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, artifacts, inputs, png_markdown, rounded, size_mb
+from dagster_project.pipeline.partitions import field_band_partitions
 from dagster_project.catalog import pipeline_queries, queries
 from dagster_project.resources import CatalogResource, PipelineConfigResource, StoreResource
 from dagster_project.science.difference import (
@@ -23,7 +23,7 @@ from dagster_project.science.difference import (
     characterize_for_difference,
 )
 from dagster_project.science.images import ImagePlanes
-from dagster_project.science.preview import image_preview_png
+from dagster_project.rendering.preview import image_preview_png
 from dagster_project.science.psf import PSFError
 from dagster_project.science.reference_selection import choose_reference
 from dagster_project.store import ProductStore

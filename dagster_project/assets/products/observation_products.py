@@ -23,17 +23,17 @@ from dagster import (
     asset,
 )
 
-from dagster_project.assets.batching import BATCHED_BACKFILL, PartitionOutput, materialize_partitions
-from dagster_project.assets.candidates import candidates
-from dagster_project.assets.metadata import CODE_VERSION, artifacts, inputs, png_markdown
-from dagster_project.assets.partitions import results_partitions
+from dagster_project.pipeline.batching import BATCHED_BACKFILL, PartitionOutput, materialize_partitions
+from dagster_project.assets.detection.candidates import candidates
+from dagster_project.pipeline.metadata import CODE_VERSION, artifacts, inputs, png_markdown
+from dagster_project.pipeline.partitions import results_partitions
 from dagster_project.catalog import Candidate, RunStatus, cone_search, result_lifecycle
 from dagster_project.catalog.models import utcnow
 from dagster_project.catalog.results import DataProductStatus, FulfillmentStatus
 from dagster_project.ingest.landing import sha256_of
 from dagster_project.resources import CatalogResource, PipelineConfigResource, StoreResource
 from dagster_project.science.forced_photometry import forced_photometry
-from dagster_project.science.preview import cutout_triplet_png
+from dagster_project.rendering.preview import cutout_triplet_png
 from dagster_project.store import ProductStore
 
 #: candidates within this distance of the target are reported with the result

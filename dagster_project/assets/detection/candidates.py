@@ -6,14 +6,14 @@ import numpy as np
 from astropy.table import Table
 from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from dagster_project.assets.batching import BATCHED_BACKFILL, PartitionOutput, materialize_partitions
-from dagster_project.assets.difference_image import difference_image
-from dagster_project.assets.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, artifacts, inputs, png_markdown
-from dagster_project.assets.partitions import observations_partitions
+from dagster_project.pipeline.batching import BATCHED_BACKFILL, PartitionOutput, materialize_partitions
+from dagster_project.assets.detection.difference_image import difference_image
+from dagster_project.pipeline.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, artifacts, inputs, png_markdown
+from dagster_project.pipeline.partitions import observations_partitions
 from dagster_project.catalog import queries, result_lifecycle
 from dagster_project.catalog.models import RunStatus
 from dagster_project.resources import CatalogResource, PipelineConfigResource, StoreResource
-from dagster_project.science.preview import cutout_triplet_png
+from dagster_project.rendering.preview import cutout_triplet_png
 
 #: detection columns kept as real/bogus features on each Candidate row
 FEATURE_COLUMNS = ("scorr_peak", "sharpness", "n_opposite_pixels", "ref_distance_px", "masked_fraction", "is_sharp",

@@ -30,7 +30,7 @@ from dagster import (
     sensor,
 )
 
-from dagster_project.assets.partitions import field_band_partitions
+from dagster_project.pipeline.partitions import field_band_partitions
 from dagster_project.catalog.operations import OperationType
 from dagster_project.catalog.pipeline_queries import (
     PlannedRun,
@@ -38,8 +38,8 @@ from dagster_project.catalog.pipeline_queries import (
     field_bands_awaiting_reference,
     observations_awaiting_difference,
 )
-from dagster_project.jobs import difference_job, reference_job
-from dagster_project.operations import OPERATION_TAG, start_wave
+from dagster_project.pipeline.jobs import difference_job, reference_job
+from dagster_project.operations.recording import OPERATION_TAG, start_wave
 from dagster_project.resources import CatalogResource, LandingResource, PipelineConfigResource
 from dagster_project.sensors.ledger import FINISHED_STATUSES, RUN_KEY_TAG
 from dagster_project.settings import Settings

@@ -5,13 +5,13 @@ from pathlib import Path
 from astropy.io import fits
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
-from dagster_project.assets.batching import BATCHED_BACKFILL, PartitionOutput, materialize_partitions
-from dagster_project.assets.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, inputs, png_markdown, size_mb
-from dagster_project.assets.partitions import observations_partitions
+from dagster_project.pipeline.batching import BATCHED_BACKFILL, PartitionOutput, materialize_partitions
+from dagster_project.pipeline.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, inputs, png_markdown, size_mb
+from dagster_project.pipeline.partitions import observations_partitions
 from dagster_project.catalog import queries
 from dagster_project.ingest.landing import sha256_of
 from dagster_project.resources import CatalogResource
-from dagster_project.science.preview import image_preview_png
+from dagster_project.rendering.preview import image_preview_png
 
 
 @asset(

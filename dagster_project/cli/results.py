@@ -6,7 +6,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from dagster_project.cli_args import fail
+from dagster_project.cli.args import fail
 from dagster_project.settings import Settings
 
 
@@ -19,7 +19,7 @@ def _catalog(settings: Settings):
 
 
 def cmd_requests_add(args, settings: Settings) -> int:
-    from dagster_project.observation_requests import InvalidRequest, load_request_file, submit_requests
+    from dagster_project.products.requests import InvalidRequest, load_request_file, submit_requests
 
     try:
         created = submit_requests(_catalog(settings), load_request_file(Path(args.file)), settings.survey)
@@ -71,7 +71,7 @@ def cmd_results_status(args, settings: Settings) -> int:
 
 def cmd_results_backfill(args, settings: Settings) -> int:
     from dagster_project.catalog.result_lifecycle import find_request, results_for_backfill
-    from dagster_project.cli_operations import RESULTS_BACKFILL, run_backfill_command
+    from dagster_project.cli.operations import RESULTS_BACKFILL, run_backfill_command
 
     catalog = _catalog(settings)
     try:
@@ -89,7 +89,7 @@ def cmd_results_backfill(args, settings: Settings) -> int:
 
 
 def cmd_references_rebuild(args, settings: Settings) -> int:
-    from dagster_project.runner import rebuild_reference
+    from dagster_project.cli.runner import rebuild_reference
 
     try:
         report = rebuild_reference(args.field_band, settings)

@@ -1,7 +1,7 @@
 """Write a simulated night of raw FITS frames, as a telescope would.
 
 The only I/O of the simulated telescope; the rendering is
-:mod:`dagster_project.science.simulation`. Used by
+:mod:`dagster_project.simulation.telescope`. Used by
 ``python -m dagster_project simulate-night`` and by tests.
 
 Files
@@ -37,7 +37,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.time import Time
 
-from dagster_project.science.simulation import (
+from dagster_project.simulation.telescope import (
     DetectorSpec,
     EpochConditions,
     FieldSpec,
@@ -198,7 +198,7 @@ def simulate_night(
     size : int
         The data section is ``size`` x ``size`` pixels (>= 64).
     bands : tuple of str
-        Filters, a subset of :data:`~dagster_project.science.simulation.BANDS`.
+        Filters, a subset of :data:`~dagster_project.simulation.telescope.BANDS`.
     n_bias, n_flats : int
         Bias frames, and twilight flats per band (0 and 0 for a night without
         calibration frames).

@@ -9,7 +9,7 @@ Runs execute in this process but are recorded in the configured Dagster
 instance, so the UI shows them like any other run.
 
 Failed or interrupted work is retried as the daemon would: the sensors ask for it
-again under a new run key once its backoff has passed (``sensors/pipeline.py``), and
+again under a new run key once its backoff has passed (``sensors/reference_and_difference.py``), and
 ``process`` waits for those retries like it waits for product debounces, until each
 piece of work succeeded or had its ``max_attempts`` (so a permanently failing
 partition ends the command, it does not keep it busy). The ledger operations the
@@ -33,11 +33,11 @@ from dagster_project.catalog.operations import OperationType
 from dagster_project.catalog.pipeline_queries import RetryPolicy
 from dagster_project.definitions import defs
 from dagster_project.ingest.landing import CATALOG_UNREACHABLE
-from dagster_project.jobs import IN_PROCESS
-from dagster_project.operations import OPERATION_TAG, current_initiator, owner_is_gone
+from dagster_project.pipeline.jobs import IN_PROCESS
+from dagster_project.operations.recording import OPERATION_TAG, current_initiator, owner_is_gone
 from dagster_project.resources import resources_from_settings
 from dagster_project.sensors import ledger
-from dagster_project.sensors.pipeline import schedule_attempts
+from dagster_project.sensors.reference_and_difference import schedule_attempts
 from dagster_project.settings import Settings
 from dagster_project.sensors.ledger import RUN_KEY_TAG
 

@@ -13,17 +13,17 @@ from dagster import (
     asset,
 )
 
-from dagster_project.assets.batching import BATCHED_BACKFILL, PartitionOutput, materialize_partitions
-from dagster_project.assets.calibrated_image import calibrated_image
-from dagster_project.assets.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, artifacts, inputs, png_markdown, rounded, size_mb
-from dagster_project.assets.partitions import observations_partitions
-from dagster_project.assets.reference_image import reference_characterization, reference_image
+from dagster_project.pipeline.batching import BATCHED_BACKFILL, PartitionOutput, materialize_partitions
+from dagster_project.assets.observations.calibrated_image import calibrated_image
+from dagster_project.pipeline.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, artifacts, inputs, png_markdown, rounded, size_mb
+from dagster_project.pipeline.partitions import observations_partitions
+from dagster_project.assets.references.reference_image import reference_characterization, reference_image
 from dagster_project.catalog import pipeline_queries, queries, result_lifecycle
 from dagster_project.catalog.models import RunStatus
 from dagster_project.keys import field_band_key
 from dagster_project.resources import CatalogResource, PipelineConfigResource, StoreResource
 from dagster_project.science.difference import difference_images
-from dagster_project.science.preview import image_preview_png
+from dagster_project.rendering.preview import image_preview_png
 
 #: a good subtraction leaves S_corr with unit noise; outside this band something is mis-modelled
 SCORR_STD_RANGE = (0.8, 1.25)

@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from dagster_project import cli_operations, cli_results
-from dagster_project.cli_args import PROG, Parser, fail, image_size, iso_date, non_negative_float, non_negative_int, positive_int
+from dagster_project.cli import operations as cli_operations, results as cli_results
+from dagster_project.cli.args import PROG, Parser, fail, image_size, iso_date, non_negative_float, non_negative_int, positive_int
 from dagster_project.settings import Settings
 
 
@@ -28,7 +28,7 @@ def cmd_simulate_night(args, settings: Settings) -> int:
     in the folder or the raw archive, and a seed from the clock; the truth table goes beside the folder."""
     from datetime import date
 
-    from dagster_project.simulator import free_night, simulate_night
+    from dagster_project.simulation.night import free_night, simulate_night
 
     out = Path(args.out).expanduser().resolve()
     night = args.night or free_night([out, settings.store_dir / "raw"], date.today()).isoformat()
@@ -47,7 +47,7 @@ def cmd_simulate_night(args, settings: Settings) -> int:
 
 
 def cmd_process(args, settings: Settings) -> int:
-    from dagster_project.runner import process_folder
+    from dagster_project.cli.runner import process_folder
 
     folder = Path(args.folder)
     if not folder.is_dir():
@@ -72,9 +72,9 @@ def cmd_process(args, settings: Settings) -> int:
 
 def cmd_demo(args, settings: Settings) -> int:
     from dagster_project.catalog.result_lifecycle import find_request
-    from dagster_project.observation_requests import RequestSpec, submit_requests
-    from dagster_project.runner import process_folder, rebuild_reference
-    from dagster_project.simulator import load_truth, simulate_night
+    from dagster_project.products.requests import RequestSpec, submit_requests
+    from dagster_project.cli.runner import process_folder, rebuild_reference
+    from dagster_project.simulation.night import load_truth, simulate_night
 
     # a short debounce so the demo shows a rebuild within seconds (production default: ASTRO_PRODUCT_QUIET=60)
     settings = dataclasses.replace(settings, product_quiet_seconds=args.debounce)
@@ -121,7 +121,7 @@ def _print_status(settings: Settings) -> None:
 
 def _print_recovery(settings: Settings, truth: list[dict]) -> None:
     from dagster_project.catalog import queries
-    from dagster_project.science.recovery import match_injections
+    from dagster_project.simulation.recovery import match_injections
 
     with _catalog(settings).session() as session:
         detected = [dict(row, file=row["original_name"], is_negative="negative" in row["flags"])

@@ -25,18 +25,18 @@ from dagster import (
     asset,
 )
 
-from dagster_project.assets.batching import BATCHED_BACKFILL, PartitionOutput, materialize_partitions
-from dagster_project.assets import frame_astrometry
-from dagster_project.assets.calibration_masters import MastersChoice, masters_for
-from dagster_project.assets.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, Stopwatch, artifacts, inputs, png_markdown, rounded, size_mb
-from dagster_project.assets.partitions import observations_partitions
-from dagster_project.assets.raw_observation import raw_observation
+from dagster_project.pipeline.batching import BATCHED_BACKFILL, PartitionOutput, materialize_partitions
+from dagster_project.calibration import astrometry as frame_astrometry
+from dagster_project.calibration.masters import MastersChoice, masters_for
+from dagster_project.pipeline.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, Stopwatch, artifacts, inputs, png_markdown, rounded, size_mb
+from dagster_project.pipeline.partitions import observations_partitions
+from dagster_project.assets.observations.raw_observation import raw_observation
 from dagster_project.catalog import pipeline_queries, queries, result_lifecycle
 from dagster_project.catalog.models import RunStatus
 from dagster_project.resources import CatalogResource, PipelineConfigResource, StoreResource
 from dagster_project.science.calibration import calibrate_science_frame, calibrated_header
 from dagster_project.science.images import ImagePlanes
-from dagster_project.science.preview import image_preview_png
+from dagster_project.rendering.preview import image_preview_png
 from dagster_project.ingest.frames import standard_cards
 from dagster_project.science.psf import characterize_image, pixel_scale_arcsec
 

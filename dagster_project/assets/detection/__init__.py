@@ -1,0 +1,1 @@
+"""ZOGY difference images and the transient candidates found in them (group ``detection``)."""

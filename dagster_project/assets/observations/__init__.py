@@ -1,0 +1,1 @@
+"""Raw frames: the archived raw observation and its calibrated image (group ``calibration``)."""

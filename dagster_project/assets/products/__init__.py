@@ -1,0 +1,1 @@
+"""The products of each ObservationResult (group ``products``)."""

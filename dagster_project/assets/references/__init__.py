@@ -1,0 +1,1 @@
+"""The reference image of each field and band (group ``references``)."""

@@ -1,0 +1,1 @@
+"""ObservationResult data products: observation requests read from YAML (``requests``)."""

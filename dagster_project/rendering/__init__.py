@@ -1,0 +1,1 @@
+"""Pictures for people: PNG previews of images and candidate cutouts (``preview``)."""
