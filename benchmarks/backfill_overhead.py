@@ -122,7 +122,7 @@ def _measure(root: Path, args: argparse.Namespace) -> None:
     import sqlalchemy as sa
     from dagster import DagsterInstance
 
-    from dagster_project.catalog.models import ReferenceImage
+    from dagster_project.catalog.schema import ReferenceImage
     from dagster_project.definitions import defs
     from dagster_project.resources import resources_from_settings
     from dagster_project.cli.runner import process_folder

@@ -21,7 +21,7 @@ from astropy.io import fits
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dagster_project.catalog.models import Observation, ObservationStatus, PreprocessRun, RunStatus
+from dagster_project.catalog.schema import Observation, ObservationStatus, PreprocessRun, RunStatus
 from dagster_project.science.astrometry import AstrometryError, WcsSolution, solve_wcs, star_positions
 from dagster_project.science.images import ImagePlanes
 from dagster_project.science.psf import PSFError, characterize_image

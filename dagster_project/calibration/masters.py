@@ -23,7 +23,7 @@ from astropy.io import fits
 from sqlalchemy.orm import Session
 
 from dagster_project.catalog import queries
-from dagster_project.catalog.models import CalibrationMaster, FrameType, MasterKind, RawDataFile, RawFileStatus
+from dagster_project.catalog.schema import CalibrationMaster, FrameType, MasterKind, RawDataFile, RawFileStatus
 from dagster_project.ingest.frames import standard_card
 from dagster_project.science.calibration import MasterFrame, make_master_bias, make_master_flat
 from dagster_project.store import ProductStore

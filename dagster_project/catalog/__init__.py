@@ -1,17 +1,16 @@
 """The catalog: what arrived, what was made of it, and where each observation stands.
 
-``Catalog(url)`` gives sessions and migrations; ``models`` the schema (``models_operations``: the
-ledger's and provenance's tables, ``results`` those of observation requests and results);
-``states.transition`` every status change; ``queries`` the named reads and
-lifecycle operations the ingest layer, assets, sensors and CLI use;
-``healpix`` the spatial index behind ``queries.cone_search``;
-``operations`` the operations ledger and ``provenance`` what each run made of what.
+``Catalog(url)`` gives sessions and migrations (``db``); ``schema`` the tables, one module per domain
+(``observations``, ``results``, ``operations``, and ``base`` for what they share); ``states.transition``
+every status change; ``queries`` the named reads and writes, one module per domain (``observations``,
+``planning``, ``results``, ``operations``, ``provenance``); ``healpix`` the spatial index behind
+``queries.cone_search``.
 """
 
-from dagster_project.catalog import operations, provenance, queries, results
+from dagster_project.catalog import queries, schema
 from dagster_project.catalog.db import Catalog, make_engine, migrate
 from dagster_project.catalog.healpix import HEALPIX_ORDER, angular_separation_deg, healpix_index
-from dagster_project.catalog.models import (
+from dagster_project.catalog.schema import (
     Base,
     CalibrationMaster,
     Candidate,
@@ -56,9 +55,7 @@ __all__ = [
     "healpix_index",
     "make_engine",
     "migrate",
-    "operations",
-    "provenance",
     "queries",
-    "results",
+    "schema",
     "transition",
 ]

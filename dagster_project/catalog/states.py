@@ -49,7 +49,7 @@ ProcessingRunStatus, for ProcessingRun (follows its Dagster run)::
 from enum import Enum
 from typing import Any
 
-from dagster_project.catalog.models import (
+from dagster_project.catalog.schema.observations import (
     Candidate,
     CandidateStatus,
     DifferenceRun,
@@ -60,7 +60,7 @@ from dagster_project.catalog.models import (
     RawFileStatus,
     RunStatus,
 )
-from dagster_project.catalog.models_operations import (
+from dagster_project.catalog.schema.operations import (
     OperationOutcome,
     OperationRun,
     OperationStatus,

@@ -53,7 +53,7 @@ def cmd_process(args, settings: Settings) -> int:
     if not folder.is_dir():
         print(f"error: {folder} is not a folder", file=sys.stderr)
         return 2
-    from dagster_project.catalog.operations import OperationActive
+    from dagster_project.catalog.queries import OperationActive
 
     try:
         report = process_folder(folder, settings, wait=args.wait)
@@ -71,7 +71,7 @@ def cmd_process(args, settings: Settings) -> int:
 
 
 def cmd_demo(args, settings: Settings) -> int:
-    from dagster_project.catalog.result_lifecycle import find_request
+    from dagster_project.catalog.queries import find_request
     from dagster_project.products.requests import RequestSpec, submit_requests
     from dagster_project.cli.runner import process_folder, rebuild_reference
     from dagster_project.simulation.night import load_truth, simulate_night

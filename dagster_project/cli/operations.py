@@ -28,9 +28,9 @@ if TYPE_CHECKING:
     from dagster import DagsterInstance
 
     from dagster_project.catalog import Catalog
-    from dagster_project.catalog.models import RawDataFile
-    from dagster_project.catalog.operations import OperationRun
-    from dagster_project.catalog.provenance import Artifact, ProcessingStep
+    from dagster_project.catalog.schema import RawDataFile
+    from dagster_project.catalog.schema import OperationRun
+    from dagster_project.catalog.schema import Artifact, ProcessingStep
     from dagster_project.sensors.ledger import OperationProgress
 
 #: --stage → the job whose assets a backfill materializes (observation_job: the whole per-observation chain)
@@ -144,13 +144,13 @@ def launch_backfill(instance: DagsterInstance, catalog: Catalog, settings: Setti
     Returns ``(operation, launched)``: the same job over the same partitions while an
     earlier one is still active is that one, not a second backfill.
     """
-    from dagster_project.catalog import operations, queries
-    from dagster_project.catalog.operations import OperationOutcome, OperationType
+    from dagster_project.catalog import queries
+    from dagster_project.catalog.schema import OperationOutcome, OperationType
     from dagster_project.operations.recording import OPERATION_TAG, current_initiator
 
     initiator, job_name = current_initiator(), target.job_name
     with catalog.session() as session:
-        operation, created = operations.start_operation(
+        operation, created = queries.start_operation(
             session, survey=queries.get_or_create_survey(session, settings.survey),
             operation_type=OperationType(target.operation_type),
             identity={"job": job_name, "partitions": sorted(partition_keys)}, initiator=initiator,
@@ -165,13 +165,13 @@ def launch_backfill(instance: DagsterInstance, catalog: Catalog, settings: Setti
             title=f"{job_name}: {len(partition_keys)} {target.noun}(s), operation #{operation.id}")
     except Exception as exc:
         with catalog.session() as session:
-            operations.mark_running(session, operation)
-            operations.record_failure(session, operation, "backfill.not_submitted", f"{type(exc).__name__}: {exc}")
-            operations.complete_operation(session, operation, OperationOutcome.FAILED)
+            queries.mark_running(session, operation)
+            queries.record_failure(session, operation, "backfill.not_submitted", f"{type(exc).__name__}: {exc}")
+            queries.complete_operation(session, operation, OperationOutcome.FAILED)
         raise
     with catalog.session() as session:
-        operations.mark_running(session, operation)
-        return operations.update_context(session, operation, backfill_id=backfill_id), True
+        queries.mark_running(session, operation)
+        return queries.update_context(session, operation, backfill_id=backfill_id), True
 
 
 def run_backfill_command(args, settings: Settings, catalog: Catalog, target: BackfillTarget,
@@ -208,7 +208,7 @@ def run_backfill_command(args, settings: Settings, catalog: Catalog, target: Bac
 
 
 def cmd_backfill(args, settings: Settings) -> int:
-    from dagster_project.catalog import operations
+    from dagster_project.catalog import queries
 
     if args.night_from and args.night_to and args.night_from > args.night_to:
         return fail(f"--night-from {args.night_from} is after --night-to {args.night_to}")
@@ -220,9 +220,9 @@ def cmd_backfill(args, settings: Settings) -> int:
                    night_to=args.night_to, statuses=args.status or ())
     try:
         with catalog.session() as session:
-            chosen = operations.observations_for_backfill(session, **filters,
+            chosen = queries.observations_for_backfill(session, **filters,
                                                           calibrated_only=args.stage == "difference")
-            left_out = len(operations.observations_for_backfill(session, **filters)) - len(chosen)
+            left_out = len(queries.observations_for_backfill(session, **filters)) - len(chosen)
             rows = [(o.observation_id, o.field_name, o.filter_band, o.night, o.status.value) for o in chosen]
     except ValueError as exc:  # e.g. an unknown --status
         print(f"error: {exc}", file=sys.stderr)
@@ -256,7 +256,7 @@ def progress_line(progress: OperationProgress) -> str:
 def follow(instance: DagsterInstance, catalog: Catalog, operation_id: int, out: TextIO = sys.stdout,
            poll_seconds: float = 1.0) -> int:
     """Show an operation's progress until it completes (exit 0 if it succeeded) or Ctrl-C (exit 0, detached)."""
-    from dagster_project.catalog.operations import OperationOutcome
+    from dagster_project.catalog.schema import OperationOutcome
     from dagster_project.sensors import ledger
 
     started, last = time.monotonic(), None
@@ -294,10 +294,10 @@ def _when(value: datetime | None) -> str:
 
 
 def cmd_operations_list(args, settings: Settings) -> int:
-    from dagster_project.catalog import operations
+    from dagster_project.catalog import queries
 
     with _catalog(settings).session() as session:
-        rows = operations.list_operations(session, operation_type=args.type, status=args.status, limit=args.limit)
+        rows = queries.list_operations(session, operation_type=args.type, status=args.status, limit=args.limit)
         print(f"{'id':>5}  {'type':<22} {'status':<9} {'outcome':<19} {'total':>5} {'ok':>5} {'fail':>5} "
               f"{'skip':>5}  {'created (UTC)':<19}  by")
         for op in rows:
@@ -310,7 +310,7 @@ def cmd_operations_list(args, settings: Settings) -> int:
 
 def operation_as_dict(session, operation: OperationRun) -> dict[str, Any]:
     """Everything the ledger knows of one operation, with the runs mirrored for it."""
-    from dagster_project.catalog import provenance
+    from dagster_project.catalog import queries
 
     return {
         "id": operation.id, "type": operation.type, "survey": operation.survey.name,
@@ -319,21 +319,21 @@ def operation_as_dict(session, operation: OperationRun) -> dict[str, Any]:
         "context": operation.context, "created_at": _when(operation.created_at),
         "started_at": _when(operation.started_at), "completed_at": _when(operation.completed_at),
         "runs": [{"dagster_run_id": r.dagster_run_id, "job": r.job_name, "partitions": r.partition_keys,
-                  "status": r.status.value} for r in provenance.runs_of_operation(session, operation.id)],
+                  "status": r.status.value} for r in queries.runs_of_operation(session, operation.id)],
     }
 
 
 def cmd_operations_show(args, settings: Settings) -> int:
     from dagster import DagsterInstance
 
-    from dagster_project.catalog import operations
+    from dagster_project.catalog import queries
 
     catalog = _catalog(settings)
     if args.follow:
         return follow(DagsterInstance.get(), catalog, args.id)
     with catalog.session() as session:
         try:
-            shown = operation_as_dict(session, operations.get_operation(session, args.id))
+            shown = operation_as_dict(session, queries.get_operation(session, args.id))
         except LookupError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -345,7 +345,7 @@ def cmd_operations_show(args, settings: Settings) -> int:
     print(f"  status      {shown['status']} / {shown['outcome']}")
     print(f"  times       created {shown['created_at']}, started {shown['started_at']}, "
           f"completed {shown['completed_at']} (UTC)")
-    print("  counts      " + ", ".join(f"{k} {counts.get(k, 0)}" for k in operations.COUNT_KEYS))
+    print("  counts      " + ", ".join(f"{k} {counts.get(k, 0)}" for k in queries.COUNT_KEYS))
     for failure in shown["failure_summary"] or []:
         print(f"  failure     {failure['count']} x {failure['code']}: {failure['message']}")
     for key, value in (shown["context"] or {}).items():
@@ -360,7 +360,7 @@ def cmd_operations_show(args, settings: Settings) -> int:
 
 def _resolve(session, target: str, store_root: Path) -> tuple[Artifact | RawDataFile, str]:
     """The artifact or raw file ``target`` names (an id or a path), and a note on how it was matched."""
-    from dagster_project.catalog import provenance, queries
+    from dagster_project.catalog import queries
     from dagster_project.ingest.landing import sha256_of
     from dagster_project.sensors.ledger import store_relative
 
@@ -369,18 +369,18 @@ def _resolve(session, target: str, store_root: Path) -> tuple[Artifact | RawData
     except ValueError:
         artifact_id = None
     if artifact_id is not None:
-        return provenance.get_artifact(session, artifact_id), "by id"
+        return queries.get_artifact(session, artifact_id), "by id"
     path = Path(target).expanduser()
     path = (path if path.is_absolute() else (Path.cwd() / path if path.exists() else store_root / path)).resolve()
-    raw = provenance.raw_file_stored_at(session, str(path))
+    raw = queries.raw_file_stored_at(session, str(path))
     if raw is not None:
         return raw, "raw file"
     relative = store_relative(path, store_root)
     current = sha256_of(path) if path.is_file() else None
-    artifact = provenance.producing_artifact(session, relative, current) if current else None
+    artifact = queries.producing_artifact(session, relative, current) if current else None
     if artifact is not None:
         return artifact, "the file on disk has these bytes (sha256 verified)"
-    artifact = provenance.producing_artifact(session, relative)
+    artifact = queries.producing_artifact(session, relative)
     if artifact is None:
         raise queries.NotFound(f"no recorded run wrote {relative}")
     note = "the file is gone" if current is None else "the file on disk has changed since (different sha256)"
@@ -388,9 +388,9 @@ def _resolve(session, target: str, store_root: Path) -> tuple[Artifact | RawData
 
 
 def _lineage_dict(session, artifact: Artifact) -> dict[str, Any]:
-    from dagster_project.catalog import provenance
+    from dagster_project.catalog import queries
 
-    found = provenance.lineage(session, artifact)
+    found = queries.lineage(session, artifact)
     run = found.run
     return {
         "artifact": _artifact_dict(artifact),
@@ -418,8 +418,8 @@ def _artifact_dict(artifact: Artifact) -> dict[str, Any]:
 
 
 def cmd_provenance(args, settings: Settings) -> int:
-    from dagster_project.catalog import provenance
-    from dagster_project.catalog.models import RawDataFile
+    from dagster_project.catalog import queries
+    from dagster_project.catalog.schema import RawDataFile
 
     with _catalog(settings).session() as session:
         try:
@@ -429,13 +429,13 @@ def cmd_provenance(args, settings: Settings) -> int:
             return 2
         if args.derived:
             shown = {"source": args.target, "derived": [_artifact_dict(a)
-                                                        for a in provenance.derived_artifacts(session, target)]}
+                                                        for a in queries.derived_artifacts(session, target)]}
         elif isinstance(target, RawDataFile):
             shown = {"raw_file": {"id": str(target.id), "original_name": target.original_name,
                                   "version": target.version, "status": target.status.value, "sha256": target.sha256,
                                   "size_bytes": target.size_bytes, "arrived": _when(target.arrival_time),
                                   "landing_path": target.landing_path},
-                     "derived_files": len(provenance.derived_artifacts(session, target))}
+                     "derived_files": len(queries.derived_artifacts(session, target))}
         else:
             shown = {"matched": note, **_lineage_dict(session, target)}
     if args.json:
@@ -466,7 +466,7 @@ def _print_tree(value: Any, indent: int = 0) -> None:
 
 def format_step(step: ProcessingStep) -> str:
     """One line per step (and one per file a materialization wrote)."""
-    from dagster_project.catalog.provenance import StepType
+    from dagster_project.catalog.schema import StepType
 
     c = step.content
     what = {
@@ -499,7 +499,7 @@ def resolve_run_id(instance: DagsterInstance, text: str) -> str:
 def cmd_runs_tail(args, settings: Settings) -> int:
     from dagster import DagsterInstance
 
-    from dagster_project.catalog import provenance
+    from dagster_project.catalog import queries, schema
     from dagster_project.sensors import ledger
 
     instance = DagsterInstance.get()
@@ -513,13 +513,13 @@ def cmd_runs_tail(args, settings: Settings) -> int:
         while True:
             status = ledger.mirror_run(instance, catalog, settings.store_dir, run_id)
             with catalog.session() as session:
-                for step in provenance.steps_after(session, run_id, shown):
+                for step in queries.steps_after(session, run_id, shown):
                     print(format_step(step), flush=True)
                     shown = step.sequence
-            if status in provenance.FINISHED:
+            if status in schema.FINISHED:
                 break
             time.sleep(args.interval)
     except KeyboardInterrupt:
         return 130
     print(f"run {run_id} {status.value}")
-    return 0 if status == provenance.ProcessingRunStatus.COMPLETED else 1
+    return 0 if status == schema.ProcessingRunStatus.COMPLETED else 1

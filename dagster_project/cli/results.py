@@ -31,7 +31,7 @@ def cmd_requests_add(args, settings: Settings) -> int:
 
 
 def cmd_requests_cancel(args, settings: Settings) -> int:
-    from dagster_project.catalog.result_lifecycle import cancel_request, find_request
+    from dagster_project.catalog.queries import cancel_request, find_request
 
     with _catalog(settings).session() as session:
         request = find_request(session, args.name)
@@ -44,7 +44,7 @@ def cmd_requests_cancel(args, settings: Settings) -> int:
 
 
 def print_results_status(settings: Settings) -> None:
-    from dagster_project.catalog.result_lifecycle import results_status_table, unmatched_observations
+    from dagster_project.catalog.queries import results_status_table, unmatched_observations
 
     with _catalog(settings).session() as session:
         rows = results_status_table(session)
@@ -70,7 +70,7 @@ def cmd_results_status(args, settings: Settings) -> int:
 
 
 def cmd_results_backfill(args, settings: Settings) -> int:
-    from dagster_project.catalog.result_lifecycle import find_request, results_for_backfill
+    from dagster_project.catalog.queries import find_request, results_for_backfill
     from dagster_project.cli.operations import RESULTS_BACKFILL, run_backfill_command
 
     catalog = _catalog(settings)

@@ -27,10 +27,10 @@ from pathlib import Path
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, SensorResult, SkipReason, build_sensor_context
 
-from dagster_project.catalog import Catalog, operations, pipeline_queries, result_lifecycle
-from dagster_project.catalog.models import utcnow
-from dagster_project.catalog.operations import OperationType
-from dagster_project.catalog.pipeline_queries import RetryPolicy
+from dagster_project.catalog import Catalog, queries
+from dagster_project.catalog.schema import utcnow
+from dagster_project.catalog.schema import OperationType
+from dagster_project.catalog.queries import RetryPolicy
 from dagster_project.definitions import defs
 from dagster_project.ingest.landing import CATALOG_UNREACHABLE
 from dagster_project.pipeline.jobs import IN_PROCESS
@@ -169,7 +169,7 @@ class HeadlessDaemon:
         still marked started are failed in Dagster and their catalog attempts abandoned, so the sensors
         retry that work. Returns how many operations were closed."""
         with self.catalog.session() as session:
-            dead = [op.id for op in operations.active_operations(session) if owner_is_gone(op)]
+            dead = [op.id for op in queries.active_operations(session) if owner_is_gone(op)]
         for operation_id in dead:
             unfinished = self.instance.get_run_ids(RunsFilter(
                 tags={OPERATION_TAG: str(operation_id)},
@@ -183,14 +183,14 @@ class HeadlessDaemon:
         """Close the sensors' waves whose runs are over, also those a killed ``process`` started: without
         a daemon no ledger sensor runs to close them, and this process does not know them by name."""
         with self.catalog.session() as session:
-            waves = [op.id for op in operations.active_operations(session) if "run_keys" in (op.context or {})]
+            waves = [op.id for op in queries.active_operations(session) if "run_keys" in (op.context or {})]
         for operation_id in waves:
             ledger.sync_operation(self.instance, self.catalog, operation_id)
 
     def seconds_until_next_retry(self) -> float | None:
         """Seconds until some failed or interrupted work is due to be tried again (0: now); None: none will be."""
         with self.catalog.session() as session:
-            planned = pipeline_queries.plan_next_runs(session)
+            planned = queries.plan_next_runs(session)
         attempts = schedule_attempts(self.instance, planned, self.retry_policy)
         if attempts.requests:
             return 0.0
@@ -222,7 +222,7 @@ class HeadlessDaemon:
         catalog = Catalog(self.settings.database_url)
         try:
             with catalog.session() as session:
-                waiting = result_lifecycle.awaiting_debounce(session, utcnow())
+                waiting = queries.awaiting_debounce(session, utcnow())
         finally:
             catalog.engine.dispose()
         if not waiting:

@@ -32,8 +32,8 @@ from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 
-from dagster_project.catalog.models import Observation, RawDataFile
-from dagster_project.catalog.result_lifecycle import SCHEDULER_KEYWORDS
+from dagster_project.catalog.schema import Observation, RawDataFile
+from dagster_project.catalog.queries import SCHEDULER_KEYWORDS
 from dagster_project.ingest.fits_structure import FitsStructure, InvalidFitsFile, open_regular
 from dagster_project.ingest.instruments import STANDARD_KEYWORDS, InstrumentProfile, InstrumentRegistry
 from dagster_project.keys import field_band_key, observation_key, safe_token

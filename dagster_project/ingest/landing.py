@@ -36,8 +36,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from dagster_project.catalog import Catalog, pipeline_queries, queries, result_lifecycle
-from dagster_project.catalog.models import RawFileStatus
+from dagster_project.catalog import Catalog, queries
+from dagster_project.catalog.schema import RawFileStatus
 from dagster_project.ingest.fits_structure import (
     BLOCK,
     FitsStructure,
@@ -429,7 +429,7 @@ def _ingest_once(config: LandingConfig, catalog: Catalog, registry: InstrumentRe
         return None
     landing_text = _clip(_text(path), PATH_CHARS)
     with catalog.session() as session:
-        if config.keep_originals and pipeline_queries.raw_file_arrived_from(session, sha256, landing_text):
+        if config.keep_originals and queries.raw_file_arrived_from(session, sha256, landing_text):
             return IngestOutcome(_text(path), "known", "", sha256=sha256)  # taken by an earlier run
         known = queries.find_raw_file_by_sha256(session, sha256)
         if known is not None:
@@ -484,7 +484,7 @@ def _register_accepted(config: LandingConfig, catalog: Catalog, path: Path, info
                 filter_band=info.filter_band, exposure_time=info.exposure_time, fits_url=str(target),
                 pixel_scale=info.pixel_scale, airmass=info.airmass, instrument=info.instrument,
                 naxis1=info.naxis1, naxis2=info.naxis2)
-            result_lifecycle.match_observation(session, observation, info.cards)
+            queries.match_observation(session, observation, info.cards)
         raw_id = str(raw.id)
     _transfer(config, path, target)
     after = sha256_of(target, max_bytes=config.limits.max_file_bytes)

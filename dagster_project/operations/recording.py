@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from dagster_project.catalog import Catalog, operations, queries
-from dagster_project.catalog.operations import OperationRun, OperationType
+from dagster_project.catalog import Catalog, queries
+from dagster_project.catalog.schema import OperationRun, OperationType
 from dagster_project.ingest.landing import IngestOutcome
 
 OPERATION_TAG = "astro/operation_id"
@@ -48,17 +48,17 @@ def record_ingest_scan(catalog: Catalog, survey: str, outcomes: Sequence[IngestO
     for outcome in outcomes:
         counts[_SCAN_COUNTS[outcome.status]] += 1
     with catalog.session() as session:
-        operation, _ = operations.start_operation(
+        operation, _ = queries.start_operation(
             session, survey=queries.get_or_create_survey(session, survey), operation_type=OperationType.INGEST_SCAN,
             # a scan that is retried after a crash finds the same files: the same operation
             identity={"raw_file_ids": sorted(o.raw_file_id for o in outcomes)},
             context={"requested_runs": [dict(r) for r in requested], "files": len(outcomes)})
-        operations.mark_running(session, operation, started_at=started_at)
-        operations.record_progress(session, operation, total=len(outcomes), **counts)
+        queries.mark_running(session, operation, started_at=started_at)
+        queries.record_progress(session, operation, total=len(outcomes), **counts)
         for outcome in outcomes:
             if outcome.status == "quarantined":
-                operations.record_failure(session, operation, "ingest.quarantined", outcome.reason or "quarantined")
-        return operations.complete_operation(session, operation).id
+                queries.record_failure(session, operation, "ingest.quarantined", outcome.reason or "quarantined")
+        return queries.complete_operation(session, operation).id
 
 
 def start_wave(catalog: Catalog, survey: str, operation_type: OperationType, run_keys: Sequence[str],
@@ -74,13 +74,13 @@ def start_wave(catalog: Catalog, survey: str, operation_type: OperationType, run
     identity = {"run_keys": keys}
     with catalog.session() as session:
         survey_row = queries.get_or_create_survey(session, survey)
-        known = operations.find_operation(session, survey=survey_row, operation_type=operation_type, identity=identity)
+        known = queries.find_operation(session, survey=survey_row, operation_type=operation_type, identity=identity)
         if known is not None:
             return known.id
-        operation, created = operations.start_operation(
+        operation, created = queries.start_operation(
             session, survey=survey_row, operation_type=operation_type,
             identity=identity, context={**(context or {}), "run_keys": keys})
-        return (operations.mark_running(session, operation) if created else operation).id
+        return (queries.mark_running(session, operation) if created else operation).id
 
 
 def owner_context() -> dict[str, Any]:

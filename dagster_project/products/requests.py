@@ -29,8 +29,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dagster_project.catalog import Catalog, queries
-from dagster_project.catalog.result_lifecycle import add_request, find_request
-from dagster_project.catalog.results import CopiesMode
+from dagster_project.catalog.queries import add_request, find_request
+from dagster_project.catalog.schema import CopiesMode
 
 
 class InvalidRequest(ValueError):

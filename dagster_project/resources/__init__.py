@@ -8,8 +8,8 @@ from pathlib import Path
 from dagster import ConfigurableResource, EnvVar
 
 from dagster_project.catalog import Catalog
-from dagster_project.catalog.pipeline_queries import RetryPolicy
-from dagster_project.catalog.result_lifecycle import RebuildPolicy
+from dagster_project.catalog.queries import RetryPolicy
+from dagster_project.catalog.queries import RebuildPolicy
 from dagster_project.ingest.fits_structure import StructureLimits
 from dagster_project.ingest.instruments import InstrumentRegistry
 from dagster_project.ingest.landing import LandingConfig

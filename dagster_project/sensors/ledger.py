@@ -42,9 +42,11 @@ from dagster import (
 
 from dagster_project.pipeline.metadata import ARTIFACT_PREFIX, INPUT_PREFIX
 from dagster_project.pipeline.partitions import field_band_partitions, observations_partitions, results_partitions
-from dagster_project.catalog import Catalog, operations, provenance, queries
-from dagster_project.catalog.operations import OperationActive, OperationOutcome, OperationRun, OperationType
-from dagster_project.catalog.provenance import ArtifactRecord, InputRecord, ProcessingRunStatus, StepRecord, StepType
+from dagster_project.catalog import Catalog, queries, schema
+from dagster_project.catalog.queries import OperationActive
+from dagster_project.catalog.schema import OperationOutcome, OperationRun, OperationType
+from dagster_project.catalog.queries import ArtifactRecord, InputRecord, StepRecord
+from dagster_project.catalog.schema import ProcessingRunStatus, StepType
 from dagster_project.ingest.landing import sha256_of
 from dagster_project.operations.recording import OPERATION_TAG, current_initiator, owner_context, owner_is_gone
 from dagster_project.resources import CatalogResource, StoreResource
@@ -282,21 +284,21 @@ def mirror_run(instance: DagsterInstance, catalog: Catalog, store_root: Path, ru
     run = record.dagster_run
     status = RUN_STATUS[run.status]
     with catalog.session() as session:
-        after = provenance.mirrored_up_to(session, run_id)
+        after = queries.mirrored_up_to(session, run_id)
     events = instance.get_records_for_run(run_id, ascending=True).records
     steps = list(step_records(events, after, store_root))  # files are hashed outside any transaction
     operation_id = _operation_id(run.tags)
     with catalog.session() as session:
         if operation_id is not None and session.get(OperationRun, operation_id) is None:
             operation_id = None  # tagged by another catalog (e.g. a copied instance)
-        mirrored = provenance.record_processing_run(
+        mirrored = queries.record_processing_run(
             session, dagster_run_id=run_id, job_name=run.job_name, status=status, partition_keys=run_partition_keys(instance, run.tags),
             run_config=dict(run.run_config), run_metadata=dict(run.tags), operation_run_id=operation_id,
             started_at=_timestamp(record.start_time), finished_at=_timestamp(record.end_time))
-        provenance.append_steps(session, mirrored, steps)
+        queries.append_steps(session, mirrored, steps)
         if status in (ProcessingRunStatus.FAILED, ProcessingRunStatus.CANCELLED):
             ended = "was canceled" if status is ProcessingRunStatus.CANCELLED else "failed"
-            provenance.abandon_running_attempts(session, run_id,
+            queries.abandon_running_attempts(session, run_id,
                                                 f"Dagster run {run_id} {ended} before this attempt finished")
         if operation_id is not None:
             _link_run(session, operation_id, run_id)
@@ -305,10 +307,10 @@ def mirror_run(instance: DagsterInstance, catalog: Catalog, store_root: Path, ru
 
 def _link_run(session, operation_id: int, run_id: str) -> None:
     """Name the run in its operation's context (a backfill's runs are found through the backfill id)."""
-    operation = operations.get_operation(session, operation_id)
+    operation = queries.get_operation(session, operation_id)
     context = operation.context or {}
     if "backfill_id" not in context and run_id not in context.get("dagster_run_ids", []):
-        operations.update_context(session, operation, dagster_run_ids=[*context.get("dagster_run_ids", []), run_id])
+        queries.update_context(session, operation, dagster_run_ids=[*context.get("dagster_run_ids", []), run_id])
 
 
 # --- keeping operations true ----------------------------------------------------------------------------------------
@@ -388,7 +390,7 @@ def sync_operation(instance: DagsterInstance, catalog: Catalog, operation_id: in
     in Dagster, since nothing else ever will.
     """
     with catalog.session() as session:
-        operation = operations.get_operation(session, operation_id)
+        operation = queries.get_operation(session, operation_id)
     if not operation.is_active:
         return OperationProgress(operation, 0, 0)
     context = operation.context or {}
@@ -405,21 +407,21 @@ def sync_operation(instance: DagsterInstance, catalog: Catalog, operation_id: in
     new_failures = [(run_id, *run_failure(instance, run_id, run.status))  # a batch's run once, not per partition
                     for run_id, run in {r.run_id: r for r in failed}.items() if run_id not in counted]
     with catalog.session() as session:
-        operation = operations.get_operation(session, operation_id)
-        if not operation.is_active or operation.status == operations.OperationStatus.QUEUED:
+        operation = queries.get_operation(session, operation_id)
+        if not operation.is_active or operation.status == schema.OperationStatus.QUEUED:
             return OperationProgress(operation, 0, 0)  # finished by another syncer, or not started yet
-        operations.record_progress(session, operation, total=scope.total, success=len(ended) - len(failed),
+        queries.record_progress(session, operation, total=scope.total, success=len(ended) - len(failed),
                                    failed=len(failed), skipped=max(scope.total - len(ended), 0) if over else 0)
         for _, code, message in new_failures:
-            operations.record_failure(session, operation, code, message)
+            queries.record_failure(session, operation, code, message)
         if new_failures:
-            operations.update_context(session, operation,
+            queries.update_context(session, operation,
                                       failed_run_ids=sorted(counted | {run_id for run_id, _, _ in new_failures}))
         if owner_gone:
-            operations.record_failure(session, operation, "process.exited",
+            queries.record_failure(session, operation, "process.exited",
                                       f"the process running it (pid {context.get('pid')}) exited before it finished")
         if over:
-            operation = operations.complete_operation(
+            operation = queries.complete_operation(
                 session, operation, OperationOutcome.CANCELLED if scope.cancelled else None)
     in_flight = list({r.run_id: r for r in scope.runs.values() if r.status not in FINISHED_STATUSES}.values())
     started = sum(r.status in (DagsterRunStatus.STARTED, DagsterRunStatus.STARTING) for r in in_flight)
@@ -438,10 +440,10 @@ def owned_operation(instance: DagsterInstance, catalog: Catalog, *, survey: str,
     """
     def start() -> tuple[OperationRun, bool]:
         with catalog.session() as session:
-            operation, created = operations.start_operation(
+            operation, created = queries.start_operation(
                 session, survey=queries.get_or_create_survey(session, survey), operation_type=operation_type,
                 identity=identity, initiator=current_initiator(), context={**identity, **owner_context()})
-            return (operations.mark_running(session, operation) if created else operation), created
+            return (queries.mark_running(session, operation) if created else operation), created
 
     operation, created = start()
     if not created and owner_is_gone(operation):
@@ -461,12 +463,12 @@ def _finish(instance: DagsterInstance, catalog: Catalog, operation_id: int, erro
     sync_operation(instance, catalog, operation_id)
     with catalog.session() as session:
         if isinstance(error, KeyboardInterrupt):
-            operations.record_failure(session, operation_id, "operation.interrupted", "interrupted (Ctrl-C)")
-            operations.complete_operation(session, operation_id, OperationOutcome.CANCELLED)
+            queries.record_failure(session, operation_id, "operation.interrupted", "interrupted (Ctrl-C)")
+            queries.complete_operation(session, operation_id, OperationOutcome.CANCELLED)
             return
         if error is not None:
-            operations.record_failure(session, operation_id, f"operation.{_snake(type(error).__name__)}", str(error))
-        operations.complete_operation(session, operation_id)
+            queries.record_failure(session, operation_id, f"operation.{_snake(type(error).__name__)}", str(error))
+        queries.complete_operation(session, operation_id)
 
 
 # --- the sensor -----------------------------------------------------------------------------------------------------
@@ -504,7 +506,7 @@ def build_ledger_sensor(interval_seconds: int):
             except Exception:  # one unreadable run must not stop the ledger: it is logged, the rest goes on
                 context.log.exception(f"could not mirror Dagster run {run_id}")
         with catalog.catalog().session() as session:
-            active = [operation.id for operation in operations.active_operations(session)]
+            active = [operation.id for operation in queries.active_operations(session)]
         completed = sum(not sync_operation(context.instance, catalog.catalog(), op_id).operation.is_active
                         for op_id in active)
         if new_cursor is not None:

@@ -18,10 +18,10 @@ from dagster import (
 )
 
 from dagster_project.pipeline.partitions import results_partitions
-from dagster_project.catalog import result_lifecycle
-from dagster_project.catalog.models import utcnow
+from dagster_project.catalog import queries
+from dagster_project.catalog.schema import utcnow
 from dagster_project.pipeline.jobs import products_job
-from dagster_project.catalog.operations import OperationType
+from dagster_project.catalog.schema import OperationType
 from dagster_project.operations.recording import OPERATION_TAG, start_wave
 from dagster_project.resources import CatalogResource, LandingResource, PipelineConfigResource
 from dagster_project.sensors.ledger import RUN_KEY_TAG
@@ -59,18 +59,18 @@ def build_product_rebuild_sensor(interval_seconds: int):
                                pipeline: PipelineConfigResource, landing: LandingResource):
         policy, now = pipeline.rebuild_policy(), utcnow()
         with catalog.catalog().session() as session:
-            dispatched = result_lifecycle.dispatch_due(session, now)
-            requeued = result_lifecycle.requeue_abandoned(
+            dispatched = queries.dispatch_due(session, now)
+            requeued = queries.requeue_abandoned(
                 session, lambda run_id: run_is_alive(context.instance, run_id), now, policy)
             requests = []
-            for result in result_lifecycle.due_for_rebuild(session, now, policy):
+            for result in queries.due_for_rebuild(session, now, policy):
                 key = rebuild_run_key(result)
                 if _launched_and_ended(context.instance, key):
-                    result_lifecycle.note_lost_attempt(session, result, now, policy)
+                    queries.note_lost_attempt(session, result, now, policy)
                     continue
                 requests.append(RunRequest(run_key=key, partition_key=str(result.uid),
                                            tags={"astro/revision": str(result.assets_revision)}))
-            keys = {str(r.uid) for r in result_lifecycle.results_with_frames(session)}
+            keys = {str(r.uid) for r in queries.results_with_frames(session)}
         new_keys = sorted(keys - set(context.instance.get_dynamic_partitions(results_partitions.name)))
         if not requests and not new_keys:
             return SkipReason(f"no rebuild due ({dispatched} dispatched, {len(requeued)} re-queued)")

@@ -13,7 +13,7 @@ from dagster import (
 )
 
 from dagster_project.pipeline.partitions import field_band_partitions, observations_partitions
-from dagster_project.catalog.pipeline_queries import observations_awaiting_calibration
+from dagster_project.catalog.queries import observations_awaiting_calibration
 from dagster_project.ingest.landing import decode_seen, encode_seen, printable, scan_landing, summarize
 from dagster_project.pipeline.jobs import calibrate_job
 from dagster_project.keys import field_band_of

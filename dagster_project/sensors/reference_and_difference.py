@@ -31,8 +31,8 @@ from dagster import (
 )
 
 from dagster_project.pipeline.partitions import field_band_partitions
-from dagster_project.catalog.operations import OperationType
-from dagster_project.catalog.pipeline_queries import (
+from dagster_project.catalog.schema import OperationType
+from dagster_project.catalog.queries import (
     PlannedRun,
     RetryPolicy,
     field_bands_awaiting_reference,

@@ -13,8 +13,8 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from sqlalchemy import func, select
 
 from dagster_project.catalog import queries
-from dagster_project.catalog.models import Candidate, DifferenceRun, Observation, ObservationStatus, RunStatus
-from dagster_project.catalog.provenance import Artifact, ProcessingRun, ProcessingStep
+from dagster_project.catalog.schema import Candidate, DifferenceRun, Observation, ObservationStatus, RunStatus
+from dagster_project.catalog.schema import Artifact, ProcessingRun, ProcessingStep
 from dagster_project.cli.main import main as cli_main
 from dagster_project.definitions import defs
 from dagster_project.cli.runner import process_folder

@@ -15,7 +15,7 @@ from dagster_project.assets.detection.candidates import candidates
 from dagster_project.assets.detection.difference_image import difference_image
 from dagster_project.assets.references.reference_image import REFERENCE_MIN_PSF_STARS, USABLE_CHECK, usable_for_differences
 from dagster_project.catalog import queries
-from dagster_project.catalog.models import Candidate, DifferenceRun, Observation, ObservationStatus, RunStatus
+from dagster_project.catalog.schema import Candidate, DifferenceRun, Observation, ObservationStatus, RunStatus
 from dagster_project.definitions import defs
 from dagster_project.cli.runner import process_folder
 from dagster_project.science.images import ImagePlanes

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, instance_for_test
 
-from dagster_project.catalog.result_lifecycle import results_status_table
-from dagster_project.catalog.results import ObservationResult, ObservationResultProcessingRun
+from dagster_project.catalog.queries import results_status_table
+from dagster_project.catalog.schema import ObservationResult, ObservationResultProcessingRun
 from dagster_project.ingest.landing import sha256_of
 from dagster_project.products.requests import RequestSpec, submit_requests
 from dagster_project.cli.runner import process_folder, rebuild_reference

@@ -32,8 +32,15 @@ from sqlalchemy import select
 
 from dagster_project.calibration.masters import masters_for
 from dagster_project.catalog import Catalog
-from dagster_project.catalog.pipeline_queries import RetryPolicy
-from dagster_project.catalog.models import Observation, ObservationStatus, PreprocessRun, RawDataFile, RawFileStatus, RunStatus
+from dagster_project.catalog.queries import RetryPolicy
+from dagster_project.catalog.schema import (
+    Observation,
+    ObservationStatus,
+    PreprocessRun,
+    RawDataFile,
+    RawFileStatus,
+    RunStatus,
+)
 from dagster_project.ingest.fits_structure import StructureLimits
 from dagster_project.ingest.instruments import InstrumentRegistry, ProfileError
 from dagster_project.ingest.landing import LandingConfig, scan_landing

@@ -17,7 +17,7 @@ from astropy.io import fits
 from sqlalchemy import select
 
 from dagster_project.catalog import Catalog
-from dagster_project.catalog.models import Observation, ObservationStatus, RawDataFile, RawFileStatus
+from dagster_project.catalog.schema import Observation, ObservationStatus, RawDataFile, RawFileStatus
 from dagster_project.ingest import frames as frames_module
 from dagster_project.ingest import landing as landing_module
 from dagster_project.ingest.fits_structure import StructureLimits

@@ -11,7 +11,7 @@ from astropy.io import fits
 from dagster import instance_for_test
 from sqlalchemy import select
 
-from dagster_project.catalog.models import (
+from dagster_project.catalog.schema import (
     CalibrationMaster,
     Observation,
     ObservationStatus,

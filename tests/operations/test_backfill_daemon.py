@@ -16,10 +16,10 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatu
 from dagster._core.execution.backfill import BulkActionStatus
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from dagster_project.catalog import operations
-from dagster_project.catalog.operations import OperationOutcome, OperationType
-from dagster_project.catalog.provenance import ProcessingRun, ProcessingRunStatus
-from dagster_project.catalog.results import DataProductStatus, ObservationResult, ObservationResultProcessingRun
+from dagster_project.catalog import queries
+from dagster_project.catalog.schema import OperationOutcome, OperationType
+from dagster_project.catalog.schema import ProcessingRun, ProcessingRunStatus
+from dagster_project.catalog.schema import DataProductStatus, ObservationResult, ObservationResultProcessingRun
 from dagster_project.cli.main import main as cli_main
 from dagster_project.operations.recording import OPERATION_TAG
 from dagster_project.resources import CatalogResource
@@ -94,7 +94,7 @@ def test_backfill_launched_from_the_cli_is_run_by_the_daemon(platform, tmp_path)
     assert cli_main(["backfill", "--field", "F001", "--stage", "difference", "--detach"]) == 0
     catalog = CatalogResource(database_url=settings.database_url).catalog()
     with catalog.session() as s:
-        (backfill_op,) = operations.list_operations(s, operation_type=OperationType.BACKFILL_OBSERVATIONS)
+        (backfill_op,) = queries.list_operations(s, operation_type=OperationType.BACKFILL_OBSERVATIONS)
     backfill_id = backfill_op.context["backfill_id"]
     backfill = instance.get_backfill(backfill_id)
     assert backfill.status is BulkActionStatus.REQUESTED and backfill.is_asset_backfill
@@ -130,7 +130,7 @@ def test_backfill_launched_from_the_cli_is_run_by_the_daemon(platform, tmp_path)
         wait_for(lambda: instance.get_backfill(backfill_id).status is BulkActionStatus.COMPLETED_SUCCESS, 60,
                  "the daemon to close the backfill")
     with catalog.session() as s:
-        done = operations.get_operation(s, backfill_op.id)
+        done = queries.get_operation(s, backfill_op.id)
         assert done.outcome is OperationOutcome.SUCCEEDED
         assert done.summary_counts == {"total": 2, "success": 2, "failed": 0, "skipped": 0}
         assert s.scalar(sa.select(ProcessingRun.operation_run_id).where(
@@ -157,14 +157,14 @@ def test_results_backfill_rebuilds_products_through_the_daemon(platform, tmp_pat
 
     assert cli_main(["results", "backfill", "--request", "f001", "--detach"]) == 0
     with catalog.session() as s:
-        (operation,) = operations.list_operations(s, operation_type=OperationType.BACKFILL_RESULTS)
+        (operation,) = queries.list_operations(s, operation_type=OperationType.BACKFILL_RESULTS)
     backfill = instance.get_backfill(operation.context["backfill_id"])
     assert {k.to_user_string() for k in backfill.asset_backfill_data.target_subset.asset_keys} == {
         "observation_products"}
     with running_daemon(tmp_path / "daemon.log"):
         assert f"operation #{operation.id} succeeded" in follow_operation(operation.id)
     with catalog.session() as s:
-        done = operations.get_operation(s, operation.id)
+        done = queries.get_operation(s, operation.id)
         assert done.outcome is OperationOutcome.SUCCEEDED
         assert done.summary_counts == {"total": 1, "success": 1, "failed": 0, "skipped": 0}
         assert s.scalar(sa.select(sa.func.count()).select_from(ObservationResultProcessingRun)) == builds_before + 1

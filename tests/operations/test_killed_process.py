@@ -8,9 +8,9 @@ import pytest
 import sqlalchemy as sa
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from dagster_project.catalog import operations
-from dagster_project.catalog.models import ObservationStatus, PreprocessRun, RunStatus
-from dagster_project.catalog.operations import OperationOutcome, OperationStatus, OperationType
+from dagster_project.catalog import queries
+from dagster_project.catalog.schema import ObservationStatus, PreprocessRun, RunStatus
+from dagster_project.catalog.schema import OperationOutcome, OperationStatus, OperationType
 from dagster_project.cli.main import main as cli_main
 from dagster_project.operations.recording import OPERATION_TAG
 from dagster_project.sensors.ledger import operations_ledger_sensor
@@ -59,7 +59,7 @@ def test_killed_process_leaves_a_true_ledger(night, tmp_path, monkeypatch, capsy
 
     assert instance.get_run_by_id(killed.run_id).status is DagsterRunStatus.FAILURE
     with platform.catalog.session() as s:
-        (process,) = operations.list_operations(s, operation_type=OperationType.PROCESS_FOLDER)
+        (process,) = queries.list_operations(s, operation_type=OperationType.PROCESS_FOLDER)
         assert killed.tags[OPERATION_TAG] == str(process.id)
         assert process.status is OperationStatus.COMPLETED and process.context["pid"] == worker.pid
         assert process.outcome in (OperationOutcome.FAILED, OperationOutcome.PARTIALLY_SUCCEEDED)

@@ -9,13 +9,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from dagster_project.catalog import Catalog, IllegalTransition, queries, transition
-from dagster_project.catalog.operations import (
+from dagster_project.catalog.queries import (
     MAX_FAILURE_ENTRIES,
-    OperationOutcome,
-    OperationRun,
-    OperationStatus,
-    OperationType,
-    Operator,
     complete_operation,
     get_operation,
     list_operations,
@@ -28,8 +23,9 @@ from dagster_project.catalog.operations import (
     start_operation,
     update_context,
 )
-from dagster_project.catalog.models import ObservationStatus, RunStatus, utcnow
-from dagster_project.catalog.provenance import ProcessingRun, ProcessingRunStatus
+from dagster_project.catalog.schema import OperationOutcome, OperationRun, OperationStatus, OperationType, Operator
+from dagster_project.catalog.schema import ObservationStatus, RunStatus, utcnow
+from dagster_project.catalog.schema import ProcessingRun, ProcessingRunStatus
 from dagster_project.catalog.states import (
     OPERATION_OUTCOME_TRANSITIONS,
     OPERATION_TRANSITIONS,

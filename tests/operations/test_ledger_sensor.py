@@ -13,10 +13,10 @@ from dagster import DagsterEvent, DagsterEventType, DagsterRunStatus, instance_f
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from dagster_project.catalog import operations, queries
-from dagster_project.catalog.models import ObservationStatus, RunStatus
-from dagster_project.catalog.operations import OperationOutcome, OperationStatus, OperationType
-from dagster_project.catalog.provenance import ProcessingRun, ProcessingRunStatus, ProcessingStep, StepType
+from dagster_project.catalog import queries
+from dagster_project.catalog.schema import ObservationStatus, RunStatus
+from dagster_project.catalog.schema import OperationOutcome, OperationStatus, OperationType
+from dagster_project.catalog.schema import ProcessingRun, ProcessingRunStatus, ProcessingStep, StepType
 from dagster_project.operations.recording import OPERATION_TAG, owner_context, start_wave
 from dagster_project.sensors.ledger import operations_ledger_sensor
 from tests.catalog import observation
@@ -47,10 +47,10 @@ def dead_pid() -> int:
 
 def start_operation(platform, operation_type: OperationType, **context) -> int:
     with platform.catalog.session() as s:
-        operation, _ = operations.start_operation(
+        operation, _ = queries.start_operation(
             s, survey=queries.get_or_create_survey(s, "test"), operation_type=operation_type,
             identity={"test": operation_type.value}, initiator="alice", context=context)
-        return operations.mark_running(s, operation).id
+        return queries.mark_running(s, operation).id
 
 
 def run(platform, operation_id: int | None, *events: DagsterEventType, partition: str | None = "p1",
@@ -92,7 +92,7 @@ def test_a_run_whose_process_died_is_failed_and_its_operation_completed(platform
     assert "1 completed now" in result.skip_message
     assert platform.instance.get_run_by_id(stuck).status is DagsterRunStatus.FAILURE  # said so in Dagster too
     with platform.catalog.session() as s:
-        operation = operations.get_operation(s, operation_id)
+        operation = queries.get_operation(s, operation_id)
         assert (operation.status, operation.outcome) == (OperationStatus.COMPLETED,
                                                          OperationOutcome.PARTIALLY_SUCCEEDED)
         assert operation.summary_counts == {"total": 2, "success": 1, "failed": 1, "skipped": 0}
@@ -116,7 +116,7 @@ def test_a_live_process_keeps_its_operation_running(platform):
     platform.tick(operations_ledger_sensor)
     assert platform.instance.get_run_by_id(stuck).status is DagsterRunStatus.STARTED
     with platform.catalog.session() as s:
-        operation = operations.get_operation(s, operation_id)
+        operation = queries.get_operation(s, operation_id)
         assert operation.status is OperationStatus.RUNNING
         assert operation.summary_counts == {"total": 1, "success": 0, "failed": 0, "skipped": 0}
 
@@ -137,7 +137,7 @@ def test_a_canceled_backfill_completes_its_operation_as_cancelled(platform):
 
     platform.tick(operations_ledger_sensor)
     with platform.catalog.session() as s:
-        operation = operations.get_operation(s, operation_id)
+        operation = queries.get_operation(s, operation_id)
         assert operation.outcome is OperationOutcome.CANCELLED
         # p3 never got a run: skipped
         assert operation.summary_counts == {"total": 3, "success": 1, "failed": 1, "skipped": 1}
@@ -155,11 +155,11 @@ def test_a_backfill_completes_when_every_partition_ran(platform):
     run(platform, operation_id, DagsterEventType.RUN_START, DagsterEventType.RUN_SUCCESS, partition="p1")
     platform.tick(operations_ledger_sensor)
     with platform.catalog.session() as s:
-        assert operations.get_operation(s, operation_id).status is OperationStatus.RUNNING
+        assert queries.get_operation(s, operation_id).status is OperationStatus.RUNNING
     run(platform, operation_id, DagsterEventType.RUN_START, DagsterEventType.RUN_SUCCESS, partition="p2")
     platform.tick(operations_ledger_sensor)
     with platform.catalog.session() as s:
-        operation = operations.get_operation(s, operation_id)
+        operation = queries.get_operation(s, operation_id)
         assert operation.outcome is OperationOutcome.SUCCEEDED
         assert operation.summary_counts == {"total": 2, "success": 2, "failed": 0, "skipped": 0}
 
@@ -177,7 +177,7 @@ def test_a_batched_backfill_counts_partitions_and_a_retry_replaces_the_failed_ba
     second = batch(platform, operation_id, "p3", "p4", DagsterEventType.RUN_START)
     platform.tick(operations_ledger_sensor)
     with platform.catalog.session() as s:
-        operation = operations.get_operation(s, operation_id)
+        operation = queries.get_operation(s, operation_id)
         assert operation.summary_counts == {"total": 4, "success": 0, "failed": 2, "skipped": 0}
         assert [f["count"] for f in operation.failure_summary] == [1]  # the batch's run once, not per partition
     assert processing_run(platform, failed).partition_keys == ["p1", "p2"]
@@ -186,14 +186,14 @@ def test_a_batched_backfill_counts_partitions_and_a_retry_replaces_the_failed_ba
     batch(platform, operation_id, "p1", "p2", DagsterEventType.RUN_START, DagsterEventType.RUN_SUCCESS)
     platform.tick(operations_ledger_sensor)
     with platform.catalog.session() as s:
-        operation = operations.get_operation(s, operation_id)
+        operation = queries.get_operation(s, operation_id)
         assert operation.summary_counts == {"total": 4, "success": 2, "failed": 0, "skipped": 0}
         assert operation.is_active
     platform.instance.report_dagster_event(DagsterEvent(DagsterEventType.RUN_SUCCESS.value, job_name=tiny_job.name),
                                            run_id=second)
     platform.tick(operations_ledger_sensor)
     with platform.catalog.session() as s:
-        operation = operations.get_operation(s, operation_id)
+        operation = queries.get_operation(s, operation_id)
         assert operation.summary_counts == {"total": 4, "success": 4, "failed": 0, "skipped": 0}
         # every partition is done, but a run failed on the way: it stays in the failure summary
         assert operation.outcome is OperationOutcome.PARTIALLY_SUCCEEDED
@@ -216,7 +216,7 @@ def test_each_run_is_mirrored_once_and_the_cursor_moves_on(platform):
     platform.tick(operations_ledger_sensor, None)  # a lost cursor: everything is read again, nothing added
     assert counts() == (3, 6)
     with platform.catalog.session() as s:
-        assert operations.get_operation(s, operation_id).context["dagster_run_ids"] == run_ids
+        assert queries.get_operation(s, operation_id).context["dagster_run_ids"] == run_ids
 
 
 def test_a_sensor_wave_completes_when_each_run_key_has_run(platform, monkeypatch):
@@ -227,13 +227,13 @@ def test_a_sensor_wave_completes_when_each_run_key_has_run(platform, monkeypatch
     run(platform, None, DagsterEventType.RUN_START, DagsterEventType.RUN_FAILURE, **{"dagster/run_key": "k2"})
     platform.tick(operations_ledger_sensor)
     with platform.catalog.session() as s:
-        operation = operations.get_operation(s, wave)
+        operation = queries.get_operation(s, wave)
         assert operation.status is OperationStatus.RUNNING  # k3 has no run yet
         assert operation.summary_counts == {"total": 3, "success": 1, "failed": 1, "skipped": 0}
     monkeypatch.setattr("dagster_project.sensors.ledger.WAVE_PATIENCE", timedelta(0))  # k3 never came
     platform.tick(operations_ledger_sensor)
     with platform.catalog.session() as s:
-        operation = operations.get_operation(s, wave)
+        operation = queries.get_operation(s, wave)
         assert operation.outcome is OperationOutcome.PARTIALLY_SUCCEEDED
         assert operation.summary_counts == {"total": 3, "success": 1, "failed": 1, "skipped": 1}
 

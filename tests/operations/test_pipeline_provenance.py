@@ -6,9 +6,9 @@ import pytest
 import sqlalchemy as sa
 from dagster import instance_for_test
 
-from dagster_project.catalog import operations, queries
-from dagster_project.catalog.operations import OperationOutcome, OperationType
-from dagster_project.catalog.provenance import Artifact, ProcessingRun, ProcessingStep
+from dagster_project.catalog import queries
+from dagster_project.catalog.schema import OperationOutcome, OperationType
+from dagster_project.catalog.schema import Artifact, ProcessingRun, ProcessingStep
 from dagster_project.cli.main import main as cli_main
 from dagster_project.ingest.landing import sha256_of
 from dagster_project.cli.runner import process_folder
@@ -52,11 +52,11 @@ def test_process_is_one_operation_counting_its_runs(processed):
     platform, report = processed
     assert not report.failed and len(report.runs) == 5  # 2 calibrations, 1 reference, 2 differences
     with platform.catalog.session() as s:
-        process = operations.get_operation(s, report.operation_id)
+        process = queries.get_operation(s, report.operation_id)
         assert process.type == OperationType.PROCESS_FOLDER and process.outcome is OperationOutcome.SUCCEEDED
         assert process.summary_counts == {"total": 5, "success": 5, "failed": 0, "skipped": 0}
         assert sorted(process.context["dagster_run_ids"]) == sorted(r.run_id for r in report.runs)
-        (scan,) = operations.list_operations(s, operation_type=OperationType.INGEST_SCAN)
+        (scan,) = queries.list_operations(s, operation_type=OperationType.INGEST_SCAN)
         assert scan.initiator_name == "System" and scan.operator is None
         assert scan.summary_counts == {"total": 6, "success": 6, "failed": 0, "skipped": 0}  # 2 bias, 2 flats, 2 science
         assert len(scan.context["requested_runs"]) == 2

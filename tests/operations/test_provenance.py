@@ -7,15 +7,11 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from dagster_project.catalog import IllegalTransition, queries
-from dagster_project.catalog.models import ObservationStatus, RawDataFile, RunStatus
-from dagster_project.catalog.provenance import (
-    Artifact,
+from dagster_project.catalog.schema import ObservationStatus, RawDataFile, RunStatus
+from dagster_project.catalog.queries import (
     ArtifactRecord,
     InputRecord,
-    ProcessingRunStatus,
-    ProcessingStep,
     StepRecord,
-    StepType,
     abandon_running_attempts,
     append_steps,
     derived_artifacts,
@@ -25,6 +21,7 @@ from dagster_project.catalog.provenance import (
     record_processing_run,
     steps_after,
 )
+from dagster_project.catalog.schema import Artifact, ProcessingRunStatus, ProcessingStep, StepType
 from tests.catalog import T0, observation, sha
 
 P = ProcessingRunStatus

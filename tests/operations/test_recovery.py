@@ -18,10 +18,11 @@ import sqlalchemy as sa
 from dagster import DagsterInstance, DagsterRunStatus, Definitions, RunsFilter, SensorResult, instance_for_test
 
 import dagster_project
-from dagster_project.catalog import operations, queries
-from dagster_project.catalog.models import DifferenceRun, Observation, ObservationStatus, PreprocessRun, RunStatus
-from dagster_project.catalog.operations import OperationStatus, OperationType, observations_for_backfill
-from dagster_project.catalog.pipeline_queries import RetryPolicy
+from dagster_project.catalog import queries, schema
+from dagster_project.catalog.schema import DifferenceRun, Observation, ObservationStatus, PreprocessRun, RunStatus
+from dagster_project.catalog.queries import observations_for_backfill
+from dagster_project.catalog.schema import OperationStatus, OperationType
+from dagster_project.catalog.queries import RetryPolicy
 from dagster_project.cli.main import main as cli_main
 from dagster_project.definitions import defs
 from dagster_project.products.requests import RequestSpec, submit_requests
@@ -197,7 +198,7 @@ def test_process_retries_a_permanently_failing_partition_up_to_the_max_and_retur
     assert report.failed == [attempts[-1]] and len(report.runs) == 3
     assert any("retried in" in line for line in lines)
     with platform.catalog.session() as s:
-        assert not operations.active_operations(s)
+        assert not queries.active_operations(s)
 
 
 # --- (c) backfill selects every unfinished state --------------------------------------------------------------------
@@ -261,11 +262,11 @@ def test_ticks_over_a_stuck_run_key_create_one_reprocess_operation(platform):
         asked += tick(platform, reference_and_difference_sensor)[0]
         _, cursor = platform.tick(operations_ledger_sensor, cursor)
     with platform.catalog.session() as s:
-        waves = operations.list_operations(s, operation_type=OperationType.REPROCESS_CAMPAIGN)
+        waves = queries.list_operations(s, operation_type=OperationType.REPROCESS_CAMPAIGN)
         assert len(waves) == 1
         (wave,) = waves
         assert wave.status is OperationStatus.COMPLETED and wave.summary_counts["failed"] == 1
-        assert not operations.active_operations(s)
+        assert not queries.active_operations(s)
     assert asked == []  # within the backoff nothing is asked for again (and the old key would be skipped)
     # the same run keys are the same campaign, also once it is over
     assert start_wave(platform.catalog, "test", OperationType.REPROCESS_CAMPAIGN, [request.run_key]) == wave.id
@@ -298,11 +299,11 @@ def test_a_clean_process_leaves_no_operation_running(night, night_platform):
                             progress=lambda _: None)
     assert not report.failed and report.runs
     with night_platform.catalog.session() as s:
-        assert not operations.active_operations(s), operations.active_operations(s)
-        by_type = {t: operations.list_operations(s, operation_type=t) for t in OperationType}
+        assert not queries.active_operations(s), queries.active_operations(s)
+        by_type = {t: queries.list_operations(s, operation_type=t) for t in OperationType}
         assert by_type[OperationType.REPROCESS_CAMPAIGN] and by_type[OperationType.PRODUCT_REBUILD_WAVE]
         for operation in by_type[OperationType.REPROCESS_CAMPAIGN] + by_type[OperationType.PRODUCT_REBUILD_WAVE]:
-            assert operation.outcome is operations.OperationOutcome.SUCCEEDED, operation
+            assert operation.outcome is schema.OperationOutcome.SUCCEEDED, operation
 
 
 @pytest.mark.slow
@@ -332,7 +333,7 @@ def test_differences_failed_by_a_database_outage_are_retried_and_succeed(night, 
     assert len(retried) == 2 and all(r.tags[RUN_KEY].endswith(":a1") and r.tags[ATTEMPT_TAG] == "1" for r in retried)
     with night_platform.catalog.session() as s:
         assert set(s.scalars(sa.select(Observation.status))) == {ObservationStatus.DIFFERENCED}
-        assert not operations.active_operations(s)
+        assert not queries.active_operations(s)
     assert not night_platform.instance.get_run_ids(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
 
 
@@ -371,7 +372,7 @@ def test_process_killed_mid_calibration_is_recovered_by_the_next_process(night, 
     assert instance.get_run_by_id(killed.run_id).status is DagsterRunStatus.FAILURE
     with platform.catalog.session() as s:
         assert set(s.scalars(sa.select(Observation.status))) == {ObservationStatus.DIFFERENCED}
-        assert not operations.active_operations(s)
+        assert not queries.active_operations(s)
     again = [instance.get_run_by_id(r.run_id) for r in report.runs
              if r.job_name == "calibrate_job" and r.partition_key == killed.tags["dagster/partition"]]
     assert len(again) == 1 and again[0].tags[ATTEMPT_TAG] in ("0", "1")

@@ -15,19 +15,17 @@ from astropy.table import Table
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from dagster_project.assets.detection.candidates import candidate_rows
-from dagster_project.catalog import Catalog, operations
-from dagster_project.catalog.models import (
+from dagster_project.catalog import Catalog, queries
+from dagster_project.catalog.schema import (
     Candidate,
-    DifferenceRun,
     Observation,
     ObservationStatus,
-    PreprocessRun,
     RawDataFile,
     RawFileStatus,
     ReferenceImage,
     RunStatus,
 )
-from dagster_project.catalog.provenance import Artifact, ProcessingRun, ProcessingRunStatus, ProcessingStep
+from dagster_project.catalog.schema import Artifact, ProcessingRun, ProcessingRunStatus, ProcessingStep
 
 OBSERVATION_ASSETS = ("raw_observation", "calibrated_image", "difference_image", "candidates")
 MIRRORED = {DagsterRunStatus.SUCCESS: ProcessingRunStatus.COMPLETED, DagsterRunStatus.FAILURE: ProcessingRunStatus.FAILED,
@@ -177,7 +175,7 @@ def assert_every_file_once(catalog: Catalog, instance: DagsterInstance, store_ro
         leftovers = sorted(str(p.relative_to(store_root)) for p in store_root.rglob("*.partial"))
         if leftovers:
             problems.append(f"half-written temporary files left in the store: {leftovers}")
-        active = [f"#{op.id} {op.type} {op.status.value}" for op in operations.active_operations(s)]
+        active = [f"#{op.id} {op.type} {op.status.value}" for op in queries.active_operations(s)]
         if active:
             problems.append(f"operations still active: {active}")
         outcome = Outcome(files=len(raws), observations=len(observations), candidates=n_candidates,
@@ -197,7 +195,7 @@ def settled(catalog: Catalog, instance: DagsterInstance, n_science: int) -> bool
         return False
     with catalog.session() as s:
         differenced = s.scalar(sa.select(sa.func.count()).where(Observation.status == ObservationStatus.DIFFERENCED))
-        if differenced != n_science or operations.active_operations(s):
+        if differenced != n_science or queries.active_operations(s):
             return False
         mirrored = {run_id: status for run_id, status in s.execute(
             sa.select(ProcessingRun.dagster_run_id, ProcessingRun.status))}

@@ -3,8 +3,8 @@
 from datetime import datetime, timedelta, timezone
 
 from dagster_project.catalog import queries
-from dagster_project.catalog.result_lifecycle import add_request, match_observation
-from dagster_project.catalog.results import CopiesMode, ObservationRequest
+from dagster_project.catalog.queries import add_request, match_observation
+from dagster_project.catalog.schema import CopiesMode, ObservationRequest
 from tests.catalog import observation
 
 T0 = datetime(2026, 11, 22, 1, 0, tzinfo=timezone.utc)

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from dagster_project.catalog import IllegalTransition
-from dagster_project.catalog.models import ObservationStatus
-from dagster_project.catalog.result_lifecycle import (
+from dagster_project.catalog.schema import ObservationStatus
+from dagster_project.catalog.queries import (
     dispatch_due,
     expand_request,
     get_or_create_instrument,
@@ -16,7 +16,7 @@ from dagster_project.catalog.result_lifecycle import (
     settle_fulfillment,
     unmatched_observations,
 )
-from dagster_project.catalog.results import CopiesMode, FulfillmentStatus, TaskState
+from dagster_project.catalog.schema import CopiesMode, FulfillmentStatus, TaskState
 from dagster_project.products.requests import InvalidRequest, load_request_file, parse_requests
 from tests.catalog import observation
 from tests.results.helpers import T0, request

@@ -9,7 +9,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from dagster import instance_for_test
 
-from dagster_project.catalog.results import DataProductStatus, ObservationResult
+from dagster_project.catalog.schema import DataProductStatus, ObservationResult
 from dagster_project.definitions import defs
 from dagster_project.products.requests import RequestSpec, submit_requests
 from dagster_project.cli.runner import process_folder

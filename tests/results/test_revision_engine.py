@@ -7,10 +7,9 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from sqlalchemy import select
 
 from dagster_project.catalog import Catalog, IllegalTransition
-from dagster_project.catalog.result_lifecycle import (
+from dagster_project.catalog.queries import (
     RebuildPolicy,
     bump_results,
     claim_build,
@@ -19,7 +18,7 @@ from dagster_project.catalog.result_lifecycle import (
     move_product,
     requeue_abandoned,
 )
-from dagster_project.catalog.results import DataProductStatus, ObservationResult, ObservationResultProcessingRun
+from dagster_project.catalog.schema import DataProductStatus, ObservationResult, ObservationResultProcessingRun
 from tests.results.helpers import T0, fulfilled_results
 
 DP = DataProductStatus

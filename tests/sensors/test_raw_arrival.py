@@ -10,7 +10,7 @@ from astropy.io import fits
 from dagster import SensorResult, SkipReason, instance_for_test
 from sqlalchemy import select
 
-from dagster_project.catalog.models import Observation, RawDataFile, RawFileStatus
+from dagster_project.catalog.schema import Observation, RawDataFile, RawFileStatus
 from dagster_project.ingest import landing as landing_module
 from dagster_project.sensors.raw_arrival import raw_arrival_sensor
 from dagster_project.simulation.night import simulate_night

@@ -10,8 +10,8 @@ from dagster_project.pipeline.batching import BATCHED_BACKFILL, PartitionOutput,
 from dagster_project.assets.detection.difference_image import difference_image
 from dagster_project.pipeline.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, artifacts, inputs, png_markdown
 from dagster_project.pipeline.partitions import observations_partitions
-from dagster_project.catalog import queries, result_lifecycle
-from dagster_project.catalog.models import RunStatus
+from dagster_project.catalog import queries
+from dagster_project.catalog.schema import RunStatus
 from dagster_project.resources import CatalogResource, PipelineConfigResource, StoreResource
 from dagster_project.rendering.preview import cutout_triplet_png
 
@@ -88,7 +88,7 @@ def _record_candidates(key: str, catalog: CatalogResource, store: StoreResource,
             raise ValueError(f"{key} has no completed difference image")
         if run.status == RunStatus.SKIPPED:
             queries.record_candidates(session, run, [])
-            result_lifecycle.observation_materialized(session, key, pipeline.rebuild_policy())
+            queries.observation_materialized(session, key, pipeline.rebuild_policy())
             return PartitionOutput(
                 metadata={"n_candidates": 0, "skipped": run.error_message or "no difference image"},
                 checks=[AssetCheckResult(check_name="candidate_count_sane", passed=True)])
@@ -97,7 +97,7 @@ def _record_candidates(key: str, catalog: CatalogResource, store: StoreResource,
         detections = Table.read(diff_path.with_name("detections.ecsv"), format="ascii.ecsv")
         rows = candidate_rows(detections)
         queries.record_candidates(session, run, rows)  # and the observation is differenced, in this transaction
-        result_lifecycle.observation_materialized(session, key, pipeline.rebuild_policy())
+        queries.observation_materialized(session, key, pipeline.rebuild_policy())
     table_path = products.write_table(diff_path.with_name("candidates.ecsv"), detections)
 
     positives = sorted((r for r in rows if not r["is_negative"]), key=lambda r: -(r["snr"] or 0))

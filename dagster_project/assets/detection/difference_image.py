@@ -18,8 +18,8 @@ from dagster_project.assets.observations.calibrated_image import calibrated_imag
 from dagster_project.pipeline.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, artifacts, inputs, png_markdown, rounded, size_mb
 from dagster_project.pipeline.partitions import observations_partitions
 from dagster_project.assets.references.reference_image import reference_characterization, reference_image
-from dagster_project.catalog import pipeline_queries, queries, result_lifecycle
-from dagster_project.catalog.models import RunStatus
+from dagster_project.catalog import queries
+from dagster_project.catalog.schema import RunStatus
 from dagster_project.keys import field_band_key
 from dagster_project.resources import CatalogResource, PipelineConfigResource, StoreResource
 from dagster_project.science.difference import difference_images
@@ -73,7 +73,7 @@ def _difference(key: str, dagster_run_id: str, catalog: CatalogResource, store: 
             if is_reference:
                 queries.finish_difference_run(session, run, status=RunStatus.SKIPPED,
                                               error_message="this observation is its field's reference")
-                result_lifecycle.observation_materialized(session, key, pipeline.rebuild_policy())
+                queries.observation_materialized(session, key, pipeline.rebuild_policy())
             new_path = Path(observation.preprocess_run.processed_fits_path)
             output = products.observation_dir(observation.night, observation.observation_id) / "difference.fits"
     if reference is None:
@@ -96,20 +96,20 @@ def _difference(key: str, dagster_run_id: str, catalog: CatalogResource, store: 
         detections_path = products.write_table(output.with_name("detections.ecsv"), result.candidates)
     except Exception as exc:
         with catalog.catalog().session() as session:
-            queries.finish_difference_run(session, pipeline_queries.get_difference_run(session, run_id),
+            queries.finish_difference_run(session, queries.get_difference_run(session, run_id),
                                           status=RunStatus.FAILED, error_message=f"{type(exc).__name__}: {exc}")
         raise
 
     quality = rounded({k: v for k, v in result.quality.items() if not isinstance(v, str)})
     with catalog.catalog().session() as session:
         queries.finish_difference_run(
-            session, pipeline_queries.get_difference_run(session, run_id), status=RunStatus.COMPLETED,
+            session, queries.get_difference_run(session, run_id), status=RunStatus.COMPLETED,
             difference_image_path=str(output), significance_map_path=f"{output}[SCORR]",
             noise_level=result.zogy.d_std, detection_threshold=params.threshold,
             # candidates_found and the observation's "differenced" come with the rows (the candidates asset)
             quality={**quality, "n_detections": len(result.candidates), "timings": result.timings},
             processing_time_seconds=result.timings.get("total"))
-        result_lifecycle.observation_materialized(session, key, pipeline.rebuild_policy())
+        queries.observation_materialized(session, key, pipeline.rebuild_policy())
     scorr_ok = SCORR_STD_RANGE[0] <= result.zogy.scorr_std <= SCORR_STD_RANGE[1]
     preview = image_preview_png(result.zogy.D, mask=result.mask, max_size=256)
     preview_path = products.write_bytes(output.with_name("difference.png"), preview)

@@ -11,7 +11,6 @@ false, the note and the metadata's ``calibration`` say what was left out).
 """
 
 import dataclasses
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +30,8 @@ from dagster_project.calibration.masters import MastersChoice, masters_for
 from dagster_project.pipeline.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, Stopwatch, artifacts, inputs, png_markdown, rounded, size_mb
 from dagster_project.pipeline.partitions import observations_partitions
 from dagster_project.assets.observations.raw_observation import raw_observation
-from dagster_project.catalog import pipeline_queries, queries, result_lifecycle
-from dagster_project.catalog.models import RunStatus
+from dagster_project.catalog import queries
+from dagster_project.catalog.schema import RunStatus
 from dagster_project.resources import CatalogResource, PipelineConfigResource, StoreResource
 from dagster_project.science.calibration import calibrate_science_frame, calibrated_header
 from dagster_project.science.images import ImagePlanes
@@ -134,10 +133,10 @@ def _calibrate(key: str, dagster_run_id: str, catalog: CatalogResource, store: S
             master_flat_id=masters.flat and masters.flat.master_id, calibration_note="; ".join(notes) or None,
             registration_quality=solution.registration.rms if solution else None, wcs_info=wcs_info)
     with catalog.catalog().session() as session:
-        pipeline_queries.record_seeing(session, key, seeing)
+        queries.record_seeing(session, key, seeing)
         if solution is not None:
             frame_astrometry.record_position(session, key, solution, planes.shape)
-        result_lifecycle.observation_materialized(session, key, pipeline.rebuild_policy())
+        queries.observation_materialized(session, key, pipeline.rebuild_policy())
     preview = image_preview_png(planes.data, mask=planes.mask, max_size=256)
     preview_path = products.write_bytes(output.with_name("calibrated.png"), preview)
     return PartitionOutput(
@@ -210,4 +209,4 @@ class _Blocked(Exception):
 
 def _finish(catalog: CatalogResource, run_id, status: RunStatus, **fields) -> None:
     with catalog.catalog().session() as session:
-        queries.finish_preprocess_run(session, pipeline_queries.get_preprocess_run(session, run_id), status=status, **fields)
+        queries.finish_preprocess_run(session, queries.get_preprocess_run(session, run_id), status=status, **fields)

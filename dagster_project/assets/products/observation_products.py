@@ -27,9 +27,9 @@ from dagster_project.pipeline.batching import BATCHED_BACKFILL, PartitionOutput,
 from dagster_project.assets.detection.candidates import candidates
 from dagster_project.pipeline.metadata import CODE_VERSION, artifacts, inputs, png_markdown
 from dagster_project.pipeline.partitions import results_partitions
-from dagster_project.catalog import Candidate, RunStatus, cone_search, result_lifecycle
-from dagster_project.catalog.models import utcnow
-from dagster_project.catalog.results import DataProductStatus, FulfillmentStatus
+from dagster_project.catalog import Candidate, RunStatus, cone_search, queries, schema
+from dagster_project.catalog.schema import utcnow
+from dagster_project.catalog.schema import DataProductStatus, FulfillmentStatus
 from dagster_project.ingest.landing import sha256_of
 from dagster_project.resources import CatalogResource, PipelineConfigResource, StoreResource
 from dagster_project.science.forced_photometry import forced_photometry
@@ -76,11 +76,11 @@ def _build_products(key: str, dagster_run_id: str, catalog: CatalogResource, sto
     products = store.store()
     now = utcnow()
     with catalog.catalog().session() as session:
-        result = result_lifecycle.get_result(session, key)
+        result = queries.get_result(session, key)
         if result.data_product_status is DataProductStatus.SKIPPED:
             return PartitionOutput(metadata={"status": "SKIPPED", "reason": result.status_reason or ""},
                                    checks=_checks(session, result, now, policy))
-        run = result_lifecycle.claim_build(session, result, dagster_run_id, now)
+        run = queries.claim_build(session, result, dagster_run_id, now)
         run_id, revision = run.id, run.built_from_revision
         try:
             plan = _plan(session, result)
@@ -91,15 +91,15 @@ def _build_products(key: str, dagster_run_id: str, catalog: CatalogResource, sto
         if plan.outcome is DataProductStatus.BLOCKED:
             raise Failure(f"products blocked: {plan}", allow_retries=False)
         with catalog.catalog().session() as session:
-            checks = _checks(session, result_lifecycle.get_result(session, key), utcnow(), policy)
+            checks = _checks(session, queries.get_result(session, key), utcnow(), policy)
         return PartitionOutput(metadata={"status": status.value, "reason": str(plan), "revision": revision},
                                checks=checks)
     try:
         outputs = _build(products, plan, products.result_dir(key, revision))
         with catalog.catalog().session() as session:
-            processing_run = session.get_one(result_lifecycle.ObservationResultProcessingRun, run_id)
+            processing_run = session.get_one(schema.ObservationResultProcessingRun, run_id)
             for kind, (path, meta) in outputs.items():
-                result_lifecycle.add_output(session, processing_run, kind=kind, path=str(path),
+                queries.add_output(session, processing_run, kind=kind, path=str(path),
                                             size_bytes=path.stat().st_size, checksum=sha256_of(path), metadata=meta)
     except Exception as exc:
         _finish(catalog, run_id, DataProductStatus.FAILED, f"{type(exc).__name__}: {exc}", policy)
@@ -107,7 +107,7 @@ def _build_products(key: str, dagster_run_id: str, catalog: CatalogResource, sto
     status = _finish(catalog, run_id, DataProductStatus.READY, None, policy)
     photometry = outputs["forced_photometry"][1]
     with catalog.catalog().session() as session:
-        result = result_lifecycle.get_result(session, key)
+        result = queries.get_result(session, key)
         checks = _checks(session, result, utcnow(), policy)
     return PartitionOutput(
         metadata={
@@ -187,12 +187,12 @@ def _build(products: ProductStore, plan: dict, folder: Path) -> dict[str, tuple[
 
 def _finish(catalog: CatalogResource, run_id, outcome: DataProductStatus, reason: str | None, policy) -> DataProductStatus:
     with catalog.catalog().session() as session:
-        run = session.get_one(result_lifecycle.ObservationResultProcessingRun, run_id)
-        return result_lifecycle.finish_build(session, run, outcome, utcnow(), reason, policy).data_product_status
+        run = session.get_one(schema.ObservationResultProcessingRun, run_id)
+        return queries.finish_build(session, run, outcome, utcnow(), reason, policy).data_product_status
 
 
 def _checks(session, result, now, policy) -> list[AssetCheckResult]:
-    overdue = result_lifecycle.results_dirty_longer_than(session, now - policy.max_delay - CHECK_GRACE)
+    overdue = queries.results_dirty_longer_than(session, now - policy.max_delay - CHECK_GRACE)
     return [
         AssetCheckResult(check_name="built_from_current_revision",
                          passed=result.data_product_status in (DataProductStatus.READY, DataProductStatus.SKIPPED),

@@ -14,7 +14,7 @@ from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetE
 from dagster_project.assets.observations.calibrated_image import calibrated_image
 from dagster_project.pipeline.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, artifacts, inputs, png_markdown, rounded, size_mb
 from dagster_project.pipeline.partitions import field_band_partitions
-from dagster_project.catalog import pipeline_queries, queries
+from dagster_project.catalog import queries
 from dagster_project.resources import CatalogResource, PipelineConfigResource, StoreResource
 from dagster_project.science.difference import (
     DifferenceParams,
@@ -51,7 +51,7 @@ def reference_image(context: AssetExecutionContext, catalog: CatalogResource, st
                     pipeline: PipelineConfigResource) -> MaterializeResult:
     products = store.store()
     with catalog.catalog().session() as session:
-        frames = pipeline_queries.calibrated_frames_of_field_band(session, context.partition_key)
+        frames = queries.calibrated_frames_of_field_band(session, context.partition_key)
         choice = choose_reference([f.quality for f in frames])
         if choice is None:
             raise Failure(f"no calibrated frame of {context.partition_key} is good enough for a reference "

@@ -11,9 +11,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from dagster_project.catalog.db import VERSION_TABLE, make_engine
-from dagster_project.catalog import results  # noqa: F401  (its tables belong to Base.metadata)
-from dagster_project.catalog import models_operations  # noqa: F401  (the ledger's and provenance's tables too)
-from dagster_project.catalog.models import Base, UTCDateTime
+from dagster_project.catalog.schema import Base, UTCDateTime
 
 config = context.config
 target_metadata = Base.metadata

@@ -17,7 +17,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from dagster_project.catalog.models import Base, RawDataFile, StandardColumns, Survey, enum_type
+from dagster_project.catalog.schema.base import Base, StandardColumns, enum_type
+from dagster_project.catalog.schema.observations import RawDataFile, Survey
 
 __all__ = [
     "ACTIVE",

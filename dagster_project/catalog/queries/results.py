@@ -40,8 +40,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, selectinload
 
 from dagster_project.catalog.healpix import angular_separation_deg
-from dagster_project.catalog.models import Observation, ObservationStatus, Survey, utcnow
-from dagster_project.catalog.results import (
+from dagster_project.catalog.schema.base import utcnow
+from dagster_project.catalog.schema.observations import Observation, ObservationStatus, Survey
+from dagster_project.catalog.schema.results import (
     CopiesMode,
     DataProductStatus,
     FulfillmentStatus,
@@ -51,11 +52,11 @@ from dagster_project.catalog.results import (
     ObservationResultProcessingRun,
     ObservationResultProcessingRunOutput,
     ObservationTask,
-    ProcessingRunStatus,
     RequestStatus,
+    ResultProcessingRunStatus,
     TaskState,
 )
-from dagster_project.catalog.queries import NotFound
+from dagster_project.catalog.queries.observations import NotFound
 from dagster_project.catalog.states import IllegalTransition
 
 FS, DP = FulfillmentStatus, DataProductStatus
@@ -106,7 +107,7 @@ class RebuildPolicy:
     build_timeout: timedelta = timedelta(hours=1)  # BUILDING longer than this is presumed dead
 
 
-RS, TS, PS = RequestStatus, TaskState, ProcessingRunStatus
+RS, TS, PS = RequestStatus, TaskState, ResultProcessingRunStatus
 REQUEST_TRANSITIONS = {RS.ACTIVE: frozenset({RS.COMPLETED, RS.CANCELED}), RS.COMPLETED: frozenset(),
                        RS.CANCELED: frozenset()}
 TASK_TRANSITIONS = {TS.DISPATCHED: frozenset({TS.OBSERVED, TS.CANCELED}),
@@ -144,7 +145,7 @@ def move_task(task: ObservationTask, new: TaskState, now: datetime, error: str |
         task.finished_at, task.error = now, error
 
 
-def _end_processing_run(run: ObservationResultProcessingRun, new: ProcessingRunStatus, now: datetime,
+def _end_processing_run(run: ObservationResultProcessingRun, new: ResultProcessingRunStatus, now: datetime,
                         error: str | None) -> None:
     _move(run, "status", PROCESSING_RUN_TRANSITIONS, new)
     run.finished_at, run.error = now, error
@@ -447,7 +448,7 @@ def claim_build(session: Session, result: ObservationResult, dagster_run_id: str
     move_product(result, DP.BUILDING)
     run = ObservationResultProcessingRun(result=result, built_from_revision=result.assets_revision,
                                          dagster_run_id=dagster_run_id, started_at=now,
-                                         status=ProcessingRunStatus.RUNNING)
+                                         status=ResultProcessingRunStatus.RUNNING)
     session.add(run)
     session.flush()
     result.current_processing_run = run
@@ -463,8 +464,8 @@ def add_output(session: Session, run: ObservationResultProcessingRun, *, kind: s
     return output
 
 
-_RUN_OUTCOME = {DP.READY: ProcessingRunStatus.SUCCEEDED, DP.BLOCKED: ProcessingRunStatus.BLOCKED,
-                DP.FAILED: ProcessingRunStatus.FAILED, DP.SKIPPED: ProcessingRunStatus.SKIPPED}
+_RUN_OUTCOME = {DP.READY: ResultProcessingRunStatus.SUCCEEDED, DP.BLOCKED: ResultProcessingRunStatus.BLOCKED,
+                DP.FAILED: ResultProcessingRunStatus.FAILED, DP.SKIPPED: ResultProcessingRunStatus.SKIPPED}
 
 
 def finish_build(session: Session, run: ObservationResultProcessingRun, outcome: DataProductStatus, now: datetime,
@@ -473,7 +474,7 @@ def finish_build(session: Session, run: ObservationResultProcessingRun, outcome:
     session.refresh(run)
     result = session.scalar(sa.select(ObservationResult).where(ObservationResult.id == run.result_id)
                             .with_for_update().execution_options(populate_existing=True))
-    if run.status is not ProcessingRunStatus.RUNNING or result.current_processing_run_id != run.id:
+    if run.status is not ResultProcessingRunStatus.RUNNING or result.current_processing_run_id != run.id:
         raise IllegalTransition(run, run.status, _RUN_OUTCOME[outcome])  # abandoned meanwhile: nothing to record
     _end_processing_run(run, _RUN_OUTCOME[outcome], now, reason)
     result.current_processing_run = None
@@ -510,7 +511,7 @@ def requeue_abandoned(session: Session, run_is_alive: Callable[[str | None], boo
         if run is not None and run_is_alive(run.dagster_run_id) and now - run.started_at < policy.build_timeout:
             continue
         if run is not None:
-            _end_processing_run(run, ProcessingRunStatus.ABANDONED, now,
+            _end_processing_run(run, ResultProcessingRunStatus.ABANDONED, now,
                                 "its Dagster run ended without finishing the build")
         result.current_processing_run = None
         result.next_eligible_run_at = now

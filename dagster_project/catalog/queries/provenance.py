@@ -31,10 +31,10 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from dagster_project.catalog import queries, states
-from dagster_project.catalog.models import DifferenceRun, PreprocessRun, RawDataFile, RunStatus
-from dagster_project.catalog.models_operations import (
-    FINISHED,  # noqa: F401 - not used here; read as provenance.FINISHED by the CLI
+from dagster_project.catalog import states
+from dagster_project.catalog.queries import observations as observation_queries
+from dagster_project.catalog.schema.observations import DifferenceRun, PreprocessRun, RawDataFile, RunStatus
+from dagster_project.catalog.schema.operations import (
     Artifact,
     ProcessingRun,
     ProcessingRunStatus,
@@ -130,7 +130,7 @@ def append_steps(session: Session, run: ProcessingRun, steps: Iterable[StepRecor
 
 
 def _input(session: Session, record: InputRecord, used_at: datetime) -> StepInput:
-    raw = queries.find_raw_file_by_sha256(session, record.sha256) if record.sha256 else None
+    raw = observation_queries.find_raw_file_by_sha256(session, record.sha256) if record.sha256 else None
     return StepInput(role=record.role, path=record.path, sha256=record.sha256, raw_data_file=raw,
                      input_artifact=None if raw else producing_artifact(session, record.path, record.sha256, used_at))
 
@@ -139,8 +139,8 @@ def abandon_running_attempts(session: Session, dagster_run_id: str, reason: str)
     """Close the calibration and difference attempts a dead Dagster run left running (as failed,
     so the observation shows failed and a backfill of failed observations picks it up)."""
     abandoned = 0
-    for model, finish in ((PreprocessRun, queries.finish_preprocess_run),
-                          (DifferenceRun, queries.finish_difference_run)):
+    for model, finish in ((PreprocessRun, observation_queries.finish_preprocess_run),
+                          (DifferenceRun, observation_queries.finish_difference_run)):
         for attempt in session.scalars(sa.select(model).where(model.dagster_run_id == dagster_run_id,
                                                               model.status == RunStatus.RUNNING)).all():
             finish(session, attempt, status=RunStatus.FAILED, error_message=reason)
@@ -153,7 +153,7 @@ def abandon_running_attempts(session: Session, dagster_run_id: str, reason: str)
 def get_processing_run(session: Session, dagster_run_id: str) -> ProcessingRun:
     run = session.scalar(sa.select(ProcessingRun).where(ProcessingRun.dagster_run_id == dagster_run_id))
     if run is None:
-        raise queries.NotFound(f"no processing run for Dagster run {dagster_run_id!r}")
+        raise observation_queries.NotFound(f"no processing run for Dagster run {dagster_run_id!r}")
     return run
 
 
@@ -173,7 +173,7 @@ def runs_of_operation(session: Session, operation_run_id: int) -> list[Processin
 def get_artifact(session: Session, artifact_id: uuid.UUID | str) -> Artifact:
     artifact = session.get(Artifact, uuid.UUID(str(artifact_id)))
     if artifact is None:
-        raise queries.NotFound(f"no artifact {artifact_id}")
+        raise observation_queries.NotFound(f"no artifact {artifact_id}")
     return artifact
 
 

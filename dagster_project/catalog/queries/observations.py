@@ -22,7 +22,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dagster_project.catalog.healpix import angular_separation_deg, cone_index_ranges, healpix_indices
-from dagster_project.catalog.models import (
+from dagster_project.catalog.schema.base import utcnow
+from dagster_project.catalog.schema.observations import (
     CalibrationMaster,
     Candidate,
     DifferenceRun,
@@ -36,7 +37,6 @@ from dagster_project.catalog.models import (
     ReferenceImage,
     RunStatus,
     Survey,
-    utcnow,
 )
 from dagster_project.catalog.states import check_transition, transition
 

@@ -37,8 +37,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dagster_project.catalog import states
-from dagster_project.catalog.models import Observation, ObservationStatus, PreprocessRun, RunStatus, Survey, utcnow
-from dagster_project.catalog.models_operations import (
+from dagster_project.catalog.schema.base import utcnow
+from dagster_project.catalog.schema.observations import (
+    Observation,
+    ObservationStatus,
+    PreprocessRun,
+    RunStatus,
+    Survey,
+)
+from dagster_project.catalog.schema.operations import (
     ACTIVE,
     OperationOutcome,
     OperationRun,

@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from dagster_project.catalog.models import (
+from dagster_project.catalog.schema.observations import (
     DifferenceRun,
     Observation,
     ObservationStatus,

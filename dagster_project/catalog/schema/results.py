@@ -24,7 +24,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from dagster_project.catalog.models import Base, Observation, StandardColumns, Survey, enum_type, ra_dec_checks
+from dagster_project.catalog.schema.base import Base, StandardColumns, enum_type, ra_dec_checks
+from dagster_project.catalog.schema.observations import Observation, Survey
 
 
 class CopiesMode(enum.StrEnum):
@@ -65,7 +66,7 @@ class TaskState(enum.StrEnum):
     CANCELED = "canceled"
 
 
-class ProcessingRunStatus(enum.StrEnum):
+class ResultProcessingRunStatus(enum.StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     BLOCKED = "blocked"
@@ -235,8 +236,8 @@ class ObservationResultProcessingRun(StandardColumns, Base):
     result_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("observation_results.id", ondelete="CASCADE"),
                                                  index=True)
     built_from_revision: Mapped[int]
-    status: Mapped[ProcessingRunStatus] = mapped_column(
-        enum_type(ProcessingRunStatus, "result_processing_status"), default=ProcessingRunStatus.RUNNING, index=True)
+    status: Mapped[ResultProcessingRunStatus] = mapped_column(
+        enum_type(ResultProcessingRunStatus, "result_processing_status"), default=ResultProcessingRunStatus.RUNNING, index=True)
     dagster_run_id: Mapped[str | None] = mapped_column(sa.String(64), index=True)
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
