@@ -1,7 +1,7 @@
 """Astronomical data platform on Dagster.
 
-Layers: ``science`` (pure array/header algorithms), ``catalog`` (SQLAlchemy
-models, migrations, state machines), ``ingest`` (file validation and
-registration), and the Dagster layer (``assets``, ``resources``, ``sensors``,
-``definitions``) that wires them together.
+Dagster-free layers: ``science`` (pure algorithms), ``catalog`` (schema, states, queries, migrations),
+``store``, ``ingest``, ``calibration``, ``products``, ``simulation``, ``rendering``; ``operations`` (the
+ledger); the Dagster layer (``assets``, ``pipeline``, ``resources``, ``sensors``, ``definitions``); and the
+drivers (``cli``). ``docs/architecture.md`` says which may import which.
 """

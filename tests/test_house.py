@@ -1,16 +1,21 @@
 """The house rules, read from the source with ``ast`` (nothing is imported):
 
 * no import cycle among the modules of ``dagster_project``;
+* every import between layers allowed by the layer table of ``docs/architecture.md`` (parsed here, so
+  the page and the rule cannot drift apart), Dagster imported only by the layers that may, the catalog's
+  schema below its states and queries, and no asset domain importing another;
 * no import of Dagster's private modules (``dagster._…``) anywhere in ``dagster_project``,
   but for the one named in :data:`PRIVATE_DAGSTER_ALLOWED`, with the reason.
 """
 
 import ast
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dagster_project"
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 
 #: (file, private module) -> why no public API does it. An entry that is no longer needed fails the test too.
 PRIVATE_DAGSTER_ALLOWED = {
@@ -147,3 +152,107 @@ def test_private_import_detection():
     assert _is_private("dagster", ("_check",))
     assert not _is_private("dagster", ("DagsterRunStatus",))
     assert not _is_private("dagster_shared", ())
+
+
+# --- layering, as documented in docs/architecture.md ---------------------------------------------
+
+def layer_table(text: str | None = None) -> dict[str, tuple[tuple[str, ...], frozenset[str], bool]]:
+    """Layer -> (its module prefixes, the layers it may import, whether it may import Dagster)."""
+    text = ARCHITECTURE.read_text() if text is None else text
+    rows = text.split("<!-- layers:", 1)[1].split("\n\n", 1)[0].splitlines()[3:]
+    table = {}
+    for row in rows:
+        name, modules, _what, may_import, dagster = (cell.strip() for cell in row.strip().strip("|").split("|"))
+        prefixes = tuple(f"dagster_project.{m}" for m in re.findall(r"`([\w.]+)`", modules))
+        allowed = frozenset(x.strip() for x in may_import.split(",") if x.strip() not in ("", "–", "-"))
+        table[name] = (prefixes, allowed, dagster == "yes")
+    return table
+
+
+def layer_of(module: str, table) -> str | None:
+    best = None
+    for name, (prefixes, _, _) in table.items():
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and (best is None or len(prefix) > best[1]):
+                best = (name, len(prefix))
+    return best[0] if best else None
+
+
+def layering_violations(graph: dict[str, set[str]], table) -> list[str]:
+    found = []
+    for module, imported in sorted(graph.items()):
+        if module == "dagster_project":
+            continue
+        mine = layer_of(module, table)
+        if mine is None:
+            found.append(f"{module} is in no layer of docs/architecture.md")
+            continue
+        for other in sorted(imported):
+            theirs = layer_of(other, table)
+            if theirs not in (mine, None) and theirs not in table[mine][1]:
+                found.append(f"{module} ({mine}) imports {other} ({theirs})")
+    return found
+
+
+def inner_violations(graph: dict[str, set[str]]) -> list[str]:
+    """The catalog's schema below its states and queries; no asset domain importing another."""
+    found = []
+    for module, imported in sorted(graph.items()):
+        for other in sorted(imported):
+            if module.startswith("dagster_project.catalog.schema") and other.startswith(
+                    ("dagster_project.catalog.states", "dagster_project.catalog.queries")):
+                found.append(f"{module} imports {other}: the schema sits below states and queries")
+            if module.startswith("dagster_project.catalog.states") and other.startswith("dagster_project.catalog.queries"):
+                found.append(f"{module} imports {other}: states sit below queries")
+            mine, theirs = module.split("."), other.split(".")
+            if (mine[1:2] == theirs[1:2] == ["assets"] and len(mine) > 3 and len(theirs) > 2
+                    and mine[2] != theirs[2]):
+                found.append(f"{module} imports {other}: asset domains depend on each other by asset key only")
+    return found
+
+
+def dagster_imports(table) -> list[str]:
+    found = []
+    for module, path in module_files().items():
+        mine = layer_of(module, table)
+        if mine is None or table[mine][2]:
+            continue
+        for node, imported, _ in _imports(path, module):
+            if imported.split(".")[0].startswith("dagster") and not imported.startswith("dagster_project"):
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} ({mine}) imports {imported}")
+    return found
+
+
+def test_every_layer_of_the_page_is_read():
+    table = layer_table()
+    assert {"science", "catalog", "ingest", "assets", "sensors", "definitions", "drivers"} <= set(table)
+    assert table["science"][1] == frozenset() and not table["science"][2]
+    assert "catalog" in table["ingest"][1]
+
+
+def test_imports_follow_the_documented_layers():
+    found = layering_violations(import_graph(), layer_table())
+    assert not found, "imports against docs/architecture.md's layers:\n" + "\n".join(found)
+
+
+def test_inside_the_catalog_and_the_assets():
+    found = inner_violations(import_graph())
+    assert not found, "\n".join(found)
+
+
+def test_dagster_only_where_the_page_allows_it():
+    found = dagster_imports(layer_table())
+    assert not found, "Dagster imported below the Dagster layer:\n" + "\n".join(found)
+
+
+def test_the_layer_rules_catch_what_they_should():
+    table = layer_table()
+    graph = {"dagster_project.science.zogy": {"dagster_project.catalog.db"},
+             "dagster_project.catalog.schema.base": {"dagster_project.catalog.queries.observations"},
+             "dagster_project.assets.detection.candidates": {"dagster_project.assets.observations.raw_observation"},
+             "dagster_project.newthing": set()}
+    assert layering_violations(graph, table) == [
+        "dagster_project.newthing is in no layer of docs/architecture.md",
+        "dagster_project.science.zogy (science) imports dagster_project.catalog.db (catalog)"]
+    assert len(inner_violations(graph)) == 2
+    assert layer_of("dagster_project.cli.runner", table) == "drivers"

@@ -4,3 +4,5 @@
 * ``night`` writes a simulated night of raw FITS frames as a telescope would, with ``truth.csv``;
 * ``recovery`` scores the detected candidates against the injected truth.
 """
+
+__all__ = ["night", "recovery", "telescope"]
