@@ -36,14 +36,13 @@ Implementation notes
   ``sum_j k_j^2 (x) V_j`` are then all exact for the kernels applied (nothing is assumed
   white), so ZOGY's variance terms stay right near masks and bright stars.
 * Outliers (cosmic rays the calibration missed, asteroids, satellite trails) are rejected
-  pixel by pixel against the median of the flux-scaled stack, with the threshold of Gruen
-  et al. (2014, PASP 126, 158), as SWarp's CLIPPED combine: ``|y_j - median| > clip_sigma *
-  sqrt(var_j + (clip_ampfrac * median)^2)``, where the amplitude term tolerates the core
-  differences that different seeing leaves; the rejected pixels are grown by one pixel.
-  This needs three inputs or more. Cores of stars sharper than the median by more than about
-  ``1 / (1 - clip_ampfrac)`` (1.4 in FWHM for the default) would be clipped too: choose the frames
-  within that range of seeing (:func:`~dagster_project.science.reference_selection`'s job), or raise
-  ``clip_ampfrac``.
+  against the median of the flux-scaled stack with the threshold of Gruen et al. (2014,
+  PASP 126, 158; SWarp's CLIPPED combine), ``|y_j - median| > clip_sigma * sqrt(var_j +
+  (clip_ampfrac * median)^2)``, but compared after blurring each frame with a Gaussian to the
+  broadest input's seeing, so that a sharper frame's star cores are not taken for outliers
+  (the amplitude term then only has to absorb the PSF shapes' residual differences), and with
+  the median's own noise (that of a typical frame) added to ``var_j``. The
+  rejected pixels are grown by the blur. This needs three inputs or more.
 * A masked or rejected pixel of one input is filled with the inverse-variance mean of the
   other inputs there, scaled by F_j (and its variance likewise), so the Fourier sums see
   no holes; a pixel no input covers is masked in the co-add with the inputs' bits there
@@ -53,12 +52,20 @@ Implementation notes
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import warnings
+
 import numpy as np
+from astropy.table import Table
 from scipy import fft, ndimage, signal
 
+from .difference import DifferenceParams, ImageCharacterization, characterize_for_difference, subtract_background
+from .images import ImagePlanes
 from .masks import MASK_DTYPE, MaskBit
+from .photometric_scaling import flux_ratio, measure_matched_fluxes
+from .psf import PSFError, PSFModel, estimate_psf, psf_photometry
+from .registration import register_images, resample_planes
 
-__all__ = ["Coadd", "CoaddInput", "proper_coadd"]
+__all__ = ["Coadd", "CoaddInput", "CoaddResult", "coadd_frames", "proper_coadd"]
 
 #: sqrt(sum |P_j^|^2) is floored at this fraction of its zero-frequency value, against 0 / 0 only: any
 #: floor that bites (even 1e-12, at the round-off corners of the frequency plane) low-passes the co-add
@@ -68,6 +75,9 @@ _DEN_FLOOR = 1e-200
 #: Where |P_j^| < tau |P_j^(0)|, its phase is that of the stamp's truncation and round-off ringing, not of
 #: the PSF: it is let go smoothly to zero there (the modulus is kept, so the co-add's noise stays white).
 _PHASE_TRUST = 1e-4
+
+#: FWHM of a Gaussian in units of its sigma
+_FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 
 @dataclass
@@ -224,16 +234,39 @@ def _usable_pixels(inputs: Sequence[CoaddInput], clip_sigma: float, clip_ampfrac
     good = np.stack([(np.asarray(f.mask) == 0) & np.isfinite(f.data) & np.isfinite(f.variance) for f in inputs])
     if len(inputs) < 3 or not np.isfinite(clip_sigma):
         return good
-    scaled = np.stack([np.asarray(f.data, np.float32) / np.float32(f.flux_scale) for f in inputs])
-    scaled_var = np.stack([np.asarray(f.variance, np.float32) / np.float32(f.flux_scale**2) for f in inputs])
-    scaled[~good] = np.nan
-    with np.errstate(invalid="ignore"), np.testing.suppress_warnings() as sup:
-        sup.filter(RuntimeWarning)
+    widths = [_fwhm(np.asarray(f.psf, float)) / _FWHM_PER_SIGMA for f in inputs]
+    target = max(widths)
+    matched = [_matched(f, ok, np.sqrt(max(target**2 - w**2, 0.0))) for f, ok, w in zip(inputs, good, widths)]
+    scaled = np.stack([m[0] for m in matched])
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no input covers the pixel
         median = np.nanmedian(scaled, axis=0)
-        outlier = np.abs(scaled - median) > clip_sigma * np.sqrt(scaled_var + (clip_ampfrac * median) ** 2)
-    outlier &= good & (np.isfinite(median)[None] & (good.sum(axis=0) >= 3)[None])
-    grown = np.stack([ndimage.binary_dilation(o, iterations=1) if o.any() else o for o in outlier])
-    return good & ~grown
+        # the median is about as noisy as a typical frame of the stack: its variance counts too
+        median_variance = np.nanmedian(np.stack([m[1] for m in matched]), axis=0)
+        enough = np.sum(np.isfinite(scaled), axis=0) >= 3
+        rejected = []
+        for (values, variance, blur), ok in zip(matched, good):
+            tolerance = clip_sigma * np.sqrt(variance + median_variance + (clip_ampfrac * median) ** 2)
+            outlier = enough & (np.abs(values - median) > tolerance)
+            grow = 1 + int(np.ceil(2 * blur))  # the outlier was spread over the matching blur
+            rejected.append(ndimage.binary_dilation(outlier, iterations=grow) & ok if outlier.any() else outlier)
+    return good & ~np.stack(rejected)
+
+
+def _matched(frame: CoaddInput, ok: np.ndarray, blur: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """The frame in co-add flux units, blurred by a Gaussian of ``blur`` px to the broadest input's seeing,
+    with its variance (NaN where fewer than 90 % of the blurred pixels were usable), and ``blur``."""
+    values = np.where(ok, np.asarray(frame.data, float) / frame.flux_scale, 0.0)
+    variance = np.where(ok, np.asarray(frame.variance, float) / frame.flux_scale**2, 0.0)
+    if blur < 0.3:  # about the broadest already: compared as it is
+        return np.where(ok, values, np.nan), variance, 0.0
+    weight = ndimage.gaussian_filter(ok.astype(float), blur, mode="constant")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = ndimage.gaussian_filter(values, blur, mode="constant") / weight
+        # Var(y (x) G) = V (x) G^2, and G^2 is a Gaussian of blur / sqrt(2) times 1 / (4 pi blur^2)
+        variance = ndimage.gaussian_filter(variance, blur / np.sqrt(2), mode="constant") / (
+            4 * np.pi * blur**2 * weight**2)
+    return np.where(weight > 0.9, values, np.nan), variance, blur
 
 
 def _fill_unusable(inputs: Sequence[CoaddInput], used: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -326,3 +359,208 @@ def _apply_kernels(filled: list[tuple[np.ndarray, np.ndarray]], kernels: list[np
     variance = fft.irfft2(variance_spectrum, s=padded, workers=workers)[:shape[0], :shape[1]]
     return image.astype(np.float32), np.maximum(variance, 0.0).astype(np.float32)
 
+
+
+@dataclass
+class CoaddResult:
+    """A co-added reference built from calibrated frames by :func:`coadd_frames`.
+
+    Attributes
+    ----------
+    planes : ImagePlanes
+        The co-add (background-subtracted, anchor's electrons), its variance and mask, on the anchor's
+        grid; the header is the anchor's with ``COADDED``, ``NCOMBINE``, ``COADDALG`` and ``ANCHOR``.
+    coadd : Coadd
+        What :func:`proper_coadd` returned (PSF, noise, weights, coverage, rejections).
+    inputs : list of dict
+        Per frame, in the order given: ``registration_rms_px``, ``registration_n_matched``
+        (None for the anchor), ``flux_scale``, ``flux_scale_err``, ``fwhm_px`` (on the anchor's grid),
+        ``sigma_e``, ``weight``, ``n_rejected``.
+    quality : dict
+        ``n_inputs``, ``anchor``, ``fwhm_px`` (of the co-add's PSF), ``sigma_e``, ``depth_5sigma_e``
+        (5-sigma point-source flux, anchor electrons), ``depth_gain_mag`` (over the anchor alone),
+        ``registration_rms_px`` (quadratic mean over the registered frames; 0 for one frame),
+        ``kernel_power_kept``.
+    """
+
+    planes: ImagePlanes
+    coadd: Coadd
+    inputs: list[dict]
+    quality: dict
+
+
+def coadd_frames(frames: Sequence[ImagePlanes], params: DifferenceParams | None = None, *, anchor: int = 0,
+                 characterizations: Sequence[ImageCharacterization | None] | None = None,
+                 clip_sigma: float = 4.0, clip_ampfrac: float = 0.3) -> CoaddResult:
+    """Register, scale and properly co-add calibrated frames of one field and band.
+
+    Each frame is characterized as :func:`~dagster_project.science.difference.difference_images`
+    characterizes a reference (background, stars, PSF), registered onto the anchor's grid by its
+    stars, resampled, its PSF fitted again there, and scaled to the anchor's fluxes by matched-star
+    PSF photometry; :func:`proper_coadd` then combines them.
+
+    Parameters
+    ----------
+    frames : sequence of ImagePlanes
+        Calibrated frames (e-, sky included), variance, mask, TAN WCS.
+    params : DifferenceParams, optional
+        The background, star, PSF, registration and flux-scale parameters.
+    anchor : int
+        The frame whose grid and flux scale the co-add takes (e.g. the best seeing).
+    characterizations : sequence, optional
+        Precomputed :func:`characterize_for_difference` per frame (None entries are computed).
+    clip_sigma, clip_ampfrac : float
+        Outlier rejection (see :func:`proper_coadd`).
+
+    Returns
+    -------
+    CoaddResult
+
+    Raises
+    ------
+    PSFError, RegistrationError, FluxScaleError
+        Naming the frame (``frame <i>``) and the reason.
+
+    Examples
+    --------
+    Two noisy exposures of a star field, the second shifted by (3, -2) pixels:
+
+    >>> import numpy as np
+    >>> from astropy.wcs import WCS
+    >>> from dagster_project.science.coadd import coadd_frames
+    >>> from dagster_project.science.images import ImagePlanes
+    >>> rng = np.random.default_rng(0)
+    >>> y, x = np.mgrid[0:160, 0:160]
+    >>> stars = rng.uniform(15, 145, (40, 2)); fluxes = rng.uniform(2e4, 2e5, 40)
+    >>> def exposure(dx, dy):
+    ...     scene = sum(f * np.exp(-((x - sx - dx)**2 + (y - sy - dy)**2) / 4.5) / (4.5 * np.pi)
+    ...                 for (sx, sy), f in zip(stars, fluxes))
+    ...     image = 100 + scene + rng.normal(0, np.sqrt(100 + scene))
+    ...     wcs = WCS(naxis=2); wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]; wcs.wcs.crval = [10, 20]
+    ...     wcs.wcs.crpix = [80 + dx, 80 + dy]; wcs.wcs.cdelt = [-1e-4, 1e-4]
+    ...     return ImagePlanes(image.astype(np.float32), (100 + scene).astype(np.float32),
+    ...                        np.zeros((160, 160), np.uint16), wcs.to_header())
+    >>> result = coadd_frames([exposure(0, 0), exposure(3, -2)])
+    >>> result.quality["n_inputs"], round(result.inputs[1]["flux_scale"], 2)
+    (2, 1.0)
+    >>> round(result.quality["depth_gain_mag"], 1)  # two equal frames: 2.5 log10(sqrt(2))
+    0.4
+    """
+    params = DifferenceParams() if params is None else params
+    if not frames or not 0 <= anchor < len(frames):
+        raise ValueError(f"coadd_frames needs frames and an anchor among them, got {len(frames)} and {anchor}")
+    given = list(characterizations) if characterizations is not None else [None] * len(frames)
+    chars = [c or characterize_for_difference(f, params, f"frame {i}") for i, (f, c) in enumerate(zip(frames, given))]
+    base = _Anchor.of(frames[anchor], chars[anchor])
+    inputs, figures = [], []
+    for i, (frame, char) in enumerate(zip(frames, chars)):
+        entry, figure = (base.input, _anchor_figures(chars[anchor])) if i == anchor else \
+            _registered_input(i, frame, char, base, params)
+        inputs.append(entry)
+        figures.append(figure)
+    coadd = proper_coadd(inputs, clip_sigma=clip_sigma, clip_ampfrac=clip_ampfrac, workers=params.fft_workers)
+    for figure, weight, rejected in zip(figures, coadd.weights, coadd.n_rejected):
+        figure.update(weight=float(weight), n_rejected=int(rejected))
+    return CoaddResult(_coadd_planes(coadd, frames[anchor], len(frames), anchor), coadd, figures,
+                       _coadd_quality(coadd, figures, chars[anchor], anchor))
+
+
+@dataclass
+class _Anchor:
+    """The frame every other is registered onto and scaled to."""
+
+    planes: ImagePlanes  # background-subtracted
+    char: ImageCharacterization
+    positions: Table  # PSF-fitted star positions
+    input: CoaddInput
+
+    @classmethod
+    def of(cls, frame: ImagePlanes, char: ImageCharacterization) -> "_Anchor":
+        planes = ImagePlanes(subtract_background(frame, char.background), frame.variance, frame.mask, frame.header)
+        return cls(planes, char, _fitted_positions(planes.data, planes, char),
+                   CoaddInput(planes.data, planes.variance, planes.mask, char.psf.stamp, 1.0, char.sky_rms))
+
+
+def _anchor_figures(char: ImageCharacterization) -> dict:
+    return {"registration_rms_px": None, "registration_n_matched": None, "flux_scale": 1.0, "flux_scale_err": 0.0,
+            "fwhm_px": char.psf.fwhm_px, "sigma_e": char.sky_rms}
+
+
+def _fitted_positions(image: np.ndarray, planes: ImagePlanes, char: ImageCharacterization) -> Table:
+    found = psf_photometry(image, planes.variance, planes.mask, char.psf, char.stars["x"], char.stars["y"],
+                           fit_positions=True)
+    return found[np.isfinite(found["flux"])]
+
+
+def _registered_input(index: int, frame: ImagePlanes, char: ImageCharacterization, anchor: _Anchor,
+                      params: DifferenceParams) -> tuple[CoaddInput, dict]:
+    """Frame ``index`` on the anchor's grid, with its PSF there and its flux scale (F_j)."""
+    image = subtract_background(frame, char.background)
+    registration = register_images(
+        anchor.positions, _fitted_positions(image, frame, char), anchor.planes.wcs, frame.wcs,
+        match_radius=params.match_radius_px, max_wcs_offset=params.max_wcs_offset_px,
+        min_matches=params.min_matches, max_rms=params.max_registration_rms_px)
+    resampled = resample_planes(ImagePlanes(image, frame.variance, frame.mask, frame.header), registration,
+                                anchor.planes.shape, anchor.planes.wcs.to_header(relax=True),
+                                order=params.interpolation_order)
+    x = np.asarray(anchor.positions["x"])[registration.new_index]
+    y = np.asarray(anchor.positions["y"])[registration.new_index]
+    psf = _resampled_psf(index, resampled, x, y, char.psf, params)
+    fluxes = measure_matched_fluxes(anchor.planes, resampled, anchor.char.psf, psf, x, y)
+    scale = flux_ratio(fluxes["new_flux"], fluxes["ref_flux"], fluxes["new_flux_err"], fluxes["ref_flux_err"],
+                       min_stars=params.min_flux_stars)
+    figures = {"registration_rms_px": registration.rms, "registration_n_matched": registration.n_matched,
+               "flux_scale": scale.ratio, "flux_scale_err": scale.ratio_err, "fwhm_px": psf.fwhm_px,
+               "sigma_e": char.sky_rms}
+    return CoaddInput(resampled.data, resampled.variance, resampled.mask, psf.stamp, scale.ratio,
+                      char.sky_rms), figures
+
+
+def _resampled_psf(index: int, resampled: ImagePlanes, x: np.ndarray, y: np.ndarray, native: PSFModel,
+                   params: DifferenceParams) -> PSFModel:
+    stars = Table({"x": x, "y": y, "flux": np.ones(len(x)), "fwhm": np.full(len(x), native.fwhm_px)})
+    try:
+        return estimate_psf(resampled.data, resampled.variance, resampled.mask, stars, params.psf_stamp_size,
+                            max_stars=params.max_psf_stars, min_stars=params.min_psf_stars)
+    except PSFError as exc:
+        raise PSFError(f"frame {index} resampled: {exc}") from exc
+
+
+def _coadd_planes(coadd: Coadd, anchor: ImagePlanes, n_inputs: int, anchor_index: int) -> ImagePlanes:
+    header = anchor.header.copy()
+    header["COADDED"] = (True, "proper co-add, Zackay & Ofek 2017")
+    header["NCOMBINE"] = (n_inputs, "frames co-added")
+    header["COADDALG"] = ("ZO17", "co-addition algorithm")
+    header["ANCHOR"] = (anchor_index, "input giving grid and flux scale")
+    header["BKGSUB"] = (True, "background subtracted")
+    return ImagePlanes(coadd.image, coadd.variance, coadd.mask, header)
+
+
+def _coadd_quality(coadd: Coadd, figures: list[dict], anchor_char: ImageCharacterization, anchor: int) -> dict:
+    depth = 5.0 * coadd.sigma / float(np.sqrt(np.sum(coadd.psf**2)))
+    anchor_depth = 5.0 * anchor_char.sky_rms / float(np.sqrt(np.sum(np.asarray(anchor_char.psf.stamp) ** 2)))
+    rms = [f["registration_rms_px"] for f in figures if f["registration_rms_px"] is not None]
+    return {"n_inputs": len(figures), "anchor": anchor, "fwhm_px": _fwhm(coadd.psf), "sigma_e": coadd.sigma,
+            "depth_5sigma_e": depth, "depth_gain_mag": float(2.5 * np.log10(anchor_depth / depth)),
+            "registration_rms_px": float(np.sqrt(np.mean(np.square(rms)))) if rms else 0.0,
+            "kernel_power_kept": coadd.kernel_power_kept}
+
+
+def _fwhm(psf: np.ndarray, bin_px: float = 0.5) -> float:
+    """FWHM (px) of a centred stamp: twice the radius where its azimuthal mean profile falls to half
+    its central value (linear between radial bins of ``bin_px``)."""
+    centre = psf.shape[0] // 2
+    y, x = np.indices(psf.shape)
+    radius = np.hypot(x - centre, y - centre).ravel()
+    bins = np.floor(radius / bin_px).astype(int)
+    counts = np.bincount(bins)
+    profile = np.bincount(bins, psf.ravel()) / np.maximum(counts, 1)
+    radii = np.bincount(bins, radius) / np.maximum(counts, 1)
+    used = counts > 0
+    profile, radii = profile[used], radii[used]
+    half = 0.5 * psf[centre, centre]
+    below = int(np.argmax(profile < half))
+    if below == 0:
+        return float("nan")
+    r0, r1, p0, p1 = radii[below - 1], radii[below], profile[below - 1], profile[below]
+    return float(2.0 * (r0 + (p0 - half) * (r1 - r0) / (p0 - p1)))
