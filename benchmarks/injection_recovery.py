@@ -32,6 +32,13 @@ the overlap), or where S_corr is undefined, are not counted in the completeness
 
     .venv/bin/python benchmarks/injection_recovery.py            # 8 pairs of 2048x2048, ~3 min
     .venv/bin/python benchmarks/injection_recovery.py --quick    # 2 pairs of 1024x1024, ~30 s
+
+References built from several exposures (issue 11): ``--reference-frames K`` simulates K exposures
+of the reference epoch; the ideal ``s_ref`` is then that of their optimal co-add (S/N^2 add up), and
+``--reference best,coadd`` differences every new image against the best single frame and against
+the proper co-add (``science/coadd.py``) of the K, on the same simulated data, and prints both::
+
+    .venv/bin/python benchmarks/injection_recovery.py --reference-frames 3 --reference best,coadd
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pngplot  # noqa: E402
 import simulated_pairs as sp  # noqa: E402
 
+from dagster_project.science.coadd import coadd_frames  # noqa: E402
 from dagster_project.science.difference import DifferenceParams, difference_images  # noqa: E402
 from dagster_project.science.masks import MaskBit  # noqa: E402
 from dagster_project.science.psf_models import moffat_stamp  # noqa: E402
@@ -166,16 +174,21 @@ def zogy_efficiency(pair: sp.Pair, read_noise: float) -> float:
 
     Background-limited: ``F_S = sum_k |Pn|^2 |Pr|^2 / (s_n^2 |Pr|^2 + s_r^2 |Pn|^2)`` (ZOGY eq. 42 with
     F_n = F_r = 1) against ``s_diff^2 = 1 / (s_n^2 / sum Pn^2 + s_r^2 / sum Pr^2)``. < 1 because the
-    two PSFs differ in shape: no subtraction can reach s_diff then.
+    two PSFs differ in shape: no subtraction can reach s_diff then. With several reference frames the
+    reference is their ideal co-add: ``|Pr|^2 / s_r^2`` becomes ``sum_k |Pr_k|^2 / s_k^2``.
     """
     size = 127
     pn = moffat_stamp(size, **pair.new.conditions.psf)
-    pr = moffat_stamp(size, **pair.ref.conditions.psf)
     vn = pair.new.conditions.sky_e + read_noise**2
-    vr = pair.ref.conditions.sky_e + read_noise**2
-    Pn, Pr = np.abs(np.fft.fft2(pn)) ** 2, np.abs(np.fft.fft2(pr)) ** 2
-    fs = np.sum(Pn * Pr / (vn * Pr + vr * Pn)) / pn.size
-    sdiff2 = 1.0 / (vn / np.sum(pn**2) + vr / np.sum(pr**2))
+    Pn = np.abs(np.fft.fft2(pn)) ** 2
+    ref_information, ref_unit = np.zeros_like(Pn), 0.0
+    for ref in pair.refs:
+        pr = moffat_stamp(size, **ref.conditions.psf)
+        vr = ref.conditions.sky_e + read_noise**2
+        ref_information += np.abs(np.fft.fft2(pr)) ** 2 / vr
+        ref_unit += np.sum(pr**2) / vr
+    fs = np.sum(Pn * ref_information / (vn * ref_information + Pn)) / pn.size
+    sdiff2 = 1.0 / (vn / np.sum(pn**2) + 1.0 / ref_unit)
     return float(math.sqrt(fs / sdiff2))
 
 
@@ -297,14 +310,33 @@ def sample_map(image: np.ndarray, x, y, half: int = 4) -> np.ndarray:
 # --------------------------------------------------------------------------- one pair
 
 
-def run_pair(night: sp.Night, index: int, seed: int, args) -> dict:
-    """Simulate, inject, difference and score one pair; return per-injection and per-detection records."""
+def run_pair(night: sp.Night, index: int, seed: int, args) -> dict[str, dict]:
+    """Simulate and inject one pair; difference and score it against each reference of ``args.reference``."""
     t0 = time.perf_counter()
-    pair = sp.make_pair(night, index, seed)
+    pair = sp.make_pair(night, index, seed, args.reference_frames)
     planes, inj = sp.inject(pair, night, np.random.default_rng([seed, 20, index]), spacing=args.spacing)
     t_sim = time.perf_counter() - t0
+    records = {}
+    for kind in args.reference:
+        t0 = time.perf_counter()
+        reference, built = reference_planes(pair, kind)
+        records[kind] = score(pair, night, planes, inj, reference, args, t_sim, built, time.perf_counter() - t0)
+    return records
+
+
+def reference_planes(pair: sp.Pair, kind: str):
+    """The best single reference frame, or the proper co-add of all the reference frames (and its figures)."""
+    if kind == "best":
+        return pair.ref.planes, {}
+    result = coadd_frames([r.planes for r in pair.refs], DifferenceParams(), anchor=0)
+    return result.planes, result.quality
+
+
+def score(pair: sp.Pair, night: sp.Night, planes, inj: sp.Injections, reference, args, t_sim: float,
+          built: dict, t_reference: float) -> dict:
+    """Difference ``planes`` against ``reference`` and score its candidates against the injections."""
     t0 = time.perf_counter()
-    result = difference_images(planes, pair.ref.planes, DifferenceParams())
+    result = difference_images(planes, reference, DifferenceParams())
     t_diff = time.perf_counter() - t0
     z = result.zogy
     invalid = z.mask | ~np.isfinite(z.S_corr)
@@ -322,7 +354,7 @@ def run_pair(night: sp.Night, index: int, seed: int, args) -> dict:
     fp_xy = np.column_stack([np.asarray(cand["x"])[spurious], np.asarray(cand["y"])[spurious]])
     d_inj, j_inj = cKDTree(np.column_stack([inj.x, inj.y])).query(fp_xy) if len(spurious) else (np.zeros(0), np.zeros(0, int))
     record = dict(
-        index=index,
+        index=pair.index,
         seeing_new=pair.new.conditions.seeing_fwhm_px, seeing_ref=pair.ref.conditions.seeing_fwhm_px,
         rotation_deg=pair.new.conditions.rotation_deg - pair.ref.conditions.rotation_deg,
         s_diff=inj.s_diff, s_new=inj.s_new, s_ref=inj.s_ref, recovered=recovered, excluded=excluded,
@@ -336,12 +368,23 @@ def run_pair(night: sp.Night, index: int, seed: int, args) -> dict:
         fwhm_pd=fwhm_d, noise_floor=noise_peaks_expected(float(unmasked.sum()), fwhm_d),
         eta=zogy_efficiency(pair, night.spec.read_noise_e),
         quality=result.quality, timings=result.timings, t_sim=t_sim, t_diff=t_diff,
+        reference=built, t_reference=t_reference,
         n_dropped_masked=int(cand.meta.get("n_dropped_masked", 0)),
     )
     return record
 
 
 # --------------------------------------------------------------------------- report
+
+
+def print_pair_row(index: int, kind: str, r: dict) -> None:
+    use = ~r["excluded"] & (r["s_diff"] >= 10)
+    q = r["quality"]
+    print(f"{index:4d} {kind:>5} {r['seeing_new']:6.2f}/{r['seeing_ref']:<6.2f} {r['rotation_deg']:6.2f} "
+          f"{r['s_diff'].size:5d} {int(r['excluded'].sum()):6d} {r['recovered'][use].mean():11.3f} "
+          f"{int(np.sum(~r['fp_negative'])):4d} {int(np.sum(r['fp_negative'])):4d} {q['registration_rms_px']:8.3f} "
+          f"{q['flux_ratio']:6.3f} {q['scorr_std']:9.3f} {r['t_sim']:6.1f} {r['t_reference']:6.1f} "
+          f"{r['t_diff']:6.1f}", flush=True)
 
 
 def summarise(records: list[dict], frame_side: int, label: str = "ours") -> dict:
@@ -482,7 +525,18 @@ def main() -> None:
                         help="PNG path (default docs/img/completeness.png; quick: var/benchmarks/completeness-quick.png)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     parser.add_argument("--list-fp", action="store_true", help="print every false positive with its cause")
+    parser.add_argument("--reference-frames", type=int, default=1,
+                        help="exposures of the reference epoch per pair (default 1)")
+    parser.add_argument("--reference", type=lambda text: text.split(","), default=None,
+                        help="comma-separated: best (best single frame), coadd (proper co-add of the reference "
+                             "frames); default best for one reference frame, else best,coadd")
     args = parser.parse_args()
+    if args.reference_frames < 1:
+        parser.error("--reference-frames must be at least 1")
+    args.reference = args.reference or (["best"] if args.reference_frames == 1 else ["best", "coadd"])
+    unknown = set(args.reference) - {"best", "coadd"}
+    if unknown:
+        parser.error(f"--reference: unknown kind(s) {', '.join(sorted(unknown))} (best, coadd)")
     n_pairs = args.pairs or (2 if args.quick else 8)
     size = args.size or (1024 if args.quick else 2048)
     # quick (smoke) runs never overwrite the documented figure: they plot into the git-ignored var/
@@ -490,31 +544,33 @@ def main() -> None:
                               else ROOT / "docs" / "img" / "completeness.png")
 
     print(f"# injection-recovery: {n_pairs} pairs of {size}x{size}, grid spacing {args.spacing} px, "
-          f"seed {args.seed}, threshold {DifferenceParams().threshold} (difference_images defaults); "
+          f"seed {args.seed}, threshold {DifferenceParams().threshold} (difference_images defaults), "
+          f"{args.reference_frames} reference frame(s), references: {', '.join(args.reference)}; "
           f"load average at start {os.getloadavg()[0]:.2f}")
     start = time.perf_counter()
     night = sp.make_night(size, args.seed)
-    records = []
-    print(f"{'pair':>4} {'FWHM new/ref':>13} {'drot':>6} {'inj':>5} {'masked':>6} {'found s>=10':>11} "
-          f"{'FP+':>4} {'FP-':>4} {'reg rms':>8} {'F_r':>6} {'scorr_std':>9} {'t_sim':>6} {'t_diff':>6}")
+    records = {kind: [] for kind in args.reference}
+    print(f"{'pair':>4} {'ref':>5} {'FWHM new/ref':>13} {'drot':>6} {'inj':>5} {'masked':>6} {'found s>=10':>11} "
+          f"{'FP+':>4} {'FP-':>4} {'reg rms':>8} {'F_r':>6} {'scorr_std':>9} {'t_sim':>6} {'t_ref':>6} {'t_diff':>6}")
     for i in range(n_pairs):
-        r = run_pair(night, i, args.seed, args)
-        records.append(r)
-        use = ~r["excluded"] & (r["s_diff"] >= 10)
-        q = r["quality"]
-        print(f"{i:4d} {r['seeing_new']:6.2f}/{r['seeing_ref']:<6.2f} {r['rotation_deg']:6.2f} {r['s_diff'].size:5d} "
-              f"{int(r['excluded'].sum()):6d} {r['recovered'][use].mean():11.3f} {int(np.sum(~r['fp_negative'])):4d} "
-              f"{int(np.sum(r['fp_negative'])):4d} {q['registration_rms_px']:8.3f} {q['flux_ratio']:6.3f} "
-              f"{q['scorr_std']:9.3f} {r['t_sim']:6.1f} {r['t_diff']:6.1f}", flush=True)
-    summary = summarise(records, size)
-    print_summary(summary, records)
-    if args.list_fp:
-        print_false_positives(records)
-    plot_completeness(plot_path, [summary],
+        for kind, r in run_pair(night, i, args.seed, args).items():
+            records[kind].append(r)
+            print_pair_row(i, kind, r)
+    summaries = [summarise(records[kind], size, label=kind) for kind in args.reference]
+    for summary in summaries:
+        print_summary(summary, records[summary["label"]])
+        if args.list_fp:
+            print_false_positives(records[summary["label"]])
+    if len(summaries) == 2:
+        a, b = summaries
+        print(f"\nS/N at 50% completeness: {b['label']} {b['s50_interp']:.2f} / {a['label']} {a['s50_interp']:.2f} = "
+              f"{b['s50_interp'] / a['s50_interp']:.3f} (the ideal s_diff uses the optimal co-add of the "
+              f"{args.reference_frames} reference frames)")
+    plot_completeness(plot_path, summaries,
                       f"Injection-recovery, {n_pairs} simulated pairs of {size}x{size}, threshold 5 sigma")
     print(f"\nplot: {plot_path}")
     if args.json:
-        args.json.write_text(json.dumps(_jsonable(dict(summary=summary)), indent=1))
+        args.json.write_text(json.dumps(_jsonable(dict(summaries=summaries)), indent=1))
         print(f"json: {args.json}")
     print(f"total {time.perf_counter() - start:.0f} s; load average at end {os.getloadavg()[0]:.2f}")
 

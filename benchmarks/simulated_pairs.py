@@ -179,32 +179,47 @@ def simulate_frame(
 
 @dataclass
 class Pair:
-    """A reference (epoch 0, best seeing) and a new epoch of one field, both calibrated."""
+    """A reference (epoch 0, best seeing) and a new epoch of one field, both calibrated.
+
+    ``more_refs`` are further exposures of the reference epoch (``make_pair(reference_frames=K)``):
+    the frames a co-added reference is built from, with ``ref`` among them (``refs``)."""
 
     index: int
     field: FieldSpec
     sky: SkyModel
     ref: SimulatedFrame
     new: SimulatedFrame
+    more_refs: tuple[SimulatedFrame, ...] = ()
+
+    @property
+    def refs(self) -> list[SimulatedFrame]:
+        return [self.ref, *self.more_refs]
 
     def ref_to_new(self, x, y):
         """True map of reference pixels to new pixels (through the true WCSs)."""
         return self.new.true_wcs.world_to_pixel_values(*self.ref.true_wcs.pixel_to_world_values(x, y))
 
-    def new_to_ref(self, x, y):
-        return self.ref.true_wcs.world_to_pixel_values(*self.new.true_wcs.pixel_to_world_values(x, y))
+    def new_to_ref(self, x, y, ref: SimulatedFrame | None = None):
+        """True map of new pixels to the pixels of ``ref`` (default: the reference)."""
+        ref = self.ref if ref is None else ref
+        return ref.true_wcs.world_to_pixel_values(*self.new.true_wcs.pixel_to_world_values(x, y))
 
 
-def make_pair(night: Night, index: int, seed: int) -> Pair:
-    """Pair ``index`` of a run: its own field and sky, two epochs drawn as the simulator draws a night."""
+def make_pair(night: Night, index: int, seed: int, reference_frames: int = 1) -> Pair:
+    """Pair ``index`` of a run: its own field and sky, epochs drawn as the simulator draws a night.
+
+    The first ``reference_frames`` epochs are exposures of the reference epoch (the first has the best
+    seeing), the last one is the new epoch; with one reference frame the pair is what it always was."""
     field_rng = np.random.default_rng([seed, 10, index])
     field_spec = FieldSpec(f"B{index:03d}", float(field_rng.uniform(0, 360)), float(field_rng.uniform(-60, 10)))
     sky = make_sky_model(field_spec, night.spec, np.random.default_rng([seed, 11, index]))
-    mjds = [61000.2 + 0.05 * k for k in range(2)]
+    mjds = [61000.2 + 0.05 * k for k in range(reference_frames + 1)]
     conditions = draw_epoch_conditions(mjds, night.spec, np.random.default_rng([seed, 12, index]), band=BAND)
-    ref = simulate_frame(night, field_spec, sky, conditions[0], np.random.default_rng([seed, 13, index, 0]))
-    new = simulate_frame(night, field_spec, sky, conditions[1], np.random.default_rng([seed, 13, index, 1]))
-    return Pair(index, field_spec, sky, ref, new)
+    refs = [simulate_frame(night, field_spec, sky, conditions[k], np.random.default_rng([seed, 13, index, k]))
+            for k in range(reference_frames)]
+    new = simulate_frame(night, field_spec, sky, conditions[reference_frames],
+                         np.random.default_rng([seed, 13, index, reference_frames]))
+    return Pair(index, field_spec, sky, refs[0], new, tuple(refs[1:]))
 
 
 # --------------------------------------------------------------------------- injections
@@ -235,12 +250,15 @@ def draw_target_snr(n: int, rng: np.random.Generator, low: float = 3.0, high: fl
 
 
 def _snr_functions(pair: Pair, night: Night, x: float, y: float):
-    """(s_new(F), s_ref(F)) for a point source at new-grid (x, y); None if a window leaves a frame."""
+    """(s_new(F), s_ref(F)) for a point source at new-grid (x, y); None if a window leaves a frame.
+
+    With several reference frames, ``s_ref`` is that of their optimal co-add: their S/N^2 add up."""
     spec = night.spec
     flat = night.detector.flat
     rn = spec.read_noise_e
-    out = []
-    for frame, (fx, fy), own_noise in ((pair.new, (x, y), True), (pair.ref, pair.new_to_ref(x, y), False)):
+    out, ref_units = [], []
+    frames = [(pair.new, (x, y), True)] + [(ref, pair.new_to_ref(x, y, ref), False) for ref in pair.refs]
+    for frame, (fx, fy), own_noise in frames:
         fx, fy = float(fx), float(fy)
         half = psf_half_width(frame.conditions.seeing_fwhm_px)
         cx, cy = int(round(fx)), int(round(fy))
@@ -253,8 +271,9 @@ def _snr_functions(pair: Pair, night: Night, x: float, y: float):
         if own_noise:
             out.append(lambda F, p=psf, b=background, r=response: optimal_snr(F, p, b, rn, r))
         else:
-            unit = float(np.sqrt(np.sum((psf * response) ** 2 / (background + rn**2))))
-            out.append(lambda F, u=unit: F * u)
+            ref_units.append(float(np.sum((psf * response) ** 2 / (background + rn**2))))
+    unit = float(np.sqrt(np.sum(ref_units)))
+    out.append(lambda F, u=unit: F * u)
     return out
 
 
