@@ -1,9 +1,11 @@
 """Every status change in the catalog goes through :func:`transition`.
 
-Nothing else assigns ``.status``; the lifecycle functions in ``queries`` call
-this. A transition not in the tables below raises :class:`IllegalTransition`
-and leaves the entity untouched. Staying in the same state is a transition
-too, and none of the tables allows one.
+Nothing else assigns a status column (``status``, ``state``, ``fulfillment_status``,
+``data_product_status``); the lifecycle functions in ``queries`` call this. Each
+(entity class, status column) has one :class:`Machine`: its enum, its table, where a
+reason goes and what else a transition records. A transition not in the tables below
+raises :class:`IllegalTransition` and leaves the entity untouched. Staying in the same
+state is a transition too, and none of the tables allows one.
 
 Observation (``status_reason`` says why it failed or is blocked)::
 
@@ -44,11 +46,45 @@ ProcessingRunStatus, for ProcessingRun (follows its Dagster run)::
 
     pending ──► running ──► completed | failed | cancelled
        └──────────────────► completed | failed | cancelled   (a run first seen finished)
+
+The observation results (``queries.results`` says what each state means). ObservationResult has
+two status columns, so its transitions name the column: ``transition(result, new, field=FULFILLMENT)``.
+
+RequestStatus, for ObservationRequest::
+
+    active ──► completed | canceled
+
+FulfillmentStatus, ObservationResult.fulfillment_status (``fulfillment_note`` keeps the last reason
+given; ``fulfilled_on`` is stamped on fulfilled)::
+
+    pending_dispatch ─► dispatched ─► partially_fulfilled ─► fulfilled
+           └────────────────┴──────────────┴──► canceled
+
+DataProductStatus, ObservationResult.data_product_status (``status_reason``)::
+
+    PENDING ─► BUILDING | SKIPPED
+    BUILDING ─► READY | STALE | BLOCKED | FAILED | SKIPPED | PENDING
+    READY ─► STALE | SKIPPED | BUILDING            (BUILDING: a rebuild asked for by hand)
+    STALE ─► BUILDING | SKIPPED
+    BLOCKED, FAILED ─► BUILDING | STALE | PENDING | SKIPPED
+
+TaskState, ObservationTask.state (leaving for an end stamps ``finished_at`` and records ``error``)::
+
+    dispatched ──► observed ──► succeeded | failed
+        └──► canceled
+
+ResultProcessingRunStatus, for ObservationResultProcessingRun (its end stamps ``finished_at``, ``error``)::
+
+    running ──► succeeded | blocked | failed | skipped | abandoned
 """
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 from typing import Any
 
+from dagster_project.catalog.schema.base import utcnow
 from dagster_project.catalog.schema.observations import (
     Candidate,
     CandidateStatus,
@@ -66,6 +102,17 @@ from dagster_project.catalog.schema.operations import (
     OperationStatus,
     ProcessingRun,
     ProcessingRunStatus,
+)
+from dagster_project.catalog.schema.results import (
+    DataProductStatus,
+    FulfillmentStatus,
+    ObservationRequest,
+    ObservationResult,
+    ObservationResultProcessingRun,
+    ObservationTask,
+    RequestStatus,
+    ResultProcessingRunStatus,
+    TaskState,
 )
 
 O, R, F, C = ObservationStatus, RunStatus, RawFileStatus, CandidateStatus
@@ -105,14 +152,43 @@ CANDIDATE_TRANSITIONS: dict[CandidateStatus, frozenset[CandidateStatus]] = {
     C.ARCHIVED: frozenset(),
 }
 
-#: entity class -> (its status enum, its transition table, the attribute recording why; None: none)
-_MACHINES: dict[type, tuple[type[Enum], dict, str | None]] = {
-    Observation: (ObservationStatus, OBSERVATION_TRANSITIONS, "status_reason"),
-    RawDataFile: (RawFileStatus, RAW_FILE_TRANSITIONS, "quarantine_reason"),
-    PreprocessRun: (RunStatus, RUN_TRANSITIONS, "error_message"),
-    DifferenceRun: (RunStatus, RUN_TRANSITIONS, "error_message"),
-    Candidate: (CandidateStatus, CANDIDATE_TRANSITIONS, None),
-}
+#: what a transition records besides the new status: (entity, new status, reason, now) -> None
+Effect = Callable[[Any, Enum, str | None, datetime], None]
+
+
+@dataclass(frozen=True)
+class Machine:
+    """The state machine of one status column of one entity class."""
+
+    enum: type[Enum]
+    table: Mapping[Enum, frozenset[Enum]]
+    #: the attribute a reason is recorded in (set, or cleared when None); None: passing a reason is an error
+    reason_field: str | None = None
+    #: the status column
+    field: str = "status"
+    #: instead of recording the reason as above: what the transition records (reason, timestamps)
+    effect: Effect | None = None
+
+
+#: (entity class, status column) -> its machine; :func:`machine_for` looks them up
+_MACHINES: dict[tuple[type, str], Machine] = {}
+
+
+def register(model: type, machine: Machine) -> None:
+    """Make ``machine`` the one that changes ``model``'s column ``machine.field``."""
+    _MACHINES[(model, machine.field)] = machine
+
+
+def machines() -> dict[tuple[type, str], Machine]:
+    """Every registered machine, by (entity class, status column)."""
+    return dict(_MACHINES)
+
+
+register(Observation, Machine(ObservationStatus, OBSERVATION_TRANSITIONS, "status_reason"))
+register(RawDataFile, Machine(RawFileStatus, RAW_FILE_TRANSITIONS, "quarantine_reason"))
+register(PreprocessRun, Machine(RunStatus, RUN_TRANSITIONS, "error_message"))
+register(DifferenceRun, Machine(RunStatus, RUN_TRANSITIONS, "error_message"))
+register(Candidate, Machine(CandidateStatus, CANDIDATE_TRANSITIONS))
 
 
 class IllegalTransition(ValueError):
@@ -124,38 +200,64 @@ class IllegalTransition(ValueError):
         super().__init__(f"{entity!r}: illegal {field} transition {before!r} -> {to_status.value!r}")
 
 
-def check_transition(entity: Any, new_status: Enum, *, reason: str | None = None) -> str | None:
-    """Raise what :func:`transition` would raise, changing nothing; returns the entity's reason field.
+def machine_for(entity: Any, field: str | None = None) -> Machine:
+    """The machine of ``entity``'s status column ``field`` (None: its only one); TypeError when there is none."""
+    model = type(entity)
+    if field is not None:
+        found = _MACHINES.get((model, field))
+        if found is None:
+            raise TypeError(f"{model.__name__}.{field} has no state machine")
+        return found
+    found = [m for (cls, _), m in _MACHINES.items() if cls is model]
+    if not found:
+        raise TypeError(f"{model.__name__} has no status state machine")
+    if len(found) > 1:
+        raise TypeError(f"{model.__name__} has {len(found)} status columns "
+                        f"({', '.join(m.field for m in found)}): name one with field=")
+    return found[0]
+
+
+def check_transition(entity: Any, new_status: Enum, *, reason: str | None = None,
+                     field: str | None = None) -> Machine:
+    """Raise what :func:`transition` would raise, changing nothing; returns the column's machine.
 
     Lets a caller that moves two entities together (a run and its observation)
     check both before touching either.
     """
-    try:
-        status_enum, table, reason_field = _MACHINES[type(entity)]
-    except KeyError:
-        raise TypeError(f"{type(entity).__name__} has no status state machine") from None
-    if not isinstance(new_status, status_enum):
-        raise TypeError(f"{type(entity).__name__} status must be a {status_enum.__name__}, not {new_status!r}")
-    if reason_field is None and reason is not None:
-        raise TypeError(f"{type(entity).__name__} has no field to record a reason in")
-    current = None if entity.status is None else status_enum(entity.status)
-    if current is None or new_status not in table[current]:
-        raise IllegalTransition(entity, current, new_status)
-    return reason_field
+    machine = machine_for(entity, field)
+    name = type(entity).__name__
+    if not isinstance(new_status, machine.enum):
+        raise TypeError(f"{name} {machine.field} must be a {machine.enum.__name__}, not {new_status!r}")
+    if machine.reason_field is None and reason is not None:
+        raise TypeError(f"{name} has no field to record a reason for its {machine.field} in")
+    value = getattr(entity, machine.field)
+    current = None if value is None else machine.enum(value)
+    if current is None or new_status not in machine.table[current]:
+        raise IllegalTransition(entity, current, new_status, machine.field)
+    return machine
 
 
-def transition(entity: Any, new_status: Enum, *, reason: str | None = None) -> None:
+def transition(entity: Any, new_status: Enum, *, reason: str | None = None, field: str | None = None,
+               now: datetime | None = None) -> None:
     """Move ``entity`` to ``new_status`` or raise :class:`IllegalTransition`, leaving it untouched.
 
-    ``reason`` is recorded in the entity's reason field (Observation.status_reason,
-    run error_message, RawDataFile.quarantine_reason) and clears it when None, so
-    a stale failure message never outlives the state it explained. Candidates
-    have no reason field: passing one is an error.
+    ``field`` names the status column of an entity that has several (ObservationResult:
+    :data:`FULFILLMENT`, :data:`PRODUCTS`); the others have one. ``reason`` is recorded in
+    the entity's reason field (Observation.status_reason, run error_message,
+    RawDataFile.quarantine_reason, ObservationResult.status_reason for its products) and
+    clears it when None, so a stale failure message never outlives the state it explained.
+    A few machines record more, or otherwise (their :attr:`Machine.effect`): a result's
+    fulfillment keeps its last note and stamps ``fulfilled_on``, a task's or a result
+    processing run's end stamps ``finished_at`` (``now``, default the current time) and
+    records the reason as its ``error``. Candidates and requests have no reason field:
+    passing one is an error.
     """
-    reason_field = check_transition(entity, new_status, reason=reason)
-    entity.status = new_status
-    if reason_field is not None:
-        setattr(entity, reason_field, reason)
+    machine = check_transition(entity, new_status, reason=reason, field=field)
+    setattr(entity, machine.field, new_status)
+    if machine.effect is not None:
+        machine.effect(entity, new_status, reason, utcnow() if now is None else now)
+    elif machine.reason_field is not None:
+        setattr(entity, machine.reason_field, reason)
 
 
 # --- the operations ledger and provenance ---------------------------------------------------------------------------
@@ -185,8 +287,8 @@ PROCESSING_RUN_TRANSITIONS: dict[ProcessingRunStatus, frozenset[ProcessingRunSta
     P.CANCELLED: frozenset(),
 }
 
-_MACHINES[OperationRun] = (OperationStatus, OPERATION_TRANSITIONS, None)
-_MACHINES[ProcessingRun] = (ProcessingRunStatus, PROCESSING_RUN_TRANSITIONS, None)
+register(OperationRun, Machine(OperationStatus, OPERATION_TRANSITIONS))
+register(ProcessingRun, Machine(ProcessingRunStatus, PROCESSING_RUN_TRANSITIONS))
 
 
 def complete(operation: OperationRun, outcome: OperationOutcome) -> None:
@@ -198,3 +300,77 @@ def complete(operation: OperationRun, outcome: OperationOutcome) -> None:
         raise IllegalTransition(operation, current, outcome, field="outcome")
     transition(operation, OperationStatus.COMPLETED)
     operation.outcome = outcome
+
+
+# --- observation requests and results -------------------------------------------------------------------------------
+
+RS, FS, DP, TS, PS = RequestStatus, FulfillmentStatus, DataProductStatus, TaskState, ResultProcessingRunStatus
+
+#: ObservationResult's two status columns, for ``transition(result, ..., field=...)``
+FULFILLMENT, PRODUCTS = "fulfillment_status", "data_product_status"
+
+REQUEST_TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
+    RS.ACTIVE: frozenset({RS.COMPLETED, RS.CANCELED}),
+    RS.COMPLETED: frozenset(),
+    RS.CANCELED: frozenset(),
+}
+
+FULFILLMENT_TRANSITIONS: dict[FulfillmentStatus, frozenset[FulfillmentStatus]] = {
+    FS.PENDING_DISPATCH: frozenset({FS.DISPATCHED, FS.CANCELED}),
+    FS.DISPATCHED: frozenset({FS.PARTIALLY_FULFILLED, FS.CANCELED}),
+    FS.PARTIALLY_FULFILLED: frozenset({FS.FULFILLED, FS.CANCELED}),
+    FS.FULFILLED: frozenset(),
+    FS.CANCELED: frozenset(),
+}
+
+PRODUCT_TRANSITIONS: dict[DataProductStatus, frozenset[DataProductStatus]] = {
+    DP.PENDING: frozenset({DP.BUILDING, DP.SKIPPED}),
+    DP.BUILDING: frozenset({DP.READY, DP.STALE, DP.BLOCKED, DP.FAILED, DP.SKIPPED, DP.PENDING}),
+    DP.READY: frozenset({DP.STALE, DP.SKIPPED, DP.BUILDING}),  # BUILDING: a rebuild asked for by hand
+    DP.STALE: frozenset({DP.BUILDING, DP.SKIPPED}),
+    DP.BLOCKED: frozenset({DP.BUILDING, DP.STALE, DP.PENDING, DP.SKIPPED}),
+    DP.FAILED: frozenset({DP.BUILDING, DP.STALE, DP.PENDING, DP.SKIPPED}),
+    DP.SKIPPED: frozenset(),
+}
+
+TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    TS.DISPATCHED: frozenset({TS.OBSERVED, TS.CANCELED}),
+    TS.OBSERVED: frozenset({TS.SUCCEEDED, TS.FAILED}),
+    TS.SUCCEEDED: frozenset(),
+    TS.FAILED: frozenset(),
+    TS.CANCELED: frozenset(),
+}
+
+RESULT_PROCESSING_RUN_TRANSITIONS: dict[ResultProcessingRunStatus, frozenset[ResultProcessingRunStatus]] = {
+    PS.RUNNING: frozenset({PS.SUCCEEDED, PS.BLOCKED, PS.FAILED, PS.SKIPPED, PS.ABANDONED}),
+    **{s: frozenset() for s in PS if s is not PS.RUNNING},
+}
+
+
+def _fulfillment_recorded(result: ObservationResult, new: FulfillmentStatus, reason: str | None,
+                          now: datetime) -> None:
+    """The note is the last reason given (a transition without one keeps it); fulfilled stamps ``fulfilled_on``."""
+    if reason is not None:
+        result.fulfillment_note = reason
+    if new is FS.FULFILLED:
+        result.fulfilled_on = now
+
+
+def _task_recorded(task: ObservationTask, new: TaskState, reason: str | None, now: datetime) -> None:
+    """Every state but observed ends the task: when, and the error (the reason) if any."""
+    if new is not TS.OBSERVED:
+        task.finished_at, task.error = now, reason
+
+
+def _run_end_recorded(run: ObservationResultProcessingRun, new: ResultProcessingRunStatus, reason: str | None,
+                      now: datetime) -> None:
+    run.finished_at, run.error = now, reason
+
+
+register(ObservationRequest, Machine(RequestStatus, REQUEST_TRANSITIONS))
+register(ObservationResult, Machine(FulfillmentStatus, FULFILLMENT_TRANSITIONS, "fulfillment_note", FULFILLMENT,
+                                    _fulfillment_recorded))
+register(ObservationResult, Machine(DataProductStatus, PRODUCT_TRANSITIONS, "status_reason", PRODUCTS))
+register(ObservationTask, Machine(TaskState, TASK_TRANSITIONS, "error", "state", _task_recorded))
+register(ObservationResultProcessingRun, Machine(ResultProcessingRunStatus, RESULT_PROCESSING_RUN_TRANSITIONS,
+                                                 "error", effect=_run_end_recorded))

@@ -5,19 +5,19 @@ from pathlib import Path
 
 import pytest
 
-from dagster_project.catalog import IllegalTransition
+from dagster_project.catalog import IllegalTransition, transition
 from dagster_project.catalog.schema import ObservationStatus
 from dagster_project.catalog.queries import (
     dispatch_due,
     expand_request,
     get_or_create_instrument,
     match_observation,
-    move_fulfillment,
     settle_fulfillment,
     unmatched_observations,
 )
 from dagster_project.catalog.schema import CopiesMode, FulfillmentStatus, TaskState
 from dagster_project.products.requests import InvalidRequest, load_request_file, parse_requests
+from dagster_project.catalog.states import FULFILLMENT
 from tests.catalog import observation
 from tests.results.helpers import T0, request
 
@@ -96,11 +96,11 @@ def test_illegal_fulfillment_transitions_raise(catalog):
     with catalog.session() as s:
         result = request(s, n_epochs=1).results[0]
         with pytest.raises(IllegalTransition):
-            move_fulfillment(result, FS.FULFILLED)
+            transition(result, FS.FULFILLED, field=FULFILLMENT)
         assert result.fulfillment_status is FS.PENDING_DISPATCH and result.fulfilled_on is None
-        move_fulfillment(result, FS.CANCELED)
+        transition(result, FS.CANCELED, field=FULFILLMENT)
         with pytest.raises(IllegalTransition):
-            move_fulfillment(result, FS.DISPATCHED)
+            transition(result, FS.DISPATCHED, field=FULFILLMENT)
 
 
 def test_yaml_requests_validated_with_clear_messages(tmp_path: Path):

@@ -8,17 +8,17 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from dagster_project.catalog import Catalog, IllegalTransition
+from dagster_project.catalog import Catalog, IllegalTransition, transition
 from dagster_project.catalog.queries import (
     RebuildPolicy,
     bump_results,
     claim_build,
     due_for_rebuild,
     finish_build,
-    move_product,
     requeue_abandoned,
 )
 from dagster_project.catalog.schema import DataProductStatus, ObservationResult, ObservationResultProcessingRun
+from dagster_project.catalog.states import PRODUCTS
 from tests.results.helpers import T0, fulfilled_results
 
 DP = DataProductStatus
@@ -94,7 +94,7 @@ def test_illegal_product_transition_raises_and_leaves_status(catalog):
     with catalog.session() as s:
         _, (result,) = fulfilled_results(s, 1)
         with pytest.raises(IllegalTransition):
-            move_product(result, DP.READY)
+            transition(result, DP.READY, field=PRODUCTS)
         assert result.data_product_status is DP.PENDING
 
 

@@ -1,7 +1,8 @@
 """Lifecycle of ObservationResults: expansion, fulfillment, and the revision-driven rebuild engine.
 
-Two state machines, each changed only through :func:`move_fulfillment` and
-:func:`move_product` (an illegal change raises :class:`IllegalTransition`).
+Two state machines, each changed only through :func:`~dagster_project.catalog.states.transition`
+(``field=FULFILLMENT`` or ``field=PRODUCTS``; an illegal change raises :class:`IllegalTransition`);
+their tables are in ``catalog/states.py``, with those of requests, tasks and processing runs.
 
 Fulfillment (is the deliverable obtained?)::
 
@@ -57,27 +58,9 @@ from dagster_project.catalog.schema.results import (
     TaskState,
 )
 from dagster_project.catalog.queries.observations import NotFound
-from dagster_project.catalog.states import IllegalTransition
+from dagster_project.catalog.states import FULFILLMENT, PRODUCTS, IllegalTransition, transition
 
 FS, DP = FulfillmentStatus, DataProductStatus
-
-FULFILLMENT_TRANSITIONS: dict[FulfillmentStatus, frozenset[FulfillmentStatus]] = {
-    FS.PENDING_DISPATCH: frozenset({FS.DISPATCHED, FS.CANCELED}),
-    FS.DISPATCHED: frozenset({FS.PARTIALLY_FULFILLED, FS.CANCELED}),
-    FS.PARTIALLY_FULFILLED: frozenset({FS.FULFILLED, FS.CANCELED}),
-    FS.FULFILLED: frozenset(),
-    FS.CANCELED: frozenset(),
-}
-
-PRODUCT_TRANSITIONS: dict[DataProductStatus, frozenset[DataProductStatus]] = {
-    DP.PENDING: frozenset({DP.BUILDING, DP.SKIPPED}),
-    DP.BUILDING: frozenset({DP.READY, DP.STALE, DP.BLOCKED, DP.FAILED, DP.SKIPPED, DP.PENDING}),
-    DP.READY: frozenset({DP.STALE, DP.SKIPPED, DP.BUILDING}),  # BUILDING: a rebuild asked for by hand
-    DP.STALE: frozenset({DP.BUILDING, DP.SKIPPED}),
-    DP.BLOCKED: frozenset({DP.BUILDING, DP.STALE, DP.PENDING, DP.SKIPPED}),
-    DP.FAILED: frozenset({DP.BUILDING, DP.STALE, DP.PENDING, DP.SKIPPED}),
-    DP.SKIPPED: frozenset(),
-}
 
 #: status after a bump, for results built before / never built
 BUMP_EDGES: dict[DataProductStatus, tuple[DataProductStatus, DataProductStatus]] = {
@@ -105,50 +88,6 @@ class RebuildPolicy:
     retry_base: timedelta = timedelta(seconds=30)  # FAILED: retry after base * 2**(attempts-1)
     max_attempts: int = 5
     build_timeout: timedelta = timedelta(hours=1)  # BUILDING longer than this is presumed dead
-
-
-RS, TS, PS = RequestStatus, TaskState, ResultProcessingRunStatus
-REQUEST_TRANSITIONS = {RS.ACTIVE: frozenset({RS.COMPLETED, RS.CANCELED}), RS.COMPLETED: frozenset(),
-                       RS.CANCELED: frozenset()}
-TASK_TRANSITIONS = {TS.DISPATCHED: frozenset({TS.OBSERVED, TS.CANCELED}),
-                    TS.OBSERVED: frozenset({TS.SUCCEEDED, TS.FAILED}),
-                    TS.SUCCEEDED: frozenset(), TS.FAILED: frozenset(), TS.CANCELED: frozenset()}
-PROCESSING_RUN_TRANSITIONS = {PS.RUNNING: frozenset({PS.SUCCEEDED, PS.BLOCKED, PS.FAILED, PS.SKIPPED, PS.ABANDONED}),
-                              **{s: frozenset() for s in PS if s is not PS.RUNNING}}
-
-
-def _move(entity, attribute: str, table: dict, new) -> None:
-    """Set ``entity.<attribute>`` to ``new`` if ``table`` allows it, else raise and change nothing."""
-    current = getattr(entity, attribute)
-    if new not in table[current]:
-        raise IllegalTransition(entity, current, new)
-    setattr(entity, attribute, new)
-
-
-def move_fulfillment(result: ObservationResult, new: FulfillmentStatus, *, reason: str | None = None,
-                     now: datetime | None = None) -> None:
-    _move(result, "fulfillment_status", FULFILLMENT_TRANSITIONS, new)
-    if reason is not None:
-        result.fulfillment_note = reason
-    if new is FS.FULFILLED:
-        result.fulfilled_on = now or utcnow()
-
-
-def move_product(result: ObservationResult, new: DataProductStatus, *, reason: str | None = None) -> None:
-    _move(result, "data_product_status", PRODUCT_TRANSITIONS, new)
-    result.status_reason = reason
-
-
-def move_task(task: ObservationTask, new: TaskState, now: datetime, error: str | None = None) -> None:
-    _move(task, "state", TASK_TRANSITIONS, new)
-    if new is not TS.OBSERVED:
-        task.finished_at, task.error = now, error
-
-
-def _end_processing_run(run: ObservationResultProcessingRun, new: ResultProcessingRunStatus, now: datetime,
-                        error: str | None) -> None:
-    _move(run, "status", PROCESSING_RUN_TRANSITIONS, new)
-    run.finished_at, run.error = now, error
 
 
 # --- requests -------------------------------------------------------------------------------------------------------
@@ -231,14 +170,14 @@ def add_request(session: Session, survey: Survey, **fields: Any) -> ObservationR
 
 def cancel_request(session: Session, request: ObservationRequest, reason: str = "request canceled") -> int:
     """Cancel the request and every result not yet fulfilled; their products are SKIPPED."""
-    _move(request, "status", REQUEST_TRANSITIONS, RequestStatus.CANCELED)
+    transition(request, RequestStatus.CANCELED)
     n = 0
     for result in request.results:
         if result.fulfillment_status in (FS.FULFILLED, FS.CANCELED):
             continue
-        move_fulfillment(result, FS.CANCELED, reason=reason)
+        transition(result, FS.CANCELED, field=FULFILLMENT, reason=reason)
         if result.data_product_status is not DP.BUILDING:
-            move_product(result, DP.SKIPPED, reason=reason)
+            transition(result, DP.SKIPPED, field=PRODUCTS, reason=reason)
         n += 1
     return n
 
@@ -264,7 +203,7 @@ def dispatch_due(session: Session, now: datetime) -> int:
 
 
 def _dispatch(session: Session, result: ObservationResult, now: datetime, reason: str | None) -> ObservationTask:
-    move_fulfillment(result, FS.DISPATCHED, reason=reason)
+    transition(result, FS.DISPATCHED, field=FULFILLMENT, reason=reason)
     task = ObservationTask(result=result, instrument_id=result.instrument_id, state=TaskState.DISPATCHED,
                            started_at=now)
     session.add(task)
@@ -336,8 +275,8 @@ def match_observation(session: Session, observation: Observation, cards: dict[st
     if result.fulfillment_status is FS.PENDING_DISPATCH:
         task = _dispatch(session, result, now, reason="frame arrived before dispatch")
     result.observation = observation
-    move_fulfillment(result, FS.PARTIALLY_FULFILLED, reason=f"frame {observation.observation_id} arrived")
-    move_task(task, TaskState.OBSERVED, now)
+    transition(result, FS.PARTIALLY_FULFILLED, field=FULFILLMENT, reason=f"frame {observation.observation_id} arrived")
+    transition(task, TaskState.OBSERVED, now=now)
     task.observations.append(observation)
     session.flush()
     return result
@@ -352,11 +291,11 @@ def settle_fulfillment(session: Session, observation: Observation, now: datetime
     for result in results:
         task = next((t for t in result.tasks if t.state is TaskState.OBSERVED), None)
         if observation.status is ObservationStatus.DIFFERENCED:
-            move_fulfillment(result, FS.FULFILLED, reason=None, now=now)
+            transition(result, FS.FULFILLED, field=FULFILLMENT, now=now)
             if task:
-                move_task(task, TaskState.SUCCEEDED, now)
+                transition(task, TaskState.SUCCEEDED, now=now)
         elif observation.status is ObservationStatus.FAILED and task:
-            move_task(task, TaskState.FAILED, now, observation.status_reason)
+            transition(task, TaskState.FAILED, reason=observation.status_reason, now=now)
     return len(results)
 
 
@@ -390,7 +329,7 @@ def bump_results(session: Session, where: sa.ColumnElement[bool], now: datetime,
         built, never_built = BUMP_EDGES[result.data_product_status]
         target = never_built if result.last_built_revision is None else built
         if target is not result.data_product_status:
-            move_product(result, target, reason=f"revision {result.assets_revision}: upstream changed")
+            transition(result, target, field=PRODUCTS, reason=f"revision {result.assets_revision}: upstream changed")
     session.flush()
     return len(rows)
 
@@ -445,7 +384,7 @@ def get_result(session: Session, uid) -> ObservationResult:
 def claim_build(session: Session, result: ObservationResult, dagster_run_id: str | None,
                 now: datetime) -> ObservationResultProcessingRun:
     """Start a build of the result's current revision: BUILDING, with a processing run recording the revision."""
-    move_product(result, DP.BUILDING)
+    transition(result, DP.BUILDING, field=PRODUCTS)
     run = ObservationResultProcessingRun(result=result, built_from_revision=result.assets_revision,
                                          dagster_run_id=dagster_run_id, started_at=now,
                                          status=ResultProcessingRunStatus.RUNNING)
@@ -476,12 +415,12 @@ def finish_build(session: Session, run: ObservationResultProcessingRun, outcome:
                             .with_for_update().execution_options(populate_existing=True))
     if run.status is not ResultProcessingRunStatus.RUNNING or result.current_processing_run_id != run.id:
         raise IllegalTransition(run, run.status, _RUN_OUTCOME[outcome])  # abandoned meanwhile: nothing to record
-    _end_processing_run(run, _RUN_OUTCOME[outcome], now, reason)
+    transition(run, _RUN_OUTCOME[outcome], reason=reason, now=now)
     result.current_processing_run = None
     if outcome is DP.FAILED:
         result.build_attempts += 1
         result.next_eligible_run_at = now + policy.retry_base * 2 ** (result.build_attempts - 1)
-        move_product(result, DP.FAILED, reason=reason)
+        transition(result, DP.FAILED, field=PRODUCTS, reason=reason)
         return result
     # READY, BLOCKED and SKIPPED all settle this revision: only a new bump rebuilds
     result.last_built_revision = run.built_from_revision
@@ -490,12 +429,12 @@ def finish_build(session: Session, run: ObservationResultProcessingRun, outcome:
         result.dirty_from_revision = result.dirty_since = None
         if outcome is DP.READY:
             result.next_eligible_run_at = None
-        move_product(result, outcome, reason=reason)
+        transition(result, outcome, field=PRODUCTS, reason=reason)
     else:  # bumped while building: dirty from the first revision this build did not see
         result.dirty_from_revision = run.built_from_revision + 1
         result.dirty_since = now
-        move_product(result, DP.STALE if outcome is DP.READY else outcome,
-                     reason=reason or f"revision {result.assets_revision} arrived during the build")
+        transition(result, DP.STALE if outcome is DP.READY else outcome, field=PRODUCTS,
+                   reason=reason or f"revision {result.assets_revision} arrived during the build")
     return result
 
 
@@ -511,12 +450,12 @@ def requeue_abandoned(session: Session, run_is_alive: Callable[[str | None], boo
         if run is not None and run_is_alive(run.dagster_run_id) and now - run.started_at < policy.build_timeout:
             continue
         if run is not None:
-            _end_processing_run(run, ResultProcessingRunStatus.ABANDONED, now,
-                                "its Dagster run ended without finishing the build")
+            transition(run, ResultProcessingRunStatus.ABANDONED, now=now,
+                       reason="its Dagster run ended without finishing the build")
         result.current_processing_run = None
         result.next_eligible_run_at = now
-        move_product(result, DP.STALE if result.last_built_revision is not None else DP.PENDING,
-                     reason="re-queued: the previous build's run died")
+        transition(result, DP.STALE if result.last_built_revision is not None else DP.PENDING, field=PRODUCTS,
+                   reason="re-queued: the previous build's run died")
         requeued.append(result)
     session.flush()
     return requeued
