@@ -31,7 +31,24 @@ from scipy.spatial import cKDTree
 
 from .background import BackgroundMaps, estimate_background
 from .images import ImagePlanes
-from .psf_models import DEFAULT_OVERSAMPLE, moffat_profile, moffat_stamp
+from .psf_models import moffat_stamp, pixel_integrated_moffat
+
+__all__ = [
+    "ALL_BITS",
+    "ImageQuality",
+    "PSFError",
+    "PSFModel",
+    "characterize_image",
+    "default_stamp_size",
+    "estimate_psf",
+    "find_stars",
+    "fit_half_size",
+    "fwhm_tile_spread",
+    "pixel_integrated_moffat",
+    "pixel_scale_arcsec",
+    "psf_photometry",
+    "star_fwhm",
+]
 
 #: Mask bits that make a pixel unusable for star fitting (every bit).
 ALL_BITS = 0xFFFF
@@ -209,67 +226,134 @@ def find_stars(
         arrays ``x``, ``y`` in px and ``flux`` in e-), e.g. to measure
         distances to the nearest source without segmenting the image again.
     """
-    columns = ["x", "y", "flux", "flux_err", "snr", "peak", "fwhm", "ellipticity"]
     cat, bad = _segment(image, variance, mask, detect_sigma, n_pixels, bad_bits)
     if cat is None:
-        sources = {c: np.zeros(0) for c in ("x", "y", "flux")}
-        return Table({c: np.zeros(0) for c in columns}, meta={"fwhm": np.nan, "sources": sources})
-    x_all = np.asarray(cat.x_centroid, dtype=float)
-    y_all = np.asarray(cat.y_centroid, dtype=float)
-    flux_all = np.asarray(cat.segment_flux, dtype=float)
-    snr_all = flux_all / np.asarray(cat.segment_flux_err, dtype=float)
-    finite = np.isfinite(x_all) & np.isfinite(y_all)
-    sources = {"x": x_all[finite], "y": y_all[finite], "flux": flux_all[finite]}
-    empty = Table({c: np.zeros(0) for c in columns}, meta={"fwhm": np.nan, "sources": sources})
-    candidates = np.flatnonzero(finite & (snr_all >= snr_min))
+        return _no_stars({c: np.zeros(0) for c in ("x", "y", "flux")})
+    sources = _Sources.measure(cat)
+    found = sources.finite_dict()
+    candidates = np.flatnonzero(sources.finite & (sources.snr >= snr_min))
     if candidates.size == 0:
-        return empty
-    bright = cat[candidates]
-    fwhm = np.asarray(bright.fwhm.value, dtype=float)
-    ellipticity = np.asarray(bright.ellipticity.value, dtype=float)
-    fwhm_guess = float(np.nanmedian(fwhm))
-    half = fit_half_size(fwhm_guess)
+        return _no_stars(found)
+    bright = _Candidates.select(cat, sources, candidates)
+    fwhm_guess = float(np.nanmedian(bright.fwhm))
+    keep = _clean_cutouts(bad, bright.x, bright.y, fit_half_size(fwhm_guess))
+    keep &= np.isfinite(bright.fwhm) & np.isfinite(bright.ellipticity)
+    keep &= _isolated(sources, candidates, isolation_fwhm * fwhm_guess)
+    keep = _without_shape_outliers(keep, bright.fwhm, bright.ellipticity)
+    if not keep.any():
+        return _no_stars(found)
+    return bright.table(keep, max_stars, found)
 
+
+_STAR_COLUMNS = ("x", "y", "flux", "flux_err", "snr", "peak", "fwhm", "ellipticity")
+
+
+def _no_stars(sources: dict) -> Table:
+    """The empty star table (every column of :func:`find_stars`), with ``sources`` in its meta."""
+    return Table({c: np.zeros(0) for c in _STAR_COLUMNS}, meta={"fwhm": np.nan, "sources": sources})
+
+
+@dataclass
+class _Sources:
+    """Every detected source: isophotal centroid (px), flux (e-) and S/N; positions may be NaN."""
+
+    x: np.ndarray
+    y: np.ndarray
+    flux: np.ndarray
+    snr: np.ndarray
+
+    @classmethod
+    def measure(cls, cat: SourceCatalog) -> "_Sources":
+        x = np.asarray(cat.x_centroid, dtype=float)
+        y = np.asarray(cat.y_centroid, dtype=float)
+        flux = np.asarray(cat.segment_flux, dtype=float)
+        return cls(x, y, flux, flux / np.asarray(cat.segment_flux_err, dtype=float))
+
+    @property
+    def finite(self) -> np.ndarray:
+        return np.isfinite(self.x) & np.isfinite(self.y)
+
+    def finite_dict(self) -> dict:
+        """``x``, ``y``, ``flux`` of the sources with a finite position (``meta['sources']``)."""
+        finite = self.finite
+        return {"x": self.x[finite], "y": self.y[finite], "flux": self.flux[finite]}
+
+
+@dataclass
+class _Candidates:
+    """The sources bright enough to be stars, with their catalog rows and moment shapes."""
+
+    rows: SourceCatalog
+    x: np.ndarray
+    y: np.ndarray
+    flux: np.ndarray
+    snr: np.ndarray
+    fwhm: np.ndarray
+    ellipticity: np.ndarray
+
+    @classmethod
+    def select(cls, cat: SourceCatalog, sources: _Sources, index: np.ndarray) -> "_Candidates":
+        rows = cat[index]
+        return cls(rows, sources.x[index], sources.y[index], sources.flux[index], sources.snr[index],
+                   np.asarray(rows.fwhm.value, dtype=float), np.asarray(rows.ellipticity.value, dtype=float))
+
+    def table(self, keep: np.ndarray, max_stars: int, sources: dict) -> Table:
+        """The ``keep`` candidates as :func:`find_stars` returns them: brightest first, at most ``max_stars``."""
+        table = Table(
+            {
+                "x": self.x[keep],
+                "y": self.y[keep],
+                "flux": self.flux[keep],
+                "flux_err": np.asarray(self.rows.segment_flux_err, dtype=float)[keep],
+                "snr": self.snr[keep],
+                "peak": np.asarray(self.rows.max_value, dtype=float)[keep],
+                "fwhm": self.fwhm[keep],
+                "ellipticity": self.ellipticity[keep],
+            }
+        )
+        table.sort("flux", reverse=True)
+        table = table[:max_stars]
+        table.meta.update(fwhm=float(np.median(table["fwhm"])), sources=sources)
+        return table
+
+
+def _clean_cutouts(bad: np.ndarray, x: np.ndarray, y: np.ndarray, half: int) -> np.ndarray:
+    """True where the fitting cutout plus one pixel is inside the frame and holds no unusable pixel.
+
+    Only the candidates' windows of ``bad`` are looked at.
+    """
     ny, nx = bad.shape
-    xc, yc = x_all[candidates], y_all[candidates]
-    ix, iy = np.rint(xc).astype(int), np.rint(yc).astype(int)
+    ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
     keep = (ix - half - 1 >= 0) & (iy - half - 1 >= 0) & (ix + half + 1 < nx) & (iy + half + 1 < ny)
-    # no unusable pixel in the fitting cutout plus one pixel (only the candidates' windows are looked at)
     window = np.arange(-half - 1, half + 2)
     rows = np.clip(iy[:, None] + window, 0, ny - 1)
     cols = np.clip(ix[:, None] + window, 0, nx - 1)
     keep &= ~bad[rows[:, :, None], cols[:, None, :]].any(axis=(1, 2))
-    keep &= np.isfinite(fwhm) & np.isfinite(ellipticity)
+    return keep
 
-    tree = cKDTree(np.column_stack([x_all, y_all]))
-    for k, neighbours in enumerate(tree.query_ball_point(np.column_stack([xc, yc]), isolation_fwhm * fwhm_guess)):
+
+def _isolated(sources: _Sources, candidates: np.ndarray, radius: float) -> np.ndarray:
+    """True for the candidates with no other source brighter than 5 % of their flux within ``radius`` px."""
+    isolated = np.ones(candidates.size, dtype=bool)
+    tree = cKDTree(np.column_stack([sources.x, sources.y]))
+    centres = np.column_stack([sources.x[candidates], sources.y[candidates]])
+    for k, neighbours in enumerate(tree.query_ball_point(centres, radius)):
         others = [j for j in neighbours if j != candidates[k]]
-        if others and np.any(flux_all[others] > 0.05 * flux_all[candidates[k]]):
-            keep[k] = False
+        if others and np.any(sources.flux[others] > 0.05 * sources.flux[candidates[k]]):
+            isolated[k] = False
+    return isolated
 
+
+def _without_shape_outliers(keep: np.ndarray, fwhm: np.ndarray, ellipticity: np.ndarray) -> np.ndarray:
+    """``keep`` less the shape outliers: beyond 3 robust sigma AND beyond 15 % in FWHM or 0.1 in ellipticity.
+
+    Left alone with fewer than 3 stars kept (updated in place).
+    """
     if keep.sum() >= 3:
-        # Shape outliers: beyond 3 robust sigma AND beyond 15% in FWHM or 0.1 in ellipticity.
         for values, floor in ((fwhm, 0.15 * np.median(fwhm[keep])), (ellipticity, 0.1)):
             centre = np.median(values[keep])
             keep &= np.abs(values - centre) <= max(3.0 * mad_std(values[keep]), floor)
-    if not keep.any():
-        return empty
-    table = Table(
-        {
-            "x": xc[keep],
-            "y": yc[keep],
-            "flux": flux_all[candidates][keep],
-            "flux_err": np.asarray(bright.segment_flux_err, dtype=float)[keep],
-            "snr": snr_all[candidates][keep],
-            "peak": np.asarray(bright.max_value, dtype=float)[keep],
-            "fwhm": fwhm[keep],
-            "ellipticity": ellipticity[keep],
-        }
-    )
-    table.sort("flux", reverse=True)
-    table = table[:max_stars]
-    table.meta.update(fwhm=float(np.median(table["fwhm"])), sources=sources)
-    return table
+    return keep
 
 
 def _shape_from_g(fwhm: float, beta: float, g1: float, g2: float) -> tuple[float, float, float, float]:
@@ -279,28 +363,6 @@ def _shape_from_g(fwhm: float, beta: float, g1: float, g2: float) -> tuple[float
     if theta <= -90.0:
         theta += 180.0
     return float(fwhm), float(beta), min(ell, 0.99), theta
-
-
-def pixel_integrated_moffat(
-    dx: np.ndarray,
-    dy: np.ndarray,
-    fwhm: float,
-    beta: float,
-    ellipticity: float,
-    theta_deg: float,
-    oversample: int = DEFAULT_OVERSAMPLE,
-) -> np.ndarray:
-    """Unit-flux elliptical Moffat integrated over the pixels centred at offsets ``(dx, dy)``.
-
-    Same sub-sampling as :func:`~dagster_project.science.psf_models.moffat_stamp`
-    but on arbitrary offset arrays (any shape) and not renormalised.
-    """
-    sub = (np.arange(oversample) + 0.5) / oversample - 0.5
-    sy, sx = np.meshgrid(sub, sub, indexing="ij")
-    fine = moffat_profile(
-        dx[..., None] + sx.ravel(), dy[..., None] + sy.ravel(), fwhm, beta, ellipticity, theta_deg
-    )
-    return fine.mean(axis=-1)
 
 
 @dataclass
@@ -496,38 +558,26 @@ def estimate_psf(
         Too few stars, or the fit did not converge to a physical shape.
     ValueError
         Bad input shapes or an even ``stamp_size``.
+
+    Examples
+    --------
+    >>> from dagster_project.science.psf_models import render_point_sources
+    >>> rng = np.random.default_rng(0)
+    >>> yy, xx = np.mgrid[15:100:20, 15:100:20] + rng.uniform(-0.5, 0.5, (2, 5, 5))
+    >>> model = render_point_sources((110, 110), xx.ravel(), yy.ravel(), np.full(25, 2e4), fwhm=3.0, beta=3.0)
+    >>> variance = model + 100.0
+    >>> image = model + rng.normal(size=model.shape) * np.sqrt(variance)
+    >>> psf = estimate_psf(image, variance, None, find_stars(image, variance))
+    >>> round(psf.fwhm_px, 2), round(psf.beta, 1), psf.stamp.shape, psf.n_stars
+    (3.0, 3.0, (25, 25), 25)
     """
     _check_planes(image_minus_background, variance, mask)
     if stamp_size is not None and (stamp_size < 3 or stamp_size % 2 == 0):
         raise ValueError(f"stamp_size must be odd and >= 3, got {stamp_size}")
     if len(stars) < min_stars:
         raise PSFError(f"only {len(stars)} stars given for the PSF fit (need at least {min_stars})")
-    order = np.argsort(-np.asarray(stars["flux"], dtype=float))[:max_stars]
-    x = np.asarray(stars["x"], dtype=float)[order]
-    y = np.asarray(stars["y"], dtype=float)[order]
-    fwhm0 = _initial_fwhm(stars)
-    half = fit_half_size(fwhm0)
-    cut = _extract_cutouts(image_minus_background, variance, mask, x, y, half)
-    usable = (cut.weight > 0).mean(axis=(1, 2)) >= 0.8
-    if usable.sum() < min_stars:
-        raise PSFError(f"only {int(usable.sum())} stars have clean {2 * half + 1} px cutouts (need {min_stars})")
-    cut = cut.select(usable)
-    shape = (fwhm0, 3.0, 0.0, 0.0)
-    for round_ in range(2):
-        stars_fit = _fit_stars(cut, shape, fit_positions=True)
-        good = np.isfinite(stars_fit.flux) & (stars_fit.flux > 0)
-        if round_ == 0 and good.any():
-            chi2 = stars_fit.chi2_red[good]
-            good &= stars_fit.chi2_red <= np.median(chi2) + 5.0 * max(mad_std(chi2), 0.1)
-        if good.sum() < min_stars:
-            raise PSFError(f"only {int(good.sum())} stars are fitted well by a point-source model (need {min_stars})")
-        cut = cut.select(good)
-        shape, result = _fit_shape(cut, shape, stars_fit.sx[good], stars_fit.sy[good])
-    fwhm, beta, ell, theta = shape
-    if not result.success or not np.all(np.isfinite(shape)):
-        raise PSFError(f"PSF fit did not converge: {result.message}")
-    if fwhm <= _SHAPE_LOWER[0] * 1.01 or fwhm >= _SHAPE_UPPER[0] * 0.99:
-        raise PSFError(f"PSF fit ran to the FWHM bound ({fwhm:.2f} px): the stars are not point-like")
+    cut, fwhm0 = _brightest_cutouts(image_minus_background, variance, mask, stars, max_stars, min_stars)
+    (fwhm, beta, ell, theta), n_stars = _alternating_fit(cut, (fwhm0, 3.0, 0.0, 0.0), min_stars)
     size = default_stamp_size(fwhm) if stamp_size is None else stamp_size
     return PSFModel(
         stamp=moffat_stamp(size, fwhm, beta, ell, theta),
@@ -535,8 +585,53 @@ def estimate_psf(
         ellipticity=ell,
         theta_deg=theta,
         beta=beta,
-        n_stars=int(cut.data.shape[0]),
+        n_stars=n_stars,
     )
+
+
+def _brightest_cutouts(image, variance, mask, stars: Table, max_stars: int, min_stars: int) -> tuple[_Cutouts, float]:
+    """Cutouts of the ``max_stars`` brightest stars that are at least 80 % usable, and the FWHM guess."""
+    order = np.argsort(-np.asarray(stars["flux"], dtype=float))[:max_stars]
+    x = np.asarray(stars["x"], dtype=float)[order]
+    y = np.asarray(stars["y"], dtype=float)[order]
+    fwhm0 = _initial_fwhm(stars)
+    half = fit_half_size(fwhm0)
+    cut = _extract_cutouts(image, variance, mask, x, y, half)
+    usable = (cut.weight > 0).mean(axis=(1, 2)) >= 0.8
+    if usable.sum() < min_stars:
+        raise PSFError(f"only {int(usable.sum())} stars have clean {2 * half + 1} px cutouts (need {min_stars})")
+    return cut.select(usable), fwhm0
+
+
+def _alternating_fit(cut: _Cutouts, shape, min_stars: int) -> tuple[tuple[float, float, float, float], int]:
+    """Two rounds of per-star fits (shape fixed) and shape fits (positions fixed): the shape and the stars used."""
+    for round_ in range(2):
+        stars_fit = _fit_stars(cut, shape, fit_positions=True)
+        good = _well_fitted(stars_fit, drop_outliers=round_ == 0)
+        if good.sum() < min_stars:
+            raise PSFError(f"only {int(good.sum())} stars are fitted well by a point-source model (need {min_stars})")
+        cut = cut.select(good)
+        shape, result = _fit_shape(cut, shape, stars_fit.sx[good], stars_fit.sy[good])
+    _check_converged(shape, result)
+    return shape, int(cut.data.shape[0])
+
+
+def _well_fitted(fit: _StarFit, drop_outliers: bool) -> np.ndarray:
+    """Stars with a positive flux; with ``drop_outliers``, also a reduced chi-square <= median + 5 MAD."""
+    good = np.isfinite(fit.flux) & (fit.flux > 0)
+    if drop_outliers and good.any():
+        chi2 = fit.chi2_red[good]
+        good &= fit.chi2_red <= np.median(chi2) + 5.0 * max(mad_std(chi2), 0.1)
+    return good
+
+
+def _check_converged(shape, result) -> None:
+    """Raise :class:`PSFError` if the shape fit failed or ran to the FWHM bounds."""
+    fwhm = shape[0]
+    if not result.success or not np.all(np.isfinite(shape)):
+        raise PSFError(f"PSF fit did not converge: {result.message}")
+    if fwhm <= _SHAPE_LOWER[0] * 1.01 or fwhm >= _SHAPE_UPPER[0] * 0.99:
+        raise PSFError(f"PSF fit ran to the FWHM bound ({fwhm:.2f} px): the stars are not point-like")
 
 
 def psf_photometry(
@@ -742,6 +837,25 @@ def characterize_image(
     ------
     PSFError
         Too few stars for a PSF.
+
+    Examples
+    --------
+    Stars of FWHM 3 px on a sky of 500 e- with pixels of 0.6 arcsec:
+
+    >>> from dagster_project.science.astrometry import nominal_wcs_header
+    >>> from dagster_project.science.masks import empty_mask
+    >>> from dagster_project.science.psf_models import render_point_sources
+    >>> rng = np.random.default_rng(0)
+    >>> yy, xx = np.mgrid[15:100:20, 15:100:20] + rng.uniform(-0.5, 0.5, (2, 5, 5))
+    >>> model = render_point_sources((110, 110), xx.ravel(), yy.ravel(), np.full(25, 2e4), fwhm=3.0) + 500.0
+    >>> variance = (model + 25.0).astype(np.float32)
+    >>> data = (model + rng.normal(size=model.shape) * np.sqrt(variance)).astype(np.float32)
+    >>> header = nominal_wcs_header(150.0, 2.0, 0.6, (55.5, 55.5))
+    >>> quality = characterize_image(ImagePlanes(data, variance, empty_mask(data.shape), header), box_size=32)
+    >>> quality.n_stars, round(quality.psf.fwhm_px, 1), round(quality.pixel_scale_arcsec, 3)
+    (25, 3.0, 0.6)
+    >>> round(quality.seeing_arcsec, 1), round(quality.background.median_rms)
+    (1.8, 26)
     """
     background = estimate_background(
         planes.data, planes.mask, box_size=box_size, filter_size=filter_size, rms_map=False
