@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from dagster_project.catalog.schema import RawDataFile
     from dagster_project.catalog.schema import OperationRun
     from dagster_project.catalog.schema import Artifact, ProcessingStep
-    from dagster_project.sensors.ledger import OperationProgress
+    from dagster_project.operations.mirror import OperationProgress
 
 #: --stage → the job whose assets a backfill materializes (observation_job: the whole per-observation chain)
 STAGE_JOBS = {"calibrate": "calibrate_job", "difference": "difference_job", "all": "observation_job"}
@@ -257,12 +257,12 @@ def follow(instance: DagsterInstance, catalog: Catalog, operation_id: int, out: 
            poll_seconds: float = 1.0) -> int:
     """Show an operation's progress until it completes (exit 0 if it succeeded) or Ctrl-C (exit 0, detached)."""
     from dagster_project.catalog.schema import OperationOutcome
-    from dagster_project.sensors import ledger
+    from dagster_project.operations import mirror
 
     started, last = time.monotonic(), None
     try:
         while True:
-            progress = ledger.sync_operation(instance, catalog, operation_id)
+            progress = mirror.sync_operation(instance, catalog, operation_id)
             line = progress_line(progress)
             if out.isatty():  # one line, redrawn
                 out.write(f"\r{line} · {time.monotonic() - started:5.0f} s ")
@@ -362,7 +362,7 @@ def _resolve(session, target: str, store_root: Path) -> tuple[Artifact | RawData
     """The artifact or raw file ``target`` names (an id or a path), and a note on how it was matched."""
     from dagster_project.catalog import queries
     from dagster_project.ingest.landing import sha256_of
-    from dagster_project.sensors.ledger import store_relative
+    from dagster_project.operations.mirror import store_relative
 
     try:
         artifact_id = uuid.UUID(target)
@@ -500,7 +500,7 @@ def cmd_runs_tail(args, settings: Settings) -> int:
     from dagster import DagsterInstance
 
     from dagster_project.catalog import queries, schema
-    from dagster_project.sensors import ledger
+    from dagster_project.operations import mirror
 
     instance = DagsterInstance.get()
     try:
@@ -511,7 +511,7 @@ def cmd_runs_tail(args, settings: Settings) -> int:
     shown = -1
     try:
         while True:
-            status = ledger.mirror_run(instance, catalog, settings.store_dir, run_id)
+            status = mirror.mirror_run(instance, catalog, settings.store_dir, run_id)
             with catalog.session() as session:
                 for step in queries.steps_after(session, run_id, shown):
                     print(format_step(step), flush=True)

@@ -34,12 +34,12 @@ from dagster_project.catalog.queries import RetryPolicy
 from dagster_project.definitions import defs
 from dagster_project.ingest.landing import CATALOG_UNREACHABLE
 from dagster_project.pipeline.jobs import IN_PROCESS
+from dagster_project.operations import mirror
+from dagster_project.operations.mirror import RUN_KEY_TAG
 from dagster_project.operations.recording import OPERATION_TAG, current_initiator, owner_is_gone
 from dagster_project.resources import resources_from_settings
-from dagster_project.sensors import ledger
 from dagster_project.sensors.reference_and_difference import schedule_attempts
 from dagster_project.settings import Settings
-from dagster_project.sensors.ledger import RUN_KEY_TAG
 
 #: the catalog unreachable (a database outage): ``process`` tries again every few seconds, this long at most
 CATALOG_PATIENCE_SECONDS = 600.0
@@ -138,15 +138,15 @@ class HeadlessDaemon:
         """Provenance and the operation's counts of the runs executed here, now, without waiting for the
         ledger sensor; runs that could not be mirrored (the catalog unreachable) are mirrored later."""
         while self.unmirrored:
-            ledger.mirror_run(self.instance, self.catalog, self.resources["store"].store().root, self.unmirrored[0])
+            mirror.mirror_run(self.instance, self.catalog, self.resources["store"].store().root, self.unmirrored[0])
             self.unmirrored.pop(0)
         if self.report.operation_id is not None:
-            ledger.sync_operation(self.instance, self.catalog, self.report.operation_id)
+            mirror.sync_operation(self.instance, self.catalog, self.report.operation_id)
 
     @contextmanager
     def operation(self, operation_type: OperationType, identity: Mapping[str, str]) -> Iterator[int]:
         """Record what this daemon does inside the block as one operation of the ledger."""
-        with ledger.owned_operation(self.instance, self.catalog, survey=self.settings.survey,
+        with mirror.owned_operation(self.instance, self.catalog, survey=self.settings.survey,
                                     operation_type=operation_type, identity=identity) as operation_id:
             self.report.operation_id = operation_id
             yield operation_id
@@ -161,7 +161,7 @@ class HeadlessDaemon:
     def _sync_named_operations(self) -> None:
         """Bring the sensors' operations for the runs executed here up to date (the ledger sensor may not run)."""
         for operation_id in sorted(self.named_operations):
-            if not ledger.sync_operation(self.instance, self.catalog, operation_id).operation.is_active:
+            if not mirror.sync_operation(self.instance, self.catalog, operation_id).operation.is_active:
                 self.named_operations.discard(operation_id)
 
     def recover_interrupted(self) -> int:
@@ -174,9 +174,9 @@ class HeadlessDaemon:
             unfinished = self.instance.get_run_ids(RunsFilter(
                 tags={OPERATION_TAG: str(operation_id)},
                 statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.NOT_STARTED]))
-            ledger.sync_operation(self.instance, self.catalog, operation_id)
+            mirror.sync_operation(self.instance, self.catalog, operation_id)
             for run_id in unfinished:
-                ledger.mirror_run(self.instance, self.catalog, self.resources["store"].store().root, run_id)
+                mirror.mirror_run(self.instance, self.catalog, self.resources["store"].store().root, run_id)
         return len(dead)
 
     def sync_open_waves(self) -> None:
@@ -185,7 +185,7 @@ class HeadlessDaemon:
         with self.catalog.session() as session:
             waves = [op.id for op in queries.active_operations(session) if "run_keys" in (op.context or {})]
         for operation_id in waves:
-            ledger.sync_operation(self.instance, self.catalog, operation_id)
+            mirror.sync_operation(self.instance, self.catalog, operation_id)
 
     def seconds_until_next_retry(self) -> float | None:
         """Seconds until some failed or interrupted work is due to be tried again (0: now); None: none will be."""

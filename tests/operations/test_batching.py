@@ -17,7 +17,7 @@ from dagster import (
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG, PARTITION_NAME_TAG
 
 from dagster_project.pipeline.batching import PartitionOutput, batch_failure, materialize_partitions
-from dagster_project.sensors.ledger import run_partition_keys
+from dagster_project.operations.mirror import run_partition_keys
 from dagster_project.settings import Settings
 
 KEYS = ["a", "b", "c", "d"]

@@ -13,9 +13,11 @@ from dagster_project.catalog.schema import ObservationStatus, PreprocessRun, Run
 from dagster_project.catalog.schema import OperationOutcome, OperationStatus, OperationType
 from dagster_project.cli.main import main as cli_main
 from dagster_project.operations.recording import OPERATION_TAG
-from dagster_project.sensors.ledger import operations_ledger_sensor
+from dagster_project.sensors.ledger import build_ledger_sensor
 from dagster_project.simulation.night import simulate_night
 from tests.platform import make_platform
+
+operations_ledger_sensor = build_ledger_sensor(interval_seconds=10)
 
 pytestmark = pytest.mark.slow
 

@@ -18,9 +18,11 @@ from dagster_project.catalog.schema import ObservationStatus, RunStatus
 from dagster_project.catalog.schema import OperationOutcome, OperationStatus, OperationType
 from dagster_project.catalog.schema import ProcessingRun, ProcessingRunStatus, ProcessingStep, StepType
 from dagster_project.operations.recording import OPERATION_TAG, owner_context, start_wave
-from dagster_project.sensors.ledger import operations_ledger_sensor
+from dagster_project.sensors.ledger import build_ledger_sensor
 from tests.catalog import observation
 from tests.platform import make_platform
+
+operations_ledger_sensor = build_ledger_sensor(interval_seconds=10)
 
 
 @op
@@ -230,7 +232,7 @@ def test_a_sensor_wave_completes_when_each_run_key_has_run(platform, monkeypatch
         operation = queries.get_operation(s, wave)
         assert operation.status is OperationStatus.RUNNING  # k3 has no run yet
         assert operation.summary_counts == {"total": 3, "success": 1, "failed": 1, "skipped": 0}
-    monkeypatch.setattr("dagster_project.sensors.ledger.WAVE_PATIENCE", timedelta(0))  # k3 never came
+    monkeypatch.setattr("dagster_project.operations.mirror.WAVE_PATIENCE", timedelta(0))  # k3 never came
     platform.tick(operations_ledger_sensor)
     with platform.catalog.session() as s:
         operation = queries.get_operation(s, wave)
