@@ -65,6 +65,30 @@ Implementation notes
 * D is unit-variance white noise except at frequencies where both PSFs have
   less than 1e-12 of their zero-frequency power (float32 round-off), which
   are not amplified.
+
+Flux hidden under masks
+-----------------------
+``hidden_new`` and ``hidden_ref`` estimate the flux each image's scene has
+at the excluded pixels, which the exclusion removes: e.g. the core of a
+saturated star, or a star under the other image's bad column. Zeroing a
+masked star core in both images leaves ``k_r (x) (R M) - k_n (x) (N M)`` in
+S, a residual the size of the kernels that no variance term describes;
+``max(|k_n|, |k_r|) (x) (hidden_new + hidden_ref) / sqrt(V)`` bounds it, and
+output pixels where the bound exceeds ``max_hidden_sigma`` are invalid (NaN,
+flagged in ``mask``). The bound grows with the hidden flux, so the invalid
+zone around a masked star grows with its brightness. Sky noise under a mask
+must not be included (it would blank the borders of every mask).
+
+Steps of :func:`zogy`
+---------------------
+1. :func:`_check_inputs`, :func:`_check_psf`: shapes, scalars and PSF stamps.
+2. :func:`_plan`: F_D, the denominator weights, the padded FFT shape and the
+   kernels on a small grid (:func:`_small_grid_kernels`).
+3. :func:`_exclusions`: masked, non-finite or negative-variance pixels.
+4. :func:`_transforms`: D, S_N and S_R (or S), and V_S, by FFTs.
+5. :func:`_hidden_flux_bound`: the bound of the residual of hidden flux.
+6. :func:`_output_maps`: S, S_corr, flux and flux_err, invalid pixels NaN.
+7. :func:`_result`: the :class:`ZogyResult` with the robust noise figures.
 """
 
 from dataclasses import dataclass
@@ -73,6 +97,8 @@ import numpy as np
 from scipy import fft, ndimage
 
 from .parallel import RowBlocks, threads_for
+
+__all__ = ["LEAK_BLOCK", "ZogyResult", "robust_std", "zogy"]
 
 #: Frequencies where both PSFs have less power than this (relative to the zero
 #: frequency) are not amplified in D: below it the float32 transforms are round-off.
@@ -178,6 +204,11 @@ class _SmallGridKernels:
     kr: np.ndarray  # k_r
     P_D: np.ndarray
     F_S: float
+
+    @property
+    def reach(self) -> np.ndarray:
+        """``max(|k_n|, |k_r|)``: the kernel that bounds the residual of hidden flux."""
+        return np.maximum(np.abs(self.kn), np.abs(self.kr))
 
 
 def _small_grid_kernels(psf_n, psf_r, a, b, Fn, Fr, F_D, size) -> _SmallGridKernels:
@@ -527,23 +558,11 @@ def _output_maps(D, S_parts, V_S, bad, leak, *, floor, axis_weights, max_hidden_
 
 
 def zogy(
-    new: np.ndarray,
-    ref: np.ndarray,
-    psf_new: np.ndarray,
-    psf_ref: np.ndarray,
-    *,
-    var_new: np.ndarray,
-    var_ref: np.ndarray,
-    sigma_new: float,
-    sigma_ref: float,
-    flux_ratio_ref: float = 1.0,
-    flux_new: float = 1.0,
-    astrometric_rms: tuple[float, float] = (0.0, 0.0),
-    mask: np.ndarray | None = None,
-    hidden_new: np.ndarray | None = None,
-    hidden_ref: np.ndarray | None = None,
-    max_hidden_sigma: float = 1.0,
-    workers: int = -1,
+    new: np.ndarray, ref: np.ndarray, psf_new: np.ndarray, psf_ref: np.ndarray, *,
+    var_new: np.ndarray, var_ref: np.ndarray, sigma_new: float, sigma_ref: float,
+    flux_ratio_ref: float = 1.0, flux_new: float = 1.0, astrometric_rms: tuple[float, float] = (0.0, 0.0),
+    mask: np.ndarray | None = None, hidden_new: np.ndarray | None = None, hidden_ref: np.ndarray | None = None,
+    max_hidden_sigma: float = 1.0, workers: int = -1,
 ) -> ZogyResult:
     """ZOGY proper difference D, its PSF, S, S_corr and the PSF-photometry flux image.
 
@@ -557,29 +576,18 @@ def zogy(
         Full per-pixel variance maps (background + source noise), e-^2.
     sigma_new, sigma_ref : float
         Background noise standard deviation (e-) of each image.
-    flux_ratio_ref : float
-        F_r, with ``flux_new`` = F_n: reference flux / new flux of the same star
-        when F_n = 1 (see the module notes).
-    flux_new : float
-        F_n.
+    flux_ratio_ref, flux_new : float
+        F_r and F_n (see the module notes): with F_n = 1, F_r is the
+        reference flux / new flux of the same star.
     astrometric_rms : (float, float)
         Registration noise ``(sigma_x, sigma_y)`` in pixels for V_ast.
     mask : ndarray, optional
         Any non-zero pixel is excluded (use the union of both images' masks).
     hidden_new, hidden_ref : ndarray, optional
-        Best estimate (e-, background-subtracted; only values > 0 at excluded
-        pixels count) of the flux each image's scene has at the excluded
-        pixels, which the exclusion removes: e.g. the core of a saturated star,
-        or a star under the other image's bad column. Zeroing a masked star
-        core in both images leaves ``k_r (x) (R M) - k_n (x) (N M)`` in S, a
-        residual the size of the kernels that no variance term describes;
-        ``max(|k_n|, |k_r|) (x) (hidden_new + hidden_ref) / sqrt(V)`` bounds
-        it, and output pixels where the bound exceeds ``max_hidden_sigma``
-        are invalid (NaN, flagged in ``mask``). The bound grows with the
-        hidden flux, so the invalid zone around a masked star grows with its
-        brightness. Sky noise under a mask must not be included (it would
-        blank the borders of every mask): see
-        :func:`~dagster_project.science.difference.hidden_flux`.
+        Best estimate (e-, background-subtracted, sky noise not included;
+        only values > 0 at excluded pixels count) of the flux each image's
+        scene has at the excluded pixels: see *Flux hidden under masks* in
+        the module notes and :func:`~dagster_project.science.difference.hidden_flux`.
     max_hidden_sigma : float
         Largest acceptable bound on that residual, in units of the S noise.
     workers : int
@@ -594,91 +602,150 @@ def zogy(
     ------
     ValueError
         On inconsistent shapes, non-positive noise or flux scalings, or bad PSFs.
+
+    Examples
+    --------
+    A star in both images (twice as bright in the reference) and a new source at (45, 40):
+
+    >>> from dagster_project.science.psf_models import moffat_stamp, render_point_sources
+    >>> rng = np.random.default_rng(1)
+    >>> star_n = render_point_sources((64, 64), [20.0, 45.0], [20.0, 40.0], [3000.0, 1500.0], 2.5, stamp_size=15)
+    >>> star_r = render_point_sources((64, 64), [20.0], [20.0], [6000.0], 3.5, stamp_size=15)
+    >>> var_n, var_r = star_n + 100.0, star_r + 100.0
+    >>> new, ref = (m + rng.normal(size=m.shape) * np.sqrt(v) for m, v in ((star_n, var_n), (star_r, var_r)))
+    >>> result = zogy(new, ref, moffat_stamp(15, 2.5), moffat_stamp(15, 3.5), var_new=var_n, var_ref=var_r,
+    ...               sigma_new=10.0, sigma_ref=10.0, flux_ratio_ref=2.0)
+    >>> y, x = np.unravel_index(np.nanargmax(result.S_corr), result.S_corr.shape)
+    >>> (int(x), int(y)), bool(result.S_corr[y, x] > 10), bool(abs(result.flux[y, x] - 1500) < 3 * result.flux_err[y, x])
+    ((45, 40), True, True)
     """
-    new = np.asarray(new)
-    ref = np.asarray(ref)
+    new, ref = np.asarray(new), np.asarray(ref)
+    sx, sy = _check_inputs(new, ref, {"var_new": var_new, "var_ref": var_ref, "mask": mask, "hidden_new": hidden_new,
+                                      "hidden_ref": hidden_ref},
+                           {"sigma_new": sigma_new, "sigma_ref": sigma_ref, "flux_ratio_ref": flux_ratio_ref,
+                            "flux_new": flux_new, "max_hidden_sigma": max_hidden_sigma}, astrometric_rms)
+    psf_n, psf_r = _check_psf(psf_new, "psf_new"), _check_psf(psf_ref, "psf_ref")
+    plan = _plan(new.shape, psf_n, psf_r, sigma_new, sigma_ref, flux_new, flux_ratio_ref, separate=sx > 0 or sy > 0)
+    var_new, var_ref, mask = (None if a is None else np.asarray(a) for a in (var_new, var_ref, mask))
+    with RowBlocks(threads_for(workers)) as blocks:
+        bad, excluded = _exclusions(new, ref, var_new, var_ref, mask, blocks)
+        D, S_parts, V_S = _transforms(new, ref, var_new, var_ref, psf_n, psf_r, excluded, plan, blocks, workers)
+        leak = _hidden_flux_bound((hidden_new, hidden_ref), excluded, new.shape, plan.kernels.reach, LEAK_BLOCK,
+                                  workers)
+        maps = _output_maps(D, S_parts, V_S, bad, leak, floor=_variance_floor(V_S, bad), axis_weights=(sy**2, sx**2),
+                            max_hidden_sigma=float(max_hidden_sigma), F_S=plan.kernels.F_S, blocks=blocks)
+    return _result(D, maps, bad, plan, sigma_new, sigma_ref, (sx, sy))
+
+
+def _check_inputs(new, ref, planes: dict, scalars: dict, astrometric_rms) -> tuple[float, float]:
+    """Raise ValueError on planes of another shape, a scalar that is not finite and > 0, or a bad
+    ``astrometric_rms``; return the latter as ``(sigma_x, sigma_y)``."""
     if new.ndim != 2 or new.shape != ref.shape:
         raise ValueError(f"new and ref must be 2-D images of one shape, got {new.shape} and {ref.shape}")
-    for name, arr in (("var_new", var_new), ("var_ref", var_ref), ("mask", mask), ("hidden_new", hidden_new),
-                      ("hidden_ref", hidden_ref)):
+    for name, arr in planes.items():
         if arr is not None and np.shape(arr) != new.shape:
             raise ValueError(f"{name} shape {np.shape(arr)} differs from image shape {new.shape}")
-    scalars = {"sigma_new": sigma_new, "sigma_ref": sigma_ref, "flux_ratio_ref": flux_ratio_ref, "flux_new": flux_new,
-               "max_hidden_sigma": max_hidden_sigma}
     for name, value in scalars.items():
         if not (np.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be finite and > 0, got {value}")
     sx, sy = (float(v) for v in astrometric_rms)
     if not (np.isfinite(sx) and np.isfinite(sy) and sx >= 0 and sy >= 0):
         raise ValueError(f"astrometric_rms must be two finite values >= 0, got {astrometric_rms}")
-    psf_n = _check_psf(psf_new, "psf_new")
-    psf_r = _check_psf(psf_ref, "psf_ref")
+    return sx, sy
 
+
+@dataclass
+class _Plan:
+    """The scalars, padded FFT shape and small-grid kernels one :func:`zogy` call works with."""
+
+    Fn: float  # F_n
+    Fr: float  # F_r
+    a: float  # sigma_n^2 F_r^2: weight of |P_r^|^2 in the denominator
+    b: float  # sigma_r^2 F_n^2: weight of |P_n^|^2
+    F_D: float  # eq. 15
+    shape: tuple[int, int]  # padded shape of the transforms
+    kernels: _SmallGridKernels
+    separate: bool  # S_N and S_R kept apart (V_ast needs them)
+
+
+def _plan(image_shape, psf_n, psf_r, sigma_new, sigma_ref, flux_new, flux_ratio_ref, separate: bool) -> _Plan:
+    """Flux zero points, denominator weights, F_D, the padded shape and the kernels (see the module notes)."""
     Fn, Fr = float(flux_new), float(flux_ratio_ref)
     a = float(sigma_new) ** 2 * Fr**2  # weight of |P_r^|^2 in the denominator
     b = float(sigma_ref) ** 2 * Fn**2
     F_D = Fr * Fn / np.sqrt(a + b)  # eq. 15
-
-    ny, nx = new.shape
+    ny, nx = image_shape
     size = max(*psf_n.shape, *psf_r.shape) | 1
     # 5-smooth lengths (the real-input rule) on both axes: the 7s and 11s that the complex rule allows are slower.
     shape = (fft.next_fast_len(ny + size, real=True), fft.next_fast_len(nx + size, real=True))
     kernels = _small_grid_kernels(psf_n, psf_r, a, b, Fn, Fr, F_D, size)
-    separate = sx > 0 or sy > 0  # V_ast needs S_N and S_R apart
-    var_new, var_ref = np.asarray(var_new), np.asarray(var_ref)
-    mask = None if mask is None else np.asarray(mask)
+    return _Plan(Fn, Fr, a, b, F_D, shape, kernels, separate)
 
-    with RowBlocks(threads_for(workers)) as blocks:
-        bad = _excluded_pixels(new, ref, var_new, var_ref, mask, blocks)
-        if bad.all():
-            raise ValueError("every pixel is masked or non-finite")
-        excluded = np.divmod(np.flatnonzero(bad), nx)
-        buffer = np.zeros(shape, dtype=np.float32)
 
-        A = _forward(new, excluded, buffer, blocks, workers)
-        B = _forward(ref, excluded, buffer, blocks, workers)
-        Pn = _stamp_rfft2(psf_n, shape, workers)
-        Pr = _stamp_rfft2(psf_r, shape, workers)
-        _difference_spectra(A, B, Pn, Pr, a, b, Fn, Fr, separate, blocks)
-        D = _inverse(Pn, shape, ny, nx, workers)  # eq. 13
-        if separate:
-            S_parts = (_inverse(A, shape, ny, nx, workers), _inverse(B, shape, ny, nx, workers))
-        else:
-            S_parts = (_inverse(A, shape, ny, nx, workers),)
-        del A, B
+def _exclusions(new, ref, var_new, var_ref, mask, blocks: RowBlocks) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """The excluded pixels (:func:`_excluded_pixels`) as a map and as (row, column) indices; ValueError if all are."""
+    bad = _excluded_pixels(new, ref, var_new, var_ref, mask, blocks)
+    if bad.all():
+        raise ValueError("every pixel is masked or non-finite")
+    return bad, np.divmod(np.flatnonzero(bad), new.shape[1])
 
-        V = _forward(var_new, excluded, buffer, blocks, workers)
-        Vr = _forward(var_ref, excluded, buffer, blocks, workers)
-        del buffer
-        K2n = _stamp_rfft2(kernels.kn**2, shape, workers, out=Pn)
-        K2r = _stamp_rfft2(kernels.kr**2, shape, workers, out=Pr)
-        _variance_spectrum(V, Vr, K2n, K2r, blocks)
-        del Vr, K2n, K2r, Pn, Pr
-        V_S = _inverse(V, shape, ny, nx, workers)  # eqs. 26-27
-        del V
 
-        leak = _hidden_flux_bound((hidden_new, hidden_ref), excluded, (ny, nx),
-                                  np.maximum(np.abs(kernels.kn), np.abs(kernels.kr)), LEAK_BLOCK, workers)
-        floor = 1e-6 * _median(V_S[::8, ::8][~bad[::8, ::8]])
-        maps = _output_maps(D, S_parts, V_S, bad, leak, floor=floor, axis_weights=(sy**2, sx**2),
-                            max_hidden_sigma=float(max_hidden_sigma), F_S=kernels.F_S, blocks=blocks)
+def _variance_floor(V_S: np.ndarray, bad: np.ndarray) -> float:
+    """V_S at or below which no unmasked data lie within a kernel's reach: 1e-6 of its median (every 8th pixel)."""
+    return 1e-6 * _median(V_S[::8, ::8][~bad[::8, ::8]])
 
+
+def _transforms(new, ref, var_new, var_ref, psf_n, psf_r, excluded, plan: _Plan, blocks: RowBlocks, workers: int):
+    """D (eq. 13), ``(S_N, S_R)`` or ``(S,)`` (eqs. 28-29) and V_S = V(S_N) + V(S_R) (eqs. 26-27) on the image grid.
+
+    The excluded pixels are 0 in every forward transform; one padded buffer
+    serves the four of them, and each spectrum is freed (or reused) as soon
+    as it is no longer needed.
+    """
+    ny, nx = new.shape
+    shape = plan.shape
+    buffer = np.zeros(shape, dtype=np.float32)
+    A = _forward(new, excluded, buffer, blocks, workers)
+    B = _forward(ref, excluded, buffer, blocks, workers)
+    Pn = _stamp_rfft2(psf_n, shape, workers)
+    Pr = _stamp_rfft2(psf_r, shape, workers)
+    _difference_spectra(A, B, Pn, Pr, plan.a, plan.b, plan.Fn, plan.Fr, plan.separate, blocks)
+    D = _inverse(Pn, shape, ny, nx, workers)  # eq. 13
+    if plan.separate:
+        S_parts = (_inverse(A, shape, ny, nx, workers), _inverse(B, shape, ny, nx, workers))
+    else:
+        S_parts = (_inverse(A, shape, ny, nx, workers),)
+    del A, B
+
+    V = _forward(var_new, excluded, buffer, blocks, workers)
+    Vr = _forward(var_ref, excluded, buffer, blocks, workers)
+    del buffer
+    K2n = _stamp_rfft2(plan.kernels.kn**2, shape, workers, out=Pn)
+    K2r = _stamp_rfft2(plan.kernels.kr**2, shape, workers, out=Pr)
+    _variance_spectrum(V, Vr, K2n, K2r, blocks)
+    del Vr, K2n, K2r, Pn, Pr
+    V_S = _inverse(V, shape, ny, nx, workers)  # eqs. 26-27
+    return D, S_parts, V_S
+
+
+def _result(D, maps: _Maps, bad, plan: _Plan, sigma_new, sigma_ref, astrometric_rms) -> ZogyResult:
+    """The :class:`ZogyResult`, with the robust standard deviations of S_corr and D on every 4th pixel."""
     sample = (slice(None, None, 4), slice(None, None, 4))
     return ZogyResult(
         D=D,
-        P_D=kernels.P_D,
-        F_D=float(F_D),
+        P_D=plan.kernels.P_D,
+        F_D=float(plan.F_D),
         S=maps.S,
         S_corr=maps.S_corr,
         flux=maps.flux,
         flux_err=maps.flux_err,
-        F_S=kernels.F_S,
+        F_S=plan.kernels.F_S,
         mask=bad,
         sigma_new=float(sigma_new),
         sigma_ref=float(sigma_ref),
-        flux_new=Fn,
-        flux_ratio_ref=Fr,
-        astrometric_rms=(sx, sy),
+        flux_new=plan.Fn,
+        flux_ratio_ref=plan.Fr,
+        astrometric_rms=astrometric_rms,
         scorr_std=robust_std(maps.S_corr[sample]),
         d_std=robust_std(D[sample]),
     )
