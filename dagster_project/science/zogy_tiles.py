@@ -29,6 +29,8 @@ import numpy as np
 
 from .zogy import LEAK_BLOCK, ZogyResult, robust_std, zogy
 
+__all__ = ["Tile", "tile_grid", "tile_margin", "zogy_tiled"]
+
 
 @dataclass(frozen=True)
 class Tile:
@@ -142,54 +144,102 @@ def zogy_tiled(
     ValueError
         PSF grids that are not square and of one size, every pixel masked,
         or any error of :func:`zogy`.
+
+    Examples
+    --------
+    With one pair of PSFs on every tile the stitched maps are the whole-frame ones, to round-off:
+
+    >>> from dagster_project.science.psf_models import moffat_stamp
+    >>> new, ref = np.random.default_rng(0).normal(size=(2, 96, 96))
+    >>> psf_n, psf_r = moffat_stamp(9, 2.0), moffat_stamp(9, 2.5)
+    >>> kw = dict(var_new=np.ones((96, 96)), var_ref=np.ones((96, 96)), sigma_new=1.0, sigma_ref=1.0)
+    >>> tiled = zogy_tiled(new, ref, [[psf_n] * 2] * 2, [[psf_r] * 2] * 2, **kw)
+    >>> bool(np.allclose(tiled.S_corr, zogy(new, ref, psf_n, psf_r, **kw).S_corr, rtol=0, atol=1e-4))
+    True
     """
-    n_tiles = len(psfs_new)
-    if n_tiles < 1 or len(psfs_ref) != n_tiles or any(len(r) != n_tiles for r in (*psfs_new, *psfs_ref)):
-        raise ValueError("psfs_new and psfs_ref must both be n x n grids of stamps")
+    n_tiles = _check_grids(psfs_new, psfs_ref)
     new = np.asarray(new)
     if margin is None:
         margin = tile_margin(*(s for grid in (psfs_new, psfs_ref) for row in grid for s in row))
     planes = {"new": new, "ref": ref, "var_new": var_new, "var_ref": var_ref, "mask": mask,
               "hidden_new": hidden_new, "hidden_ref": hidden_ref}
+    _check_planes(planes, new.shape, mask)
+    stitched = _Stitched.empty(new.shape)
+    for i, row in enumerate(tile_grid(new.shape, n_tiles, margin)):
+        for j, tile in enumerate(row):
+            if mask is not None and np.all(mask[tile.extended]):  # e.g. outside the reference's footprint
+                continue
+            stitched.add(tile, _zogy_on_tile(tile, planes, psfs_new[i][j], psfs_ref[i][j], kwargs))
+    return stitched.result()
+
+
+def _check_grids(psfs_new, psfs_ref) -> int:
+    """Tiles per side of the two PSF grids; ValueError unless both are n x n."""
+    n_tiles = len(psfs_new)
+    if n_tiles < 1 or len(psfs_ref) != n_tiles or any(len(r) != n_tiles for r in (*psfs_new, *psfs_ref)):
+        raise ValueError("psfs_new and psfs_ref must both be n x n grids of stamps")
+    return n_tiles
+
+
+def _check_planes(planes: dict, shape: tuple[int, int], mask) -> None:
+    """ValueError for a plane of another shape than the image, or a mask that excludes every pixel."""
     for name, plane in planes.items():
-        if plane is not None and np.shape(plane) != new.shape:
-            raise ValueError(f"{name} shape {np.shape(plane)} differs from image shape {new.shape}")
+        if plane is not None and np.shape(plane) != shape:
+            raise ValueError(f"{name} shape {np.shape(plane)} differs from image shape {shape}")
     if mask is not None and np.all(mask):
         raise ValueError("every pixel is masked or non-finite")
 
-    nan = np.float32(np.nan)
-    maps = {name: np.full(new.shape, nan, dtype=np.float32) for name in ("D", "S", "S_corr", "flux", "flux_err")}
-    bad = np.ones(new.shape, dtype=bool)
-    centre = np.array(new.shape) / 2.0
-    nearest = None  # (distance of the tile centre to the frame centre, its ZogyResult)
-    for i, row in enumerate(tile_grid(new.shape, n_tiles, margin)):
-        for j, tile in enumerate(row):
-            ext = tile.extended
-            if mask is not None and np.all(mask[ext]):  # e.g. outside the reference's footprint
-                continue
-            sub = {name: None if plane is None else np.asarray(plane)[ext] for name, plane in planes.items()}
-            result = zogy(sub.pop("new"), sub.pop("ref"), psfs_new[i][j], psfs_ref[i][j], **sub, **kwargs)
-            inner = tile.core_in_extended
-            for name, out in maps.items():
-                out[tile.core] = getattr(result, name)[inner]
-            bad[tile.core] = result.mask[inner]
-            distance = np.hypot(*(np.mean([s.start, s.stop]) - c for s, c in zip(tile.core, centre)))
-            if nearest is None or distance < nearest[0]:
-                nearest = (distance, result)
 
-    central = nearest[1]
-    sample = (slice(None, None, 4), slice(None, None, 4))
-    return ZogyResult(
-        **maps,
-        P_D=central.P_D,
-        F_D=central.F_D,
-        F_S=central.F_S,
-        mask=bad,
-        sigma_new=central.sigma_new,
-        sigma_ref=central.sigma_ref,
-        flux_new=central.flux_new,
-        flux_ratio_ref=central.flux_ratio_ref,
-        astrometric_rms=central.astrometric_rms,
-        scorr_std=robust_std(maps["S_corr"][sample]),
-        d_std=robust_std(maps["D"][sample]),
-    )
+def _zogy_on_tile(tile: Tile, planes: dict, psf_new, psf_ref, kwargs: dict) -> ZogyResult:
+    """:func:`zogy` on the extended sub-image of ``tile`` with its PSFs."""
+    sub = {name: None if plane is None else np.asarray(plane)[tile.extended] for name, plane in planes.items()}
+    return zogy(sub.pop("new"), sub.pop("ref"), psf_new, psf_ref, **sub, **kwargs)
+
+
+#: The maps of a :class:`ZogyResult` that are stitched from the tile cores.
+_MAPS = ("D", "S", "S_corr", "flux", "flux_err")
+
+
+@dataclass
+class _Stitched:
+    """The full-frame maps filled tile by tile, and the computed tile nearest the frame centre."""
+
+    maps: dict
+    bad: np.ndarray
+    centre: np.ndarray
+    nearest: tuple | None = None  # (distance of the tile centre to the frame centre, its ZogyResult)
+
+    @classmethod
+    def empty(cls, shape: tuple[int, int]) -> "_Stitched":
+        nan = np.float32(np.nan)
+        maps = {name: np.full(shape, nan, dtype=np.float32) for name in _MAPS}
+        return cls(maps, np.ones(shape, dtype=bool), np.array(shape) / 2.0)
+
+    def add(self, tile: Tile, result: ZogyResult) -> None:
+        """Copy the core of the tile's outputs into the maps."""
+        inner = tile.core_in_extended
+        for name, out in self.maps.items():
+            out[tile.core] = getattr(result, name)[inner]
+        self.bad[tile.core] = result.mask[inner]
+        distance = np.hypot(*(np.mean([s.start, s.stop]) - c for s, c in zip(tile.core, self.centre)))
+        if self.nearest is None or distance < self.nearest[0]:
+            self.nearest = (distance, result)
+
+    def result(self) -> ZogyResult:
+        """The stitched :class:`ZogyResult`: noise figures of the stitched maps, P_D and scalars of the central tile."""
+        central = self.nearest[1]
+        sample = (slice(None, None, 4), slice(None, None, 4))
+        return ZogyResult(
+            **self.maps,
+            P_D=central.P_D,
+            F_D=central.F_D,
+            F_S=central.F_S,
+            mask=self.bad,
+            sigma_new=central.sigma_new,
+            sigma_ref=central.sigma_ref,
+            flux_new=central.flux_new,
+            flux_ratio_ref=central.flux_ratio_ref,
+            astrometric_rms=central.astrometric_rms,
+            scorr_std=robust_std(self.maps["S_corr"][sample]),
+            d_std=robust_std(self.maps["D"][sample]),
+        )
