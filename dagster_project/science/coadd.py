@@ -46,7 +46,9 @@ Implementation notes
 * A masked or rejected pixel of one input is filled with the inverse-variance mean of the
   other inputs there, scaled by F_j (and its variance likewise), so the Fourier sums see
   no holes; a pixel no input covers is masked in the co-add with the inputs' bits there
-  (``NONFINITE`` when every input there was rejected as an outlier).
+  (``NONFINITE`` when every input there was rejected as an outlier), and a pixel saturated in any
+  input stays masked as such (filled from frames of other seeing, a star core would not have the
+  co-add's PSF).
 """
 
 from collections.abc import Sequence
@@ -65,7 +67,7 @@ from .photometric_scaling import flux_ratio, measure_matched_fluxes
 from .psf import PSFError, PSFModel, estimate_psf, psf_photometry
 from .registration import register_images, resample_planes
 
-__all__ = ["Coadd", "CoaddInput", "CoaddResult", "coadd_frames", "proper_coadd"]
+__all__ = ["PROPAGATED_BITS", "Coadd", "CoaddInput", "CoaddResult", "coadd_frames", "proper_coadd"]
 
 #: sqrt(sum |P_j^|^2) is floored at this fraction of its zero-frequency value, against 0 / 0 only: any
 #: floor that bites (even 1e-12, at the round-off corners of the frequency plane) low-passes the co-add
@@ -119,7 +121,8 @@ class Coadd:
     variance : ndarray of float32
         ``sum_j k_j^2 (x) V_j``, e-^2.
     mask : ndarray of uint16
-        Non-zero only where no input covers the pixel: the inputs' bits there.
+        Where no input covers the pixel, the inputs' bits there; elsewhere the :data:`PROPAGATED_BITS`
+        (saturation, bleed) of any input.
     psf : ndarray of float64
         The co-add's PSF stamp (odd, centred, unit sum), twice the side of the largest input stamp.
     sigma : float
@@ -194,7 +197,7 @@ def proper_coadd(inputs: Sequence[CoaddInput], *, clip_sigma: float = 4.0, clip_
     kernels, psf, flux_zero, kept = _kernels(inputs)
     image, variance = _apply_kernels(filled, kernels, workers)
     uncovered = ~used.any(axis=0)
-    mask = _uncovered_mask(inputs, uncovered)
+    mask = _coadd_mask(inputs, uncovered)
     image[uncovered] = 0.0
     variance[uncovered] = 0.0
     sigmas = np.array([f.sigma for f in inputs], float)
@@ -223,10 +226,16 @@ def _check_inputs(inputs: Sequence[CoaddInput]) -> None:
             raise ValueError(f"input {i}: the PSF must be a finite odd square stamp with a positive sum")
 
 
-def _uncovered_mask(inputs: Sequence[CoaddInput], uncovered: np.ndarray) -> np.ndarray:
+#: Bits an input passes on to the co-add even where the others fill the pixel: a saturated star core
+#: filled from frames of other seeing is not the shape the co-add's PSF says, so it must stay masked
+#: (ZOGY then grows its saturation halo and bounds the flux hidden under it).
+PROPAGATED_BITS = MASK_DTYPE(MaskBit.SATURATED | MaskBit.BLEED)
+
+
+def _coadd_mask(inputs: Sequence[CoaddInput], uncovered: np.ndarray) -> np.ndarray:
     bits = np.bitwise_or.reduce(np.stack([np.asarray(f.mask, MASK_DTYPE) for f in inputs]), axis=0)
-    bits = np.where(bits == 0, MASK_DTYPE(MaskBit.NONFINITE), bits)
-    return np.where(uncovered, bits, 0).astype(MASK_DTYPE)
+    where_uncovered = np.where(bits == 0, MASK_DTYPE(MaskBit.NONFINITE), bits)
+    return np.where(uncovered, where_uncovered, bits & PROPAGATED_BITS).astype(MASK_DTYPE)
 
 
 def _usable_pixels(inputs: Sequence[CoaddInput], clip_sigma: float, clip_ampfrac: float) -> np.ndarray:

@@ -130,7 +130,8 @@ def test_a_cosmic_ray_in_one_frame_is_rejected_but_star_cores_of_other_seeing_ar
 def test_a_masked_pixel_is_filled_from_the_others_and_one_masked_everywhere_stays_masked():
     psfs = [gaussian_psf(1.5), gaussian_psf(2.0)]
     mask = np.zeros(SHAPE, np.uint16)
-    mask[32, 32] = MaskBit.SATURATED
+    mask[32, 32] = MaskBit.COSMIC_RAY
+    mask[30, 31] = MaskBit.SATURATED
     mask[5, 5] = MaskBit.BAD_COLUMN
     other = np.zeros(SHAPE, np.uint16)
     other[5, 5] = MaskBit.COSMIC_RAY
@@ -139,6 +140,8 @@ def test_a_masked_pixel_is_filled_from_the_others_and_one_masked_everywhere_stay
     coadd = proper_coadd(frames)
     assert coadd.image.sum() == pytest.approx(1000, rel=0.02)
     assert coadd.mask[32, 32] == 0 and coadd.coverage[32, 32] == 1
+    # a core saturated in one frame and filled from another of other seeing is not PSF-shaped: still masked
+    assert coadd.mask[30, 31] == MaskBit.SATURATED and coadd.coverage[30, 31] == 1
     assert coadd.mask[5, 5] == MaskBit.BAD_COLUMN | MaskBit.COSMIC_RAY and coadd.image[5, 5] == 0
     assert coadd.coverage[5, 5] == 0
 
