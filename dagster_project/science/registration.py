@@ -32,6 +32,16 @@ from .images import ImagePlanes
 from .masks import MASK_DTYPE, MaskBit, dilate
 from .parallel import n_threads, row_blocks, run_threads
 
+__all__ = [
+    "Registration",
+    "RegistrationError",
+    "register_images",
+    "resample_mask",
+    "resample_planes",
+    "resample_to_grid",
+    "resample_variance",
+]
+
 
 class RegistrationError(RuntimeError):
     """The reference could not be registered onto the new image."""
@@ -223,6 +233,19 @@ def register_images(
     RegistrationError
         With the reason: too few sources, too few matches, or residuals
         larger than ``max_rms``.
+
+    Examples
+    --------
+    Thirty stars shifted by (5.3, -2.1) px, without WCS (matched by asterisms):
+
+    >>> rng = np.random.default_rng(0)
+    >>> ref = Table({"x": rng.uniform(0, 200, 30), "y": rng.uniform(0, 200, 30)})
+    >>> new = Table({"x": ref["x"] + 5.3, "y": ref["y"] - 2.1})
+    >>> registration = register_images(new, ref)
+    >>> registration.method, registration.n_matched, bool(registration.rms < 1e-6)
+    ('asterism', 30, True)
+    >>> [round(float(v), 6) for v in registration.ref_to_new(10.0, 20.0)]
+    [15.3, 17.9]
     """
     new_xy = _positions(new_sources, "new")
     ref_xy = _positions(ref_sources, "reference")
@@ -231,38 +254,47 @@ def register_images(
             f"too few sources to register: {len(new_xy)} in the new image, {len(ref_xy)} in the reference "
             f"(need at least {min_matches} in each)"
         )
-    rng = np.random.default_rng(seed)
-    kwargs = dict(match_radius=match_radius, residual_threshold=residual_threshold, min_matches=min_matches, rng=rng)
+    fit = dict(match_radius=match_radius, residual_threshold=residual_threshold, min_matches=min_matches,
+               rng=np.random.default_rng(seed))
     reasons = []
-    outcome = None
-    method = "wcs"
     if new_wcs is not None and ref_wcs is not None and new_wcs.has_celestial and ref_wcs.has_celestial:
-        guess = _wcs_guess(ref_xy, new_wcs, ref_wcs)
-        offset = None
-        if guess is not None:
-            offset = _mode_offset(np.column_stack(_apply(guess, ref_xy[:, 0], ref_xy[:, 1])), new_xy, max_wcs_offset)
-        if offset is None:
-            reasons.append(f"WCS guess: no source pairs within {max_wcs_offset} px")
-        else:
-            guess = guess.copy()
-            guess[:2, 2] += offset
-            outcome = _fit(ref_xy, new_xy, guess, **kwargs)
-            if isinstance(outcome, str):
-                reasons.append(f"WCS guess: {outcome}")
-                outcome = None
-    if outcome is None:
-        method = "asterism"
-        try:
-            transform, _ = astroalign.find_transform(ref_xy[:50], new_xy[:50])
-        except Exception as exc:  # astroalign raises MaxIterError, ValueError, TypeError
-            reasons.append(f"asterism matching failed: {exc}")
-        else:
-            outcome = _fit(ref_xy, new_xy, transform.params, **kwargs)
-            if isinstance(outcome, str):
-                reasons.append(f"asterism guess: {outcome}")
-                outcome = None
-    if outcome is None:
+        outcome = _match_from_wcs(ref_xy, new_xy, new_wcs, ref_wcs, max_wcs_offset, fit)
+        if not isinstance(outcome, str):
+            return _registration(ref_xy, new_xy, outcome, "wcs", max_rms)
+        reasons.append(outcome)
+    outcome = _match_from_asterisms(ref_xy, new_xy, fit)
+    if isinstance(outcome, str):
+        reasons.append(outcome)
         raise RegistrationError("could not register the reference: " + "; ".join(reasons))
+    return _registration(ref_xy, new_xy, outcome, "asterism", max_rms)
+
+
+def _match_from_wcs(ref_xy, new_xy, new_wcs, ref_wcs, max_wcs_offset: float, fit: dict):
+    """Steps 1-2: the WCS guess corrected by the offset mode, then :func:`_fit`; its outcome or the reason it failed."""
+    guess = _wcs_guess(ref_xy, new_wcs, ref_wcs)
+    offset = None
+    if guess is not None:
+        offset = _mode_offset(np.column_stack(_apply(guess, ref_xy[:, 0], ref_xy[:, 1])), new_xy, max_wcs_offset)
+    if offset is None:
+        return f"WCS guess: no source pairs within {max_wcs_offset} px"
+    guess = guess.copy()
+    guess[:2, 2] += offset
+    outcome = _fit(ref_xy, new_xy, guess, **fit)
+    return f"WCS guess: {outcome}" if isinstance(outcome, str) else outcome
+
+
+def _match_from_asterisms(ref_xy, new_xy, fit: dict):
+    """Step 3: :func:`astroalign.find_transform` on the 50 brightest, then :func:`_fit`; its outcome or the reason."""
+    try:
+        transform, _ = astroalign.find_transform(ref_xy[:50], new_xy[:50])
+    except Exception as exc:  # astroalign raises MaxIterError, ValueError, TypeError
+        return f"asterism matching failed: {exc}"
+    outcome = _fit(ref_xy, new_xy, transform.params, **fit)
+    return f"asterism guess: {outcome}" if isinstance(outcome, str) else outcome
+
+
+def _registration(ref_xy, new_xy, outcome, method: str, max_rms: float) -> Registration:
+    """The :class:`Registration` of a fit's ``(matrix, ref_idx, new_idx)``; RegistrationError if its RMS > max_rms."""
     matrix, ref_idx, new_idx = outcome
     resid = np.column_stack(_apply(matrix, ref_xy[ref_idx, 0], ref_xy[ref_idx, 1])) - new_xy[new_idx]
     rms_x, rms_y = np.sqrt(np.mean(resid**2, axis=0))
