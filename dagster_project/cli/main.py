@@ -1,7 +1,6 @@
 """Command line: ``astro-platform <command>``, or ``python -m dagster_project <command>`` (see ``--help``)."""
 
 import argparse
-import csv
 import dataclasses
 import json
 import os
@@ -10,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from dagster_project.cli import backfill as cli_backfill, candidates as cli_candidates
 from dagster_project.cli import operations as cli_operations, results as cli_results
 from dagster_project.cli.args import PROG, Parser, fail, image_size, iso_date, non_negative_float, non_negative_int, positive_int
 from dagster_project.settings import Settings
@@ -136,34 +136,6 @@ def _print_recovery(settings: Settings, truth: list[dict]) -> None:
           f"in {len(files_with_injections)} frame(s) with injections")
 
 
-EXPORT_COLUMNS = ("raw_file", "raw_file_version", "raw_file_status", "observation_id", "observation_status",
-                  "ra", "dec", "x", "y", "snr", "flux", "flux_error", "flags")
-
-
-def _export_row(row: dict) -> dict:
-    return {"raw_file": row["original_name"], **{k: row[k] for k in EXPORT_COLUMNS if k != "raw_file"}}
-
-
-def cmd_candidates_export(args, settings: Settings) -> int:
-    from dagster_project.catalog import queries
-
-    with _catalog(settings).session() as session:
-        rows = queries.candidates_for_export(session, all_versions=args.all_versions)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if args.format == "json":
-        out.write_text(json.dumps([_export_row(row) for row in rows], indent=1, default=str))
-    else:
-        with out.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=EXPORT_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({**_export_row(row), "flags": "|".join(row["flags"])})
-    which = "of every file version" if args.all_versions else "of current file versions (--all-versions: all)"
-    print(f"wrote {len(rows)} candidates {which} to {out}")
-    return 0
-
-
 def cmd_status(args, settings: Settings) -> int:
     print(f"catalog: {settings.database_url_shown}")
     _print_status(settings)
@@ -209,20 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--debounce", type=non_negative_float, default=5.0, help="product rebuild quiet period, seconds")
     demo.set_defaults(func=cmd_demo)
 
-    cands = sub.add_parser("candidates", help="candidate catalog")
-    cands_sub = cands.add_subparsers(dest="action", required=True)
-    export = cands_sub.add_parser("export", help="one row per candidate of the current version of each raw file")
-    export.add_argument("--format", choices=("csv", "json"), default="csv")
-    export.add_argument("--out", required=True)
-    export.add_argument("--all-versions", action="store_true",
-                        help="also candidates of superseded (or later quarantined) file versions and archived "
-                             "observations; the raw_file_version, raw_file_status and observation_status columns "
-                             "tell them apart")
-    export.set_defaults(func=cmd_candidates_export)
+    cli_candidates.add_subcommands(sub)
 
     sub.add_parser("status", help="counts of files, observations and candidates").set_defaults(func=cmd_status)
     sub.add_parser("migrate", help="bring the catalog schema up to date").set_defaults(func=cmd_migrate)
     cli_results.add_subcommands(sub)
+    cli_backfill.add_subcommands(sub)
     cli_operations.add_subcommands(sub)
     return parser
 

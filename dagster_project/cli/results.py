@@ -71,7 +71,7 @@ def cmd_results_status(args, settings: Settings) -> int:
 
 def cmd_results_backfill(args, settings: Settings) -> int:
     from dagster_project.catalog.queries import find_request, results_for_backfill
-    from dagster_project.cli.operations import RESULTS_BACKFILL, run_backfill_command
+    from dagster_project.cli.backfill import RESULTS_BACKFILL, run_backfill_command
 
     catalog = _catalog(settings)
     try:

@@ -5,7 +5,7 @@ import json
 from datetime import timedelta
 
 from dagster_project.catalog import RunStatus, queries
-from dagster_project.cli.main import EXPORT_COLUMNS
+from dagster_project.cli.candidates import EXPORT_COLUMNS
 from dagster_project.cli.main import main as cli_main
 from tests.catalog import T0, calibrated, raw_file
 

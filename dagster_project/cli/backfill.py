@@ -1,0 +1,198 @@
+"""Command line for backfills: ``backfill`` (observations chosen in the catalog), and what ``results backfill``
+shares with it: launching a Dagster asset backfill the daemon runs, as one operation of the ledger, and following it.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dagster_project.cli.args import PROG, fail, iso_date
+from dagster_project.cli.operations import follow
+from dagster_project.pipeline.jobs import IN_PROCESS, JOB_ASSETS
+from dagster_project.settings import Settings
+
+# The command line starts fast: Dagster and the catalog are imported by the commands that use them.
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
+
+    from dagster_project.catalog import Catalog
+    from dagster_project.catalog.schema import OperationRun
+
+#: --stage → the job whose assets a backfill materializes (observation_job: the whole per-observation chain)
+STAGE_JOBS = {"calibrate": "calibrate_job", "difference": "difference_job", "all": "observation_job"}
+
+
+def add_subcommands(subparsers) -> None:
+    """Add ``backfill`` to the platform's command line."""
+    backfill = subparsers.add_parser(
+        "backfill", help="(re)process observations chosen in the catalog, as a Dagster backfill run by the daemon")
+    backfill.add_argument("--field", help="field name, e.g. F001")
+    backfill.add_argument("--band", help="filter band, e.g. r")
+    backfill.add_argument("--night-from", type=iso_date, help="first night, YYYY-MM-DD")
+    backfill.add_argument("--night-to", type=iso_date, help="last night, YYYY-MM-DD (inclusive)")
+    backfill.add_argument("--status", action="append",
+                          help="an observation status (e.g. failed, blocked, differenced), never-processed, or "
+                          "unfinished (every status but differenced: what a failed or killed run left behind); "
+                          "repeatable; default: all but archived")
+    backfill.add_argument("--stage", choices=sorted(STAGE_JOBS), default="all",
+                          help="calibrate, difference (calibrated observations only) or all (the whole chain)")
+    backfill.add_argument("--dry-run", action="store_true", help="list what would run, launch nothing")
+    backfill.add_argument("--detach", action="store_true", help="launch and return; the daemon carries on")
+    backfill.set_defaults(func=cmd_backfill)
+
+
+def _catalog(settings: Settings) -> Catalog:
+    from dagster_project.resources import CatalogResource
+
+    return CatalogResource(database_url=settings.database_url).catalog()  # migrated once per process
+
+
+def _new_backfill_id() -> str:
+    """A backfill id as Dagster makes them (``dagster._core.utils.make_new_backfill_id``: eight lower-case letters)."""
+    return "".join(random.choices(string.ascii_lowercase, k=8))
+
+
+def submit_asset_backfill(instance: DagsterInstance, asset_names: tuple[str, ...], partition_keys: list[str],
+                          tags: dict[str, str], title: str, run_config: dict[str, Any] = IN_PROCESS) -> str:
+    """Add an asset backfill to the instance, as the UI's "Materialize selected" over partitions does.
+
+    The daemon turns it into runs following the assets' backfill policy: up to
+    ``ASTRO_BACKFILL_BATCH`` partitions per run (``pipeline/batching.py``), downstream assets
+    in the same run as their upstream ones. ``run_config`` defaults to in-process steps, as
+    the named jobs do (pipeline/jobs.py): the asset job an asset backfill runs has no config of its own.
+    """
+    from dagster import AssetKey
+    # The one private Dagster name left: Dagster 1.13 has no public Python API that creates an asset backfill
+    # (only the UI and the webserver's GraphQL ``launchPartitionBackfill``); tests/test_house.py allows it here alone.
+    from dagster._core.execution.backfill import PartitionBackfill
+
+    from dagster_project.definitions import defs
+
+    backfill = PartitionBackfill.from_asset_partitions(
+        backfill_id=_new_backfill_id(), asset_graph=defs.resolve_asset_graph(), partition_names=partition_keys,
+        asset_selection=[AssetKey(name) for name in asset_names], backfill_timestamp=time.time(),
+        tags=tags, dynamic_partitions_store=instance, all_partitions=False, title=title, description=None,
+        run_config=run_config)
+    instance.add_backfill(backfill)
+    return backfill.backfill_id
+
+
+@dataclass(frozen=True)
+class BackfillTarget:
+    """What a command-line backfill materializes: a job's assets over partitions of one kind, as one operation type."""
+
+    job_name: str
+    partitions_def_name: str
+    operation_type: str  # an OperationType value
+    noun: str  # what a partition is, for people
+
+
+OBSERVATION_BACKFILLS = {stage: BackfillTarget(job, "observations", "backfill.observations", "observation")
+                         for stage, job in STAGE_JOBS.items()}
+RESULTS_BACKFILL = BackfillTarget("products_job", "results", "backfill.results", "result")
+
+
+def launch_backfill(instance: DagsterInstance, catalog: Catalog, settings: Settings, target: BackfillTarget,
+                    partition_keys: list[str], selection: dict[str, Any]) -> tuple[OperationRun, bool]:
+    """Record a ``backfill.observations`` / ``backfill.results`` operation and launch its Dagster backfill.
+
+    Returns ``(operation, launched)``: the same job over the same partitions while an
+    earlier one is still active is that one, not a second backfill.
+    """
+    from dagster_project.catalog import queries
+    from dagster_project.catalog.schema import OperationOutcome, OperationType
+    from dagster_project.operations.recording import OPERATION_TAG, current_initiator
+
+    initiator, job_name = current_initiator(), target.job_name
+    with catalog.session() as session:
+        operation, created = queries.start_operation(
+            session, survey=queries.get_or_create_survey(session, settings.survey),
+            operation_type=OperationType(target.operation_type),
+            identity={"job": job_name, "partitions": sorted(partition_keys)}, initiator=initiator,
+            context={"job_name": job_name, "selection": selection, "partition_count": len(partition_keys)})
+    if not created:
+        return operation, False
+    try:
+        # a partition the sensor never added (it stopped in between) would fail the backfill
+        instance.add_dynamic_partitions(target.partitions_def_name, partition_keys)
+        backfill_id = submit_asset_backfill(
+            instance, JOB_ASSETS[job_name], partition_keys, tags={OPERATION_TAG: str(operation.id), "user": initiator},
+            title=f"{job_name}: {len(partition_keys)} {target.noun}(s), operation #{operation.id}")
+    except Exception as exc:
+        with catalog.session() as session:
+            queries.mark_running(session, operation)
+            queries.record_failure(session, operation, "backfill.not_submitted", f"{type(exc).__name__}: {exc}")
+            queries.complete_operation(session, operation, OperationOutcome.FAILED)
+        raise
+    with catalog.session() as session:
+        queries.mark_running(session, operation)
+        return queries.update_context(session, operation, backfill_id=backfill_id), True
+
+
+def run_backfill_command(args, settings: Settings, catalog: Catalog, target: BackfillTarget,
+                         rows: list[tuple[str, ...]], selection: dict[str, Any]) -> int:
+    """The common end of ``backfill`` and ``results backfill``: list the chosen partitions (``rows``: key first),
+    then, unless ``--dry-run``, launch and follow (or ``--detach``)."""
+    from dagster import DagsterInstance
+
+    if not rows:
+        print(f"no {target.noun} matches: nothing to backfill")
+        return 0
+    print(f"{target.job_name} over {len(rows)} {target.noun}(s):")
+    shown = rows if args.dry_run else rows[:10]
+    print("\n".join("  " + "  ".join(f"{value:<{width}}" for value, width in zip(row, (44, 8, 8, 10, 12), strict=False))
+                    for row in shown))
+    if len(shown) < len(rows):
+        print(f"  ... and {len(rows) - len(shown)} more")
+    if args.dry_run:
+        return 0
+    instance = DagsterInstance.get()
+    if not _backfill_daemon_alive(instance):
+        print("warning: no dagster-daemon is running on this instance: the backfill waits until one starts "
+              "(`make ui`, or `dagster-daemon run -w workspace.yaml`)")
+    operation, launched = launch_backfill(instance, catalog, settings, target, [row[0] for row in rows], selection)
+    backfill_id = (operation.context or {}).get("backfill_id")
+    if launched:
+        print(f"operation #{operation.id}: backfill {backfill_id} launched (Dagster UI: Runs > Backfills)")
+    else:
+        print(f"the same backfill is already {operation.status} as operation #{operation.id} (backfill {backfill_id})")
+    if args.detach:
+        print(f"follow it with: {PROG} operations show {operation.id} --follow")
+        return 0
+    return follow(instance, catalog, operation.id)
+
+
+def cmd_backfill(args, settings: Settings) -> int:
+    from dagster_project.catalog import queries
+
+    if args.night_from and args.night_to and args.night_from > args.night_to:
+        return fail(f"--night-from {args.night_from} is after --night-to {args.night_to}")
+    catalog = _catalog(settings)
+    selection = {key: value for key, value in (("field", args.field), ("band", args.band),
+                                               ("night_from", args.night_from), ("night_to", args.night_to),
+                                               ("status", args.status), ("stage", args.stage)) if value}
+    filters = dict(field_name=args.field, filter_band=args.band, night_from=args.night_from,
+                   night_to=args.night_to, statuses=args.status or ())
+    try:
+        with catalog.session() as session:
+            chosen = queries.observations_for_backfill(session, **filters,
+                                                          calibrated_only=args.stage == "difference")
+            left_out = len(queries.observations_for_backfill(session, **filters)) - len(chosen)
+            rows = [(o.observation_id, o.field_name, o.filter_band, o.night, o.status.value) for o in chosen]
+    except ValueError as exc:  # e.g. an unknown --status
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if left_out:
+        print(f"{left_out} matching observation(s) left out: differencing needs a completed calibration")
+    return run_backfill_command(args, settings, catalog, OBSERVATION_BACKFILLS[args.stage], rows, selection)
+
+
+def _backfill_daemon_alive(instance: DagsterInstance) -> bool:
+    """Whether a daemon's backfill loop has reported in lately (else a backfill waits for one)."""
+    status = instance.get_daemon_statuses(["BACKFILL"]).get("BACKFILL")
+    return bool(status and status.healthy)
