@@ -10,15 +10,14 @@ from dagster_project.assets.observations.raw_observation import raw_observation
 from dagster_project.assets.references.reference_image import reference_image
 from dagster_project.pipeline.jobs import calibrate_job, difference_job, observation_job, products_job, reference_job
 from dagster_project.resources import resources_from_settings
-from dagster_project.sensors.ledger import operations_ledger_sensor
-from dagster_project.sensors.reference_and_difference import reference_and_difference_sensor
-from dagster_project.sensors.product_rebuild import product_rebuild_sensor
-from dagster_project.sensors.raw_arrival import raw_arrival_sensor
+from dagster_project.sensors import build_sensors
 from dagster_project.settings import Settings
+
+settings = Settings.from_env()
 
 defs = Definitions(
     assets=[raw_observation, calibrated_image, reference_image, difference_image, candidates, observation_products],
     jobs=[observation_job, calibrate_job, difference_job, reference_job, products_job],
-    sensors=[raw_arrival_sensor, reference_and_difference_sensor, operations_ledger_sensor, product_rebuild_sensor],
-    resources=resources_from_settings(Settings.from_env()),
+    sensors=build_sensors(settings),
+    resources=resources_from_settings(settings),
 )

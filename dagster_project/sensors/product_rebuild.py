@@ -5,27 +5,19 @@ One run per result and revision: the ``run_key`` names the result, its
 same build twice, while a retry after a failure (with backoff) gets a new key.
 """
 
-from dagster import (
-    DagsterInstance,
-    DagsterRunStatus,
-    DefaultSensorStatus,
-    RunRequest,
-    RunsFilter,
-    SensorEvaluationContext,
-    SensorResult,
-    SkipReason,
-    sensor,
-)
+from dagster import DagsterInstance, DagsterRunStatus, RunRequest, RunsFilter, SensorEvaluationContext, SensorResult
+from dagster import SkipReason
 
-from dagster_project.pipeline.partitions import results_partitions
 from dagster_project.catalog import queries
-from dagster_project.catalog.schema import utcnow
-from dagster_project.pipeline.jobs import products_job
-from dagster_project.catalog.schema import OperationType
+from dagster_project.catalog.schema import OperationType, utcnow
+from dagster_project.operations.mirror import RUN_KEY_TAG
 from dagster_project.operations.recording import OPERATION_TAG, start_wave
+from dagster_project.pipeline.jobs import products_job
+from dagster_project.pipeline.partitions import results_partitions
 from dagster_project.resources import CatalogResource, LandingResource, PipelineConfigResource
-from dagster_project.sensors.ledger import RUN_KEY_TAG
-from dagster_project.settings import Settings
+from dagster_project.sensors.builder import sensor_builder
+
+__all__ = ["build_product_rebuild_sensor", "evaluate_product_rebuild", "rebuild_run_key", "run_is_alive"]
 
 _ALIVE = {DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
           DagsterRunStatus.STARTED, DagsterRunStatus.MANAGED, DagsterRunStatus.CANCELING}
@@ -46,42 +38,35 @@ def _launched_and_ended(instance: DagsterInstance, run_key: str) -> bool:
     return bool(runs) and runs[0].status not in _ALIVE
 
 
-def build_product_rebuild_sensor(interval_seconds: int):
-    @sensor(
-        name="product_rebuild_sensor",
-        job=products_job,
-        minimum_interval_seconds=interval_seconds,
-        default_status=DefaultSensorStatus.RUNNING,
-        description="Rebuilds ObservationResult products whose assets_revision moved past last_built_revision, "
-        "once the debounce has passed; re-queues builds whose run died.",
-    )
-    def product_rebuild_sensor(context: SensorEvaluationContext, catalog: CatalogResource,
-                               pipeline: PipelineConfigResource, landing: LandingResource):
-        policy, now = pipeline.rebuild_policy(), utcnow()
-        with catalog.catalog().session() as session:
-            dispatched = queries.dispatch_due(session, now)
-            requeued = queries.requeue_abandoned(
-                session, lambda run_id: run_is_alive(context.instance, run_id), now, policy)
-            requests = []
-            for result in queries.due_for_rebuild(session, now, policy):
-                key = rebuild_run_key(result)
-                if _launched_and_ended(context.instance, key):
-                    queries.note_lost_attempt(session, result, now, policy)
-                    continue
-                requests.append(RunRequest(run_key=key, partition_key=str(result.uid),
-                                           tags={"astro/revision": str(result.assets_revision)}))
-            keys = {str(r.uid) for r in queries.results_with_frames(session)}
-        new_keys = sorted(keys - set(context.instance.get_dynamic_partitions(results_partitions.name)))
-        if not requests and not new_keys:
-            return SkipReason(f"no rebuild due ({dispatched} dispatched, {len(requeued)} re-queued)")
-        if requests:  # the ledger: one product.rebuild_wave operation per tick that launches rebuilds
-            wave = start_wave(catalog.catalog(), landing.survey, OperationType.PRODUCT_REBUILD_WAVE,
-                              [r.run_key for r in requests], context={"sensor": "product_rebuild_sensor"})
-            requests = [r.with_replaced_attrs(tags={**r.tags, OPERATION_TAG: str(wave)}) for r in requests]
-        return SensorResult(run_requests=requests,
-                            dynamic_partitions_requests=[results_partitions.build_add_request(new_keys)])
-
-    return product_rebuild_sensor
+def evaluate_product_rebuild(context: SensorEvaluationContext, catalog: CatalogResource,
+                             pipeline: PipelineConfigResource, landing: LandingResource):
+    policy, now = pipeline.rebuild_policy(), utcnow()
+    with catalog.catalog().session() as session:
+        dispatched = queries.dispatch_due(session, now)
+        requeued = queries.requeue_abandoned(
+            session, lambda run_id: run_is_alive(context.instance, run_id), now, policy)
+        requests = []
+        for result in queries.due_for_rebuild(session, now, policy):
+            key = rebuild_run_key(result)
+            if _launched_and_ended(context.instance, key):
+                queries.note_lost_attempt(session, result, now, policy)
+                continue
+            requests.append(RunRequest(run_key=key, partition_key=str(result.uid),
+                                       tags={"astro/revision": str(result.assets_revision)}))
+        keys = {str(r.uid) for r in queries.results_with_frames(session)}
+    new_keys = sorted(keys - set(context.instance.get_dynamic_partitions(results_partitions.name)))
+    if not requests and not new_keys:
+        return SkipReason(f"no rebuild due ({dispatched} dispatched, {len(requeued)} re-queued)")
+    if requests:  # the ledger: one product.rebuild_wave operation per tick that launches rebuilds
+        wave = start_wave(catalog.catalog(), landing.survey, OperationType.PRODUCT_REBUILD_WAVE,
+                          [r.run_key for r in requests], context={"sensor": "product_rebuild_sensor"})
+        requests = [r.with_replaced_attrs(tags={**r.tags, OPERATION_TAG: str(wave)}) for r in requests]
+    return SensorResult(run_requests=requests,
+                        dynamic_partitions_requests=[results_partitions.build_add_request(new_keys)])
 
 
-product_rebuild_sensor = build_product_rebuild_sensor(Settings.from_env().sensor_interval_seconds)
+build_product_rebuild_sensor = sensor_builder(
+    evaluate_product_rebuild, name="product_rebuild_sensor", jobs=[products_job],
+    description="Rebuilds ObservationResult products whose assets_revision moved past last_built_revision, "
+    "once the debounce has passed; re-queues builds whose run died.",
+)

@@ -1,14 +1,14 @@
-"""Pipeline sensor: builds references when a field has calibrated frames, then differences.
+"""Reference-and-difference sensor: builds references when a field has calibrated frames, then differences.
 
 Dagster cannot map an observation partition to its field's reference partition,
-so the catalog decides (see ``catalog/pipeline_queries.py``); each request's
+so the catalog decides (see ``catalog/queries/planning.py``); each request's
 ``run_key`` names the reference version, so a new reference re-runs exactly the
 differences that used an older one, and nothing runs twice.
 
 Work a run left unfinished (it failed, or died before its catalog attempt began or
 ended) is asked for again by :func:`schedule_attempts`, which both sensors use: under a
 new run key carrying the attempt number, once the backoff of the
-:class:`~dagster_project.catalog.pipeline_queries.RetryPolicy` has passed, at most
+:class:`~dagster_project.catalog.queries.RetryPolicy` has passed, at most
 ``max_attempts`` times. Attempts are counted from Dagster's own runs (by run key), so
 a restart, a lost cursor or the headless runner all see the same count.
 """
@@ -17,32 +17,25 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from dagster import (
-    DagsterInstance,
-    DagsterRunStatus,
-    DefaultSensorStatus,
-    RunRecord,
-    RunRequest,
-    RunsFilter,
-    SensorEvaluationContext,
-    SensorResult,
-    SkipReason,
-    sensor,
-)
+from dagster import DagsterInstance, DagsterRunStatus, RunRecord, RunRequest, RunsFilter, SensorEvaluationContext
+from dagster import SensorResult, SkipReason
 
-from dagster_project.pipeline.partitions import field_band_partitions
-from dagster_project.catalog.schema import OperationType
 from dagster_project.catalog.queries import (
     PlannedRun,
     RetryPolicy,
     field_bands_awaiting_reference,
     observations_awaiting_difference,
 )
-from dagster_project.pipeline.jobs import difference_job, reference_job
+from dagster_project.catalog.schema import OperationType
+from dagster_project.operations.mirror import FINISHED_STATUSES, RUN_KEY_TAG
 from dagster_project.operations.recording import OPERATION_TAG, start_wave
+from dagster_project.pipeline.jobs import difference_job, reference_job
+from dagster_project.pipeline.partitions import field_band_partitions
 from dagster_project.resources import CatalogResource, LandingResource, PipelineConfigResource
-from dagster_project.sensors.ledger import FINISHED_STATUSES, RUN_KEY_TAG
-from dagster_project.settings import Settings
+from dagster_project.sensors.builder import sensor_builder
+
+__all__ = ["ATTEMPT_TAG", "PARTITION_TAG", "Attempts", "attempt_tags", "build_reference_and_difference_sensor",
+           "evaluate_reference_and_difference", "references_under_way", "schedule_attempts"]
 
 #: run tag: which attempt at its work a run is (0: the first)
 ATTEMPT_TAG = "astro/attempt"
@@ -153,48 +146,41 @@ def attempt_tags(attempts: Attempts, work: PlannedRun) -> dict[str, str]:
     return {ATTEMPT_TAG: str(attempts.attempt[work.run_key])}
 
 
-def build_pipeline_sensor(interval_seconds: int):
-    @sensor(
-        name="reference_and_difference_sensor",
-        jobs=[reference_job, difference_job],
-        minimum_interval_seconds=interval_seconds,
-        default_status=DefaultSensorStatus.RUNNING,
-        description="Requests reference images for fields that have calibrated frames but no reference, and "
-        "difference runs for calibrated observations whose field has a (newer) reference; retries failed "
-        "or interrupted ones with backoff.",
+def evaluate_reference_and_difference(context: SensorEvaluationContext, catalog: CatalogResource,
+                                      landing: LandingResource, pipeline: PipelineConfigResource):
+    with catalog.catalog().session() as session:
+        references = field_bands_awaiting_reference(session)
+        differences = observations_awaiting_difference(session)
+    if not references and not differences:
+        return SkipReason("every calibrated observation has an up-to-date difference")
+    known = set(context.instance.get_dynamic_partitions(field_band_partitions.name))
+    new_fields = sorted({p.partition_key for p in references} - known)
+    building = references_under_way(context.instance, references)
+    references = [p for p in references if p.partition_key not in building]
+    attempts = schedule_attempts(context.instance, references + differences, pipeline.retry_policy())
+    if attempts.given_up:
+        context.log.warning(f"not retried any more: {', '.join(attempts.given_up[:20])}")
+    partitions = [field_band_partitions.build_add_request(new_fields)] if new_fields else []
+    if not attempts.requests:
+        if partitions:
+            return SensorResult(dynamic_partitions_requests=partitions)
+        return SkipReason(attempts.summary())
+    # the ledger: one reprocessing wave per set of run keys (asking again returns the same one)
+    wave = start_wave(catalog.catalog(), landing.survey, OperationType.REPROCESS_CAMPAIGN,
+                      [p.run_key for p in attempts.requests], context={"sensor": "reference_and_difference_sensor"})
+    return SensorResult(
+        run_requests=[
+            RunRequest(run_key=p.run_key, partition_key=p.partition_key, job_name=p.job_name,
+                       tags={"astro/reason": p.reason, OPERATION_TAG: str(wave), **attempt_tags(attempts, p)})
+            for p in attempts.requests
+        ],
+        dynamic_partitions_requests=partitions,
     )
-    def reference_and_difference_sensor(context: SensorEvaluationContext, catalog: CatalogResource,
-                                        landing: LandingResource, pipeline: PipelineConfigResource):
-        with catalog.catalog().session() as session:
-            references = field_bands_awaiting_reference(session)
-            differences = observations_awaiting_difference(session)
-        if not references and not differences:
-            return SkipReason("every calibrated observation has an up-to-date difference")
-        known = set(context.instance.get_dynamic_partitions(field_band_partitions.name))
-        new_fields = sorted({p.partition_key for p in references} - known)
-        building = references_under_way(context.instance, references)
-        references = [p for p in references if p.partition_key not in building]
-        attempts = schedule_attempts(context.instance, references + differences, pipeline.retry_policy())
-        if attempts.given_up:
-            context.log.warning(f"not retried any more: {', '.join(attempts.given_up[:20])}")
-        partitions = [field_band_partitions.build_add_request(new_fields)] if new_fields else []
-        if not attempts.requests:
-            if partitions:
-                return SensorResult(dynamic_partitions_requests=partitions)
-            return SkipReason(attempts.summary())
-        # the ledger: one reprocessing wave per set of run keys (asking again returns the same one)
-        wave = start_wave(catalog.catalog(), landing.survey, OperationType.REPROCESS_CAMPAIGN,
-                          [p.run_key for p in attempts.requests], context={"sensor": "reference_and_difference_sensor"})
-        return SensorResult(
-            run_requests=[
-                RunRequest(run_key=p.run_key, partition_key=p.partition_key, job_name=p.job_name,
-                           tags={"astro/reason": p.reason, OPERATION_TAG: str(wave), **attempt_tags(attempts, p)})
-                for p in attempts.requests
-            ],
-            dynamic_partitions_requests=partitions,
-        )
-
-    return reference_and_difference_sensor
 
 
-reference_and_difference_sensor = build_pipeline_sensor(Settings.from_env().sensor_interval_seconds)
+build_reference_and_difference_sensor = sensor_builder(
+    evaluate_reference_and_difference, name="reference_and_difference_sensor", jobs=[reference_job, difference_job],
+    description="Requests reference images for fields that have calibrated frames but no reference, and "
+    "difference runs for calibrated observations whose field has a (newer) reference; retries failed "
+    "or interrupted ones with backoff.",
+)

@@ -30,14 +30,16 @@ from dagster_project.operations.recording import start_wave
 from dagster_project.resources import CatalogResource, resources_from_settings
 from dagster_project.cli.runner import HeadlessDaemon, process_folder
 from dagster_project.sensors.ledger import build_ledger_sensor
-from dagster_project.sensors.reference_and_difference import ATTEMPT_TAG, reference_and_difference_sensor
-from dagster_project.sensors.raw_arrival import raw_arrival_sensor
+from dagster_project.sensors.reference_and_difference import ATTEMPT_TAG
 from dagster_project.settings import Settings
 from dagster_project.simulation.night import simulate_night
 from tests.catalog import calibrated, observation
 from tests.platform import make_platform
 
 operations_ledger_sensor = build_ledger_sensor(interval_seconds=10)
+
+raw_arrival_sensor = defs.resolve_sensor_def("raw_arrival_sensor")
+reference_and_difference_sensor = defs.resolve_sensor_def("reference_and_difference_sensor")
 
 #: a catalog whose server is down: nothing listens on this port, every connection is refused
 DOWN = "postgresql://astro@127.0.0.1:9/catalog"

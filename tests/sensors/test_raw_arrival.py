@@ -12,9 +12,11 @@ from sqlalchemy import select
 
 from dagster_project.catalog.schema import Observation, RawDataFile, RawFileStatus
 from dagster_project.ingest import landing as landing_module
-from dagster_project.sensors.raw_arrival import raw_arrival_sensor
+from dagster_project.definitions import defs
 from dagster_project.simulation.night import simulate_night
 from tests.platform import make_platform
+
+raw_arrival_sensor = defs.resolve_sensor_def("raw_arrival_sensor")
 
 
 @pytest.fixture(scope="module")
