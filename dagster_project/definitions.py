@@ -1,23 +1,31 @@
-"""The Dagster code location: assets, checks, jobs, sensors and resources."""
+"""The Dagster code location: each asset package under its group, the jobs, the sensors and the resources.
 
-from dagster import Definitions
+The settings are read here, once (``Settings.from_env``): the backfill batch (``ASTRO_BACKFILL_BATCH``),
+the sensors' tick interval and the resources come from them.
+"""
 
-from dagster_project.assets.observations.calibrated_image import calibrated_image
-from dagster_project.assets.detection.candidates import candidates
-from dagster_project.assets.detection.difference_image import difference_image
-from dagster_project.assets.products.observation_products import observation_products
-from dagster_project.assets.observations.raw_observation import raw_observation
-from dagster_project.assets.references.reference_image import reference_image
-from dagster_project.pipeline.jobs import calibrate_job, difference_job, observation_job, products_job, reference_job
+from dagster import Definitions, load_assets_from_package_module
+
+from dagster_project.assets import detection, observations, products, references
+from dagster_project.pipeline import JOBS, batched_backfill
 from dagster_project.resources import resources_from_settings
 from dagster_project.sensors import build_sensors
 from dagster_project.settings import Settings
 
+__all__ = ["defs", "settings"]
+
 settings = Settings.from_env()
+#: backfills give each run up to ASTRO_BACKFILL_BATCH partitions (pipeline/batching.py); references one each
+batched = batched_backfill(settings.backfill_batch_size)
 
 defs = Definitions(
-    assets=[raw_observation, calibrated_image, reference_image, difference_image, candidates, observation_products],
-    jobs=[observation_job, calibrate_job, difference_job, reference_job, products_job],
+    assets=[
+        *load_assets_from_package_module(observations, group_name="calibration", backfill_policy=batched),
+        *load_assets_from_package_module(references, group_name="references"),
+        *load_assets_from_package_module(detection, group_name="detection", backfill_policy=batched),
+        *load_assets_from_package_module(products, group_name="products", backfill_policy=batched),
+    ],
+    jobs=JOBS,
     sensors=build_sensors(settings),
     resources=resources_from_settings(settings),
 )

@@ -2,8 +2,9 @@
 
 A Dagster run costs more than one observation's work (a daemon-launched run waits seconds in
 the queue and to start; docs/operations.md measures it), so backfills hand each run up to
-``ASTRO_BACKFILL_BATCH`` partitions (Dagster's ``BackfillPolicy.multi_run``). Sensors still
-launch one partition per run, as frames arrive.
+``ASTRO_BACKFILL_BATCH`` partitions (Dagster's ``BackfillPolicy.multi_run``, given to the assets
+by ``definitions.py`` with :func:`batched_backfill`). Sensors still launch one partition per run,
+as frames arrive.
 
 Each partition of a batch is built on its own (:func:`materialize_partitions`): one bad frame
 does not stop the others, whose catalog rows and files are written. Dagster, however, records
@@ -27,15 +28,19 @@ from dagster import (
     MaterializeResult,
 )
 
-from dagster_project.settings import Settings
+__all__ = ["FAILURES_LISTED", "PartitionOutput", "batch_failure", "batched_backfill", "combine_checks",
+           "materialize_partitions"]
 
-#: the observation and result assets: at most this many partitions per backfill run
-BATCHED_BACKFILL = BackfillPolicy.multi_run(max_partitions_per_run=Settings.from_env().backfill_batch_size)
-# BackfillPolicy has been "beta" since Dagster 1.5; the five assets using it would warn at every import
+# BackfillPolicy has been "beta" since Dagster 1.5; the assets given one would warn at every import
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=BetaWarning)
 
 #: failure messages listed in a batch's Failure description, the rest counted
 FAILURES_LISTED = 10
+
+
+def batched_backfill(batch_size: int) -> BackfillPolicy:
+    """The observation and result assets' policy: at most ``batch_size`` partitions per backfill run."""
+    return BackfillPolicy.multi_run(max_partitions_per_run=batch_size)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,9 @@ from dagster import AssetSelection, define_asset_job
 
 from dagster_project.pipeline.partitions import field_band_partitions, observations_partitions, results_partitions
 
+__all__ = ["IN_PROCESS", "JOBS", "JOB_ASSETS", "calibrate_job", "difference_job", "observation_job", "products_job",
+           "reference_job"]
+
 #: default run config: steps run in the run worker's process (a launch may still ask for multiprocess)
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 
@@ -45,3 +48,6 @@ difference_job = _job("difference_job", observations_partitions,
 observation_job = _job("observation_job", observations_partitions, "The whole per-observation chain (for backfills).")
 reference_job = _job("reference_job", field_band_partitions, "Choose and freeze the reference image of one field and band.")
 products_job = _job("products_job", results_partitions, "Build one ObservationResult's products from its current revision.")
+
+#: every job of the code location
+JOBS = (observation_job, calibrate_job, difference_job, reference_job, products_job)

@@ -4,16 +4,13 @@ from pathlib import Path
 
 import numpy as np
 from astropy.table import Table
-from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetCheckResult, MetadataValue
 
-from dagster_project.pipeline.batching import BATCHED_BACKFILL, PartitionOutput, materialize_partitions
-from dagster_project.assets.detection.difference_image import difference_image
-from dagster_project.pipeline.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, artifacts, inputs, png_markdown
-from dagster_project.pipeline.partitions import observations_partitions
 from dagster_project.catalog import queries
 from dagster_project.catalog.schema import RunStatus
-from dagster_project.resources import CatalogResource, PipelineConfigResource, StoreResource
+from dagster_project.pipeline import PartitionOutput, artifacts, inputs, observation_asset, png_markdown
 from dagster_project.rendering.preview import cutout_triplet_png
+from dagster_project.resources import CatalogResource, PipelineConfigResource, StoreResource
 
 #: detection columns kept as real/bogus features on each Candidate row
 FEATURE_COLUMNS = ("scorr_peak", "sharpness", "n_opposite_pixels", "ref_distance_px", "masked_fraction", "is_sharp",
@@ -49,25 +46,7 @@ def _clip01(value) -> float | None:
     return None if value is None else min(max(value, 0.0), 0.999)
 
 
-@asset(
-    partitions_def=observations_partitions,
-    deps=[difference_image],
-    group_name="detection",
-    kinds={"table"},
-    freshness_policy=NIGHTLY_FRESHNESS,
-    code_version=CODE_VERSION,
-    backfill_policy=BATCHED_BACKFILL,
-    check_specs=[AssetCheckSpec("candidate_count_sane", asset="candidates",
-                                description="Fewer candidates than the per-frame limit (more means a bad subtraction).")],
-    description="Transient candidates: peaks of |S_corr| above the threshold, with flux, SNR, shape, "
-    "flags and real/bogus features, in the catalog (Candidate) and as candidates.ecsv.",
-)
-def candidates(context: AssetExecutionContext, catalog: CatalogResource, store: StoreResource,
-               pipeline: PipelineConfigResource) -> MaterializeResult:
-    return materialize_partitions(context, lambda key: _candidates_or_failed(key, catalog, store, pipeline))
-
-
-def _candidates_or_failed(key: str, catalog: CatalogResource, store: StoreResource,
+def _candidates_or_failed(key: str, run_id: str, catalog: CatalogResource, store: StoreResource,
                           pipeline: PipelineConfigResource) -> PartitionOutput:
     """The observation is ``differenced`` once its candidates are stored, ``failed`` (with why) if they cannot be."""
     try:
@@ -108,7 +87,7 @@ def _record_candidates(key: str, catalog: CatalogResource, store: StoreResource,
         "n_positive": len(positives),
         "n_negative": len(rows) - len(positives),
         "n_flagged": sum(r["is_saturated"] or r["is_edge"] or r["is_blended"] for r in rows),
-        "threshold_sigma": pipeline.detection_threshold,
+        "threshold_sigma": pipeline.difference_params().threshold,
         "top_candidates": MetadataValue.md(_markdown_table(positives[:10])),
     }
     if positives:
@@ -136,3 +115,11 @@ def _markdown_table(rows: list[dict]) -> str:
         lines.append(f"| {r['pixel_x']:.1f} | {r['pixel_y']:.1f} | {r['ra']:.5f} | {r['dec']:.5f} | "
                      f"{r['snr'] or 0:.1f} | {r['flux'] or 0:.0f} | {flags} |")
     return "\n".join(lines) if rows else "no positive candidates"
+
+
+candidates = observation_asset(
+    "candidates", _candidates_or_failed, deps=["difference_image"], kinds={"table"},
+    checks={"candidate_count_sane": "Fewer candidates than the per-frame limit (more means a bad subtraction)."},
+    description="Transient candidates: peaks of |S_corr| above the threshold, with flux, SNR, shape, "
+    "flags and real/bogus features, in the catalog (Candidate) and as candidates.ecsv.",
+)

@@ -3,33 +3,16 @@
 from pathlib import Path
 
 from astropy.io import fits
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
+from dagster import AssetCheckResult, AssetCheckSeverity, Failure, MetadataValue
 
-from dagster_project.pipeline.batching import BATCHED_BACKFILL, PartitionOutput, materialize_partitions
-from dagster_project.pipeline.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, inputs, png_markdown, size_mb
-from dagster_project.pipeline.partitions import observations_partitions
 from dagster_project.catalog import queries
 from dagster_project.ingest.landing import sha256_of
-from dagster_project.resources import CatalogResource
+from dagster_project.pipeline import PartitionOutput, inputs, observation_asset, png_markdown, size_mb
 from dagster_project.rendering.preview import image_preview_png
+from dagster_project.resources import CatalogResource
 
 
-@asset(
-    partitions_def=observations_partitions,
-    group_name="calibration",
-    kinds={"fits"},
-    freshness_policy=NIGHTLY_FRESHNESS,
-    code_version=CODE_VERSION,
-    backfill_policy=BATCHED_BACKFILL,
-    check_specs=[AssetCheckSpec("raw_file_intact", asset="raw_observation", blocking=True,
-                                description="The archived file still has the sha256 it was registered with.")],
-    description="A science exposure as it arrived, archived and registered by the raw-arrival sensor.",
-)
-def raw_observation(context: AssetExecutionContext, catalog: CatalogResource) -> MaterializeResult:
-    return materialize_partitions(context, lambda key: _verify_raw(key, catalog))
-
-
-def _verify_raw(key: str, catalog: CatalogResource) -> PartitionOutput:
+def _verify_raw(key: str, run_id: str, catalog: CatalogResource) -> PartitionOutput:
     with catalog.catalog().session() as session:
         observation = queries.get_observation(session, key)
         raw = observation.raw_file
@@ -58,3 +41,10 @@ def _verify_raw(key: str, catalog: CatalogResource) -> PartitionOutput:
             metadata={"registered_sha256": registered_sha, "actual_sha256": MetadataValue.text(actual_sha)},
         )],
     )
+
+
+raw_observation = observation_asset(
+    "raw_observation", _verify_raw, kinds={"fits"}, blocking_checks=True,
+    checks={"raw_file_intact": "The archived file still has the sha256 it was registered with."},
+    description="A science exposure as it arrived, archived and registered by the raw-arrival sensor.",
+)

@@ -10,30 +10,16 @@ from datetime import timedelta
 from pathlib import Path
 
 from astropy.wcs import WCS
-from dagster import (
-    AllPartitionMapping,
-    AssetCheckResult,
-    AssetCheckSpec,
-    AssetDep,
-    AssetExecutionContext,
-    Failure,
-    FreshnessPolicy,
-    MaterializeResult,
-    MetadataValue,
-    asset,
-)
+from dagster import AllPartitionMapping, AssetCheckResult, AssetDep, Failure, FreshnessPolicy, MetadataValue
 
-from dagster_project.pipeline.batching import BATCHED_BACKFILL, PartitionOutput, materialize_partitions
-from dagster_project.assets.detection.candidates import candidates
-from dagster_project.pipeline.metadata import CODE_VERSION, artifacts, inputs, png_markdown
-from dagster_project.pipeline.partitions import results_partitions
 from dagster_project.catalog import Candidate, RunStatus, cone_search, queries, schema
-from dagster_project.catalog.schema import utcnow
-from dagster_project.catalog.schema import DataProductStatus, FulfillmentStatus
+from dagster_project.catalog.schema import DataProductStatus, FulfillmentStatus, utcnow
 from dagster_project.ingest.landing import sha256_of
+from dagster_project.pipeline import CODE_VERSION, PartitionOutput, artifacts, inputs, observation_asset, png_markdown
+from dagster_project.pipeline import results_partitions
+from dagster_project.rendering.preview import cutout_triplet_png
 from dagster_project.resources import CatalogResource, PipelineConfigResource, StoreResource
 from dagster_project.science.forced_photometry import forced_photometry
-from dagster_project.rendering.preview import cutout_triplet_png
 from dagster_project.store import ProductStore
 
 #: candidates within this distance of the target are reported with the result
@@ -46,31 +32,7 @@ class _Unbuildable(Exception):
         self.outcome = outcome
 
 
-@asset(
-    partitions_def=results_partitions,
-    # which observation feeds which result is resolved through the catalog, as for references
-    deps=[AssetDep(candidates, partition_mapping=AllPartitionMapping())],
-    group_name="products",
-    kinds={"json", "png"},
-    # an upstream change marks products stale; they must be rebuilt within the debounce cap
-    freshness_policy=FreshnessPolicy.time_window(fail_window=timedelta(hours=2), warn_window=timedelta(minutes=20)),
-    code_version=CODE_VERSION,
-    backfill_policy=BATCHED_BACKFILL,
-    check_specs=[
-        AssetCheckSpec("built_from_current_revision", asset="observation_products",
-                       description="The products reflect the result's current assets_revision (READY)."),
-        AssetCheckSpec("no_result_dirty_too_long", asset="observation_products",
-                       description="No result anywhere has waited longer than the debounce cap plus the check grace."),
-    ],
-    description="Products of one ObservationResult: forced PSF photometry of the target on the difference image, "
-    "the candidates near the target, a new/reference/difference cutout, and a manifest.",
-)
-def observation_products(context: AssetExecutionContext, catalog: CatalogResource, store: StoreResource,
-                         pipeline: PipelineConfigResource) -> MaterializeResult:
-    return materialize_partitions(context, lambda key: _build_products(key, context.run_id, catalog, store, pipeline))
-
-
-def _build_products(key: str, dagster_run_id: str, catalog: CatalogResource, store: StoreResource,
+def _build_products(key: str, run_id: str, catalog: CatalogResource, store: StoreResource,
                     pipeline: PipelineConfigResource) -> PartitionOutput:
     policy = pipeline.rebuild_policy()
     products = store.store()
@@ -80,14 +42,14 @@ def _build_products(key: str, dagster_run_id: str, catalog: CatalogResource, sto
         if result.data_product_status is DataProductStatus.SKIPPED:
             return PartitionOutput(metadata={"status": "SKIPPED", "reason": result.status_reason or ""},
                                    checks=_checks(session, result, now, policy))
-        run = queries.claim_build(session, result, dagster_run_id, now)
-        run_id, revision = run.id, run.built_from_revision
+        run = queries.claim_build(session, result, run_id, now)
+        build_id, revision = run.id, run.built_from_revision
         try:
             plan = _plan(session, result)
         except _Unbuildable as unbuildable:
             plan = unbuildable
     if isinstance(plan, _Unbuildable):
-        status = _finish(catalog, run_id, plan.outcome, str(plan), policy)
+        status = _finish(catalog, build_id, plan.outcome, str(plan), policy)
         if plan.outcome is DataProductStatus.BLOCKED:
             raise Failure(f"products blocked: {plan}", allow_retries=False)
         with catalog.catalog().session() as session:
@@ -97,14 +59,14 @@ def _build_products(key: str, dagster_run_id: str, catalog: CatalogResource, sto
     try:
         outputs = _build(products, plan, products.result_dir(key, revision))
         with catalog.catalog().session() as session:
-            processing_run = session.get_one(schema.ObservationResultProcessingRun, run_id)
+            processing_run = session.get_one(schema.ObservationResultProcessingRun, build_id)
             for kind, (path, meta) in outputs.items():
                 queries.add_output(session, processing_run, kind=kind, path=str(path),
-                                            size_bytes=path.stat().st_size, checksum=sha256_of(path), metadata=meta)
+                                   size_bytes=path.stat().st_size, checksum=sha256_of(path), metadata=meta)
     except Exception as exc:
-        _finish(catalog, run_id, DataProductStatus.FAILED, f"{type(exc).__name__}: {exc}", policy)
+        _finish(catalog, build_id, DataProductStatus.FAILED, f"{type(exc).__name__}: {exc}", policy)
         raise
-    status = _finish(catalog, run_id, DataProductStatus.READY, None, policy)
+    status = _finish(catalog, build_id, DataProductStatus.READY, None, policy)
     photometry = outputs["forced_photometry"][1]
     with catalog.catalog().session() as session:
         result = queries.get_result(session, key)
@@ -215,3 +177,18 @@ def _rounded(value: float | None, digits: int) -> float | None:
 
 def _json(value) -> bytes:
     return json.dumps(value, indent=1, default=str).encode()
+
+
+observation_products = observation_asset(
+    "observation_products", _build_products, partitions_def=results_partitions, kinds={"json", "png"},
+    # which observation feeds which result is resolved through the catalog, as for references
+    deps=[AssetDep("candidates", partition_mapping=AllPartitionMapping())],
+    # an upstream change marks products stale; they must be rebuilt within the debounce cap
+    freshness_policy=FreshnessPolicy.time_window(fail_window=timedelta(hours=2), warn_window=timedelta(minutes=20)),
+    checks={
+        "built_from_current_revision": "The products reflect the result's current assets_revision (READY).",
+        "no_result_dirty_too_long": "No result anywhere has waited longer than the debounce cap plus the check grace.",
+    },
+    description="Products of one ObservationResult: forced PSF photometry of the target on the difference image, "
+    "the candidates near the target, a new/reference/difference cutout, and a manifest.",
+)

@@ -9,60 +9,38 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, Failure, MaterializeResult, asset
+from dagster import AssetCheckResult, AssetCheckSeverity, Failure
 
-from dagster_project.assets.observations.calibrated_image import calibrated_image
-from dagster_project.pipeline.metadata import CODE_VERSION, NIGHTLY_FRESHNESS, artifacts, inputs, png_markdown, rounded, size_mb
-from dagster_project.pipeline.partitions import field_band_partitions
 from dagster_project.catalog import queries
-from dagster_project.resources import CatalogResource, PipelineConfigResource, StoreResource
-from dagster_project.science.difference import (
-    DifferenceParams,
-    ImageCharacterization,
-    characterization_params,
-    characterize_for_difference,
-)
-from dagster_project.science.images import ImagePlanes
+from dagster_project.pipeline import PartitionOutput, artifacts, field_band_partitions, inputs, observation_asset
+from dagster_project.pipeline import png_markdown, reference_characterization, rounded, size_mb
 from dagster_project.rendering.preview import image_preview_png
+from dagster_project.resources import CatalogResource, PipelineConfigResource, StoreResource
+from dagster_project.science.images import ImagePlanes
 from dagster_project.science.psf import PSFError
 from dagster_project.science.reference_selection import choose_reference
-from dagster_project.store import ProductStore
 
 #: a reference PSF fitted on fewer stars than this is too uncertain to match every new frame against
 REFERENCE_MIN_PSF_STARS = 10
 USABLE_CHECK = "usable_for_differences"
 
 
-@asset(
-    partitions_def=field_band_partitions,
-    deps=[calibrated_image],
-    group_name="references",
-    kinds={"fits"},
-    freshness_policy=NIGHTLY_FRESHNESS,
-    code_version=CODE_VERSION,
-    check_specs=[AssetCheckSpec(
-        USABLE_CHECK, asset="reference_image",
-        description=f"The frozen reference has a PSF fitted on at least {REFERENCE_MIN_PSF_STARS} stars and "
-        "finite pixels with finite, positive variance wherever it is not masked.")],
-    description="The reference image of one field and band: the best-seeing good calibrated frame so far. "
-    "Each materialization is a new version; differences record which version they used.",
-)
-def reference_image(context: AssetExecutionContext, catalog: CatalogResource, store: StoreResource,
-                    pipeline: PipelineConfigResource) -> MaterializeResult:
+def _build_reference(key: str, run_id: str, catalog: CatalogResource, store: StoreResource,
+                     pipeline: PipelineConfigResource) -> PartitionOutput:
     products = store.store()
     with catalog.catalog().session() as session:
-        frames = queries.calibrated_frames_of_field_band(session, context.partition_key)
+        frames = queries.calibrated_frames_of_field_band(session, key)
         choice = choose_reference([f.quality for f in frames])
         if choice is None:
-            raise Failure(f"no calibrated frame of {context.partition_key} is good enough for a reference "
+            raise Failure(f"no calibrated frame of {key} is good enough for a reference "
                           f"({len(frames)} looked at)", allow_retries=False)
         chosen = frames[choice.index]
         reference = queries.record_reference(
             session, field_name=chosen.field_name, filter_band=chosen.filter_band,
             source_observation=queries.get_observation(session, chosen.observation_key), path="",
             seeing=chosen.quality.get("seeing_arcsec"), depth=chosen.quality.get("depth_5sigma_e"),
-            selection_reason=choice.reason, dagster_run_id=context.run_id)
-        target = products.reference_path(context.partition_key, reference.version)
+            selection_reason=choice.reason, dagster_run_id=run_id)
+        target = products.reference_path(key, reference.version)
         target.parent.mkdir(parents=True, exist_ok=True)
         # a frozen copy: re-calibrating the source frame later does not change this version
         shutil.copyfile(chosen.path, target)
@@ -78,7 +56,7 @@ def reference_image(context: AssetExecutionContext, catalog: CatalogResource, st
         # not fatal here: each difference against this version tries again and fails with this reason
         stored, psf_stars, psf_problem = {"reference_characterization": f"not stored: {exc}"}, 0, str(exc)
     preview = image_preview_png(planes.data, mask=planes.mask, max_size=256)
-    return MaterializeResult(
+    return PartitionOutput(
         metadata={
             **artifacts(reference_image=target), **stored, **inputs(calibrated_image=chosen.path),
             "size_mb": size_mb(target),
@@ -87,7 +65,7 @@ def reference_image(context: AssetExecutionContext, catalog: CatalogResource, st
             **rounded({k: chosen.quality.get(k) for k in ("seeing_arcsec", "fwhm_px", "sky_rms_e", "depth_5sigma_e")}),
             "preview": png_markdown(preview, f"reference v{version}"),
         },
-        check_results=[usable_for_differences(planes, psf_stars, psf_problem)],
+        checks=[usable_for_differences(planes, psf_stars, psf_problem)],
     )
 
 
@@ -105,33 +83,11 @@ def usable_for_differences(planes: ImagePlanes, psf_stars: int, psf_problem: str
                   "variance_finite_positive": variance_ok})
 
 
-def reference_characterization(
-    products: ProductStore, reference_path: Path | str, reference: ImagePlanes, params: DifferenceParams
-) -> tuple[ImageCharacterization, Path, bool]:
-    """The reference's characterization for ``params``: read from next to the frozen file, else computed there.
-
-    A stored one is used only when computed with the same characterization parameters by the same code
-    version, so a difference gets the numbers it would compute itself; otherwise (or for a version frozen
-    before characterizations were stored) it is computed and written once.
-
-    Returns
-    -------
-    characterization : ImageCharacterization
-    path : Path
-        The stored file.
-    written : bool
-        True when computed and written by this call.
-
-    Raises
-    ------
-    PSFError
-        Too few usable stars in the reference.
-    """
-    path = products.characterization_path(reference_path)
-    if path.exists():
-        stored, code_version = products.read_characterization(path)
-        if stored.params == characterization_params(params) and code_version == CODE_VERSION:
-            return stored, path, False
-    characterization = characterize_for_difference(reference, params, "reference")
-    products.write_characterization(path, characterization, CODE_VERSION)
-    return characterization, path, True
+reference_image = observation_asset(
+    "reference_image", _build_reference, partitions_def=field_band_partitions, deps=["calibrated_image"],
+    kinds={"fits"},
+    checks={USABLE_CHECK: f"The frozen reference has a PSF fitted on at least {REFERENCE_MIN_PSF_STARS} stars and "
+            "finite pixels with finite, positive variance wherever it is not masked."},
+    description="The reference image of one field and band: the best-seeing good calibrated frame so far. "
+    "Each materialization is a new version; differences record which version they used.",
+)
