@@ -268,13 +268,21 @@ class PreprocessRun(RunFields, StandardColumns, Base):
 
 
 class ReferenceImage(StandardColumns, Base):
-    """Versioned template per field and band; exactly one version is current."""
+    """Versioned template per field and band; exactly one version is current.
+
+    A single frozen frame (``n_inputs`` = 1) or the proper co-add of several (:class:`ReferenceInput`
+    lists them; ``source_observation`` is the anchor whose grid and flux scale it has). A new version
+    is made when the set of inputs changes (``inputs_digest``).
+    """
 
     __tablename__ = "reference_images"
     __table_args__ = (
         sa.UniqueConstraint("field_name", "filter_band", "version"),
         sa.CheckConstraint("version >= 1", name="version_positive"),
         sa.CheckConstraint("seeing IS NULL OR seeing > 0", name="seeing_positive"),
+        sa.CheckConstraint("n_inputs >= 1", name="n_inputs_positive"),
+        sa.CheckConstraint("mag_system IS NULL OR mag_system IN ('instrumental', 'calibrated')",
+                           name="mag_system_known"),
         sa.Index("uq_reference_images_current", "field_name", "filter_band", unique=True,
                  sqlite_where=sa.text("is_current"), postgresql_where=sa.text("is_current")),
     )
@@ -290,11 +298,52 @@ class ReferenceImage(StandardColumns, Base):
     selection_reason: Mapped[str | None] = mapped_column(sa.Text)
     is_current: Mapped[bool] = mapped_column(default=True, server_default=sa.true())
     dagster_run_id: Mapped[str | None] = mapped_column(sa.String(64))
+    n_inputs: Mapped[int] = mapped_column(default=1, server_default="1")
+    #: sha256 of the sorted input observation keys: a new version when the set changes
+    inputs_digest: Mapped[str | None] = mapped_column(sa.String(64))
+    psf_fwhm_px: Mapped[float | None] = mapped_column(sa.Double)
+    #: 5-sigma point-source limiting magnitude, in ``mag_system`` (instrumental: -2.5 log10(e-/s))
+    limit_mag_5sigma: Mapped[float | None] = mapped_column(sa.Double)
+    mag_system: Mapped[str | None] = mapped_column(sa.String(16))
 
     source_observation: Mapped[Observation] = relationship()
+    inputs: Mapped[list["ReferenceInput"]] = relationship(
+        back_populates="reference", cascade="all, delete-orphan", order_by="ReferenceInput.weight.desc()")
 
     def __repr__(self) -> str:
         return f"ReferenceImage({self.field_name!r}, {self.filter_band!r}, v{self.version})"
+
+
+class ReferenceInput(StandardColumns, Base):
+    """One calibrated observation co-added into a reference version, with what the co-add made of it."""
+
+    __tablename__ = "reference_inputs"
+    __table_args__ = (
+        sa.UniqueConstraint("reference_id", "observation_id"),
+        sa.CheckConstraint("weight >= 0 AND weight <= 1", name="weight_range"),
+        sa.CheckConstraint("flux_scale > 0", name="flux_scale_positive"),
+        sa.CheckConstraint("n_rejected >= 0", name="n_rejected_non_negative"),
+    )
+
+    reference_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("reference_images.id", ondelete="CASCADE"), index=True)
+    observation_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("observations.id", ondelete="RESTRICT"), index=True)
+    #: share of the co-add's information, (F_j^2 / sigma_j^2) / sum
+    weight: Mapped[float] = mapped_column(sa.Double)
+    #: electrons in this frame per electron of the anchor, for the same source
+    flux_scale: Mapped[float] = mapped_column(sa.Double)
+    flux_scale_err: Mapped[float | None] = mapped_column(sa.Double)
+    registration_rms_px: Mapped[float | None] = mapped_column(sa.Double)
+    fwhm_px: Mapped[float | None] = mapped_column(sa.Double)
+    n_rejected: Mapped[int] = mapped_column(default=0, server_default="0")
+    is_anchor: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+
+    reference: Mapped[ReferenceImage] = relationship(back_populates="inputs")
+    observation: Mapped[Observation] = relationship()
+
+    def __repr__(self) -> str:
+        return f"ReferenceInput({self.reference_id}, {self.observation_id}, weight={self.weight:.3f})"
 
 
 class DifferenceRun(RunFields, StandardColumns, Base):
