@@ -18,7 +18,20 @@ variable                       meaning                                     defau
                                quarantined as truncated (seconds)
 ``ASTRO_MAX_FILE_MB``          larger files are quarantined                ``4096``
 ``ASTRO_MAX_HDUS``             files with more HDUs are quarantined        ``16``
-``ASTRO_DETECTION_THRESHOLD``  S_corr threshold for candidates (sigma)     ``5``
+``ASTRO_DIFFERENCE_PARAMS``    JSON object overriding any field of         ``{}``: every field its default in
+                               ``science.difference.DifferenceParams``     ``DifferenceParams``
+                               (the difference and detection parameters),
+                               e.g. ``{"threshold": 4.5, "min_matches": 8}``;
+                               a name that is not a field, or a value of
+                               the wrong type, stops the code location
+                               from loading, with an error naming it
+``ASTRO_DETECTION_THRESHOLD``  S_corr threshold for candidates (sigma): a  ``DifferenceParams.threshold``
+                               shorthand for ``ASTRO_DIFFERENCE_PARAMS``'  (``5``)
+                               ``threshold`` (both, disagreeing: an error)
+``ASTRO_DETECT_COSMIC_RAYS``   ``0``: calibration does not look for        ``1``
+                               cosmic rays (L.A.Cosmic)
+``ASTRO_MAX_CANDIDATES``       candidates per frame above which the        ``500``
+                               ``candidate_count_sane`` check fails
 ``ASTRO_PRODUCT_QUIET``        product rebuild debounce: seconds after     ``60``
                                the last upstream change
 ``ASTRO_PRODUCT_MAX_DELAY``    ... but at most this long after the first   ``600``
@@ -33,9 +46,15 @@ variable                       meaning                                     defau
 =============================  ==========================================  =================================
 """
 
+import json
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+#: the variable holding overrides of the difference parameters (``DifferenceParams``), a JSON object
+DIFFERENCE_PARAMS_VARIABLE = "ASTRO_DIFFERENCE_PARAMS"
 
 
 def _path(name: str, default: Path) -> Path:
@@ -65,11 +84,12 @@ def default_home() -> tuple[Path, str]:
     return Path.cwd() / "var", "ASTRO_HOME is not set: var/ of the current folder"
 
 
-def _number(name: str, default: float, kind: type = float, minimum: float | None = None) -> float:
-    """The environment variable ``name`` as a ``kind``; ValueError naming the variable if it is not one."""
+def _number(name: str, default: float | None, kind: type = float, minimum: float | None = None) -> float | None:
+    """The environment variable ``name`` as a ``kind`` (``default`` when unset, None too); ValueError naming the
+    variable if it is not one."""
     text = os.environ.get(name)
     if text is None or text == "":
-        return kind(default)
+        return None if default is None else kind(default)
     try:
         value = kind(text)
     except ValueError:
@@ -89,6 +109,20 @@ def _flag(name: str, default: bool = False) -> bool:
     if text in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"{name} must be 1 or 0 (true or false), not {os.environ[name]!r}")
+
+
+def _json_object(name: str) -> dict[str, Any]:
+    """The environment variable ``name`` as a JSON object (``{}`` when unset); ValueError naming the variable."""
+    text = os.environ.get(name, "").strip()
+    if text == "":
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object such as '{{\"threshold\": 4.5}}', not {text!r}")
+    return value
 
 
 def _positive_int(name: str, default: int) -> int:
@@ -113,7 +147,13 @@ class Settings:
     truncated_after_seconds: float
     max_file_bytes: int
     max_hdus: int
-    detection_threshold: float
+    #: ASTRO_DETECTION_THRESHOLD: the difference parameters' ``threshold`` (None: DifferenceParams' default)
+    detection_threshold: float | None = None
+    #: ASTRO_DIFFERENCE_PARAMS: overrides of DifferenceParams' defaults, by field name (checked by the resources)
+    difference_params: Mapping[str, Any] = field(default_factory=dict)
+    detect_cosmic_rays: bool = True
+    #: more candidates than this in one frame fail its candidate_count_sane check
+    max_candidates_per_frame: int = 500
     product_quiet_seconds: float = 60.0
     product_max_delay_seconds: float = 600.0
     backfill_batch_size: int = 8
@@ -124,6 +164,21 @@ class Settings:
     allow_uncalibrated: bool = False
     #: how ``home`` was chosen, for messages that say where state was looked for
     home_source: str = "given"
+
+    def __post_init__(self) -> None:
+        given = self.difference_params.get("threshold")
+        if self.detection_threshold is not None and given is not None and given != self.detection_threshold:
+            raise ValueError(f"ASTRO_DETECTION_THRESHOLD ({self.detection_threshold:g}) and the threshold of "
+                             f"{DIFFERENCE_PARAMS_VARIABLE} ({given!r}) disagree: give one of them")
+
+    @property
+    def difference_overrides(self) -> dict[str, Any]:
+        """What differs from DifferenceParams' defaults: ASTRO_DIFFERENCE_PARAMS, with ASTRO_DETECTION_THRESHOLD
+        as its ``threshold``."""
+        overrides = dict(self.difference_params)
+        if self.detection_threshold is not None:
+            overrides["threshold"] = self.detection_threshold
+        return overrides
 
     @property
     def database_url_shown(self) -> str:
@@ -162,12 +217,15 @@ class Settings:
             truncated_after_seconds=_number("ASTRO_TRUNCATED_AFTER", 300, minimum=0),
             max_file_bytes=int(_number("ASTRO_MAX_FILE_MB", 4096, minimum=0) * 2**20),
             max_hdus=_positive_int("ASTRO_MAX_HDUS", 16),
-            detection_threshold=_number("ASTRO_DETECTION_THRESHOLD", 5, minimum=0),
-            product_quiet_seconds=_number("ASTRO_PRODUCT_QUIET", 60, minimum=0),
-            product_max_delay_seconds=_number("ASTRO_PRODUCT_MAX_DELAY", 600, minimum=0),
-            backfill_batch_size=_positive_int("ASTRO_BACKFILL_BATCH", 8),
-            retry_max_attempts=_positive_int("ASTRO_RETRY_ATTEMPTS", 4),
-            retry_backoff_seconds=_number("ASTRO_RETRY_BACKOFF", 30, minimum=0),
-            allow_uncalibrated=_flag("ASTRO_ALLOW_UNCALIBRATED"),
+            detection_threshold=_number("ASTRO_DETECTION_THRESHOLD", None, minimum=0),
+            difference_params=_json_object(DIFFERENCE_PARAMS_VARIABLE),
+            detect_cosmic_rays=_flag("ASTRO_DETECT_COSMIC_RAYS", cls.detect_cosmic_rays),
+            max_candidates_per_frame=_positive_int("ASTRO_MAX_CANDIDATES", cls.max_candidates_per_frame),
+            product_quiet_seconds=_number("ASTRO_PRODUCT_QUIET", cls.product_quiet_seconds, minimum=0),
+            product_max_delay_seconds=_number("ASTRO_PRODUCT_MAX_DELAY", cls.product_max_delay_seconds, minimum=0),
+            backfill_batch_size=_positive_int("ASTRO_BACKFILL_BATCH", cls.backfill_batch_size),
+            retry_max_attempts=_positive_int("ASTRO_RETRY_ATTEMPTS", cls.retry_max_attempts),
+            retry_backoff_seconds=_number("ASTRO_RETRY_BACKOFF", cls.retry_backoff_seconds, minimum=0),
+            allow_uncalibrated=_flag("ASTRO_ALLOW_UNCALIBRATED", cls.allow_uncalibrated),
             home_source=home_source,
         )

@@ -1,9 +1,11 @@
-"""Dagster resources: thin, configurable handles on the catalog, the store and the landing folder."""
+"""Dagster resources: thin, configurable handles on the catalog, the store and the landing folder, and the
+pipeline's parameters (the science parameters and the rebuild and retry policies)."""
 
 import os
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from dagster import ConfigurableResource, EnvVar
 
@@ -13,9 +15,13 @@ from dagster_project.catalog.queries import RebuildPolicy
 from dagster_project.ingest.fits_structure import StructureLimits
 from dagster_project.ingest.instruments import InstrumentRegistry
 from dagster_project.ingest.landing import LandingConfig
+from dagster_project.resources.parameters import apply_overrides, config_overrides
 from dagster_project.science.difference import DifferenceParams
-from dagster_project.settings import Settings
+from dagster_project.settings import DIFFERENCE_PARAMS_VARIABLE, Settings
 from dagster_project.store import ProductStore
+
+__all__ = ["DATABASE_URL_VARIABLE", "CatalogResource", "LandingResource", "PipelineConfigResource", "StoreResource",
+           "catalog_url_config", "difference_config", "resources_from_settings"]
 
 
 @cache
@@ -93,23 +99,29 @@ class LandingResource(ConfigurableResource):
 
 
 class PipelineConfigResource(ConfigurableResource):
-    """Science parameters shared by the stages, and the product rebuild policy."""
+    """Science parameters shared by the stages, and the product rebuild and retry policies.
 
-    detection_threshold: float = 5.0
-    detect_cosmic_rays: bool = True
+    Defaults are written once: the difference parameters' in ``DifferenceParams`` (``difference`` holds
+    only overrides, by field name), the others in :class:`~dagster_project.settings.Settings`.
+    """
+
+    #: ASTRO_DIFFERENCE_PARAMS (and ASTRO_DETECTION_THRESHOLD): overrides of DifferenceParams' defaults
+    difference: dict[str, Any] = {}
+    detect_cosmic_rays: bool = Settings.detect_cosmic_rays
     #: ASTRO_ALLOW_UNCALIBRATED: calibrate without masters when no night has any (else: blocked)
-    allow_uncalibrated: bool = False
-    max_candidates_per_frame: int = 500
-    product_quiet_seconds: float = 60.0
-    product_max_delay_seconds: float = 600.0
+    allow_uncalibrated: bool = Settings.allow_uncalibrated
+    max_candidates_per_frame: int = Settings.max_candidates_per_frame
+    product_quiet_seconds: float = Settings.product_quiet_seconds
+    product_max_delay_seconds: float = Settings.product_max_delay_seconds
     #: automatic retries of failed or interrupted calibrations, references and differences (RetryPolicy)
     retry_max_attempts: int = RetryPolicy.max_attempts
     retry_backoff_seconds: float = RetryPolicy.backoff_seconds
     retry_max_backoff_seconds: float = RetryPolicy.max_backoff_seconds
 
     def difference_params(self) -> DifferenceParams:
-        """The parameters of every difference (and of each reference's stored characterization)."""
-        return DifferenceParams(threshold=self.detection_threshold)
+        """The parameters of every difference (and of each reference's stored characterization);
+        ValueError naming an override that is not a field of DifferenceParams or not of its type."""
+        return apply_overrides(DifferenceParams, self.difference)
 
     def rebuild_policy(self) -> RebuildPolicy:
         return RebuildPolicy(quiet=timedelta(seconds=self.product_quiet_seconds),
@@ -150,7 +162,9 @@ def resources_from_settings(settings: Settings, landing_dir: Path | None = None,
             max_file_bytes=settings.max_file_bytes,
             max_hdus=settings.max_hdus,
         ),
-        "pipeline": PipelineConfigResource(detection_threshold=settings.detection_threshold,
+        "pipeline": PipelineConfigResource(difference=difference_config(settings),
+                                           detect_cosmic_rays=settings.detect_cosmic_rays,
+                                           max_candidates_per_frame=settings.max_candidates_per_frame,
                                            allow_uncalibrated=settings.allow_uncalibrated,
                                            product_quiet_seconds=settings.product_quiet_seconds,
                                            product_max_delay_seconds=settings.product_max_delay_seconds,
@@ -158,3 +172,12 @@ def resources_from_settings(settings: Settings, landing_dir: Path | None = None,
                                            retry_backoff_seconds=retry.backoff_seconds,
                                            retry_max_backoff_seconds=retry.max_backoff_seconds),
     }
+
+
+def difference_config(settings: Settings) -> dict[str, Any]:
+    """The settings' overrides of the difference parameters, checked: a bad one stops the code location
+    (and every command that loads it) with one line naming the variable and the field."""
+    try:
+        return config_overrides(DifferenceParams, settings.difference_overrides)
+    except ValueError as exc:
+        raise ValueError(f"{DIFFERENCE_PARAMS_VARIABLE}: {exc}") from None

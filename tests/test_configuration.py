@@ -1,0 +1,129 @@
+"""One configuration object: every difference parameter reachable from the settings, defaults written once
+(in ``DifferenceParams``); the code location composed from the settings, read once."""
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from dagster_project.definitions import defs, settings as location_settings
+from dagster_project.resources import PipelineConfigResource, resources_from_settings
+from dagster_project.science.difference import DifferenceParams
+from dagster_project.sensors import build_sensors
+from dagster_project.settings import Settings
+from tests.platform import make_settings
+
+PACKAGE = Path(__file__).resolve().parents[1] / "dagster_project"
+
+
+def _pipeline(settings: Settings) -> PipelineConfigResource:
+    return resources_from_settings(settings)["pipeline"]
+
+
+def _other_value(field: dataclasses.Field):
+    """A value of the field's type that is not its default."""
+    if field.name == "astrometric_rms":
+        return [0.05, 0.07]
+    if field.default is None:  # psf_stamp_size, psf_tiles, zogy_tiles: int or None
+        return 7
+    return field.default + 1 if isinstance(field.default, int) else field.default * 1.5
+
+
+def test_without_overrides_every_difference_parameter_is_its_default(tmp_path, sqlite_url):
+    pipeline = _pipeline(make_settings(tmp_path, sqlite_url, detection_threshold=None))
+    assert pipeline.difference == {}
+    assert pipeline.difference_params() == DifferenceParams() == PipelineConfigResource().difference_params()
+
+
+def test_every_difference_parameter_can_be_set_from_the_environment(tmp_path, monkeypatch):
+    fields = dataclasses.fields(DifferenceParams)
+    overrides = {f.name: _other_value(f) for f in fields}
+    monkeypatch.setenv("ASTRO_HOME", str(tmp_path))
+    monkeypatch.setenv("ASTRO_DIFFERENCE_PARAMS", __import__("json").dumps(overrides))
+    monkeypatch.delenv("ASTRO_DETECTION_THRESHOLD", raising=False)
+    params = _pipeline(Settings.from_env()).difference_params()
+    for f in fields:
+        expected = tuple(overrides[f.name]) if f.name == "astrometric_rms" else overrides[f.name]
+        assert getattr(params, f.name) == expected != f.default, f.name
+    assert len(fields) > 20
+
+
+def test_the_detection_threshold_variable_still_sets_the_threshold(tmp_path, monkeypatch):
+    monkeypatch.setenv("ASTRO_HOME", str(tmp_path))
+    monkeypatch.setenv("ASTRO_DETECTION_THRESHOLD", "4.5")
+    monkeypatch.setenv("ASTRO_DIFFERENCE_PARAMS", '{"min_matches": 8}')
+    params = _pipeline(Settings.from_env()).difference_params()
+    assert (params.threshold, params.min_matches, params.max_stars) == (4.5, 8, DifferenceParams.max_stars)
+    monkeypatch.setenv("ASTRO_DIFFERENCE_PARAMS", '{"threshold": 4}')
+    with pytest.raises(ValueError, match="ASTRO_DETECTION_THRESHOLD .* disagree"):
+        Settings.from_env()
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ('{"treshold": 4.5}', r"ASTRO_DIFFERENCE_PARAMS: 'treshold' is not a field of DifferenceParams; its fields: "
+                          r"threshold, "),
+    ('{"min_matches": 2.5}', "ASTRO_DIFFERENCE_PARAMS: min_matches must be an integer, not 2.5"),
+    ('{"threshold": "high"}', "ASTRO_DIFFERENCE_PARAMS: threshold must be a number, not 'high'"),
+    ('{"astrometric_rms": [0.1]}', "astrometric_rms must be a list of 2 numbers or null"),
+    ('{"threshold": null}', "threshold must be a number, not None"),
+])
+def test_a_bad_difference_parameter_is_named(tmp_path, monkeypatch, value, message):
+    monkeypatch.setenv("ASTRO_HOME", str(tmp_path))
+    monkeypatch.delenv("ASTRO_DETECTION_THRESHOLD", raising=False)
+    monkeypatch.setenv("ASTRO_DIFFERENCE_PARAMS", value)
+    with pytest.raises(ValueError, match=message):
+        resources_from_settings(Settings.from_env())
+
+
+def test_the_difference_parameters_must_be_a_json_object(tmp_path, monkeypatch):
+    monkeypatch.setenv("ASTRO_HOME", str(tmp_path))
+    monkeypatch.setenv("ASTRO_DIFFERENCE_PARAMS", "threshold=4")
+    with pytest.raises(ValueError, match="ASTRO_DIFFERENCE_PARAMS must be a JSON object"):
+        Settings.from_env()
+
+
+def test_a_null_that_is_the_default_is_kept_out_of_dagsters_config(tmp_path, sqlite_url):
+    settings = make_settings(tmp_path, sqlite_url, difference_params={"zogy_tiles": None, "astrometric_rms": [1, 2]})
+    pipeline = _pipeline(settings)
+    assert pipeline.difference == {"threshold": 5.0, "astrometric_rms": [1.0, 2.0]}  # make_settings gives 5
+    assert pipeline.difference_params().astrometric_rms == (1.0, 2.0)
+
+
+def test_the_other_science_parameters_come_from_the_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("ASTRO_HOME", str(tmp_path))
+    monkeypatch.setenv("ASTRO_DETECT_COSMIC_RAYS", "0")
+    monkeypatch.setenv("ASTRO_MAX_CANDIDATES", "50")
+    pipeline = _pipeline(Settings.from_env())
+    assert (pipeline.detect_cosmic_rays, pipeline.max_candidates_per_frame) == (False, 50)
+    defaults = PipelineConfigResource()
+    assert (defaults.detect_cosmic_rays, defaults.max_candidates_per_frame) == (True, 500)
+
+
+def test_the_sensors_are_built_from_the_settings(tmp_path, sqlite_url):
+    sensors = build_sensors(make_settings(tmp_path, sqlite_url, sensor_interval_seconds=7))
+    assert sorted(s.name for s in sensors) == sorted(s.name for s in defs.sensors)
+    assert {s.minimum_interval_seconds for s in sensors} == {7}
+
+
+@pytest.mark.parametrize("module", ["sensors/builder.py", "sensors/raw_arrival.py",
+                                    "sensors/reference_and_difference.py", "sensors/product_rebuild.py",
+                                    "sensors/__init__.py", "pipeline/batching.py"])
+def test_nothing_reads_the_environment_at_import(module):
+    tree = ast.parse((PACKAGE / module).read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "from_env"]
+    assert not calls, f"{module} reads the settings itself: definitions.py passes them"
+
+
+def test_the_code_location_batches_backfills_as_the_settings_say():
+    graph = defs.resolve_asset_graph()
+    groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    assert groups == {"raw_observation": "calibration", "calibrated_image": "calibration",
+                      "reference_image": "references", "difference_image": "detection", "candidates": "detection",
+                      "observation_products": "products"}
+    for key in graph.get_all_asset_keys():
+        policy = graph.get(key).backfill_policy
+        if key.to_user_string() == "reference_image":
+            assert policy is None
+        else:
+            assert policy.max_partitions_per_run == location_settings.backfill_batch_size
