@@ -282,6 +282,32 @@ def test_reference_versions(catalog):
         assert queries.current_reference(s, "F001", "g").id == other.id and other.version == 1
 
 
+def test_a_coadded_reference_lists_its_inputs_and_knows_its_set(catalog):
+    with catalog.session() as s:
+        a, b, c = calibrated(s, 1), calibrated(s, 2), calibrated(s, 3)
+        single = queries.record_reference(s, "F001", "r", a, "/ref1", 1.2, 400.0, "best frame", "d1")
+        assert (single.n_inputs, queries.reference_input_keys(s, single)) == (1, [a.observation_id])
+        assert single.inputs_digest == queries.inputs_digest([a.observation_id])
+        inputs = [dict(observation_key=o.observation_id, weight=w, flux_scale=f, registration_rms_px=r,
+                       fwhm_px=2.5, n_rejected=n, is_anchor=o is b)
+                  for o, w, f, r, n in ((a, 0.3, 0.97, 0.03, 4), (b, 0.5, 1.0, None, 0), (c, 0.2, np.float64(1.1), 0.04, 0))]
+        coadd = queries.record_reference(s, "F001", "r", b, "/ref2", 1.0, 250.0, "co-add of 3", "d2", inputs=inputs,
+                                         psf_fwhm_px=2.7, limit_mag_5sigma=-5.1, mag_system="instrumental")
+    with catalog.session() as s:
+        current = queries.current_reference(s, "F001", "r")
+        assert (current.version, current.n_inputs, current.psf_fwhm_px, current.mag_system) == (2, 3, 2.7, "instrumental")
+        assert [i.weight for i in current.inputs] == [0.5, 0.3, 0.2]  # most informative first
+        assert [i.is_anchor for i in current.inputs] == [True, False, False]
+        assert queries.reference_input_keys(s, current) == sorted(o.observation_id for o in (a, b, c))
+        assert current.inputs_digest == queries.inputs_digest([c.observation_id, a.observation_id, b.observation_id])
+        assert queries.reference_containing(s, queries.get_observation(s, c.observation_id)).id == coadd.id
+        other = calibrated(s, 4)
+        assert queries.reference_containing(s, other) is None
+    with catalog.session() as s, pytest.raises(IntegrityError):  # the database refuses a weight outside 0..1
+        queries.record_reference(s, "F001", "r", b, "/ref3", 1.0, 250.0, "bad", "d3",
+                                 inputs=[dict(observation_key=b.observation_id, weight=1.5, flux_scale=1.0)])
+
+
 def test_difference_lifecycle_and_candidates(catalog):
     with catalog.session() as s:
         ref_obs, obs = calibrated(s, 1), calibrated(s, 2)

@@ -10,6 +10,7 @@ which is what callers should keep using.
 """
 
 import copy
+import hashlib
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -35,6 +36,7 @@ from dagster_project.catalog.schema.observations import (
     RawDataFile,
     RawFileStatus,
     ReferenceImage,
+    ReferenceInput,
     RunStatus,
     Survey,
 )
@@ -443,20 +445,52 @@ def current_reference(session: Session, field_name: str, filter_band: str) -> Re
                                                           ReferenceImage.is_current))
 
 
+def inputs_digest(observation_keys: Iterable[str]) -> str:
+    """sha256 of the sorted observation keys of a reference's inputs: equal digests, equal input sets."""
+    return hashlib.sha256("\n".join(sorted(observation_keys)).encode()).hexdigest()
+
+
+def reference_input_keys(session: Session, reference: ReferenceImage) -> list[str]:
+    """Observation keys of a reference version's inputs (its source frame for a version without any listed)."""
+    keys = session.scalars(sa.select(Observation.observation_id).join(
+        ReferenceInput, ReferenceInput.observation_id == Observation.id)
+        .where(ReferenceInput.reference_id == reference.id).order_by(Observation.observation_id)).all()
+    return list(keys) or [reference.source_observation.observation_id]
+
+
+def reference_containing(session: Session, observation: Observation) -> ReferenceImage | None:
+    """The current reference of the observation's field and band if the observation is one of its inputs."""
+    return session.scalar(sa.select(ReferenceImage).join(ReferenceInput, ReferenceInput.reference_id == ReferenceImage.id)
+                          .where(ReferenceImage.is_current, ReferenceInput.observation_id == observation.id))
+
+
 def record_reference(session: Session, field_name: str, filter_band: str, source_observation: Observation, path: str,
                      seeing: float | None, depth: float | None, selection_reason: str | None,
-                     dagster_run_id: str | None) -> ReferenceImage:
-    """Make a new reference version current for (field, band); the previous one stays, no longer current."""
+                     dagster_run_id: str | None, inputs: Sequence[dict[str, Any]] = (),
+                     **figures: Any) -> ReferenceImage:
+    """Make a new reference version current for (field, band); the previous one stays, no longer current.
+
+    ``inputs``: for a co-add, one mapping per input frame with its ``observation_key`` and the
+    :class:`ReferenceInput` fields; ``figures``: ``psf_fwhm_px``, ``limit_mag_5sigma``, ``mag_system``.
+    The version's ``n_inputs`` and ``inputs_digest`` follow from the inputs (the source frame alone
+    for a single-frame reference).
+    """
     latest = session.scalar(sa.select(sa.func.max(ReferenceImage.version))
                             .where(ReferenceImage.field_name == field_name, ReferenceImage.filter_band == filter_band))
     previous = current_reference(session, field_name, filter_band)
     if previous is not None:
         previous.is_current = False
         session.flush()  # before the insert: the partial unique index allows one current row
+    keys = [entry["observation_key"] for entry in inputs] or [source_observation.observation_id]
     reference = ReferenceImage(
         field_name=field_name, filter_band=filter_band, version=(latest or 0) + 1,
         source_observation_id=source_observation.id, path=path, seeing=seeing, depth=depth,
-        selection_reason=selection_reason, is_current=True, dagster_run_id=dagster_run_id)
+        selection_reason=selection_reason, is_current=True, dagster_run_id=dagster_run_id,
+        n_inputs=len(keys), inputs_digest=inputs_digest(keys), **figures)
+    for entry in inputs:
+        fields = {k: _plain(v) for k, v in entry.items() if k != "observation_key"}
+        reference.inputs.append(ReferenceInput(observation_id=get_observation(session, entry["observation_key"]).id,
+                                               **fields))
     session.add(reference)
     session.flush()
     return reference
