@@ -38,9 +38,54 @@ false-positive rate the pipeline is tuned for (about one positive per
 2048x2048 frame on the simulated nights, close to the Gaussian-noise floor).
 Flagged candidates stay in the table (a real transient next to a saturated
 star is still reported) so that nothing real is hidden.
+
+The candidate table
+-------------------
+One row per candidate, most significant first:
+
+* ``id`` (1-based), ``x``, ``y``: 0-based position on the new grid
+  (quadratic fit to the 3x3 pixels around the S_corr peak; next to
+  masked pixels a Gaussian fit to the valid ones), ``ra``, ``dec`` (deg).
+* ``flux``, ``flux_err``: ZOGY PSF-photometry flux (``result.flux``
+  interpolated at the position, across a bridged gap if need be;
+  new-image e- when F_n = 1), negative for fading sources; biased low
+  when part of the source is masked (see ``masked_fraction``).
+* ``snr`` = ``|flux| / flux_err``; ``scorr_peak`` (signed S_corr at the
+  position); ``significance`` = ``|scorr_peak|``; ``is_negative``.
+* ``fwhm`` (px), ``ellipticity``, ``position_angle`` (deg CCW from +x):
+  image moments of D (sign-flipped for negative sources, negative
+  pixels ignored) in the footprint.
+* ``sharpness``: peak of D within 1 px divided by the peak a point
+  source of this flux would have (``|flux| F_D max(P_D)``): ~0.7-1.2
+  for point sources, > 1.5 for cosmic rays and hot pixels, < 0.5 for
+  extended residuals.
+* ``n_opposite_pixels``: pixels within 2 FWHM with S_corr beyond
+  ``opposite_threshold`` of the opposite sign (dipoles from
+  mis-registration or PSF mismatch).
+* ``ref_distance_px``: distance (new-grid px) to the nearest reference
+  source (NaN without ``ref_sources``).
+* ``masked_fraction`` in the footprint; ``area``: pixels above threshold.
+* ``is_saturated``, ``is_edge``, ``is_sharp`` (see above),
+  ``is_blended`` (deblended, or another candidate within 2 FWHM;
+  not a reason for distrust) and ``is_good`` (none of the first three).
+
+``meta`` holds ``threshold`` and ``n_dropped_masked``.
+
+Steps of :func:`detect_transients`
+----------------------------------
+1. :func:`_bridged_maps`: S_corr, flux and flux_err bridged across narrow gaps.
+2. :func:`_signed_segments`: positive, then negative regions above the
+   threshold, deblended (:func:`_segments`), in one label image.
+3. :func:`_peak_positions`: peak pixel and sub-pixel position of each.
+4. :func:`_measure`: S_corr, flux, sharpness, masked fraction and flags at
+   each position, brightest first, and the footprints.
+5. :func:`_d_moments`: FWHM, ellipticity and angle of D in the footprints.
+6. :func:`_candidate_table`, :func:`_keep_and_sort`: the table, its
+   ``is_good`` flag, the masked candidates dropped.
 """
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from astropy.table import Table
@@ -53,6 +98,8 @@ from scipy.spatial import cKDTree
 
 from .masks import MaskBit
 from .zogy import ZogyResult
+
+__all__ = ["detect_transients"]
 
 _COLUMNS = (
     "id", "x", "y", "ra", "dec", "flux", "flux_err", "snr", "scorr_peak", "significance", "is_negative",
@@ -84,12 +131,15 @@ def _disk(cut_shape, cx, cy, radius):
     return (xx - cx) ** 2 + (yy - cy) ** 2 <= radius**2
 
 
-def _empty_table() -> Table:
+def _empty_table(threshold: float) -> Table:
+    """The table without candidates: every column, and the ``meta`` of the module notes."""
     bool_cols = {"is_negative", "is_saturated", "is_edge", "is_blended", "is_sharp", "is_good"}
     int_cols = {"id", "n_opposite_pixels", "area"}
-    return Table(
+    table = Table(
         {c: np.zeros(0, dtype=bool if c in bool_cols else int if c in int_cols else float) for c in _COLUMNS}
     )
+    table.meta.update(threshold=threshold, n_dropped_masked=0)
+    return table
 
 
 #: Invalid gaps up to ``2 * _BRIDGE_REACH - 1`` px wide along a row are bridged (see :func:`_bridge`).
@@ -208,17 +258,9 @@ def _peak_positions(labels: np.ndarray, sign_of: np.ndarray, filled: np.ndarray,
 
 
 def detect_transients(
-    result: ZogyResult,
-    mask: np.ndarray | None = None,
-    *,
-    threshold: float = 5.0,
-    wcs=None,
-    ref_sources: Table | None = None,
-    psf_fwhm: float | None = None,
-    edge_margin: int | None = None,
-    max_masked_fraction: float = 0.5,
-    max_sharpness: float = 2.0,
-    opposite_threshold: float = 3.0,
+    result: ZogyResult, mask: np.ndarray | None = None, *, threshold: float = 5.0, wcs=None,
+    ref_sources: Table | None = None, psf_fwhm: float | None = None, edge_margin: int | None = None,
+    max_masked_fraction: float = 0.5, max_sharpness: float = 2.0, opposite_threshold: float = 3.0,
     deblend: bool = True,
 ) -> Table:
     """Find positive and negative point sources in S_corr and measure them.
@@ -256,144 +298,229 @@ def detect_transients(
     Returns
     -------
     astropy.table.Table
-        One row per candidate, most significant first:
+        One row per candidate, most significant first, with the columns and
+        ``meta`` of *The candidate table* in the module notes.
 
-        * ``id`` (1-based), ``x``, ``y``: 0-based position on the new grid
-          (quadratic fit to the 3x3 pixels around the S_corr peak; next to
-          masked pixels a Gaussian fit to the valid ones), ``ra``, ``dec`` (deg).
-        * ``flux``, ``flux_err``: ZOGY PSF-photometry flux (``result.flux``
-          interpolated at the position, across a bridged gap if need be;
-          new-image e- when F_n = 1), negative for fading sources; biased low
-          when part of the source is masked (see ``masked_fraction``).
-        * ``snr`` = ``|flux| / flux_err``; ``scorr_peak`` (signed S_corr at the
-          position); ``significance`` = ``|scorr_peak|``; ``is_negative``.
-        * ``fwhm`` (px), ``ellipticity``, ``position_angle`` (deg CCW from +x):
-          image moments of D (sign-flipped for negative sources, negative
-          pixels ignored) in the footprint.
-        * ``sharpness``: peak of D within 1 px divided by the peak a point
-          source of this flux would have (``|flux| F_D max(P_D)``): ~0.7-1.2
-          for point sources, > 1.5 for cosmic rays and hot pixels, < 0.5 for
-          extended residuals.
-        * ``n_opposite_pixels``: pixels within 2 FWHM with S_corr beyond
-          ``opposite_threshold`` of the opposite sign (dipoles from
-          mis-registration or PSF mismatch).
-        * ``ref_distance_px``: distance (new-grid px) to the nearest reference
-          source (NaN without ``ref_sources``).
-        * ``masked_fraction`` in the footprint; ``area``: pixels above threshold.
-        * ``is_saturated``, ``is_edge``, ``is_sharp`` (see the module notes),
-          ``is_blended`` (deblended, or another candidate within 2 FWHM;
-          not a reason for distrust) and ``is_good`` (none of the first three).
+    Examples
+    --------
+    A new source at (45, 40) and a star in both images (twice as bright in the reference):
 
-        ``meta`` holds ``threshold`` and ``n_dropped_masked``.
+    >>> from dagster_project.science.psf_models import moffat_stamp, render_point_sources
+    >>> from dagster_project.science.zogy import zogy
+    >>> rng = np.random.default_rng(1)
+    >>> star_n = render_point_sources((64, 64), [20.0, 45.0], [20.0, 40.0], [3000.0, 1500.0], 2.5, stamp_size=15)
+    >>> star_r = render_point_sources((64, 64), [20.0], [20.0], [6000.0], 3.5, stamp_size=15)
+    >>> var_n, var_r = star_n + 100.0, star_r + 100.0
+    >>> new, ref = (m + rng.normal(size=m.shape) * np.sqrt(v) for m, v in ((star_n, var_n), (star_r, var_r)))
+    >>> result = zogy(new, ref, moffat_stamp(15, 2.5), moffat_stamp(15, 3.5), var_new=var_n, var_ref=var_r,
+    ...               sigma_new=10.0, sigma_ref=10.0, flux_ratio_ref=2.0)
+    >>> candidates = detect_transients(result)
+    >>> len(candidates), [round(float(candidates[c][0])) for c in ("x", "y")], bool(candidates["is_good"][0])
+    (1, [45, 40], True)
     """
-    scorr = result.S_corr
-    if mask is not None and np.shape(mask) != scorr.shape:
-        raise ValueError(f"mask shape {np.shape(mask)} differs from S_corr shape {scorr.shape}")
-    if not threshold > 0:
-        raise ValueError(f"threshold must be > 0, got {threshold}")
-    mask = np.zeros(scorr.shape, dtype=np.uint16) if mask is None else np.asarray(mask)
+    _check_arguments(result, mask, threshold)
+    mask = np.zeros(result.S_corr.shape, dtype=np.uint16) if mask is None else np.asarray(mask)
     fwhm = _psf_fwhm(result.P_D) if psf_fwhm is None else float(psf_fwhm)
     edge_margin = int(np.ceil(2.0 * fwhm)) if edge_margin is None else int(edge_margin)
+    maps = _bridged_maps(result, mask)
+    segments = _signed_segments(maps, threshold, 2.0 * np.pi * fwhm**2 / 4.0 if deblend else None)
+    if segments.n == 0:
+        return _empty_table(threshold)
+    xpk, ypk, x, y, area = _peak_positions(segments.labels, segments.sign_of, maps.filled, maps.original,
+                                           maps.unusable, maps.invalid)
+    found = _measure(maps, mask, result, segments.sign_of, xpk, ypk, x, y, fwhm, opposite_threshold)
+    found.is_edge |= _near_border(x, y, maps.scorr.shape, edge_margin)
+    table = _candidate_table(x, y, area, segments, found, _d_moments(result.D, found.footprints, segments.sign_of,
+                                                                     maps.invalid),
+                             _is_blended(segments.is_deblended, x, y, fwhm), _ref_distance(ref_sources, x, y),
+                             _sky_positions(wcs, x, y))
+    return _keep_and_sort(table, found.masked_fraction, threshold, max_sharpness, max_masked_fraction)
+
+
+def _check_arguments(result: ZogyResult, mask, threshold: float) -> None:
+    """ValueError for a mask of another shape than S_corr or a threshold that is not > 0."""
+    if mask is not None and np.shape(mask) != result.S_corr.shape:
+        raise ValueError(f"mask shape {np.shape(mask)} differs from S_corr shape {result.S_corr.shape}")
+    if not threshold > 0:
+        raise ValueError(f"threshold must be > 0, got {threshold}")
+
+
+@dataclass
+class _Bridged:
+    """The ZOGY maps as the detection reads them (see the module notes on masked pixels)."""
+
+    invalid: np.ndarray  # S_corr not finite, or flagged by ZOGY
+    masked: np.ndarray  # invalid, or any bit of the mask
+    original: np.ndarray  # S_corr, NaN where invalid
+    scorr: np.ndarray  # S_corr bridged across narrow invalid gaps (:func:`_bridge`)
+    unusable: np.ndarray  # still NaN after the bridging
+    filled: np.ndarray  # the bridged S_corr, 0 where unusable
+    flux: np.ndarray  # bridged flux and flux_err maps
+    flux_err: np.ndarray
+
+
+def _bridged_maps(result: ZogyResult, mask: np.ndarray) -> _Bridged:
+    """Sources are found and measured on maps bridged across narrow invalid gaps (masked columns,
+    cosmic-ray patches); the masked fraction and the flags still come from the true masks."""
+    scorr = result.S_corr
     invalid = ~np.isfinite(scorr) | result.mask
     masked = invalid | (mask != 0)
-    # Sources are found and measured on maps bridged across narrow invalid gaps (masked columns,
-    # cosmic-ray patches); the masked fraction and the flags still come from the true masks.
     original = np.where(invalid, np.float32(np.nan), scorr)
-    scorr = _bridge(scorr, invalid)
-    unusable = ~np.isfinite(scorr)
-    filled = np.where(unusable, np.float32(0), scorr)
-    flux_map, flux_err_map = _bridge(result.flux, invalid), _bridge(result.flux_err, invalid)
-    ny, nx = scorr.shape
+    bridged = _bridge(scorr, invalid)
+    unusable = ~np.isfinite(bridged)
+    filled = np.where(unusable, np.float32(0), bridged)
+    return _Bridged(invalid, masked, original, bridged, unusable, filled, _bridge(result.flux, invalid),
+                    _bridge(result.flux_err, invalid))
 
-    # One label image: positive sources first, then negative ones.
-    labels = np.zeros(scorr.shape, dtype=np.int32)
+
+@dataclass
+class _SignedSegments:
+    """One label image of the positive sources (labels 1...) then the negative ones."""
+
+    labels: np.ndarray
+    sign_of: np.ndarray  # +1.0 or -1.0 for label i + 1
+    is_deblended: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return len(self.sign_of)
+
+
+def _signed_segments(maps: _Bridged, threshold: float, deblend_area: float | None) -> _SignedSegments:
+    """Regions of S_corr above ``threshold`` and below ``-threshold`` (:func:`_segments`), labelled together."""
+    labels = np.zeros(maps.scorr.shape, dtype=np.int32)
     sign_of, is_deblended = [], []
-    deblend_area = 2.0 * np.pi * fwhm**2 / 4.0 if deblend else None
     for sign in (1.0, -1.0):
-        segm, blended = _segments(sign * filled, unusable, threshold, deblend_area)
+        segm, blended = _segments(sign * maps.filled, maps.unusable, threshold, deblend_area)
         if segm is None:
             continue
         labels[segm.data > 0] = segm.data[segm.data > 0] + len(sign_of)
         is_deblended.extend(lab in blended for lab in segm.labels)
         sign_of.extend([sign] * segm.n_labels)
+    return _SignedSegments(labels, np.asarray(sign_of), np.asarray(is_deblended, dtype=bool))
+
+
+@dataclass
+class _Measured:
+    """What :func:`_measure` finds at each candidate's position."""
+
+    scorr_peak: np.ndarray
+    flux: np.ndarray
+    flux_err: np.ndarray
+    sharpness: np.ndarray
+    n_opposite: np.ndarray
+    masked_fraction: np.ndarray
+    is_saturated: np.ndarray
+    is_edge: np.ndarray
+    footprints: np.ndarray  # label image: disk of radius FWHM per candidate, for the D moments
+
+
+def _measure(maps: _Bridged, mask, result: ZogyResult, sign_of, xpk, ypk, x, y, fwhm: float,
+             opposite_threshold: float) -> _Measured:
+    """S_corr, flux and its error, sharpness, opposite-sign pixels, masked fraction, flags and footprints.
+
+    The brightest candidates claim their footprint pixels first.
+    """
     n = len(sign_of)
-    if n == 0:
-        table = _empty_table()
-        table.meta.update(threshold=threshold, n_dropped_masked=0)
-        return table
-    sign_of = np.asarray(sign_of)
-
-    xpk, ypk, x, y, area = _peak_positions(labels, sign_of, filled, original, unusable, invalid)
-
     scorr_peak, flux, flux_err, sharpness = (np.full(n, np.nan) for _ in range(4))
-    n_opposite = np.zeros(n, dtype=int)
-    masked_fraction = np.zeros(n)
-    is_saturated = np.zeros(n, dtype=bool)
-    is_edge = np.zeros(n, dtype=bool)
-    footprints = np.zeros(scorr.shape, dtype=np.int32)  # disk of radius FWHM per candidate, for D moments
+    m = _Measured(scorr_peak, flux, flux_err, sharpness, np.zeros(n, dtype=int), np.zeros(n),
+                  np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), np.zeros(maps.scorr.shape, dtype=np.int32))
     peak_psf = result.F_D * float(result.P_D.max())
     r_flag = 2.0 * fwhm
     h = int(np.ceil(r_flag))
-    for i in np.argsort(-np.abs(filled[ypk.astype(int), xpk.astype(int)])):  # brightest claim footprints first
+    for i in np.argsort(-np.abs(maps.filled[ypk.astype(int), xpk.astype(int)])):
         sign = sign_of[i]
-        scorr_peak[i] = _interpolate(scorr, x[i], y[i])
-        flux[i] = _interpolate(flux_map, x[i], y[i])
-        flux_err[i] = _interpolate(flux_err_map, x[i], y[i])
+        m.scorr_peak[i] = _interpolate(maps.scorr, x[i], y[i])
+        m.flux[i] = _interpolate(maps.flux, x[i], y[i])
+        m.flux_err[i] = _interpolate(maps.flux_err, x[i], y[i])
         ix, iy = int(round(x[i])), int(round(y[i]))
         y0, x0 = max(iy - h, 0), max(ix - h, 0)
         sl = (slice(y0, iy + h + 1), slice(x0, ix + h + 1))
-        near = _disk(scorr[sl].shape, x[i] - x0, y[i] - y0, r_flag)
-        core = _disk(scorr[sl].shape, x[i] - x0, y[i] - y0, fwhm)
-        n_opposite[i] = int(np.count_nonzero((-sign * filled[sl] > opposite_threshold) & near))
-        masked_fraction[i] = float(masked[sl][core].mean())
+        near = _disk(maps.scorr[sl].shape, x[i] - x0, y[i] - y0, r_flag)
+        core = _disk(maps.scorr[sl].shape, x[i] - x0, y[i] - y0, fwhm)
+        m.n_opposite[i] = int(np.count_nonzero((-sign * maps.filled[sl] > opposite_threshold) & near))
+        m.masked_fraction[i] = float(maps.masked[sl][core].mean())
         bits = np.bitwise_or.reduce(mask[sl][near].ravel()) if near.any() else 0
-        is_saturated[i] = bool(bits & _SATURATION_BITS)
-        is_edge[i] = bool(bits & MaskBit.EDGE)
-        footprints[sl][core & (footprints[sl] == 0)] = i + 1
+        m.is_saturated[i] = bool(bits & _SATURATION_BITS)
+        m.is_edge[i] = bool(bits & MaskBit.EDGE)
+        m.footprints[sl][core & (m.footprints[sl] == 0)] = i + 1
         d_near = sign * result.D[max(iy - 1, 0) : iy + 2, max(ix - 1, 0) : ix + 2]
-        if np.isfinite(d_near).any() and np.isfinite(flux[i]) and flux[i] != 0:
-            sharpness[i] = float(np.nanmax(d_near)) / (abs(flux[i]) * peak_psf)
+        if np.isfinite(d_near).any() and np.isfinite(m.flux[i]) and m.flux[i] != 0:
+            m.sharpness[i] = float(np.nanmax(d_near)) / (abs(m.flux[i]) * peak_psf)
+    return m
 
-    # Moments of D in the footprints (SourceCatalog ignores negative pixels for moments).
+
+def _d_moments(D: np.ndarray, footprints: np.ndarray, sign_of: np.ndarray, invalid: np.ndarray):
+    """FWHM, ellipticity and orientation of D in each footprint (SourceCatalog ignores negative pixels)."""
+    n = len(sign_of)
     d_fwhm, d_ell, d_pa = (np.full(n, np.nan) for _ in range(3))
     present = np.unique(footprints[footprints > 0])
     if present.size:
         sign_map = np.zeros(n + 1)
         sign_map[1:] = sign_of
-        signed_d = np.where(invalid, 0.0, result.D * sign_map[footprints])
+        signed_d = np.where(invalid, 0.0, D * sign_map[footprints])
         cat = SourceCatalog(signed_d, SegmentationImage(footprints), mask=invalid)
         rows = present - 1
         d_fwhm[rows] = np.asarray(cat.fwhm.value, dtype=float)
         d_ell[rows] = np.asarray(cat.ellipticity.value, dtype=float)
         d_pa[rows] = np.asarray(cat.orientation.value, dtype=float)
+    return d_fwhm, d_ell, d_pa
 
-    is_edge |= (x < edge_margin) | (y < edge_margin) | (x > nx - 1 - edge_margin) | (y > ny - 1 - edge_margin)
-    is_blended = np.asarray(is_deblended, dtype=bool)
-    if n > 1:
+
+def _near_border(x, y, shape: tuple[int, int], edge_margin: int) -> np.ndarray:
+    """Positions closer than ``edge_margin`` px to the frame border."""
+    ny, nx = shape
+    return (x < edge_margin) | (y < edge_margin) | (x > nx - 1 - edge_margin) | (y > ny - 1 - edge_margin)
+
+
+def _is_blended(is_deblended: np.ndarray, x, y, fwhm: float) -> np.ndarray:
+    """Deblended, or another candidate within 2 FWHM."""
+    is_blended = is_deblended
+    if len(x) > 1:
         d_nn, _ = cKDTree(np.column_stack([x, y])).query(np.column_stack([x, y]), k=2)
         is_blended |= d_nn[:, 1] < 2.0 * fwhm
-    ref_distance = np.full(n, np.nan)
+    return is_blended
+
+
+def _ref_distance(ref_sources: Table | None, x, y) -> np.ndarray:
+    """Distance (px) to the nearest reference source; NaN without any."""
     if ref_sources is not None and len(ref_sources) > 0:
         ref_xy = np.column_stack([np.asarray(ref_sources["x"], float), np.asarray(ref_sources["y"], float)])
-        ref_distance, _ = cKDTree(ref_xy).query(np.column_stack([x, y]))
-    ra, dec = np.full(n, np.nan), np.full(n, np.nan)
+        return cKDTree(ref_xy).query(np.column_stack([x, y]))[0]
+    return np.full(len(x), np.nan)
+
+
+def _sky_positions(wcs, x, y) -> tuple[np.ndarray, np.ndarray]:
+    """RA and Dec (deg) of the positions; NaN without a celestial WCS."""
     if wcs is not None and wcs.has_celestial:
         ra, dec = (np.asarray(v, dtype=float) for v in wcs.celestial.pixel_to_world_values(x, y))
+        return ra, dec
+    return np.full(len(x), np.nan), np.full(len(x), np.nan)
 
-    table = Table(
+
+def _candidate_table(x, y, area, segments: _SignedSegments, m: _Measured, moments, is_blended, ref_distance,
+                     sky) -> Table:
+    """Every candidate, in label order, with the columns of the module notes but ``is_sharp`` and ``is_good``."""
+    (ra, dec), (d_fwhm, d_ell, d_pa) = sky, moments
+    return Table(
         {
-            "id": np.zeros(n, dtype=int),
+            "id": np.zeros(segments.n, dtype=int),
             "x": x, "y": y, "ra": ra, "dec": dec,
-            "flux": flux, "flux_err": flux_err, "snr": np.abs(flux) / flux_err,
-            "scorr_peak": scorr_peak, "significance": np.abs(scorr_peak), "is_negative": sign_of < 0,
-            "fwhm": d_fwhm, "ellipticity": d_ell, "position_angle": d_pa, "sharpness": sharpness,
-            "n_opposite_pixels": n_opposite, "ref_distance_px": ref_distance,
-            "masked_fraction": masked_fraction, "area": area,
-            "is_saturated": is_saturated, "is_edge": is_edge, "is_blended": is_blended,
+            "flux": m.flux, "flux_err": m.flux_err, "snr": np.abs(m.flux) / m.flux_err,
+            "scorr_peak": m.scorr_peak, "significance": np.abs(m.scorr_peak), "is_negative": segments.sign_of < 0,
+            "fwhm": d_fwhm, "ellipticity": d_ell, "position_angle": d_pa, "sharpness": m.sharpness,
+            "n_opposite_pixels": m.n_opposite, "ref_distance_px": ref_distance,
+            "masked_fraction": m.masked_fraction, "area": area,
+            "is_saturated": m.is_saturated, "is_edge": m.is_edge, "is_blended": is_blended,
         }
     )
+
+
+def _keep_and_sort(table: Table, masked_fraction, threshold: float, max_sharpness: float,
+                   max_masked_fraction: float) -> Table:
+    """``is_sharp`` and ``is_good`` added, too masked candidates dropped, most significant first, ids from 1."""
     with np.errstate(invalid="ignore"):
-        table["is_sharp"] = sharpness > max_sharpness
+        table["is_sharp"] = table["sharpness"] > max_sharpness
     table["is_good"] = ~(table["is_saturated"] | table["is_edge"] | table["is_sharp"])
     keep = masked_fraction <= max_masked_fraction
     table = table[keep]
