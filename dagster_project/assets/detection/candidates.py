@@ -1,8 +1,8 @@
-"""candidates: detections on S_corr written to the catalog, with cutouts of the most significant."""
+"""candidates: an observation's transient candidates as the difference recorded them in the catalog, as a
+table (candidates.ecsv) with cutouts of the most significant, and the check on their number."""
 
 from pathlib import Path
 
-import numpy as np
 from astropy.table import Table
 from dagster import AssetCheckResult, MetadataValue
 
@@ -12,53 +12,17 @@ from dagster_project.pipeline import PartitionOutput, artifacts, inputs, observa
 from dagster_project.rendering.preview import cutout_triplet_png
 from dagster_project.resources import CatalogResource, PipelineConfigResource, StoreResource
 
-#: detection columns kept as real/bogus features on each Candidate row
-FEATURE_COLUMNS = ("scorr_peak", "sharpness", "n_opposite_pixels", "ref_distance_px", "masked_fraction", "is_sharp",
-                   "is_good", "id")
 N_CUTOUTS = 3
 
 
-def candidate_rows(detections: Table) -> list[dict]:
-    """Catalog rows (Candidate columns) from the detection table; rows without sky coordinates are dropped."""
-    features = [c for c in FEATURE_COLUMNS if c in detections.colnames]
-    rows = []
-    for d in detections:
-        if not (np.isfinite(d["ra"]) and np.isfinite(d["dec"])):
-            continue
-        rows.append({
-            "ra": float(d["ra"]) % 360.0, "dec": float(d["dec"]), "pixel_x": float(d["x"]), "pixel_y": float(d["y"]),
-            "flux": _finite(d["flux"]), "flux_error": _finite(d["flux_err"]), "significance": _finite(d["significance"]),
-            "snr": _finite(d["snr"]), "fwhm": _finite(d["fwhm"]), "ellipticity": _clip01(d["ellipticity"]),
-            "position_angle": _finite(d["position_angle"]), "is_saturated": bool(d["is_saturated"]),
-            "is_blended": bool(d["is_blended"]), "is_edge": bool(d["is_edge"]), "is_negative": bool(d["is_negative"]),
-            "features": {c: _finite(d[c]) for c in features},
-        })
-    return rows
+#: the Candidate columns of candidates.ecsv, in order (then the real/bogus features, one column each)
+TABLE_COLUMNS = ("ra", "dec", "pixel_x", "pixel_y", "flux", "flux_error", "significance", "snr", "fwhm", "ellipticity",
+                 "position_angle", "is_saturated", "is_blended", "is_edge", "is_negative")
 
 
-def _finite(value) -> float | None:
-    value = float(value)
-    return value if np.isfinite(value) else None
-
-
-def _clip01(value) -> float | None:
-    value = _finite(value)
-    return None if value is None else min(max(value, 0.0), 0.999)
-
-
-def _candidates_or_failed(key: str, run_id: str, catalog: CatalogResource, store: StoreResource,
-                          pipeline: PipelineConfigResource) -> PartitionOutput:
-    """The observation is ``differenced`` once its candidates are stored, ``failed`` (with why) if they cannot be."""
-    try:
-        return _record_candidates(key, catalog, store, pipeline)
-    except Exception as exc:
-        with catalog.catalog().session() as session:
-            queries.candidates_not_recorded(session, key, f"candidates not recorded: {type(exc).__name__}: {exc}")
-        raise
-
-
-def _record_candidates(key: str, catalog: CatalogResource, store: StoreResource,
-                       pipeline: PipelineConfigResource) -> PartitionOutput:
+def _candidates(key: str, run_id: str, catalog: CatalogResource, store: StoreResource,
+                pipeline: PipelineConfigResource) -> PartitionOutput:
+    """The candidates the observation's difference recorded, from the catalog: their table, cutouts and check."""
     products = store.store()
     with catalog.catalog().session() as session:
         observation = queries.get_observation(session, key)
@@ -66,18 +30,14 @@ def _record_candidates(key: str, catalog: CatalogResource, store: StoreResource,
         if run is None or run.status not in (RunStatus.COMPLETED, RunStatus.SKIPPED):
             raise ValueError(f"{key} has no completed difference image")
         if run.status == RunStatus.SKIPPED:
-            queries.record_candidates(session, run, [])
-            queries.observation_materialized(session, key, pipeline.rebuild_policy())
             return PartitionOutput(
                 metadata={"n_candidates": 0, "skipped": run.error_message or "no difference image"},
                 checks=[AssetCheckResult(check_name="candidate_count_sane", passed=True)])
         diff_path = Path(run.difference_image_path)
         new_path = Path(observation.preprocess_run.processed_fits_path)
-        detections = Table.read(diff_path.with_name("detections.ecsv"), format="ascii.ecsv")
-        rows = candidate_rows(detections)
-        queries.record_candidates(session, run, rows)  # and the observation is differenced, in this transaction
-        queries.observation_materialized(session, key, pipeline.rebuild_policy())
-    table_path = products.write_table(diff_path.with_name("candidates.ecsv"), detections)
+        rows = [{c: getattr(candidate, c) for c in TABLE_COLUMNS} | {"features": dict(candidate.features or {})}
+                for candidate in queries.candidates_of_run(session, run)]
+    table_path = products.write_table(diff_path.with_name("candidates.ecsv"), _table(rows))
 
     positives = sorted((r for r in rows if not r["is_negative"]), key=lambda r: -(r["snr"] or 0))
     metadata = {
@@ -108,6 +68,19 @@ def _record_candidates(key: str, catalog: CatalogResource, store: StoreResource,
     )
 
 
+def _table(rows: list[dict]) -> Table:
+    """Catalog rows as a table: the Candidate columns, then each feature as a column (blank: None as NaN)."""
+    features = sorted({name for row in rows for name in row["features"]})
+    columns = {c: [row[c] for row in rows] for c in TABLE_COLUMNS}
+    columns.update({f: [_number(row["features"].get(f)) for row in rows] for f in features})
+    return Table({name: [_number(v) if not isinstance(v, bool) else v for v in values] if values else []
+                  for name, values in columns.items()})
+
+
+def _number(value):
+    return float("nan") if value is None else value
+
+
 def _markdown_table(rows: list[dict]) -> str:
     lines = ["| x | y | RA | Dec | S/N | flux (e-) | flags |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -118,8 +91,8 @@ def _markdown_table(rows: list[dict]) -> str:
 
 
 candidates = observation_asset(
-    "candidates", _candidates_or_failed, deps=["difference_image"], kinds={"table"},
+    "candidates", _candidates, deps=["difference_image"], kinds={"table"},
     checks={"candidate_count_sane": "Fewer candidates than the per-frame limit (more means a bad subtraction)."},
-    description="Transient candidates: peaks of |S_corr| above the threshold, with flux, SNR, shape, "
-    "flags and real/bogus features, in the catalog (Candidate) and as candidates.ecsv.",
+    description="Transient candidates of the difference (recorded in the catalog by difference_image), with "
+    "flux, SNR, shape, flags and real/bogus features, as candidates.ecsv and cutouts of the most significant.",
 )

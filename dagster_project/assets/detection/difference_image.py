@@ -1,8 +1,11 @@
-"""difference_image: the reference registered onto the new frame's grid, flux-scaled and ZOGY-subtracted."""
+"""difference_image: the reference registered onto the new frame's grid, flux-scaled and ZOGY-subtracted,
+and the transient candidates it emits (peaks of |S_corr|), recorded in the catalog with the difference."""
 
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+from astropy.table import Table
 from dagster import AllPartitionMapping, AssetCheckResult, AssetDep, Failure
 
 from dagster_project.catalog import queries
@@ -18,6 +21,37 @@ from dagster_project.store import ProductStore
 #: a good subtraction leaves S_corr with unit noise; outside this band something is mis-modelled
 SCORR_STD_RANGE = (0.8, 1.25)
 SCORR_CHECK = "scorr_noise_near_unity"
+#: detection columns kept as real/bogus features on each Candidate row
+FEATURE_COLUMNS = ("scorr_peak", "sharpness", "n_opposite_pixels", "ref_distance_px", "masked_fraction", "is_sharp",
+                   "is_good", "id")
+
+
+def candidate_rows(detections: Table) -> list[dict]:
+    """Catalog rows (Candidate columns) from the detection table; rows without sky coordinates are dropped."""
+    features = [c for c in FEATURE_COLUMNS if c in detections.colnames]
+    rows = []
+    for d in detections:
+        if not (np.isfinite(d["ra"]) and np.isfinite(d["dec"])):
+            continue
+        rows.append({
+            "ra": float(d["ra"]) % 360.0, "dec": float(d["dec"]), "pixel_x": float(d["x"]), "pixel_y": float(d["y"]),
+            "flux": _finite(d["flux"]), "flux_error": _finite(d["flux_err"]), "significance": _finite(d["significance"]),
+            "snr": _finite(d["snr"]), "fwhm": _finite(d["fwhm"]), "ellipticity": _clip01(d["ellipticity"]),
+            "position_angle": _finite(d["position_angle"]), "is_saturated": bool(d["is_saturated"]),
+            "is_blended": bool(d["is_blended"]), "is_edge": bool(d["is_edge"]), "is_negative": bool(d["is_negative"]),
+            "features": {c: _finite(d[c]) for c in features},
+        })
+    return rows
+
+
+def _finite(value) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _clip01(value) -> float | None:
+    value = _finite(value)
+    return None if value is None else min(max(value, 0.0), 0.999)
 
 
 @dataclass(frozen=True)
@@ -53,14 +87,12 @@ def _difference(key: str, run_id: str, catalog: CatalogResource, store: StoreRes
             "D": result.zogy.D, "SCORR": result.zogy.S_corr, "FLUX": result.zogy.flux,
             "FLUXERR": result.zogy.flux_err, "MASK": result.mask, "REF": result.ref_resampled.data,
         })
-        detections_path = products.write_table(pair.output.with_name("detections.ecsv"), result.candidates)
+        return _record(key, pair, result, params, catalog, products, pipeline, (characterization_path, written))
     except Exception as exc:
         with catalog.catalog().session() as session:
             queries.finish_difference_run(session, queries.get_difference_run(session, pair.run_id),
                                           status=RunStatus.FAILED, error_message=f"{type(exc).__name__}: {exc}")
         raise
-    return _record(key, pair, result, params, catalog, products, pipeline, detections_path,
-                   (characterization_path, written))
 
 
 def _start(key: str, dagster_run_id: str, catalog: CatalogResource, products: ProductStore,
@@ -92,20 +124,20 @@ def _start(key: str, dagster_run_id: str, catalog: CatalogResource, products: Pr
 
 
 def _record(key: str, pair: _Pair, result: DifferenceResult, params: DifferenceParams, catalog: CatalogResource,
-            products: ProductStore, pipeline: PipelineConfigResource, detections_path: Path,
+            products: ProductStore, pipeline: PipelineConfigResource,
             characterization: tuple[Path, bool]) -> PartitionOutput:
-    """The completed DifferenceRun and what the UI shows; ``characterization``: the reference's, and whether
-    this difference wrote it."""
+    """The completed DifferenceRun with its candidates, and what the UI shows; ``characterization``: the
+    reference's, and whether this difference wrote it."""
     quality = rounded({k: v for k, v in result.quality.items() if not isinstance(v, str)})
     output = pair.output
-    with catalog.catalog().session() as session:
-        queries.finish_difference_run(
+    with catalog.catalog().session() as session:  # one transaction: a difference is never without its candidates
+        run = queries.finish_difference_run(
             session, queries.get_difference_run(session, pair.run_id), status=RunStatus.COMPLETED,
             difference_image_path=str(output), significance_map_path=f"{output}[SCORR]",
             noise_level=result.zogy.d_std, detection_threshold=params.threshold,
-            # candidates_found and the observation's "differenced" come with the rows (the candidates asset)
             quality={**quality, "n_detections": len(result.candidates), "timings": result.timings},
             processing_time_seconds=result.timings.get("total"))
+        n_candidates = queries.record_candidates(session, run, candidate_rows(result.candidates))
         queries.observation_materialized(session, key, pipeline.rebuild_policy())
     scorr_ok = SCORR_STD_RANGE[0] <= result.zogy.scorr_std <= SCORR_STD_RANGE[1]
     preview = image_preview_png(result.zogy.D, mask=result.mask, max_size=256)
@@ -113,7 +145,7 @@ def _record(key: str, pair: _Pair, result: DifferenceResult, params: DifferenceP
     characterization_path, written = characterization
     return PartitionOutput(
         metadata={
-            **artifacts(difference_image=output, detections_table=detections_path, difference_preview=preview_path),
+            **artifacts(difference_image=output, difference_preview=preview_path), "n_candidates": n_candidates,
             **inputs(calibrated_image=pair.new_path, reference_image=pair.lineage["reference_path"],
                      reference_characterization=characterization_path), "size_mb": size_mb(output),
             # written here only for a reference version frozen without it (reference_image writes it)
@@ -135,5 +167,6 @@ difference_image = observation_asset(
     deps=["calibrated_image", AssetDep("reference_image", partition_mapping=AllPartitionMapping())],
     checks={SCORR_CHECK: f"Robust std of S_corr within {SCORR_STD_RANGE}."},
     description="ZOGY proper difference (D, S_corr, PSF-photometry flux and error) of the calibrated frame "
-    "minus its field's current reference, on the new frame's pixel grid.",
+    "minus its field's current reference, on the new frame's pixel grid, and the candidates it emits (peaks of "
+    "|S_corr| above the threshold), recorded in the catalog (Candidate) with the difference.",
 )

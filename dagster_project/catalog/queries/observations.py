@@ -537,13 +537,10 @@ def record_candidates(session: Session, difference_run: DifferenceRun, rows: Seq
     return stored
 
 
-def candidates_not_recorded(session: Session, observation_id: str, reason: str) -> Observation:
-    """The candidates of a completed difference could not be stored: the observation is failed, with why."""
-    observation = get_observation(session, observation_id)
-    if observation.status == ObservationStatus.DIFFERENCING:
-        transition(observation, ObservationStatus.FAILED, reason=reason)
-    session.flush()
-    return observation
+def candidates_of_run(session: Session, difference_run: DifferenceRun) -> list[Candidate]:
+    """The candidates a difference attempt recorded, by pixel row then column."""
+    return list(session.scalars(sa.select(Candidate).where(Candidate.difference_run_id == difference_run.id)
+                                .order_by(Candidate.pixel_y, Candidate.pixel_x)))
 
 
 _FLAGS = (("saturated", Candidate.is_saturated), ("blended", Candidate.is_blended), ("edge", Candidate.is_edge),
