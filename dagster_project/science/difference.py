@@ -85,6 +85,23 @@ from .registration import Registration, register_images, resample_planes
 from .zogy import ZogyResult, zogy
 from .zogy_tiles import Tile, tile_grid, tile_margin, zogy_tiled
 
+__all__ = [
+    "CHARACTERIZATION_FIELDS",
+    "CHARACTERIZATION_STEPS",
+    "DifferenceParams",
+    "DifferenceResult",
+    "ImageCharacterization",
+    "characterization_params",
+    "characterize_for_difference",
+    "default_psf_tiles",
+    "difference_images",
+    "hidden_flux",
+    "saturation_halo",
+    "subtract_background",
+    "tile_psfs",
+    "zogy_tile_count",
+]
+
 
 @dataclass
 class DifferenceParams:
@@ -185,7 +202,23 @@ class DifferenceResult:
         New mask OR resampled reference mask, with the saturated stars'
         ``SATURATION_HALO`` of both: the pixels ZOGY excluded.
     quality : dict
-        Scalar figures for the catalogue (see :func:`difference_images`).
+        Scalar figures for the catalogue: ``registration_rms_px``, ``registration_rms_x_px``,
+        ``registration_rms_y_px``, ``registration_n_matched``,
+        ``registration_method``, ``flux_ratio``, ``flux_ratio_err``,
+        ``flux_ratio_n_stars``, ``flux_ratio_n_rejected``, ``fwhm_new_px``,
+        ``fwhm_ref_px`` (resampled), ``fwhm_ref_native_px``,
+        ``sigma_new``, ``sigma_ref`` (e-), ``scorr_std``, ``d_std``,
+        ``depth_5sigma_e`` (median 5-sigma point-source flux of the
+        difference, new-image e-), ``valid_fraction`` (of pixels with valid
+        outputs), ``psf_tiles`` (tiles per side), ``fwhm_tile_spread_new``,
+        ``fwhm_tile_spread_ref`` (relative range of the per-tile median star
+        FWHM; None when fewer than two tiles have 3 stars), ``zogy_tiles``
+        (ZOGY sub-images per side, 1: one PSF per image),
+        ``zogy_tiles_psf_fallback`` (tiles where the new or the reference
+        tile PSF could not be fitted and the whole-frame one was used),
+        ``zogy_tiles_reason`` (str: why that many tiles), ``n_candidates``,
+        ``n_positive``, ``n_negative``, ``n_good`` (candidates with
+        ``is_good``).
     timings : dict
         Seconds spent per step.
     """
@@ -528,7 +561,7 @@ def difference_images(
     ref_characterization: ImageCharacterization | None = None,
     new_characterization: ImageCharacterization | None = None,
 ) -> DifferenceResult:
-    """Register, PSF-match (ZOGY) and subtract ``ref`` from ``new``; detect transients.
+    """Register, PSF-match (ZOGY) and subtract ``ref`` from ``new``; detect transients (steps: module notes).
 
     Parameters
     ----------
@@ -545,33 +578,70 @@ def difference_images(
     Returns
     -------
     DifferenceResult
-        ``quality`` keys: ``registration_rms_px``, ``registration_rms_x_px``,
-        ``registration_rms_y_px``, ``registration_n_matched``,
-        ``registration_method``, ``flux_ratio``, ``flux_ratio_err``,
-        ``flux_ratio_n_stars``, ``flux_ratio_n_rejected``, ``fwhm_new_px``,
-        ``fwhm_ref_px`` (resampled), ``fwhm_ref_native_px``,
-        ``sigma_new``, ``sigma_ref`` (e-), ``scorr_std``, ``d_std``,
-        ``depth_5sigma_e`` (median 5-sigma point-source flux of the
-        difference, new-image e-), ``valid_fraction`` (of pixels with valid
-        outputs), ``psf_tiles`` (tiles per side), ``fwhm_tile_spread_new``,
-        ``fwhm_tile_spread_ref`` (relative range of the per-tile median star
-        FWHM; None when fewer than two tiles have 3 stars), ``zogy_tiles``
-        (ZOGY sub-images per side, 1: one PSF per image),
-        ``zogy_tiles_psf_fallback`` (tiles where the new or the reference
-        tile PSF could not be fitted and the whole-frame one was used),
-        ``zogy_tiles_reason`` (str: why that many tiles), ``n_candidates``,
-        ``n_positive``, ``n_negative``, ``n_good`` (candidates with
-        ``is_good``).
+        Its ``quality`` keys are listed in :class:`DifferenceResult`.
 
     Raises
     ------
     PSFError, RegistrationError, FluxScaleError
         With a message naming the image and the reason.
     ValueError
-        Inconsistent input planes, or a characterization computed with other parameters or of
-        another image shape.
+        Inconsistent input planes, or a characterization of other parameters or of another image shape.
+
+    Examples
+    --------
+    25 stars, the new image shifted by 3.2 px (its WCS too), sharper, with a new source at (95, 65):
+
+    >>> from dagster_project.science.astrometry import nominal_wcs_header
+    >>> from dagster_project.science.masks import empty_mask
+    >>> from dagster_project.science.psf_models import render_point_sources
+    >>> rng = np.random.default_rng(2)
+    >>> yy, xx = np.mgrid[20:160:30, 20:160:30] + rng.uniform(-5, 5, (2, 5, 5))
+    >>> x, y, f = xx.ravel(), yy.ravel(), 10 ** rng.uniform(4, 5, 25)
+    >>> def planes(fwhm, dx, extra=((), (), ())):
+    ...     sky = render_point_sources((160, 160), [*(x + dx), *extra[0]], [*y, *extra[1]], [*f, *extra[2]], fwhm) + 300
+    ...     data = (sky + rng.normal(size=sky.shape) * np.sqrt(sky)).astype(np.float32)
+    ...     header = nominal_wcs_header(150.0, 2.0, 0.6, (80.5 + dx, 80.5))
+    ...     return ImagePlanes(data, sky.astype(np.float32), empty_mask(sky.shape), header)
+    >>> result = difference_images(planes(2.5, 3.2, ([95.0], [65.0], [1e4])), planes(3.2, 0.0))
+    >>> result.registration.method, [round(float(result.candidates[c][0])) for c in ("x", "y")]
+    ('wcs', [95, 65])
     """
     params = DifferenceParams() if params is None else params
+    _check_inputs(new, ref, params, new_characterization, ref_characterization)
+    char_new = new_characterization or characterize_for_difference(new, params, "new image")
+    char_ref = ref_characterization or characterize_for_difference(ref, params, "reference")
+    timer = _Timer()
+    new_sub, ref_sub = subtract_background(new, char_new.background), subtract_background(ref, char_ref.background)
+    timer.lap("background")
+    _count_characterizations(timer, (char_new, new_characterization), (char_ref, ref_characterization))
+    pos_new, pos_ref = _fitted_positions(new_sub, new, char_new), _fitted_positions(ref_sub, ref, char_ref)
+    timer.lap("positions")
+    n_tiles = params.psf_tiles or default_psf_tiles(new.shape)
+    spreads = {"new": _fwhm_spread(new_sub, new, char_new.psf, pos_new, n_tiles),
+               "ref": _fwhm_spread(ref_sub, ref, char_ref.psf, pos_ref, n_tiles)}
+    timer.lap("psf_variation")
+    registration = _register(pos_new, pos_ref, new, ref, params)
+    timer.lap("registration")
+    grid = _common_grid(new, ref, new_sub, ref_sub, char_new, char_ref, pos_new, pos_ref, registration, params, timer)
+    flux_scale = _flux_scale(grid, params)
+    timer.lap("flux_scale")
+    subtraction = _subtract(grid, new, char_new, char_ref, flux_scale, registration, spreads, n_tiles, params)
+    timer.lap("zogy")
+    candidates = _candidates(subtraction.result, grid.mask, char_ref.stars, registration, new, params)
+    timer.lap("detection")
+    quality = _quality(registration, flux_scale, grid, char_new, char_ref, subtraction, candidates)
+    timer.timings["total"] = round(sum(timer.timings.values()), 4)
+    return DifferenceResult(
+        zogy=subtraction.result, candidates=candidates, psf_new=grid.psf_new, psf_ref=grid.psf_ref,
+        registration=registration, flux_scale=flux_scale, ref_resampled=grid.ref, mask=grid.mask, quality=quality,
+        timings=timer.timings,
+    )
+
+
+def _check_inputs(new: ImagePlanes, ref: ImagePlanes, params: DifferenceParams,
+                  new_characterization: ImageCharacterization | None,
+                  ref_characterization: ImageCharacterization | None) -> None:
+    """ValueError for bad ``zogy_tiles``, inconsistent planes, or a characterization that does not fit."""
     if params.zogy_tiles is not None and params.zogy_tiles < 1:
         raise ValueError(f"zogy_tiles must be None or >= 1, got {params.zogy_tiles}")
     for label, planes in (("new", new), ("reference", ref)):
@@ -585,115 +655,157 @@ def difference_images(
         if given is not None and given.background.shape != planes.data.shape:
             raise ValueError(f"{label} characterization is of a {given.background.shape} image, "
                              f"not of this {planes.data.shape} one")
-    char_new = new_characterization or characterize_for_difference(new, params, "new image")
-    char_ref = ref_characterization or characterize_for_difference(ref, params, "reference")
-    timer = _Timer()
-    new_sub, ref_sub = subtract_background(new, char_new.background), subtract_background(ref, char_ref.background)
-    timer.lap("background")
-    # the steps of the images characterized here; a given characterization cost nothing now
-    computed = [c for c, given in ((char_new, new_characterization), (char_ref, ref_characterization)) if given is None]
+
+
+def _count_characterizations(timer: _Timer, *used_and_given) -> None:
+    """Add the steps of the images characterized here to the timings; a given characterization cost nothing now.
+
+    ``used_and_given``: ``(characterization used, characterization given or None)`` of each image.
+    """
+    computed = [c for c, given in used_and_given if given is None]
     for step in CHARACTERIZATION_STEPS:
         timer.timings[step] = round(timer.timings.get(step, 0.0) + sum(c.timings[step] for c in computed), 4)
-    stars_new, stars_ref = char_new.stars, char_ref.stars
-    psf_new, psf_ref_native = char_new.psf, char_ref.psf
 
-    pos_new = psf_photometry(
-        new_sub, new.variance, new.mask, psf_new, stars_new["x"], stars_new["y"], fit_positions=True
+
+def _fitted_positions(image: np.ndarray, planes: ImagePlanes, char: ImageCharacterization) -> Table:
+    """Step 4: PSF-fit positions (and fluxes) of the image's stars, those with a finite flux."""
+    stars = char.stars
+    pos = psf_photometry(image, planes.variance, planes.mask, char.psf, stars["x"], stars["y"], fit_positions=True)
+    return pos[np.isfinite(pos["flux"])]
+
+
+def _fwhm_spread(image: np.ndarray, planes: ImagePlanes, psf: PSFModel, pos: Table, n_tiles: int) -> float:
+    """Step 5: relative range of the median star FWHM over ``n_tiles`` x ``n_tiles`` tiles (see the module notes)."""
+    fwhm_each = star_fwhm(image, planes.variance, planes.mask, psf, pos["x"], pos["y"])
+    return fwhm_tile_spread(pos["x"], pos["y"], fwhm_each, planes.shape, n_tiles)[1]
+
+
+def _register(pos_new: Table, pos_ref: Table, new: ImagePlanes, ref: ImagePlanes,
+              params: DifferenceParams) -> Registration:
+    """Step 6: :func:`~dagster_project.science.registration.register_images` with the parameters."""
+    return register_images(
+        pos_new, pos_ref, new.wcs, ref.wcs, match_radius=params.match_radius_px,
+        max_wcs_offset=params.max_wcs_offset_px, min_matches=params.min_matches, max_rms=params.max_registration_rms_px,
     )
-    pos_ref = psf_photometry(
-        ref_sub, ref.variance, ref.mask, psf_ref_native, stars_ref["x"], stars_ref["y"], fit_positions=True
-    )
-    pos_new = pos_new[np.isfinite(pos_new["flux"])]
-    pos_ref = pos_ref[np.isfinite(pos_ref["flux"])]
-    timer.lap("positions")
 
-    # How much the FWHM varies over the field decides whether ZOGY runs on tiles (see the module notes).
-    n_tiles = params.psf_tiles or default_psf_tiles(new.shape)
-    spreads = {}
-    for label, image, planes, psf, pos in (("new", new_sub, new, psf_new, pos_new),
-                                           ("ref", ref_sub, ref, psf_ref_native, pos_ref)):
-        fwhm_each = star_fwhm(image, planes.variance, planes.mask, psf, pos["x"], pos["y"])
-        spreads[label] = fwhm_tile_spread(pos["x"], pos["y"], fwhm_each, planes.shape, n_tiles)[1]
-    timer.lap("psf_variation")
 
-    registration = register_images(
-        pos_new, pos_ref, new.wcs, ref.wcs,
-        match_radius=params.match_radius_px, max_wcs_offset=params.max_wcs_offset_px,
-        min_matches=params.min_matches, max_rms=params.max_registration_rms_px,
-    )
-    timer.lap("registration")
+@dataclass
+class _CommonGrid:
+    """Both background-subtracted images on the new grid, with their PSFs there (steps 7-8)."""
 
-    # Each image's saturated stars get a halo on its own grid, from its own PSF and noise.
-    halo_bit = MASK_DTYPE(MaskBit.SATURATION_HALO)
-    new_halo = saturation_halo(new_sub, new.mask, psf_new, char_new.sky_rms)
-    ref_halo = saturation_halo(ref_sub, ref.mask, psf_ref_native, char_ref.sky_rms)
-    new_mask = new.mask | np.where(new_halo, halo_bit, MASK_DTYPE(0))
-    ref_mask = ref.mask | np.where(ref_halo, halo_bit, MASK_DTYPE(0))
+    new: ImagePlanes  # the new image, its mask with the SATURATION_HALO of its saturated stars
+    ref: ImagePlanes  # the resampled reference (its halo included)
+    mask: np.ndarray  # both masks: the pixels ZOGY excludes
+    psf_new: PSFModel
+    psf_ref: PSFModel  # fitted on the resampled reference
+    matched: Table  # the matched stars: new-grid x, y, reference flux and native FWHM
+
+
+def _common_grid(new, ref, new_sub, ref_sub, char_new, char_ref, pos_new, pos_ref, registration: Registration,
+                 params: DifferenceParams, timer: _Timer) -> _CommonGrid:
+    """Steps 7-8: saturation halos, the reference resampled onto the new grid, and its PSF fitted there."""
+    new_mask = _with_saturation_halo(new_sub, new, char_new)
+    ref_mask = _with_saturation_halo(ref_sub, ref, char_ref)
     ref_resampled = resample_planes(
         ImagePlanes(ref_sub, ref.variance, ref_mask, ref.header), registration, new.shape,
         new.wcs.to_header(relax=True), order=params.interpolation_order,
     )
     mask = new_mask | ref_resampled.mask
     timer.lap("resample")
-
-    x_match = np.asarray(pos_new["x"])[registration.new_index]
-    y_match = np.asarray(pos_new["y"])[registration.new_index]
     matched = Table(
-        {"x": x_match, "y": y_match, "flux": np.asarray(pos_ref["flux"])[registration.ref_index],
-         "fwhm": np.full(len(x_match), psf_ref_native.fwhm_px)}
+        {"x": np.asarray(pos_new["x"])[registration.new_index], "y": np.asarray(pos_new["y"])[registration.new_index],
+         "flux": np.asarray(pos_ref["flux"])[registration.ref_index],
+         "fwhm": np.full(len(registration.new_index), char_ref.psf.fwhm_px)}
     )
     psf_ref = _psf_for(
         "resampled reference", ref_resampled.data, ref_resampled.variance, ref_resampled.mask, matched, params
     )
     timer.lap("psf_ref_resampled")
-
     new_planes = ImagePlanes(new_sub, new.variance, new_mask, new.header)
-    fluxes = measure_matched_fluxes(new_planes, ref_resampled, psf_new, psf_ref, x_match, y_match)
-    flux_scale = flux_ratio(
+    return _CommonGrid(new_planes, ref_resampled, mask, char_new.psf, psf_ref, matched)
+
+
+def _with_saturation_halo(image: np.ndarray, planes: ImagePlanes, char: ImageCharacterization) -> np.ndarray:
+    """The image's mask with a SATURATION_HALO around its saturated stars, from its own PSF and noise."""
+    halo = saturation_halo(image, planes.mask, char.psf, char.sky_rms)
+    return planes.mask | np.where(halo, MASK_DTYPE(MaskBit.SATURATION_HALO), MASK_DTYPE(0))
+
+
+def _flux_scale(grid: _CommonGrid, params: DifferenceParams) -> FluxScale:
+    """Step 9: F_r / F_n from PSF fluxes of the matched stars on the common grid."""
+    x, y = np.asarray(grid.matched["x"]), np.asarray(grid.matched["y"])
+    fluxes = measure_matched_fluxes(grid.new, grid.ref, grid.psf_new, grid.psf_ref, x, y)
+    return flux_ratio(
         fluxes["new_flux"], fluxes["ref_flux"], fluxes["new_flux_err"], fluxes["ref_flux_err"],
         min_stars=params.min_flux_stars,
     )
-    timer.lap("flux_scale")
 
+
+@dataclass
+class _Subtraction:
+    """Step 10: the ZOGY outputs and how the PSFs were laid out."""
+
+    result: ZogyResult
+    psf_tiles: int  # tiles per side of the FWHM-variation measurement
+    spreads: dict  # FWHM tile spread of "new" and "ref"
+    zogy_tiles: int
+    reason: str  # why that many ZOGY tiles
+    n_fallback: int  # tiles that took the whole-frame PSF
+
+
+def _subtract(grid: _CommonGrid, new: ImagePlanes, char_new, char_ref, flux_scale: FluxScale,
+              registration: Registration, spreads: dict, n_tiles: int, params: DifferenceParams) -> _Subtraction:
+    """Step 10: ZOGY on the whole frame with one PSF per image, or on tiles with a PSF per tile (module notes)."""
     astrometric = params.astrometric_rms or (registration.rms_x, registration.rms_y)
-    hidden_new, hidden_ref = hidden_flux(new_planes, ref_resampled, flux_scale.ratio, mask)
+    hidden_new, hidden_ref = hidden_flux(grid.new, grid.ref, flux_scale.ratio, grid.mask)
     zogy_kw = dict(
-        var_new=new.variance, var_ref=ref_resampled.variance,
+        var_new=new.variance, var_ref=grid.ref.variance,
         # The native-grid noise of the reference: resampling lowers its per-pixel noise but not the
         # PSF-integrated noise that the ZOGY denominator weighs (V_S uses the resampled variance).
         sigma_new=char_new.sky_rms, sigma_ref=char_ref.sky_rms,
         flux_ratio_ref=flux_scale.ratio, flux_new=1.0, astrometric_rms=astrometric,
-        mask=mask, hidden_new=hidden_new, hidden_ref=hidden_ref, max_hidden_sigma=params.max_hidden_sigma,
+        mask=grid.mask, hidden_new=hidden_new, hidden_ref=hidden_ref, max_hidden_sigma=params.max_hidden_sigma,
         workers=params.fft_workers,
     )
-    n_zogy_tiles, zogy_reason = zogy_tile_count(params, spreads, n_tiles)
-    n_fallback = 0
+    n_zogy_tiles, reason = zogy_tile_count(params, spreads, n_tiles)
     if n_zogy_tiles == 1:
-        result = zogy(new_sub, ref_resampled.data, psf_new.stamp, psf_ref.stamp, **zogy_kw)
-    else:
-        # Stars are picked over the tiles grown by the margin of the whole-frame PSFs.
-        tiles = tile_grid(new.shape, n_zogy_tiles, tile_margin(psf_new.stamp, psf_ref.stamp))
-        tiles_new, fell_new = tile_psfs("new image", new_sub, new.variance, new.mask, stars_new, tiles,
-                                        psf_new, params)
-        tiles_ref, fell_ref = tile_psfs("resampled reference", ref_resampled.data, ref_resampled.variance,
-                                        ref_resampled.mask, matched, tiles, psf_ref, params)
-        stamps_new, stamps_ref = ([[p.stamp for p in row] for row in grid] for grid in (tiles_new, tiles_ref))
-        result = zogy_tiled(new_sub, ref_resampled.data, stamps_new, stamps_ref, **zogy_kw)
-        n_fallback = int(np.count_nonzero(fell_new | fell_ref))
-    timer.lap("zogy")
+        result = zogy(grid.new.data, grid.ref.data, grid.psf_new.stamp, grid.psf_ref.stamp, **zogy_kw)
+        return _Subtraction(result, n_tiles, spreads, 1, reason, 0)
+    result, n_fallback = _zogy_per_tile(grid, new, char_new.stars, n_zogy_tiles, zogy_kw, params)
+    return _Subtraction(result, n_tiles, spreads, n_zogy_tiles, reason, n_fallback)
 
-    # every source of the reference (segmented when its stars were found), on the new grid
+
+def _zogy_per_tile(grid: _CommonGrid, new: ImagePlanes, stars_new: Table, n_zogy_tiles: int, zogy_kw: dict,
+                   params: DifferenceParams) -> tuple[ZogyResult, int]:
+    """ZOGY on ``n_zogy_tiles`` x ``n_zogy_tiles`` tiles, each with its PSFs (:func:`tile_psfs`); and the fallbacks."""
+    # Stars are picked over the tiles grown by the margin of the whole-frame PSFs.
+    tiles = tile_grid(new.shape, n_zogy_tiles, tile_margin(grid.psf_new.stamp, grid.psf_ref.stamp))
+    tiles_new, fell_new = tile_psfs("new image", grid.new.data, new.variance, new.mask, stars_new, tiles,
+                                    grid.psf_new, params)
+    tiles_ref, fell_ref = tile_psfs("resampled reference", grid.ref.data, grid.ref.variance, grid.ref.mask,
+                                    grid.matched, tiles, grid.psf_ref, params)
+    stamps_new, stamps_ref = ([[p.stamp for p in row] for row in g] for g in (tiles_new, tiles_ref))
+    result = zogy_tiled(grid.new.data, grid.ref.data, stamps_new, stamps_ref, **zogy_kw)
+    return result, int(np.count_nonzero(fell_new | fell_ref))
+
+
+def _candidates(result: ZogyResult, mask: np.ndarray, stars_ref: Table, registration: Registration,
+                new: ImagePlanes, params: DifferenceParams) -> Table:
+    """Step 11: :func:`detect_transients`, with every source of the reference (segmented when its stars
+    were found) on the new grid for ``ref_distance_px``."""
     all_ref = stars_ref.meta["sources"]
     ref_x, ref_y = registration.ref_to_new(all_ref["x"], all_ref["y"])
-    ref_sources = Table({"x": ref_x, "y": ref_y})
-    candidates = detect_transients(
-        result, mask, threshold=params.threshold, wcs=new.wcs, ref_sources=ref_sources,
+    return detect_transients(
+        result, mask, threshold=params.threshold, wcs=new.wcs, ref_sources=Table({"x": ref_x, "y": ref_y}),
         max_masked_fraction=params.max_masked_fraction,
     )
-    timer.lap("detection")
 
-    valid_err = result.flux_err[::4, ::4]
-    quality = {
+
+def _quality(registration: Registration, flux_scale: FluxScale, grid: _CommonGrid, char_new, char_ref,
+             sub: _Subtraction, candidates: Table) -> dict:
+    """The ``quality`` figures of :class:`DifferenceResult`, in its order."""
+    result, spreads = sub.result, sub.spreads
+    return {
         "registration_rms_px": registration.rms,
         "registration_rms_x_px": registration.rms_x,
         "registration_rms_y_px": registration.rms_y,
@@ -703,28 +815,23 @@ def difference_images(
         "flux_ratio_err": flux_scale.ratio_err,
         "flux_ratio_n_stars": flux_scale.n_stars,
         "flux_ratio_n_rejected": flux_scale.n_rejected,
-        "fwhm_new_px": psf_new.fwhm_px,
-        "fwhm_ref_px": psf_ref.fwhm_px,
-        "fwhm_ref_native_px": psf_ref_native.fwhm_px,
-        "psf_tiles": n_tiles,
+        "fwhm_new_px": grid.psf_new.fwhm_px,
+        "fwhm_ref_px": grid.psf_ref.fwhm_px,
+        "fwhm_ref_native_px": char_ref.psf.fwhm_px,
+        "psf_tiles": sub.psf_tiles,
         "fwhm_tile_spread_new": spreads["new"] if np.isfinite(spreads["new"]) else None,
         "fwhm_tile_spread_ref": spreads["ref"] if np.isfinite(spreads["ref"]) else None,
-        "zogy_tiles": n_zogy_tiles,
-        "zogy_tiles_psf_fallback": n_fallback,
-        "zogy_tiles_reason": zogy_reason,
+        "zogy_tiles": sub.zogy_tiles,
+        "zogy_tiles_psf_fallback": sub.n_fallback,
+        "zogy_tiles_reason": sub.reason,
         "sigma_new": char_new.sky_rms,
         "sigma_ref": char_ref.sky_rms,
         "scorr_std": result.scorr_std,
         "d_std": result.d_std,
-        "depth_5sigma_e": float(5.0 * np.nanmedian(valid_err)),
+        "depth_5sigma_e": float(5.0 * np.nanmedian(result.flux_err[::4, ::4])),
         "valid_fraction": float(np.mean(~result.mask)),
         "n_candidates": len(candidates),
         "n_positive": int(np.count_nonzero(~candidates["is_negative"])),
         "n_negative": int(np.count_nonzero(candidates["is_negative"])),
         "n_good": int(np.count_nonzero(candidates["is_good"])),
     }
-    timer.timings["total"] = round(sum(timer.timings.values()), 4)
-    return DifferenceResult(
-        zogy=result, candidates=candidates, psf_new=psf_new, psf_ref=psf_ref, registration=registration,
-        flux_scale=flux_scale, ref_resampled=ref_resampled, mask=mask, quality=quality, timings=timer.timings,
-    )
