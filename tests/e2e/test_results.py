@@ -61,6 +61,10 @@ def test_results_fulfilled_and_products_built(platform_with_results):
                 "candidates_near_target", "cutout_triplet", "forced_photometry", "manifest"]
             for output in run.outputs:
                 assert Path(output.path).exists() and sha256_of(Path(output.path)) == output.checksum
+            photometry = next(o for o in run.outputs if o.kind == "forced_photometry").product_metadata
+            # the simulator writes no zero point: the limit is instrumental, and says so
+            assert (photometry["limit_mag_system"], photometry["limit_mag_unit"]) == ("instrumental", "mag of e-/s")
+            assert photometry["limit_mag_5sigma"] < 0
     built = platform.instance.get_materialized_partitions(AssetKey("observation_products"))
     assert len(built) == 3
 

@@ -20,6 +20,7 @@ from dagster_project.pipeline import results_partitions
 from dagster_project.rendering.preview import cutout_triplet_png
 from dagster_project.resources import CatalogResource, PipelineConfigResource, StoreResource
 from dagster_project.science.forced_photometry import forced_photometry
+from dagster_project.science.magnitudes import limiting_magnitude
 from dagster_project.store import ProductStore
 
 #: candidates within this distance of the target are reported with the result
@@ -77,7 +78,9 @@ def _build_products(key: str, run_id: str, catalog: CatalogResource, store: Stor
             "observation": plan["observation_key"],
             "flux_e": _rounded(photometry["flux"], 1), "flux_err_e": _rounded(photometry["flux_err"], 1),
             "snr": _rounded(photometry["snr"], 2), "detected": photometry["detected"],
-            "limit_mag_5sigma": _rounded(photometry["limit_mag"], 3),
+            "limit_mag_5sigma": _rounded(photometry["limit_mag_5sigma"], 3),
+            "limit_mag_system": f"{photometry['limit_mag_system']} ({photometry['limit_mag_unit']})"
+            if photometry["limit_mag_system"] else "-",
             "photometry_measured": photometry["measured"], "photometry_flag": photometry["flag"] or "",
             "n_candidates_near_target": len(outputs["candidates_near_target"][1]["candidates"]),
             "products": MetadataValue.md("\n".join(f"- **{k}**: `{p.name}`" for k, (p, _) in outputs.items())),
@@ -129,6 +132,10 @@ def _build(products: ProductStore, plan: dict, folder: Path) -> dict[str, tuple[
                                    plan["exposure_time"], mask=maps["MASK"])
     record = {**photometry.as_dict(), "time": plan["observation_time"], "band": plan["band"],
               "reference_version": plan["reference_version"], "units": "e- (new image); mag = -2.5 log10(e-/s)"}
+    # the 5-sigma limit in the system the header allows (calibrated with a MAGZP), and said so
+    limit = limiting_magnitude(5.0 * photometry.flux_err, header) if photometry.flux_err else None
+    record.update(limit_mag_5sigma=limit.value if limit else None, limit_mag_system=limit.system if limit else None,
+                  limit_mag_unit=limit.unit if limit else None)
     outputs = {
         "forced_photometry": (products.write_bytes(folder / "photometry.json", _json(record)), record),
         "candidates_near_target": (
