@@ -10,6 +10,16 @@ Units and conventions
 * Sections are FITS strings, 1-based and inclusive, ``'[x1:x2,y1:y2]'``
   (:func:`parse_fits_section` turns them into NumPy ``(y, x)`` slices).
 * Masks are ``uint16`` :class:`~dagster_project.science.masks.MaskBit` fields.
+
+Steps of :func:`calibrate_science_frame`
+----------------------------------------
+1. :func:`_overscan`: overscan subtraction and trimming, read-noise variance.
+2. :func:`_bias_and_gain`: master-bias subtraction, gain conversion, Poisson variance.
+3. :func:`_saturation_level_e`: the saturation level in e-, for ``SATURATE``.
+4. :func:`_flat_field`: flat-fielding and the flat's error in the variance.
+5. :func:`_mask_defects`: the caller's bad pixels, ``SATURATED``, ``BLEED``, ``NONFINITE``.
+6. :func:`_mask_cosmic_rays`: L.A.Cosmic (:func:`find_cosmic_rays`), ``COSMIC_RAY``.
+7. :func:`_calibration_result`: float32 planes, sky level and counts in ``stats``.
 """
 
 import re
@@ -27,6 +37,23 @@ from scipy import ndimage
 from dagster_project.science.images import ImagePlanes
 from dagster_project.science.masks import MASK_DTYPE, MaskBit, dilate, empty_mask
 from dagster_project.science.parallel import n_threads, row_blocks, run_threads
+
+__all__ = [
+    "COSMIC_RAY_GROW_PX",
+    "COSMIC_RAY_PARAMS",
+    "CalibrationResult",
+    "MasterFrame",
+    "calibrate_science_frame",
+    "calibrated_header",
+    "combine_frames",
+    "detect_bad_columns",
+    "find_cosmic_rays",
+    "make_master_bias",
+    "make_master_flat",
+    "overscan_correct",
+    "parse_fits_section",
+    "saturation_masks",
+]
 
 _SECTION = re.compile(r"^\s*\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]\s*$")
 
@@ -244,6 +271,18 @@ def make_master_bias(
     Hot columns (see :func:`detect_bad_columns`) are flagged ``BAD_COLUMN``.
     ``stats['read_noise_adu']`` is the single-frame noise measured from the
     difference of two frames.
+
+    Examples
+    --------
+    Five frames of 40 x 40 ADU, the last 8 columns overscan, read noise 3 ADU, a hot column:
+
+    >>> rng = np.random.default_rng(0)
+    >>> frames = [1000.0 + rng.normal(0.0, 3.0, (40, 40)) for _ in range(5)]
+    >>> for frame in frames:
+    ...     frame[:, 12] += 50.0
+    >>> master = make_master_bias(frames, biassec="[33:40,1:40]", trimsec="[1:32,1:40]")
+    >>> master.data.shape, master.n_frames, round(master.stats["read_noise_adu"], 1), master.stats["bad_columns"]
+    ((40, 32), 5, 3.1, [12])
     """
     if len(frames) < 2:
         raise ValueError("a master bias needs at least 2 frames (its noise is measured from their difference)")
@@ -509,34 +548,19 @@ def _mask_bits(bad_pixel_mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray
 
 
 def calibrate_science_frame(
-    raw_adu: np.ndarray,
-    *,
-    gain: float,
-    read_noise_e: float,
-    saturate_adu: float,
-    master_bias: MasterFrame | None,
-    master_flat: MasterFrame | None,
-    biassec: str | None = None,
-    trimsec: str | None = None,
-    bad_pixel_mask: np.ndarray | None = None,
-    detect_cosmic_rays: bool = True,
-    cosmic_ray_params: Mapping | None = None,
-    saturation_grow_px: int = 1,
-    bleed_grow_px: int = 5,
+    raw_adu: np.ndarray, *, gain: float, read_noise_e: float, saturate_adu: float,
+    master_bias: MasterFrame | None, master_flat: MasterFrame | None, biassec: str | None = None,
+    trimsec: str | None = None, bad_pixel_mask: np.ndarray | None = None, detect_cosmic_rays: bool = True,
+    cosmic_ray_params: Mapping | None = None, saturation_grow_px: int = 1, bleed_grow_px: int = 5,
 ) -> CalibrationResult:
-    """Raw ADU frame -> electrons with variance and mask planes.
-
-    Steps: overscan subtraction and trimming, master-bias subtraction, gain
-    conversion, flat-fielding, variance, masks, cosmic rays.
+    """Raw ADU frame -> electrons with variance and mask planes (steps: see the module notes).
 
     Parameters
     ----------
     raw_adu : ndarray
         Raw frame including the overscan, ADU.
-    gain : float
-        e-/ADU.
-    read_noise_e : float
-        Read noise, e-.
+    gain, read_noise_e : float
+        Gain (e-/ADU) and read noise (e-).
     saturate_adu : float
         Raw level (bias included) from which a pixel is saturated.
     master_bias, master_flat : MasterFrame or None
@@ -552,11 +576,9 @@ def calibrate_science_frame(
         Run L.A.Cosmic (:func:`find_cosmic_rays`) and flag ``COSMIC_RAY``.
     cosmic_ray_params : mapping, optional
         Overrides of :data:`COSMIC_RAY_PARAMS`.
-    saturation_grow_px : int
-        ``SATURATED`` covers raw saturated pixels grown by this many pixels.
-    bleed_grow_px : int
-        ``BLEED`` covers pixels up to this far along the column from a
-        saturated pixel (the partly filled ends of bleed trails).
+    saturation_grow_px, bleed_grow_px : int
+        ``SATURATED`` covers raw saturated pixels grown by the first, ``BLEED`` the pixels up to
+        the second away along the column from one (the partly filled ends of bleed trails).
 
     Returns
     -------
@@ -570,26 +592,81 @@ def calibrate_science_frame(
     (data*sigma_flat)**2``, where ``rn_overscan**2 = read_noise**2 / n_overscan``
     is the error of the row-wise overscan level and ``sigma_bias``,
     ``sigma_flat`` are the masters' per-pixel errors.
+
+    Examples
+    --------
+    A 40 x 32 px frame of 800 e- of sky at gain 2 e-/ADU, with 8 overscan columns, no masters:
+
+    >>> rng = np.random.default_rng(0)
+    >>> raw = 1000.0 + rng.normal(0.0, 3.0, (40, 40))
+    >>> raw[:, :32] += rng.poisson(400.0, (40, 32))
+    >>> result = calibrate_science_frame(raw, gain=2.0, read_noise_e=6.0, saturate_adu=60000.0, master_bias=None,
+    ...                                  master_flat=None, biassec="[33:40,1:40]", trimsec="[1:32,1:40]")
+    >>> result.planes.data.shape, round(result.stats["sky_median_e"] / 100) * 100, result.stats["n_saturated"]
+    ((40, 32), 800, 0)
+    >>> result.history[:2]
+    ['Overscan [33:40,1:40] subtracted row by row', 'Trimmed to [1:32,1:40]']
     """
     if gain <= 0 or read_noise_e < 0:
         raise ValueError(f"need gain > 0 and read_noise_e >= 0, got {gain}, {read_noise_e}")
-    timings = {}
-    start = time.perf_counter()
+    clock = _Stopwatch()
     raw = np.asarray(raw_adu)
-    rows, cols = parse_fits_section(trimsec, raw.shape) if trimsec else (slice(None), slice(None))
-    saturated = raw[rows, cols] >= saturate_adu
+    trimmed = raw[parse_fits_section(trimsec, raw.shape) if trimsec else (slice(None), slice(None))]
+    saturated = trimmed >= saturate_adu
+    history = []
+    adu, variance = _overscan(raw, biassec, trimsec, read_noise_e, history)
+    clock.lap("overscan_s")
+    mask = empty_mask(adu.shape)
+    signal, variance = _bias_and_gain(adu, variance, mask, master_bias, gain, history)
+    saturate_e = _saturation_level_e(trimmed, signal, gain, saturate_adu)
+    data, variance = _flat_field(signal, variance, mask, master_flat, history)
+    clock.lap("bias_flat_s")
+    _mask_defects(mask, data, variance, saturated, bad_pixel_mask, saturation_grow_px, bleed_grow_px)
+    clock.lap("masks_s")
+    n_cosmic = _mask_cosmic_rays(data, variance, mask, cosmic_ray_params, history) if detect_cosmic_rays else 0
+    clock.lap("cosmic_rays_s")
+    return _calibration_result(data, variance, mask, saturated, n_cosmic, saturate_e, history, clock)
+
+
+class _Stopwatch:
+    """Seconds per step (``lap``) and since the start (``total``), into ``timings``."""
+
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+        self._start = self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = now - self._last
+        self._last = now
+
+    def total(self, name: str) -> None:
+        self.timings[name] = time.perf_counter() - self._start
+
+
+#: Every 16th pixel on both axes: the sample of the saturation offset and of the sky level.
+_SAMPLE = np.s_[::16, ::16]
+
+
+def _overscan(raw, biassec, trimsec, read_noise_e: float, history: list) -> tuple[np.ndarray, np.ndarray]:
+    """Overscan-subtracted, trimmed ADU (:func:`overscan_correct`) and the read-noise variance (e-^2).
+
+    The variance includes the error of the row-wise overscan level, ``read_noise**2 / n_overscan``.
+    """
     adu = overscan_correct(raw, biassec, trimsec)
-    history = [f"Overscan {biassec} subtracted row by row" if biassec else "No overscan subtracted"]
+    history.append(f"Overscan {biassec} subtracted row by row" if biassec else "No overscan subtracted")
     if trimsec:
         history.append(f"Trimmed to {trimsec}")
     variance = np.full(adu.shape, read_noise_e**2, dtype=np.float32)
     if biassec:
         bias_cols = parse_fits_section(biassec)[1]
         variance += np.float32(read_noise_e**2 / (bias_cols.stop - bias_cols.start))
-    timings["overscan_s"] = time.perf_counter() - start
+    return adu, variance
 
-    step = time.perf_counter()
-    mask = empty_mask(adu.shape)
+
+def _bias_and_gain(adu, variance, mask, master_bias: MasterFrame | None, gain: float,
+                   history: list) -> tuple[np.ndarray, np.ndarray]:
+    """Master bias subtracted (``adu`` in place; its mask OR-ed into ``mask``), electrons, their Poisson variance."""
     if master_bias is not None:
         _check_shape(master_bias, adu.shape)
         adu -= master_bias.data
@@ -601,54 +678,66 @@ def calibrate_science_frame(
     signal = adu * np.float32(gain)  # detected electrons, before the flat
     variance += np.clip(signal, 0.0, None)
     history.append(f"Converted to electrons with gain {gain} e-/ADU")
-    # Saturation level in e- (before the flat), for the calibrated SATURATE.
-    sample = np.s_[::16, ::16]
-    offset_adu = float(np.median(raw[rows, cols][sample] - signal[sample] / gain))
-    saturate_e = gain * (saturate_adu - offset_adu)
-    if master_flat is not None:
-        _check_shape(master_flat, adu.shape)
-        flat = master_flat.data
-        mask |= master_flat.mask
-        with np.errstate(divide="ignore", invalid="ignore"):
-            data = np.where(flat > 0, signal / flat, np.nan).astype(np.float32)
-            variance = variance / flat**2 + (data * np.float32(master_flat.noise)) ** 2
-        history.append(f"Flat-fielded by a master flat of {master_flat.n_frames} frames")
-    else:
-        data = signal
-        history.append("No master flat: response taken as 1")
-    timings["bias_flat_s"] = time.perf_counter() - step
+    return signal, variance
 
-    step = time.perf_counter()
+
+def _saturation_level_e(trimmed_raw, signal, gain: float, saturate_adu: float) -> float:
+    """Saturation level in e- (before the flat), for the calibrated SATURATE: the raw level less the offset."""
+    offset_adu = float(np.median(trimmed_raw[_SAMPLE] - signal[_SAMPLE] / gain))
+    return gain * (saturate_adu - offset_adu)
+
+
+def _flat_field(signal, variance, mask, master_flat: MasterFrame | None,
+                history: list) -> tuple[np.ndarray, np.ndarray]:
+    """Electrons divided by the flat (NaN where it is not > 0) and the variance with the flat's error."""
+    if master_flat is None:
+        history.append("No master flat: response taken as 1")
+        return signal, variance
+    _check_shape(master_flat, signal.shape)
+    flat = master_flat.data
+    mask |= master_flat.mask
+    with np.errstate(divide="ignore", invalid="ignore"):
+        data = np.where(flat > 0, signal / flat, np.nan).astype(np.float32)
+        variance = variance / flat**2 + (data * np.float32(master_flat.noise)) ** 2
+    history.append(f"Flat-fielded by a master flat of {master_flat.n_frames} frames")
+    return data, variance
+
+
+def _mask_defects(mask, data, variance, saturated, bad_pixel_mask, saturation_grow_px: int,
+                  bleed_grow_px: int) -> None:
+    """The caller's bad pixels, SATURATED and BLEED (:func:`saturation_masks`) and NONFINITE, into ``mask``."""
     if bad_pixel_mask is not None:
-        mask |= _mask_bits(bad_pixel_mask, adu.shape)
+        mask |= _mask_bits(bad_pixel_mask, mask.shape)
     grown, bleed = saturation_masks(saturated, saturation_grow_px, bleed_grow_px)
     mask[grown] |= MASK_DTYPE(MaskBit.SATURATED)
     mask[bleed] |= MASK_DTYPE(MaskBit.BLEED)
     nonfinite = ~(np.isfinite(data) & np.isfinite(variance))
     mask[nonfinite] |= MASK_DTYPE(MaskBit.NONFINITE)
-    timings["masks_s"] = time.perf_counter() - step
 
-    step = time.perf_counter()
-    n_cosmic = 0
-    if detect_cosmic_rays:
-        params = {**COSMIC_RAY_PARAMS, **(cosmic_ray_params or {})}
-        cosmic = find_cosmic_rays(data, variance, mask, params=params)
-        mask[cosmic] |= MASK_DTYPE(MaskBit.COSMIC_RAY)
-        n_cosmic = int(np.count_nonzero(cosmic))
-        history.append(f"Cosmic rays masked with L.A.Cosmic (sigclip {params['sigclip']}, "
-                       f"sigfrac {params['sigfrac']}, objlim {params['objlim']}), grown by {COSMIC_RAY_GROW_PX} px")
-    timings["cosmic_rays_s"] = time.perf_counter() - step
 
+def _mask_cosmic_rays(data, variance, mask, cosmic_ray_params: Mapping | None, history: list) -> int:
+    """COSMIC_RAY on the pixels :func:`find_cosmic_rays` finds; their number."""
+    params = {**COSMIC_RAY_PARAMS, **(cosmic_ray_params or {})}
+    cosmic = find_cosmic_rays(data, variance, mask, params=params)
+    mask[cosmic] |= MASK_DTYPE(MaskBit.COSMIC_RAY)
+    history.append(f"Cosmic rays masked with L.A.Cosmic (sigclip {params['sigclip']}, "
+                   f"sigfrac {params['sigfrac']}, objlim {params['objlim']}), grown by {COSMIC_RAY_GROW_PX} px")
+    return int(np.count_nonzero(cosmic))
+
+
+def _calibration_result(data, variance, mask, saturated, n_cosmic: int, saturate_e: float, history: list,
+                        clock: _Stopwatch) -> CalibrationResult:
+    """The planes in float32, the ``stats`` (sky level: clipped median of the unmasked sample) and the history."""
     good = mask == 0
-    sky = sigma_clipped_stats(data[sample][good[sample]])[1] if good[sample].any() else float("nan")
-    timings["total_s"] = time.perf_counter() - start
+    sky = sigma_clipped_stats(data[_SAMPLE][good[_SAMPLE]])[1] if good[_SAMPLE].any() else float("nan")
+    clock.total("total_s")
     stats = {
         "n_saturated": int(np.count_nonzero(saturated)),
         "n_cosmic_ray_pixels": n_cosmic,
         "n_masked": int(np.count_nonzero(~good)),
         "sky_median_e": float(sky),
         "saturate_e": float(saturate_e),
-        "timings": timings,
+        "timings": clock.timings,
     }
     planes = ImagePlanes(data=data.astype(np.float32, copy=False),
                          variance=variance.astype(np.float32, copy=False), mask=mask)
