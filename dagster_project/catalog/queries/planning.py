@@ -102,6 +102,12 @@ def observations_awaiting_calibration(session: Session) -> list[PlannedRun]:
     return planned
 
 
+def current_references(session: Session) -> list[ReferenceImage]:
+    """The current reference version of every field and band, by field then band."""
+    return list(session.scalars(select(ReferenceImage).where(ReferenceImage.is_current)
+                                .order_by(ReferenceImage.field_name, ReferenceImage.filter_band)))
+
+
 def field_bands_awaiting_reference(session: Session) -> list[PlannedRun]:
     """Fields and bands with calibrated frames but no current reference image."""
     current = {(r.field_name, r.filter_band) for r in session.scalars(select(ReferenceImage).where(ReferenceImage.is_current))}
@@ -179,6 +185,7 @@ class CalibratedFrame:
     filter_band: str
     path: str
     quality: dict
+    observation_time: datetime
 
 
 def calibrated_frames_of_field_band(session: Session, field_band: str) -> list[CalibratedFrame]:
@@ -190,7 +197,8 @@ def calibrated_frames_of_field_band(session: Session, field_band: str) -> list[C
         .order_by(Observation.observation_time)
     )
     return [
-        CalibratedFrame(obs.observation_id, obs.field_name, obs.filter_band, pre.processed_fits_path, dict(pre.quality))
+        CalibratedFrame(obs.observation_id, obs.field_name, obs.filter_band, pre.processed_fits_path, dict(pre.quality),
+                        obs.observation_time)
         for obs, pre in rows
         if field_band_key(obs.field_name, obs.filter_band) == field_band
     ]
