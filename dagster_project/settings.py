@@ -43,6 +43,13 @@ variable                       meaning                                     defau
 ``ASTRO_ALLOW_UNCALIBRATED``   ``1``: a science frame with no master bias  ``0`` (such frames are blocked)
                                or flat on any night is processed without
                                them, recorded as uncalibrated
+``ASTRO_REFERENCE_FRAMES``     most frames co-added into a reference       ``20``
+                               (1: the best single frame)
+``ASTRO_REFERENCE_REBUILD_GAIN`` rebuild a reference when frames it does  ``0.1``
+                               not hold would make it this many
+                               magnitudes deeper
+``ASTRO_REFERENCE_WINDOW_DAYS``  only frames within this many days of a   (all frames)
+                               field's first go into its reference
 =============================  ==========================================  =================================
 """
 
@@ -162,6 +169,10 @@ class Settings:
     retry_backoff_seconds: float = 30.0
     #: the user's explicit choice to process frames without any master bias or flat (recorded as uncalibrated)
     allow_uncalibrated: bool = False
+    #: references (references/policy.py): frames co-added, rebuild gain (mag), window (days; None: all frames)
+    reference_max_frames: int = 20
+    reference_rebuild_gain_mag: float = 0.1
+    reference_window_days: float | None = None
     #: how ``home`` was chosen, for messages that say where state was looked for
     home_source: str = "given"
 
@@ -227,5 +238,9 @@ class Settings:
             retry_max_attempts=_positive_int("ASTRO_RETRY_ATTEMPTS", cls.retry_max_attempts),
             retry_backoff_seconds=_number("ASTRO_RETRY_BACKOFF", cls.retry_backoff_seconds, minimum=0),
             allow_uncalibrated=_flag("ASTRO_ALLOW_UNCALIBRATED", cls.allow_uncalibrated),
+            reference_max_frames=_positive_int("ASTRO_REFERENCE_FRAMES", cls.reference_max_frames),
+            reference_rebuild_gain_mag=_number("ASTRO_REFERENCE_REBUILD_GAIN", cls.reference_rebuild_gain_mag,
+                                               minimum=0),
+            reference_window_days=_number("ASTRO_REFERENCE_WINDOW_DAYS", None, minimum=0),
             home_source=home_source,
         )

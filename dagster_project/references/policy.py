@@ -22,13 +22,14 @@ __all__ = ["ReferencePolicy", "frames_for_reference", "rebuilds_due"]
 
 @dataclass(frozen=True)
 class ReferencePolicy:
-    """How references are built and renewed (``ASTRO_REFERENCE_*``)."""
+    """How references are built and renewed: ``ASTRO_REFERENCE_*``, whose defaults are the settings'
+    (``PipelineConfigResource.reference_policy``)."""
 
-    max_frames: int = 20
+    max_frames: int
     #: rebuild when the frames the reference would take now make it this much deeper (magnitudes)
-    min_gain_mag: float = 0.1
+    min_gain_mag: float
     #: only frames within this many days of the field's first frame (None: all)
-    window_days: float | None = None
+    window_days: float | None
 
 
 def frames_for_reference(frames: list[CalibratedFrame], window_days: float | None) -> list[CalibratedFrame]:

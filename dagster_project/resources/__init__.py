@@ -15,6 +15,7 @@ from dagster_project.catalog.queries import RebuildPolicy
 from dagster_project.ingest.fits_structure import StructureLimits
 from dagster_project.ingest.instruments import InstrumentRegistry
 from dagster_project.ingest.landing import LandingConfig
+from dagster_project.references.policy import ReferencePolicy
 from dagster_project.resources.parameters import apply_overrides, config_overrides
 from dagster_project.science.difference import DifferenceParams
 from dagster_project.settings import DIFFERENCE_PARAMS_VARIABLE, Settings
@@ -117,6 +118,14 @@ class PipelineConfigResource(ConfigurableResource):
     retry_max_attempts: int = RetryPolicy.max_attempts
     retry_backoff_seconds: float = RetryPolicy.backoff_seconds
     retry_max_backoff_seconds: float = RetryPolicy.max_backoff_seconds
+    #: references: frames co-added (1: the best single frame), rebuild gain (mag), window (days; None: all)
+    reference_max_frames: int = Settings.reference_max_frames
+    reference_rebuild_gain_mag: float = Settings.reference_rebuild_gain_mag
+    reference_window_days: float | None = Settings.reference_window_days
+
+    def reference_policy(self) -> ReferencePolicy:
+        return ReferencePolicy(max_frames=self.reference_max_frames, min_gain_mag=self.reference_rebuild_gain_mag,
+                               window_days=self.reference_window_days)
 
     def difference_params(self) -> DifferenceParams:
         """The parameters of every difference (and of each reference's stored characterization);
@@ -170,7 +179,10 @@ def resources_from_settings(settings: Settings, landing_dir: Path | None = None,
                                            product_max_delay_seconds=settings.product_max_delay_seconds,
                                            retry_max_attempts=retry.max_attempts,
                                            retry_backoff_seconds=retry.backoff_seconds,
-                                           retry_max_backoff_seconds=retry.max_backoff_seconds),
+                                           retry_max_backoff_seconds=retry.max_backoff_seconds,
+                                           reference_max_frames=settings.reference_max_frames,
+                                           reference_rebuild_gain_mag=settings.reference_rebuild_gain_mag,
+                                           reference_window_days=settings.reference_window_days),
     }
 
 
