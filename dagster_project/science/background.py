@@ -24,6 +24,8 @@ import numpy as np
 from photutils.utils import ShepardIDWInterpolator
 from scipy import ndimage
 
+__all__ = ["CLIP_MAXITERS", "CLIP_SIGMA", "BackgroundMaps", "estimate_background", "mesh_statistics", "upsample_mesh"]
+
 #: Sigma-clipping of the box pixels: threshold (standard deviations) and iterations.
 CLIP_SIGMA = 3.0
 CLIP_MAXITERS = 10
@@ -233,6 +235,18 @@ def estimate_background(
     ValueError
         If ``data`` is not 2-D, ``mask`` has another shape, or no box has
         enough unmasked pixels.
+
+    Examples
+    --------
+    A sky rising from 100 to 125 e- across the frame, with noise of 5 e-:
+
+    >>> sky = 100.0 + 0.2 * np.mgrid[:128, :128][1]
+    >>> data = sky + np.random.default_rng(0).normal(0.0, 5.0, sky.shape)
+    >>> bkg = estimate_background(data, box_size=32)
+    >>> round(bkg.median_background), round(bkg.median_rms, 1), bkg.rms.shape
+    (113, 5.2, (128, 128))
+    >>> bool(np.median(np.abs(bkg.background - sky)) < 2.0)  # the gradient is followed
+    True
     """
     data = np.asarray(data)
     if data.ndim != 2:

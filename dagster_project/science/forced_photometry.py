@@ -8,6 +8,8 @@ from astropy.wcs import WCS
 
 from dagster_project.science.masks import MaskBit
 
+__all__ = ["ForcedPhotometry", "forced_photometry"]
+
 
 @dataclass(frozen=True)
 class ForcedPhotometry:
@@ -68,10 +70,38 @@ def forced_photometry(flux_image: np.ndarray, flux_err_image: np.ndarray, wcs: W
     ``measured=False`` with the reason in ``flag``; ``mask`` (the difference's
     MASK plane) names the mask bits there.
 
+    Parameters
+    ----------
+    flux_image, flux_err_image : ndarray
+        ZOGY's ``flux`` and ``flux_err`` maps (new-image e-).
+    wcs : astropy.wcs.WCS
+        WCS of the new image's grid.
+    ra_deg, dec_deg : float
+        Target position.
+    exposure_time : float
+        Seconds, for the magnitudes in e-/s (<= 0: fluxes taken as rates).
+    detection_snr : float
+        S/N of a detection and of the upper limit.
+    mask : ndarray of uint16, optional
+        The difference's mask, to name the bits at the target.
+
+    Returns
+    -------
+    ForcedPhotometry
+
     Raises
     ------
     ValueError
         The target falls outside the image.
+
+    Examples
+    --------
+    >>> from dagster_project.science.astrometry import nominal_wcs_header
+    >>> wcs = WCS(nominal_wcs_header(150.0, 2.0, 0.6, (16.5, 16.5)))
+    >>> flux, flux_err = np.full((32, 32), 500.0), np.full((32, 32), 50.0)
+    >>> phot = forced_photometry(flux, flux_err, wcs, 150.0, 2.0, exposure_time=60.0)
+    >>> round(phot.x, 6), round(phot.y, 6), phot.snr, phot.detected, round(phot.mag, 3), round(phot.limit_mag, 3)
+    (15.5, 15.5, 10.0, True, -2.302, -1.549)
     """
     x, y = (float(v) for v in wcs.world_to_pixel_values(ra_deg, dec_deg))
     ny, nx = flux_image.shape
