@@ -23,6 +23,8 @@ from .images import ImagePlanes
 from .psf import ImageQuality, psf_photometry
 from .registration import Registration, RegistrationError, register_images
 
+__all__ = ["AstrometryError", "WcsSolution", "nominal_wcs_header", "solve_wcs", "star_positions"]
+
 
 class AstrometryError(RuntimeError):
     """No WCS could be solved for the frame; the message says why."""
@@ -34,6 +36,12 @@ def nominal_wcs_header(ra_deg: float, dec_deg: float, pixel_scale_arcsec: float,
 
     ``rotation_deg`` follows the ``CROTA2`` convention (0: north up); ``east='left'``
     is the sky as seen on the sky (RA grows to the left), ``'right'`` a mirrored camera.
+
+    Examples
+    --------
+    >>> header = nominal_wcs_header(150.0, 2.0, 0.6, (1024.5, 1024.5))
+    >>> header["CTYPE1"], round(header["CD1_1"] * 3600, 6), round(header["CD2_2"] * 3600, 6)
+    ('RA---TAN', -0.6, 0.6)
     """
     if not pixel_scale_arcsec > 0:
         raise ValueError(f"pixel scale must be > 0, got {pixel_scale_arcsec}")
@@ -132,10 +140,27 @@ def solve_wcs(new_sources: Table, anchor_sources: Table, anchor_wcs: WCS, first_
     match_radius, min_matches, max_rms : float, int, float
         Passed to :func:`~.registration.register_images`.
 
+    Returns
+    -------
+    WcsSolution
+
     Raises
     ------
     AstrometryError
         With the reason (too few stars, no consistent match, residuals too large).
+
+    Examples
+    --------
+    Thirty stars of an anchor with a 0.6 arcsec/px TAN WCS, seen 7 px to the left and 4 px up:
+
+    >>> from astropy.wcs import WCS
+    >>> anchor_wcs = WCS(nominal_wcs_header(150.0, 2.0, 0.6, (100.5, 100.5)))
+    >>> rng = np.random.default_rng(0)
+    >>> anchor = Table({"x": rng.uniform(0, 200, 30), "y": rng.uniform(0, 200, 30)})
+    >>> new = Table({"x": anchor["x"] - 7.0, "y": anchor["y"] + 4.0})
+    >>> solution = solve_wcs(new, anchor, anchor_wcs)  # no first guess: matched by asterisms
+    >>> [round(float(v), 6) for v in solution.wcs.wcs.crpix], round(solution.pixel_scale_arcsec, 6)
+    ([93.5, 104.5], 0.6)
     """
     if anchor_wcs is None or not anchor_wcs.has_celestial:
         raise AstrometryError("the anchor frame has no celestial WCS")

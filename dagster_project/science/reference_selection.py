@@ -4,9 +4,22 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+__all__ = ["CoaddChoice", "ReferenceChoice", "choose_coadd_frames", "choose_reference", "depth_gain_mag",
+           "frame_information"]
+
 
 @dataclass(frozen=True)
 class ReferenceChoice:
+    """The frame chosen as a reference.
+
+    Attributes
+    ----------
+    index : int
+        Its position in the ``qualities`` given to :func:`choose_reference`.
+    reason : str
+        Why it was chosen, for the logs and the catalog.
+    """
+
     index: int
     reason: str
 
@@ -31,6 +44,17 @@ def choose_reference(
     -------
     ReferenceChoice or None
         Index of the chosen frame and a human-readable reason; None when no frame is eligible.
+
+    Examples
+    --------
+    The sharpest frame has too few PSF stars, so the next sharpest is chosen:
+
+    >>> good = {"n_psf_stars": 40, "ellipticity": 0.05, "masked_fraction": 0.01}
+    >>> frames = [{**good, "fwhm_px": 3.1}, {**good, "fwhm_px": 2.4, "n_psf_stars": 3}, {**good, "fwhm_px": 2.7}]
+    >>> choose_reference(frames)
+    ReferenceChoice(index=2, reason='best seeing (FWHM 2.70 px) of 2 eligible frame(s) out of 3')
+    >>> choose_reference([{"fwhm_px": float("nan")}]) is None
+    True
     """
     eligible = []
     for i, q in enumerate(qualities):
