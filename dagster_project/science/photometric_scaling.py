@@ -17,6 +17,8 @@ from astropy.table import Table
 from .images import ImagePlanes
 from .psf import PSFModel, psf_photometry
 
+__all__ = ["FluxScale", "FluxScaleError", "flux_ratio", "measure_matched_fluxes"]
+
 
 class FluxScaleError(RuntimeError):
     """Too few usable stars to measure the flux ratio."""
@@ -123,6 +125,16 @@ def flux_ratio(
         Fewer than ``min_stars`` usable or surviving stars.
     ValueError
         Inputs of different lengths.
+
+    Examples
+    --------
+    Five stars 1.6 times brighter in the reference, and a variable one:
+
+    >>> new = np.array([1e4, 2e4, 4e4, 8e4, 1.6e5, 3e4])
+    >>> ref = 1.6 * new * np.array([1, 1, 1, 1, 1, 2.0])
+    >>> scale = flux_ratio(new, ref, 0.01 * new, 0.01 * ref)
+    >>> round(scale.ratio, 6), scale.n_stars, scale.n_rejected
+    (1.6, 5, 1)
     """
     fn, fr, en, er = (
         np.atleast_1d(np.asarray(v, dtype=float)) for v in (new_flux, ref_flux, new_flux_err, ref_flux_err)
@@ -137,6 +149,15 @@ def flux_ratio(
     ratio = fr[usable] / fn[usable]
     err = ratio * np.hypot(en[usable] / fn[usable], er[usable] / fr[usable])
     weight = 1.0 / err**2
+    keep, centre = _clipped_mean(ratio, err, weight, sigma, min_stars, max_iter)
+    n = int(keep.sum())
+    chi2_red = float(np.sum(weight[keep] * (ratio[keep] - centre) ** 2) / max(n - 1, 1))
+    ratio_err = float(np.sqrt(1.0 / np.sum(weight[keep]) * max(1.0, chi2_red)))
+    return FluxScale(ratio=centre, ratio_err=ratio_err, n_stars=n, n_rejected=n_usable - n, chi2_red=chi2_red)
+
+
+def _clipped_mean(ratio, err, weight, sigma: float, min_stars: int, max_iter: int) -> tuple[np.ndarray, float]:
+    """The stars kept and their weighted mean ratio, clipped from the median until the set stops changing."""
     keep = np.ones(ratio.size, dtype=bool)
     centre = np.median(ratio)
     for _ in range(max_iter):
@@ -145,13 +166,10 @@ def flux_ratio(
         new_keep = np.abs(z) <= sigma * scale
         if new_keep.sum() < min_stars:
             raise FluxScaleError(
-                f"only {int(new_keep.sum())} of {n_usable} stars agree on one flux ratio (need {min_stars})"
+                f"only {int(new_keep.sum())} of {ratio.size} stars agree on one flux ratio (need {min_stars})"
             )
         centre = float(np.sum(weight[new_keep] * ratio[new_keep]) / np.sum(weight[new_keep]))
         if np.array_equal(new_keep, keep):
             break
         keep = new_keep
-    n = int(keep.sum())
-    chi2_red = float(np.sum(weight[keep] * (ratio[keep] - centre) ** 2) / max(n - 1, 1))
-    ratio_err = float(np.sqrt(1.0 / np.sum(weight[keep]) * max(1.0, chi2_red)))
-    return FluxScale(ratio=centre, ratio_err=ratio_err, n_stars=n, n_rejected=n_usable - n, chi2_red=chi2_red)
+    return keep, centre
