@@ -6,6 +6,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
+__all__ = ["ImagePlanes"]
+
 
 @dataclass
 class ImagePlanes:

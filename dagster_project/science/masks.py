@@ -4,6 +4,8 @@ from enum import IntFlag
 
 import numpy as np
 
+__all__ = ["MASK_DTYPE", "MaskBit", "dilate", "empty_mask"]
+
 
 class MaskBit(IntFlag):
     """Why a pixel is not to be trusted. Stored as ``uint16`` in the MASK extension."""
@@ -46,6 +48,15 @@ def dilate(mask: np.ndarray, half_height: int, half_width: int) -> np.ndarray:
     -------
     ndarray
         New array of the dtype of ``mask``; pixels beyond the edges count as 0.
+
+    Examples
+    --------
+    >>> mask = empty_mask((3, 5))
+    >>> mask[1, 2] = MaskBit.COSMIC_RAY
+    >>> dilate(mask, 0, 1)
+    array([[0, 0, 0, 0, 0],
+           [0, 4, 4, 4, 0],
+           [0, 0, 0, 0, 0]], dtype=uint16)
     """
     out = np.array(mask, copy=True)
     for axis, half in ((0, half_height), (1, half_width)):

@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+__all__ = ["BLOCK_ELEMENTS", "MAX_THREADS", "RowBlocks", "n_threads", "row_blocks", "run_threads", "threads_for"]
+
 #: Cap on the threads of one call (measured on 2 cores only): each row block of a 2048-px
 #: image still spans 500 rows, far more than the overlap a block may need.
 MAX_THREADS = 4
