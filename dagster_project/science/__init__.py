@@ -7,4 +7,42 @@ Conventions used throughout this package
   as in astropy's ``wcs.pixel_to_world``; FITS headers and sections use 1-based.
 * Calibrated images are in electrons (e-); variance in e-^2; raw frames in ADU.
 * Masks are ``uint16`` bit fields, see :mod:`dagster_project.science.masks`.
+
+House style (see :mod:`dagster_project.science.zogy` for the model)
+------------------------------------------------------------------
+Each public entry point reads like its algorithm: a short body calling
+small private steps (dataclasses for intermediate results), a NumPy
+docstring with a doctested ``Examples`` section (``tests/science/test_doctests.py``),
+no I/O and no globals. Every module lists its public names in ``__all__``.
+
+Modules
+-------
+``calibration`` (raw frames to electrons, masters, cosmic rays), ``background``,
+``psf`` (stars, PSF fit, image quality) and ``psf_models`` (the Moffat renderer),
+``astrometry`` (a WCS from an anchor frame), ``registration`` (and resampling),
+``photometric_scaling``, ``zogy`` and ``zogy_tiles`` (proper subtraction),
+``detection``, ``difference`` (the whole difference step), ``forced_photometry``,
+``magnitudes``, ``reference_selection`` and ``coadd`` (references), with the shared
+``images``, ``masks`` and ``parallel``.
 """
+
+__all__ = [
+    "astrometry",
+    "background",
+    "calibration",
+    "coadd",
+    "detection",
+    "difference",
+    "forced_photometry",
+    "images",
+    "magnitudes",
+    "masks",
+    "parallel",
+    "photometric_scaling",
+    "psf",
+    "psf_models",
+    "reference_selection",
+    "registration",
+    "zogy",
+    "zogy_tiles",
+]
