@@ -27,7 +27,9 @@ __all__ = [
     "moffat_stamp",
     "moffat_stamps",
     "pixel_integrated_moffat",
+    "pixel_means",
     "render_point_sources",
+    "subpixel_grid",
 ]
 
 #: Sub-pixel sampling used to integrate a profile over each pixel's area.
@@ -100,12 +102,12 @@ def _subpixel_offsets(oversample: int) -> np.ndarray:
     return (np.arange(oversample) + 0.5) / oversample - 0.5
 
 
-def _subpixel_grid(half: int, oversample: int) -> np.ndarray:
+def subpixel_grid(half: int, oversample: int) -> np.ndarray:
     """Sub-pixel centres across the ``2*half+1`` pixels of a stamp, pixel 0 at the middle (1-D, raveled)."""
     return ((np.arange(2 * half + 1) - half)[:, None] + _subpixel_offsets(oversample)[None, :]).ravel()
 
 
-def _pixel_means(fine: np.ndarray, oversample: int) -> np.ndarray:
+def pixel_means(fine: np.ndarray, oversample: int) -> np.ndarray:
     """Mean over sub-pixels of ``(n, size*o, size*o)`` samples, normalised to unit sum per stamp."""
     n, side = fine.shape[0], fine.shape[1] // oversample
     stamps = fine.reshape(n, side, oversample, side, oversample).mean(axis=(2, 4))
@@ -149,10 +151,10 @@ def moffat_stamps(
     >>> [tuple(int(i) for i in np.unravel_index(np.argmax(s), s.shape)) for s in stamps]
     [(4, 4), (4, 4)]
     """
-    grid = _subpixel_grid(half, oversample)
+    grid = subpixel_grid(half, oversample)
     dx, dy = np.atleast_1d(dx)[:, None, None], np.atleast_1d(dy)[:, None, None]
     fine = moffat_profile(grid[None, None, :] - dx, grid[None, :, None] - dy, fwhm, beta, ellipticity, theta_deg)
-    return _pixel_means(fine, oversample)
+    return pixel_means(fine, oversample)
 
 
 def moffat_stamp(

@@ -49,7 +49,14 @@ from astropy.wcs.utils import proj_plane_pixel_scales
 from scipy.optimize import brentq
 from scipy.signal import fftconvolve
 
-from dagster_project.science.psf_models import DEFAULT_OVERSAMPLE, moffat_alpha, moffat_profile, moffat_stamp
+from dagster_project.science.psf_models import (
+    DEFAULT_OVERSAMPLE,
+    moffat_alpha,
+    moffat_stamp,
+    moffat_stamps,
+    pixel_means,
+    subpixel_grid,
+)
 
 #: Largest value a 16-bit ADC can produce.
 ADC_MAX = 65535
@@ -533,45 +540,11 @@ def _add_stamps(image: np.ndarray, stamps: np.ndarray, x0: np.ndarray, y0: np.nd
     image += np.bincount(index[inside], weights=stamps[inside], minlength=ny * nx).reshape(ny, nx)
 
 
-def _subpixel_grid(half: int, oversample: int) -> np.ndarray:
-    """Centres of ``oversample`` sub-pixels across each of the ``2*half+1`` pixels, pixel 0 at the middle."""
-    sub = (np.arange(oversample) + 0.5) / oversample - 0.5
-    return ((np.arange(2 * half + 1) - half)[:, None] + sub[None, :]).ravel()
-
-
-def _pixel_integrate(fine: np.ndarray, oversample: int) -> np.ndarray:
-    """Mean over sub-pixels of ``(n, size*o, size*o)`` samples, normalised to unit sum per stamp."""
-    n, side = fine.shape[0], fine.shape[1] // oversample
-    stamps = fine.reshape(n, side, oversample, side, oversample).mean(axis=(2, 4))
-    return stamps / stamps.sum(axis=(1, 2), keepdims=True)
-
-
 def _batches(n_items: int, pixels_per_item: int, max_pixels: int = 4_000_000):
     """Index slices of at most ``max_pixels`` evaluations each (bounds memory)."""
     step = max(1, max_pixels // pixels_per_item)
     for start in range(0, n_items, step):
         yield slice(start, start + step)
-
-
-def moffat_stamps(
-    half: int,
-    dx: np.ndarray,
-    dy: np.ndarray,
-    fwhm: float,
-    beta: float = 3.0,
-    ellipticity: float = 0.0,
-    theta_deg: float = 0.0,
-    oversample: int = DEFAULT_OVERSAMPLE,
-) -> np.ndarray:
-    """Batched :func:`~.psf_models.moffat_stamp`: one unit-sum stamp per sub-pixel offset.
-
-    Returns an array ``(n, 2*half+1, 2*half+1)``; stamp ``k`` equals
-    ``moffat_stamp(2*half+1, fwhm, beta, ellipticity, theta_deg, (dx[k], dy[k]), oversample)``.
-    """
-    grid = _subpixel_grid(half, oversample)
-    dx, dy = np.atleast_1d(dx)[:, None, None], np.atleast_1d(dy)[:, None, None]
-    fine = moffat_profile(grid[None, None, :] - dx, grid[None, :, None] - dy, fwhm, beta, ellipticity, theta_deg)
-    return _pixel_integrate(fine, oversample)
 
 
 def render_moffat_sources(
@@ -658,7 +631,7 @@ def render_galaxies(
     reach = half + psf_half
     visible = (cx + reach >= 0) & (cy + reach >= 0) & (cx - reach < nx) & (cy - reach < ny)
     for h in np.unique(half[visible]):
-        grid = _subpixel_grid(h, oversample)
+        grid = subpixel_grid(h, oversample)
         chosen = np.flatnonzero(visible & (half == h))
         for part in _batches(chosen.size, grid.size**2):
             k = chosen[part]
@@ -666,7 +639,7 @@ def render_galaxies(
                 v[k, None, None] for v in (r_eff_px, sersic_n, x - cx, y - cy, ellipticity, np.deg2rad(theta_deg))
             )
             fine = Sersic2D.evaluate(grid[None, None, :], grid[None, :, None], 1.0, r, n, x0, y0, e, t)
-            stamps = _pixel_integrate(fine, oversample) * flux[k, None, None]
+            stamps = pixel_means(fine, oversample) * flux[k, None, None]
             blurred = fftconvolve(stamps, psf[None], mode="full", axes=(1, 2))
             _add_stamps(image, blurred, cx[k] - h - psf_half, cy[k] - h - psf_half)
     return image

@@ -33,14 +33,6 @@ def empty_sky():
 # --------------------------------------------------------------------------- rendering
 
 
-def test_batched_stamps_equal_psf_models_stamps():
-    dx, dy = np.array([0.0, 0.31, -0.47]), np.array([0.0, -0.2, 0.45])
-    stamps = sim.moffat_stamps(9, dx, dy, 2.7, 2.8, 0.06, 33.0)
-    for k in range(3):
-        expected = moffat_stamp(19, 2.7, 2.8, 0.06, 33.0, (dx[k], dy[k]))
-        np.testing.assert_allclose(stamps[k], expected, rtol=1e-12, atol=1e-15)
-
-
 def test_render_moffat_sources_matches_render_point_sources_for_faint_sources():
     rng = np.random.default_rng(1)
     x, y, flux = rng.uniform(-5, 105, 40), rng.uniform(-5, 85, 40), rng.uniform(10, 500, 40)
