@@ -39,6 +39,9 @@ def make_settings(root: Path, database_url: str, **overrides) -> Settings:
         sensor_interval_seconds=1, settle_seconds=0.0, truncated_after_seconds=30.0,
         max_file_bytes=512 * 2**20, max_hdus=16, detection_threshold=5.0,
         product_quiet_seconds=0.0, product_max_delay_seconds=60.0,
+        # the tests of the pipeline's other stages were written for one-frame references (their figures, the
+        # reference frame skipped); tests/e2e/test_coadd_references.py runs the default, co-added references
+        reference_max_frames=1,
     )
     settings = Settings(**{**settings.__dict__, **overrides})
     settings.landing_dir.mkdir(parents=True, exist_ok=True)

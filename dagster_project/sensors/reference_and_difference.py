@@ -31,6 +31,7 @@ from dagster_project.operations.mirror import FINISHED_STATUSES, RUN_KEY_TAG
 from dagster_project.operations.recording import OPERATION_TAG, start_wave
 from dagster_project.pipeline.jobs import difference_job, reference_job
 from dagster_project.pipeline.partitions import field_band_partitions
+from dagster_project.references.policy import rebuilds_due
 from dagster_project.resources import CatalogResource, LandingResource, PipelineConfigResource
 from dagster_project.sensors.builder import sensor_builder
 
@@ -149,7 +150,8 @@ def attempt_tags(attempts: Attempts, work: PlannedRun) -> dict[str, str]:
 def evaluate_reference_and_difference(context: SensorEvaluationContext, catalog: CatalogResource,
                                       landing: LandingResource, pipeline: PipelineConfigResource):
     with catalog.catalog().session() as session:
-        references = field_bands_awaiting_reference(session)
+        # fields without a reference, and those whose co-add frames it does not hold would deepen enough
+        references = field_bands_awaiting_reference(session) + rebuilds_due(session, pipeline.reference_policy())
         differences = observations_awaiting_difference(session)
     if not references and not differences:
         return SkipReason("every calibrated observation has an up-to-date difference")
@@ -180,7 +182,8 @@ def evaluate_reference_and_difference(context: SensorEvaluationContext, catalog:
 
 build_reference_and_difference_sensor = sensor_builder(
     evaluate_reference_and_difference, name="reference_and_difference_sensor", jobs=[reference_job, difference_job],
-    description="Requests reference images for fields that have calibrated frames but no reference, and "
+    description="Requests reference images for fields that have calibrated frames but no reference (or whose "
+    "co-added reference frames it does not hold would make deeper by ASTRO_REFERENCE_REBUILD_GAIN), and "
     "difference runs for calibrated observations whose field has a (newer) reference; retries failed "
     "or interrupted ones with backoff.",
 )

@@ -69,3 +69,23 @@ def test_one_frame_references_are_never_rebuilt_for_depth(catalog, max_frames):
         queries.record_reference(s, "F001", "r", best, "/r", 1.0, 300.0, "best", "d1")
         frame(s, 2, 400.0)
         assert rebuilds_due(s, replace(DEFAULT, max_frames=max_frames)) == []
+
+
+def test_the_sensor_asks_for_the_rebuild_once_and_says_why(tmp_path, sqlite_url):
+    from dagster import instance_for_test
+
+    from dagster_project.definitions import defs
+    from tests.platform import make_platform
+
+    sensor = defs.resolve_sensor_def("reference_and_difference_sensor")
+    with instance_for_test() as instance:
+        platform = make_platform(tmp_path, sqlite_url, instance, reference_max_frames=20)
+        with platform.catalog.session() as s:
+            first = frame(s, 1, 400.0)
+            queries.record_reference(s, "F001", "r", first, "/ref1", 1.0, 400.0, "first frame", "d1")
+            frame(s, 2, 400.0)
+        result, _ = platform.tick(sensor)
+        rebuilds = [r for r in result.run_requests if r.job_name == "reference_job"]
+        assert [r.partition_key for r in rebuilds] == ["F001-r"]
+        assert "0.38 mag deeper" in rebuilds[0].tags["astro/reason"]
+        platform.catalog.engine.dispose()

@@ -15,6 +15,7 @@ from dagster_project.pipeline import PartitionOutput, artifacts, inputs, observa
 from dagster_project.pipeline import reference_characterization, rounded, size_mb
 from dagster_project.rendering.preview import image_preview_png
 from dagster_project.resources import CatalogResource, PipelineConfigResource, StoreResource
+from dagster_project.science.coadd import coadd_frames
 from dagster_project.science.difference import DifferenceParams, DifferenceResult, difference_images
 from dagster_project.store import ProductStore
 
@@ -64,6 +65,8 @@ class _Pair:
     lineage: dict | None  # None: the field has no reference yet
     blocked: str | None
     is_reference: bool
+    #: the frame is one input of a co-added reference: the template is the co-add of the others
+    others: tuple[str, ...] = ()
 
 
 def _difference(key: str, run_id: str, catalog: CatalogResource, store: StoreResource,
@@ -79,9 +82,12 @@ def _difference(key: str, run_id: str, catalog: CatalogResource, store: StoreRes
             checks=[AssetCheckResult(check_name=SCORR_CHECK, passed=True, metadata={"skipped": "reference frame"})])
     try:
         new = products.read_planes(pair.new_path)
-        ref = products.read_planes(Path(pair.lineage["reference_path"]))
+        template = _leave_one_out(key, pair, catalog, products, params) if pair.others else \
+            Path(pair.lineage["reference_path"])
+        ref = products.read_planes(template)
+        pair.lineage["template_path"] = str(template)
         ref_characterization, characterization_path, written = reference_characterization(
-            products, pair.lineage["reference_path"], ref, params)
+            products, template, ref, params)
         result = difference_images(new, ref, params, ref_characterization=ref_characterization)
         products.write_maps(pair.output, new.header, {
             "D": result.zogy.D, "SCORR": result.zogy.S_corr, "FLUX": result.zogy.flux,
@@ -113,14 +119,38 @@ def _start(key: str, dagster_run_id: str, catalog: CatalogResource, products: Pr
         lineage = {"reference_partition": field_band, "reference_version": reference.version,
                    "reference_observation": reference.source_observation.observation_id,
                    "reference_path": reference.path}
-        is_reference = reference.source_observation_id == observation.id
+        inputs = queries.reference_input_keys(session, reference)
+        # never subtracted from a template that holds it: the one-frame reference itself is skipped,
+        # an input of a co-add is differenced against the co-add of the other inputs
+        is_reference = inputs == [key]
+        others = tuple(k for k in inputs if k != key) if key in inputs and not is_reference else ()
         if is_reference:
             queries.finish_difference_run(session, run, status=RunStatus.SKIPPED,
                                           error_message="this observation is its field's reference")
             queries.observation_materialized(session, key, pipeline.rebuild_policy())
+        if others:
+            lineage["template"] = f"v{reference.version} without this frame: co-add of the other {len(others)}"
         return _Pair(run_id=run.id, new_path=Path(observation.preprocess_run.processed_fits_path),
                      output=products.observation_dir(observation.night, observation.observation_id) / "difference.fits",
-                     lineage=lineage, blocked=None, is_reference=is_reference)
+                     lineage=lineage, blocked=None, is_reference=is_reference, others=others)
+
+
+def _leave_one_out(key: str, pair: _Pair, catalog: CatalogResource, products: ProductStore,
+                   params: DifferenceParams) -> Path:
+    """The co-add of the reference's other inputs (written once next to the reference, then reused)."""
+    path = products.leave_one_out_path(pair.lineage["reference_partition"], pair.lineage["reference_version"], key)
+    if path.exists():
+        return path
+    with catalog.catalog().session() as session:
+        frames = [f for f in queries.calibrated_frames_of_field_band(session, pair.lineage["reference_partition"])
+                  if f.observation_key in pair.others]
+    anchor = min(range(len(frames)), key=lambda i: frames[i].quality.get("fwhm_px") or float("inf"))
+    if len(frames) == 1:
+        products.write_planes(path, products.read_planes(Path(frames[0].path)))
+        return path
+    result = coadd_frames([products.read_planes(Path(f.path)) for f in frames], params, anchor=anchor)
+    products.write_planes(path, result.planes, extra={"PSF": result.coadd.psf})
+    return path
 
 
 def _record(key: str, pair: _Pair, result: DifferenceResult, params: DifferenceParams, catalog: CatalogResource,
@@ -147,6 +177,7 @@ def _record(key: str, pair: _Pair, result: DifferenceResult, params: DifferenceP
         metadata={
             **artifacts(difference_image=output, difference_preview=preview_path), "n_candidates": n_candidates,
             **inputs(calibrated_image=pair.new_path, reference_image=pair.lineage["reference_path"],
+                     template_image=pair.lineage["template_path"] if pair.others else None,
                      reference_characterization=characterization_path), "size_mb": size_mb(output),
             # written here only for a reference version frozen without it (reference_image writes it)
             **(artifacts(reference_characterization=characterization_path) if written else {}),
