@@ -59,6 +59,8 @@ def test_no_frame_is_subtracted_from_a_template_that_holds_it(coadded):
         assert all(r.observation.status is ObservationStatus.DIFFERENCED for r in runs)
         for run in runs:
             assert 0.8 < run.quality["scorr_std"] < 1.25  # a template holding the frame would give ~0.7
+            pre = run.observation.preprocess_run
+            assert pre.registration_quality == pytest.approx(run.quality["registration_rms_px"], abs=1e-3)
             template = Path(platform.settings.store_dir / "references" / "F001-r" /
                             f"v1-without-{run.observation.observation_id}.fits")
             assert template.exists()

@@ -168,6 +168,7 @@ def _record(key: str, pair: _Pair, result: DifferenceResult, params: DifferenceP
             quality={**quality, "n_detections": len(result.candidates), "timings": result.timings},
             processing_time_seconds=result.timings.get("total"))
         n_candidates = queries.record_candidates(session, run, candidate_rows(result.candidates))
+        queries.record_registration_quality(session, run, result.quality.get("registration_rms_px"))
         queries.observation_materialized(session, key, pipeline.rebuild_policy())
     scorr_ok = SCORR_STD_RANGE[0] <= result.zogy.scorr_std <= SCORR_STD_RANGE[1]
     preview = image_preview_png(result.zogy.D, mask=result.mask, max_size=256)

@@ -537,6 +537,15 @@ def record_candidates(session: Session, difference_run: DifferenceRun, rows: Seq
     return stored
 
 
+def record_registration_quality(session: Session, difference_run: DifferenceRun, rms_px: float | None) -> None:
+    """The frame's ``registration_quality``: the RMS (px) of its registration onto its reference's grid
+    (a frame whose WCS was solved keeps that solution's RMS until it is differenced)."""
+    run = _current(session, difference_run)
+    if rms_px is not None and run.observation.preprocess_run is not None:
+        run.observation.preprocess_run.registration_quality = float(rms_px)
+        session.flush()
+
+
 def candidates_of_run(session: Session, difference_run: DifferenceRun) -> list[Candidate]:
     """The candidates a difference attempt recorded, by pixel row then column."""
     return list(session.scalars(sa.select(Candidate).where(Candidate.difference_run_id == difference_run.id)
