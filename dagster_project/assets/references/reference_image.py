@@ -151,6 +151,8 @@ def _report(products: ProductStore, target: Path, version: int, choice: CoaddCho
             "limit_mag_5sigma": round(limit.value, 3) if limit else None,
             "limit_mag_system": f"{limit.system} ({limit.unit})" if limit else "-",
             "preview": png_markdown(preview, f"reference v{version} ({len(chosen)} frame(s))"),
+            **({"psf": png_markdown(image_preview_png(np.kron(built.psf, np.ones((4, 4)))), "co-add PSF (4x)")}
+               if built.psf is not None else {}),
         },
         checks=[usable_for_differences(planes, psf_stars, psf_problem),
                 not_shallower(built.quality.get("depth_5sigma_e"), previous_depth)],
