@@ -44,7 +44,7 @@ variable                       meaning                                     defau
                                or flat on any night is processed without
                                them, recorded as uncalibrated
 ``ASTRO_REFERENCE_FRAMES``     most frames co-added into a reference       ``20``
-                               (1: the best single frame)
+                               (1: the most informative single frame)
 ``ASTRO_REFERENCE_REBUILD_GAIN`` rebuild a reference when frames it does  ``0.1``
                                not hold would make it this many
                                magnitudes deeper

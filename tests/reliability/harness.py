@@ -70,6 +70,9 @@ class Site:
             "ASTRO_SETTLE_SECONDS": "0", "ASTRO_SENSOR_INTERVAL": "1", "ASTRO_PRODUCT_QUIET": "0",
             # retries soon and often enough for a test, through the same settings an operator uses
             "ASTRO_RETRY_BACKOFF": "2", "ASTRO_RETRY_ATTEMPTS": "6",
+            # one-frame references: the crashes are about runs and rows, and a co-add's rebuilds would only
+            # lengthen each scenario (tests/e2e/test_coadd_references.py covers the co-adds)
+            "ASTRO_REFERENCE_FRAMES": "1",
             "PYTHONUNBUFFERED": "1",
         }
 
