@@ -11,6 +11,7 @@ so that a reader never sees half a file. Layout under the store root::
     products/<night>/<observation>/candidates.ecsv
     references/<field>-<band>/v<version>.fits   SCI, VAR, MASK
     references/<field>-<band>/v<version>.char.npz  its background, stars and PSF for differences
+    references/<field>-<band>/v<version>-without-<observation>.fits  a co-add's inputs but one (and .char.npz)
 
     results/<result uid>/r<revision>/...         an observation result's products
 
@@ -152,6 +153,11 @@ class ProductStore:
 
     def reference_path(self, field_band: str, version: int) -> Path:
         return self._below("references", safe_path_component(field_band, "unknown"), f"v{int(version)}.fits")
+
+    def leave_one_out_path(self, field_band: str, version: int, observation_key: str) -> Path:
+        """The co-add of a reference version's inputs but one, the template that input is differenced against."""
+        return self._below("references", safe_path_component(field_band, "unknown"),
+                           f"v{int(version)}-without-{safe_path_component(observation_key, 'unknown')}.fits")
 
     def result_dir(self, result_key: str, revision: int) -> Path:
         """Folder of one build of an observation result's products."""
