@@ -42,7 +42,10 @@ def frames_for_reference(frames: list[CalibratedFrame], window_days: float | Non
 
 def rebuilds_due(session: Session, policy: ReferencePolicy) -> list[PlannedRun]:
     """A reference run for each field and band whose current reference the frames chosen now would deepen
-    by at least ``policy.min_gain_mag``."""
+    by at least ``policy.min_gain_mag``. One-frame references (``max_frames`` 1) are not renewed this way:
+    swapping the template for another single frame is a decision for ``references rebuild``."""
+    if policy.max_frames < 2:
+        return []
     planned = []
     for reference in queries.current_references(session):
         field_band = field_band_key(reference.field_name, reference.filter_band)

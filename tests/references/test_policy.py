@@ -67,8 +67,9 @@ def test_one_frame_references_are_never_rebuilt_for_depth(catalog, max_frames):
     with catalog.session() as s:
         best = frame(s, 1, 300.0)
         queries.record_reference(s, "F001", "r", best, "/r", 1.0, 300.0, "best", "d1")
-        frame(s, 2, 400.0)
+        frame(s, 2, 150.0)  # much deeper, yet a one-frame reference stays until rebuilt by hand
         assert rebuilds_due(s, replace(DEFAULT, max_frames=max_frames)) == []
+        assert rebuilds_due(s, DEFAULT)  # a co-add would take it
 
 
 def test_the_sensor_asks_for_the_rebuild_once_and_says_why(tmp_path, sqlite_url):
