@@ -9,11 +9,17 @@ from unittest import mock
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from astropy.table import Table
 from dagster import AssetKey, DagsterInstance, materialize
 
 from dagster_project.assets.detection.candidates import candidates
 from dagster_project.assets.detection.difference_image import difference_image
-from dagster_project.assets.references.reference_image import REFERENCE_MIN_PSF_STARS, USABLE_CHECK, usable_for_differences
+from dagster_project.assets.references.reference_image import (
+    DEPTH_CHECK,
+    REFERENCE_MIN_PSF_STARS,
+    USABLE_CHECK,
+    usable_for_differences,
+)
 from dagster_project.catalog import queries
 from dagster_project.catalog.schema import Candidate, DifferenceRun, Observation, ObservationStatus, RunStatus
 from dagster_project.definitions import defs
@@ -89,10 +95,11 @@ def test_the_reference_check_is_evaluated_and_passes(processed):
     platform, _, _ = processed
     result = defs.resolve_job_def("reference_job").execute_in_process(
         instance=platform.instance, partition_key="F001-r", resources=platform.resources)
-    evaluations = result.get_asset_check_evaluations()
-    assert [(e.asset_key, e.check_name) for e in evaluations] == [(AssetKey("reference_image"), USABLE_CHECK)]
-    assert evaluations[0].passed
-    assert evaluations[0].metadata["psf_stars"].value >= REFERENCE_MIN_PSF_STARS
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert set(evaluations) == {USABLE_CHECK, DEPTH_CHECK}
+    assert all(e.asset_key == AssetKey("reference_image") for e in evaluations.values())
+    assert evaluations[USABLE_CHECK].passed and evaluations[DEPTH_CHECK].passed  # the same frame again: as deep
+    assert evaluations[USABLE_CHECK].metadata["psf_stars"].value >= REFERENCE_MIN_PSF_STARS
 
 
 def test_the_reference_check_fails_on_a_bad_reference():
@@ -108,24 +115,23 @@ def test_the_reference_check_fails_on_a_bad_reference():
     assert usable_for_differences(masked, 50).passed
 
 
-def test_an_observation_is_differenced_only_once_its_candidates_are_stored(processed):
+def test_an_observation_is_differenced_together_with_its_candidates(processed):
+    """The difference and the candidates it emits are recorded in one transaction; the candidates asset
+    then presents them from the catalog (candidates.ecsv) without changing them."""
     platform, _, _ = processed
     with platform.catalog.session() as session:
         run = session.scalars(sa.select(DifferenceRun).where(DifferenceRun.status == RunStatus.COMPLETED)).first()
         key = run.observation.observation_id
     half = materialize([difference_image], instance=platform.instance, partition_key=key, resources=platform.resources)
     assert half.success
-    with platform.catalog.session() as session:  # the difference image is written, the candidates are not
-        observation = queries.get_observation(session, key)
-        assert observation.difference_run.status is RunStatus.COMPLETED
-        assert observation.status is ObservationStatus.DIFFERENCING
-        assert session.scalar(sa.select(sa.func.count()).select_from(Candidate)
-                              .where(Candidate.observation_id == observation.id)) == 0
-    rest = materialize([candidates], instance=platform.instance, partition_key=key, resources=platform.resources)
-    assert rest.success
     with platform.catalog.session() as session:
         observation = queries.get_observation(session, key)
         stored = session.scalar(sa.select(sa.func.count()).select_from(Candidate)
                                 .where(Candidate.observation_id == observation.id))
+        assert observation.difference_run.status is RunStatus.COMPLETED
         assert observation.status is ObservationStatus.DIFFERENCED
         assert stored == observation.difference_run.candidates_found > 0
+        table_path = Path(observation.difference_run.difference_image_path).with_name("candidates.ecsv")
+    rest = materialize([candidates], instance=platform.instance, partition_key=key, resources=platform.resources)
+    assert rest.success
+    assert len(Table.read(table_path, format="ascii.ecsv")) == stored

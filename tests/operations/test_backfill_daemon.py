@@ -49,7 +49,9 @@ def platform(tmp_path, monkeypatch):
     shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
     for name, value in {"ASTRO_HOME": str(tmp_path), "DAGSTER_HOME": str(home), "ASTRO_SURVEY": "test",
                         "DATABASE_URL": f"sqlite:///{tmp_path / 'catalog.sqlite'}", "ASTRO_SENSOR_INTERVAL": "1",
-                        "ASTRO_SETTLE_SECONDS": "0", "ASTRO_PRODUCT_QUIET": "0"}.items():
+                        "ASTRO_SETTLE_SECONDS": "0", "ASTRO_PRODUCT_QUIET": "0",
+                        # one-frame references, as these backfill figures were written for
+                        "ASTRO_REFERENCE_FRAMES": "1"}.items():
         monkeypatch.setenv(name, value)
     night = tmp_path / "night"
     summary = simulate_night(night, n_fields=1, n_epochs=2, size=640, n_bias=2, n_flats=2, transients_per_frame=2,
