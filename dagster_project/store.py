@@ -13,7 +13,12 @@ so that a reader never sees half a file. Layout under the store root::
     references/<field>-<band>/v<version>.char.npz  its background, stars and PSF for differences
     references/<field>-<band>/v<version>-without-<observation>.fits  a co-add's inputs but one (and .char.npz)
 
-    results/<result uid>/r<revision>/...         an observation result's products
+    results/<result uid>/r<revision>/<file>      an observation result's products (:data:`RESULT_FILES`)
+
+and, in a folder of its own (``ASTRO_QUARANTINE_DIR``), the files ingest refused::
+
+    <yyyymmdd>/<name>, <name>.reason.txt         by the UTC day they were refused (``<name>.<n>`` if taken)
+    duplicates/<name>                            copies of content the archive has already
 
 The reference characterization is a NumPy ``.npz`` (not FITS) because it must
 read back bit for bit, the PSF parameters and the parameters it was computed
@@ -23,7 +28,9 @@ Every folder and file name above comes from outside (``INSTRUME``, ``FILTER``,
 partition keys made of ``OBJECT``...), so each one is made a single harmless
 path component by :func:`safe_path_component`, and every path handed out or
 written is checked by :func:`inside` to lie below the store root. The catalog
-keeps the verbatim header values; only the path is sanitized.
+keeps the verbatim header values; only the path is sanitized. Raw and refused
+files are the exception: they keep the names they arrived with (control
+characters made ``_``, ``..`` dropped), as the astronomer knows them.
 """
 
 import hashlib
@@ -31,6 +38,7 @@ import json
 import os
 import re
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +107,46 @@ def inside(root: Path | str, path: Path | str) -> Path:
     return candidate
 
 
+# --- raw and refused files: the names they arrived with -------------------------------------------------------------
+
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def raw_dir(store_root: Path | str) -> Path:
+    """The raw archive, ``<store>/raw`` (one folder per night below it)."""
+    return Path(store_root) / "raw"
+
+
+def raw_archive_path(store_root: Path | str, night: str, original_name: str, version: int) -> Path:
+    """Where a raw file is archived: ``<store>/raw/<night>/<name>``, ``<stem>.v<N>.<suffix>`` for later versions.
+
+    ``original_name`` is its name in the catalog (relative to the landing folder: its folders are kept,
+    ``.`` and ``..`` dropped, control characters made ``_``). Always inside the store (ValueError else).
+    """
+    store_root = Path(store_root)
+    folder, _, name = original_name.rpartition("/")
+    name = _CONTROL_CHARACTERS.sub("_", name)
+    stem, dot, suffix = name.rpartition(".")
+    name = name if version == 1 else f"{stem}.v{version}.{suffix}" if dot else f"{name}.v{version}"
+    parts = [_CONTROL_CHARACTERS.sub("_", part) for part in folder.split("/") if part not in ("", ".", "..")]
+    return inside(store_root, raw_dir(store_root).joinpath(night, *parts, name))
+
+
+def quarantine_path(quarantine_root: Path | str, name: str, *, duplicate: bool, now: datetime | None = None) -> Path:
+    """A free place for a refused file called ``name``: ``duplicates/`` for copies of archived content, else the
+    folder of the UTC day (``now``); ``<name>.<n>`` when the name is taken. The folder is created."""
+    quarantine_root = Path(quarantine_root)
+    day = (now or datetime.now(UTC)).strftime("%Y%m%d")
+    folder = quarantine_root / ("duplicates" if duplicate else day)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = _CONTROL_CHARACTERS.sub("_", name)
+    target, n = folder / name, 1
+    while os.path.lexists(target):
+        target = folder / f"{name}.{n}"
+        n += 1
+    return inside(quarantine_root, target)
+
+
 def _umask() -> int:
     """The process's umask, read without changing it where Linux tells it (no race with other threads)."""
     try:
@@ -124,6 +172,11 @@ def _atomic_write(path: Path, write) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+#: the files of one build of an observation result's products (``results/<uid>/r<revision>/``), by kind
+RESULT_FILES = {"forced_photometry": "photometry.json", "candidates_near_target": "candidates_near_target.json",
+                "cutout_triplet": "cutout.png", "manifest": "manifest.json"}
 
 
 class ProductStore:
@@ -162,6 +215,10 @@ class ProductStore:
     def result_dir(self, result_key: str, revision: int) -> Path:
         """Folder of one build of an observation result's products."""
         return self._below("results", safe_path_component(result_key, "unknown"), f"r{int(revision)}")
+
+    def result_file(self, result_key: str, revision: int, kind: str) -> Path:
+        """One product file of a build of an observation result (``kind``: a key of :data:`RESULT_FILES`)."""
+        return self.result_dir(result_key, revision) / RESULT_FILES[kind]
 
     @staticmethod
     def characterization_path(reference_path: Path | str) -> Path:

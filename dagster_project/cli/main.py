@@ -29,9 +29,10 @@ def cmd_simulate_night(args, settings: Settings) -> int:
     from datetime import date
 
     from dagster_project.simulation.night import free_night, simulate_night
+    from dagster_project.store import raw_dir
 
     out = Path(args.out).expanduser().resolve()
-    night = args.night or free_night([out, settings.store_dir / "raw"], date.today()).isoformat()
+    night = args.night or free_night([out, raw_dir(settings.store_dir)], date.today()).isoformat()
     seed = args.seed if args.seed is not None else time.time_ns() // 1000 % 2**31
     truth = Path(args.truth) if args.truth else out.parent / "truth" / f"{out.name}-{night}-seed{seed}.csv"
     try:

@@ -20,7 +20,8 @@ followed, a FIFO never blocks); a link, FIFO or device is quarantined without
 being opened. Any failure on one file quarantines that file with the failure as
 its reason and the scan goes on; only an unreachable catalog stops a scan. A file
 is known by its path below the landing folder, so ``a/x.fits`` and ``b/x.fits``
-are two files. Every path written is checked to lie inside its folder.
+are two files. Where files go is the store's layout (``store.raw_archive_path``, ``store.quarantine_path``):
+every path written is checked to lie inside its folder.
 """
 
 import hashlib
@@ -31,7 +32,6 @@ import stat as stat_module
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -48,7 +48,7 @@ from dagster_project.ingest.fits_structure import (
 )
 from dagster_project.ingest.frames import ChecksumMismatch, FrameInfo, describe_frame
 from dagster_project.ingest.instruments import InstrumentRegistry
-from dagster_project.store import inside
+from dagster_project.store import quarantine_path, raw_archive_path
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts")
 #: compressed FITS: recorded and quarantined with that reason rather than silently ignored
@@ -295,16 +295,6 @@ def catalog_name(config: LandingConfig, path: Path) -> str:
     return _clip(_text(relative), NAME_CHARS)
 
 
-def _unique_destination(folder: Path, name: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / name
-    n = 1
-    while os.path.lexists(target):
-        target = folder / f"{name}.{n}"
-        n += 1
-    return target
-
-
 def _transfer(config: LandingConfig, source: Path, target: Path) -> None:
     """Copy or move a regular file; a link is never followed (``copy2`` copies the link itself)."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -333,21 +323,6 @@ def _transfer_entry(config: LandingConfig, source: Path, target: Path) -> Path |
     return target
 
 
-def archive_path(config: LandingConfig, night: str, original_name: str, version: int) -> Path:
-    """``<store>/raw/<night>/<name>``, ``<stem>.v<N>.<suffix>`` for later versions; always inside the store."""
-    folder, _, name = original_name.rpartition("/")
-    name = _CONTROL.sub("_", name)
-    stem, dot, suffix = name.rpartition(".")
-    name = name if version == 1 else f"{stem}.v{version}.{suffix}" if dot else f"{name}.v{version}"
-    parts = [_CONTROL.sub("_", part) for part in folder.split("/") if part not in ("", ".", "..")]
-    return inside(config.store_dir, config.store_dir.joinpath("raw", night, *parts, name))
-
-
-def _quarantine_target(config: LandingConfig, path: Path, duplicate: bool) -> Path:
-    folder = config.quarantine_dir / ("duplicates" if duplicate else datetime.now(timezone.utc).strftime("%Y%m%d"))
-    return inside(config.quarantine_dir, _unique_destination(folder, _CONTROL.sub("_", _text(path.name))))
-
-
 def _write_reason(target: Path, reason: str) -> None:
     # written before the catalog row, so a crash cannot leave a quarantined file without its reason
     reason_path = target.with_name(target.name + ".reason.txt")
@@ -362,7 +337,7 @@ def quarantine(config: LandingConfig, catalog: Catalog, path: Path, reason: str,
 
     ``regular=False`` for a link, FIFO or device: it is moved (renamed) but never opened or copied.
     """
-    target = _quarantine_target(config, path, duplicate_of is not None)
+    target = quarantine_path(config.quarantine_dir, _text(path.name), duplicate=duplicate_of is not None)
     _write_reason(target, reason)
     size = os.lstat(path).st_size if regular else 0
     stored = str(target) if regular or not config.keep_originals else None
@@ -468,7 +443,7 @@ def _register_accepted(config: LandingConfig, catalog: Catalog, path: Path, info
     with catalog.session() as session:
         survey = queries.get_or_create_survey(session, config.survey)
         version = queries.next_raw_file_version(session, name)
-        target = archive_path(config, info.night, name, version)
+        target = raw_archive_path(config.store_dir, info.night, name, version)
         raw = queries.register_raw_file(
             session, original_name=name, landing_path=_clip(_text(path), PATH_CHARS),
             stored_path=_clip(_text(target), PATH_CHARS), size_bytes=size, sha256=sha256,

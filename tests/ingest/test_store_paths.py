@@ -4,6 +4,7 @@ import os
 import shutil
 import stat
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,15 @@ from dagster_project.catalog.schema import (
 )
 from dagster_project.cli.runner import process_folder
 from dagster_project.simulation.night import simulate_night
-from dagster_project.store import ProductStore, inside, safe_path_component
+from dagster_project.store import (
+    RESULT_FILES,
+    ProductStore,
+    inside,
+    quarantine_path,
+    raw_archive_path,
+    raw_dir,
+    safe_path_component,
+)
 from tests.platform import make_platform
 
 # "{out}" stands for a folder beside the store (absolute, or relative to "/" after "../"s): a test of broken
@@ -57,6 +66,7 @@ def test_hostile_values_make_paths_inside_the_store(tmp_path, value):
         store.observation_dir(value, value) / "calibrated.fits",
         store.reference_path(value, 1),
         store.result_dir(value, 2) / "photometry.json",
+        *(store.result_file(value, 2, kind) for kind in RESULT_FILES),
     ]
     for path in paths:
         _assert_safe_below(store.root, path)
@@ -108,6 +118,30 @@ def test_inside_refuses_escapes_and_links(tmp_path):
     with pytest.raises(ValueError, match="not inside"):
         store.write_bytes(root / ".." / "x.json", b"no")
     assert list(outside.iterdir()) == [] and not (tmp_path / "x.json").exists()
+
+
+def test_raw_and_refused_files_keep_their_names(tmp_path):
+    store, quarantine = tmp_path / "store", tmp_path / "quarantine"
+    assert raw_dir(store) == store / "raw"
+    assert raw_archive_path(store, "2026-11-21", "a.fits", 1) == store / "raw" / "2026-11-21" / "a.fits"
+    assert raw_archive_path(store, "2026-11-21", "sub/a.fits", 3) == store / "raw" / "2026-11-21" / "sub" / "a.v3.fits"
+    assert raw_archive_path(store, "n", "../../x\nb/./a b\x7f", 2) == store / "raw" / "n" / "x_b" / "a b_.v2"
+    with pytest.raises(ValueError, match="not inside"):
+        raw_archive_path(store, "../..", "a.fits", 1)
+    day = datetime(2026, 11, 22, 23, 59, tzinfo=UTC)
+    first = quarantine_path(quarantine, "bad\n.fits", duplicate=False, now=day)
+    assert first == quarantine / "20261122" / "bad_.fits" and first.parent.is_dir()
+    first.write_bytes(b"")
+    assert quarantine_path(quarantine, "bad\n.fits", duplicate=False, now=day).name == "bad_.fits.1"
+    assert quarantine_path(quarantine, "a.fits", duplicate=True) == quarantine / "duplicates" / "a.fits"
+    assert quarantine_path(quarantine, "..", duplicate=True) == quarantine / "duplicates" / "...1"  # ".." is taken
+
+
+def test_result_files_are_in_their_build_folder(tmp_path):
+    store = ProductStore(tmp_path)
+    assert store.result_file("uid", 4, "manifest") == store.root / "results" / "uid" / "r4" / "manifest.json"
+    assert {store.result_file("uid", 4, kind).name for kind in RESULT_FILES} == {
+        "photometry.json", "candidates_near_target.json", "cutout.png", "manifest.json"}
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o002], ids=oct)
