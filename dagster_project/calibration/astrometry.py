@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dagster_project.catalog.schema import Observation, ObservationStatus, PreprocessRun, RunStatus
+from dagster_project.catalog import queries
+from dagster_project.catalog.schema import Observation
 from dagster_project.science.astrometry import AstrometryError, WcsSolution, solve_wcs, star_positions
 from dagster_project.science.images import ImagePlanes
 from dagster_project.science.psf import PSFError, characterize_image
@@ -58,14 +58,9 @@ def needs_solving(raw_header: dict) -> bool:
 
 def anchors_for(session: Session, observation: Observation) -> list[Anchor]:
     """Calibrated frames of the observation's field with a WCS, best first (see the module notes)."""
-    rows = session.execute(
-        select(Observation, PreprocessRun)
-        .join(PreprocessRun, PreprocessRun.observation_id == Observation.id)
-        .where(Observation.field_name == observation.field_name, Observation.id != observation.id,
-               Observation.status != ObservationStatus.ARCHIVED, PreprocessRun.status == RunStatus.COMPLETED,
-               PreprocessRun.wcs_aligned.is_(True), PreprocessRun.processed_fits_path.is_not(None)))
     anchors = [Anchor(obs.observation_id, pre.processed_fits_path, obs.filter_band, obs.observation_time,
-                      (pre.wcs_info or {}).get("source") == "solved") for obs, pre in rows]
+                      (pre.wcs_info or {}).get("source") == "solved")
+               for obs, pre in queries.calibrated_frames_with_wcs(session, observation)]
     when = observation.observation_time
     anchors.sort(key=lambda a: (a.solved, a.observation_time > when, a.filter_band != observation.filter_band,
                                 abs((a.observation_time - when).total_seconds())))
@@ -116,7 +111,6 @@ def solved_centre(solution: WcsSolution, shape: tuple[int, int]) -> tuple[float,
 
 def record_position(session: Session, observation_key: str, solution: WcsSolution, shape: tuple[int, int]) -> None:
     """The observation's position and pixel scale from its solved WCS (ingest had only the pointing)."""
-    observation = session.scalar(select(Observation).where(Observation.observation_id == observation_key))
-    observation.ra, observation.dec = solved_centre(solution, shape)
-    if np.isfinite(solution.pixel_scale_arcsec):
-        observation.pixel_scale = solution.pixel_scale_arcsec
+    ra, dec = solved_centre(solution, shape)
+    scale = solution.pixel_scale_arcsec if np.isfinite(solution.pixel_scale_arcsec) else None
+    queries.record_solved_position(session, observation_key, ra, dec, scale)

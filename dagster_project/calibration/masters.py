@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import sqlalchemy as sa
 from astropy.io import fits
 from sqlalchemy.orm import Session
 
 from dagster_project.catalog import queries
-from dagster_project.catalog.schema import CalibrationMaster, FrameType, MasterKind, RawDataFile, RawFileStatus
+from dagster_project.catalog.schema import CalibrationMaster, FrameType, MasterKind
 from dagster_project.ingest.frames import standard_card
 from dagster_project.science.calibration import MasterFrame, make_master_bias, make_master_flat
 from dagster_project.store import ProductStore
@@ -70,9 +69,7 @@ def _master_of_night(session: Session, store: ProductStore, *, kind: MasterKind,
                                         filter_band=band or None)
     if len(frames) < MIN_FRAMES:  # a master's noise is measured from the difference of two frames
         frames = []
-    existing = session.scalar(sa.select(CalibrationMaster).where(
-        CalibrationMaster.instrument == instrument, CalibrationMaster.kind == kind,
-        CalibrationMaster.filter_band == (band if kind is MasterKind.FLAT else ""), CalibrationMaster.night == night))
+    existing = queries.master_of_night(session, kind=kind, instrument=instrument, night=night, filter_band=band)
     ids = sorted(str(f.id) for f in frames)
     if frames and not (existing and sorted(existing.input_file_ids) == ids):
         if kind is MasterKind.FLAT and bias is None:
@@ -98,17 +95,8 @@ def _master_of_night(session: Session, store: ProductStore, *, kind: MasterKind,
 
 def _other_nights(session: Session, *, kind: MasterKind, instrument: str, night: str, band: str) -> list[str]:
     """Nights with a master of this kind, or the frames to build one: the earlier ones nearest first, then the later."""
-    frame_type = FrameType.BIAS if kind is MasterKind.BIAS else FrameType.FLAT
-    with_frames = sa.select(RawDataFile.night).where(
-        RawDataFile.status == RawFileStatus.ACCEPTED, RawDataFile.instrument == instrument,
-        RawDataFile.frame_type == frame_type, RawDataFile.night.is_not(None))
-    if kind is MasterKind.FLAT:
-        with_frames = with_frames.where(RawDataFile.filter_band == band)
-    with_frames = with_frames.group_by(RawDataFile.night).having(sa.func.count() >= MIN_FRAMES)
-    with_master = sa.select(CalibrationMaster.night).where(
-        CalibrationMaster.instrument == instrument, CalibrationMaster.kind == kind,
-        CalibrationMaster.filter_band == (band if kind is MasterKind.FLAT else ""))
-    nights = set(session.scalars(with_frames)) | set(session.scalars(with_master))
+    nights = queries.nights_with_calibration(session, kind=kind, instrument=instrument, filter_band=band,
+                                             min_frames=MIN_FRAMES)
     nights.discard(night)
     # 'YYYY-MM-DD' sorts chronologically
     return sorted((n for n in nights if n < night), reverse=True) + sorted(n for n in nights if n > night)

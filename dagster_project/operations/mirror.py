@@ -286,7 +286,7 @@ def mirror_run(instance: DagsterInstance, catalog: Catalog, store_root: Path, ru
     steps = list(step_records(events, after, store_root))  # files are hashed outside any transaction
     operation_id = _operation_id(run.tags)
     with catalog.session() as session:
-        if operation_id is not None and session.get(OperationRun, operation_id) is None:
+        if operation_id is not None and not queries.operation_exists(session, operation_id):
             operation_id = None  # tagged by another catalog (e.g. a copied instance)
         mirrored = queries.record_processing_run(
             session, dagster_run_id=run_id, job_name=run.job_name, status=status, partition_keys=run_partition_keys(instance, run.tags),

@@ -146,6 +146,57 @@ def test_masters_upsert_and_latest(catalog):
         assert s.scalar(sa.select(sa.func.count()).select_from(PreprocessRun)) == 0
 
 
+
+def test_masters_and_nights_with_calibration(catalog):
+    with catalog.session() as s:
+        for n, night in enumerate(("2026-11-19", "2026-11-19", "2026-11-18", "2026-11-22", "2026-11-22")):
+            raw_file(s, f"flat{n}.fits", content=("flat", n), frame_type=FrameType.FLAT, night=night,
+                     filter_band="g" if n == 4 else "r")
+        for n in range(2):
+            raw_file(s, f"bias{n}.fits", content=("bias", n), frame_type=FrameType.BIAS, filter_band=None,
+                     night="2026-11-17")
+        queries.upsert_master(s, kind=MasterKind.FLAT, instrument="cam1", night="2026-11-16", filter_band="r",
+                              path="/m/f16.fits", n_frames=3, input_file_ids=[])
+        queries.upsert_master(s, kind=MasterKind.BIAS, instrument="cam1", night="2026-11-20", filter_band=None,
+                              path="/m/b20.fits", n_frames=3, input_file_ids=[])
+        flats = dict(kind=MasterKind.FLAT, instrument="cam1", filter_band="r")
+        # two r flats on the 19th; one on the 18th and one on the 22nd are too few; the 16th has a master
+        assert queries.nights_with_calibration(s, **flats, min_frames=2) == {"2026-11-19", "2026-11-16"}
+        assert queries.nights_with_calibration(s, **flats, min_frames=1) == {
+            "2026-11-16", "2026-11-18", "2026-11-19", "2026-11-22"}
+        assert queries.nights_with_calibration(s, kind=MasterKind.BIAS, instrument="cam1", filter_band="r",
+                                               min_frames=2) == {"2026-11-17", "2026-11-20"}
+        assert queries.nights_with_calibration(s, **{**flats, "instrument": "cam2"}, min_frames=1) == set()
+        assert queries.master_of_night(s, **flats, night="2026-11-16").path == "/m/f16.fits"
+        assert queries.master_of_night(s, **flats, night="2026-11-19") is None
+        assert queries.master_of_night(s, **{**flats, "filter_band": "g"}, night="2026-11-16") is None
+        assert queries.master_of_night(s, kind=MasterKind.BIAS, instrument="cam1", filter_band="r",
+                                       night="2026-11-20").path == "/m/b20.fits"  # bias masters are band-free
+
+
+def test_astrometric_anchors_and_solved_position(catalog):
+    with catalog.session() as s:
+        new = observation(s, 0)
+        with_wcs = observation(s, 1)
+        run = queries.start_preprocess_run(s, with_wcs, {}, "pre-1")
+        queries.finish_preprocess_run(s, run, status=RunStatus.COMPLETED, processed_fits_path="/p1", wcs_aligned=True)
+        calibrated(s, 2)  # calibrated, but without a WCS
+        other_field = observation(s, 3, field_name="F002")
+        run = queries.start_preprocess_run(s, other_field, {}, "pre-3")
+        queries.finish_preprocess_run(s, run, status=RunStatus.COMPLETED, processed_fits_path="/p3", wcs_aligned=True)
+        assert [(o.observation_id, p.processed_fits_path)
+                for o, p in queries.calibrated_frames_with_wcs(s, new)] == [(with_wcs.observation_id, "/p1")]
+        assert queries.calibrated_frames_with_wcs(s, with_wcs) == []
+        queries.set_status(s, with_wcs, ObservationStatus.ARCHIVED)
+        assert queries.calibrated_frames_with_wcs(s, new) == []
+
+        queries.record_solved_position(s, new.observation_id, 10.5, 20.25, None)
+        assert (new.ra, new.dec, new.pixel_scale) == (10.5, 20.25, None)
+        queries.record_solved_position(s, new.observation_id, 11.0, 21.0, 0.4)
+        assert (new.ra, new.dec, new.pixel_scale) == (11.0, 21.0, 0.4)
+        with pytest.raises(queries.NotFound):
+            queries.record_solved_position(s, "F009-r-0000", 0.0, 0.0, None)
+
 # --- observations -------------------------------------------------------------------------------------------------
 
 def test_create_and_get_observation(catalog):

@@ -147,6 +147,12 @@ def test_starting_the_same_operation_again_returns_the_active_one(catalog, surve
     assert created_after and after.id not in (first.id, other.id)  # a completed one does not block
 
 
+
+def test_operation_exists(catalog, survey):
+    operation, _ = start(catalog, survey)
+    with catalog.session() as s:
+        assert queries.operation_exists(s, operation.id) and not queries.operation_exists(s, operation.id + 1000)
+
 def test_identity_hash_is_deterministic_and_type_specific():
     a = run_identity_hash(OperationType.INGEST_SCAN, {"x": [1, 2], "y": "z"})
     assert a == run_identity_hash(OperationType.INGEST_SCAN, {"y": "z", "x": [1, 2]})

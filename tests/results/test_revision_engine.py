@@ -1,6 +1,7 @@
 """The revision engine: bumps, debounce, builds, failures and crashes."""
 
 import threading
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -10,11 +11,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from dagster_project.catalog import Catalog, IllegalTransition, transition
 from dagster_project.catalog.queries import (
+    NotFound,
     RebuildPolicy,
     bump_results,
     claim_build,
     due_for_rebuild,
     finish_build,
+    get_result_processing_run,
     requeue_abandoned,
 )
 from dagster_project.catalog.schema import DataProductStatus, ObservationResult, ObservationResultProcessingRun
@@ -89,6 +92,15 @@ def test_dead_build_is_requeued_and_its_late_finish_refused(catalog):
             finish_build(s, run, DP.READY, T0 + timedelta(minutes=4), policy=POLICY)
         assert due_for_rebuild(s, T0 + timedelta(minutes=3), POLICY) == [result]
 
+
+
+def test_a_build_is_found_by_its_id(catalog):
+    with catalog.session() as s:
+        _, (result,) = fulfilled_results(s, 1)
+        run = claim_build(s, result, "run-1", T0)
+        assert get_result_processing_run(s, run.id) is run
+        with pytest.raises(NotFound):
+            get_result_processing_run(s, uuid.uuid4())
 
 def test_illegal_product_transition_raises_and_leaves_status(catalog):
     with catalog.session() as s:

@@ -1,6 +1,7 @@
 """The catalog's named queries, one module per domain: ``observations`` (raw files to candidates),
-``planning`` (what awaits which stage), ``results`` (requests, fulfilment and product rebuilds),
-``operations`` (the operations ledger) and ``provenance`` (what each run made of what)."""
+``calibration`` (calibration frames, masters, astrometric anchors), ``planning`` (what awaits which stage),
+``results`` (requests, fulfilment and product rebuilds), ``operations`` (the operations ledger) and
+``provenance`` (what each run made of what)."""
 
 from dagster_project.catalog.queries.observations import (
     ContentAlreadyStored,
@@ -8,7 +9,6 @@ from dagster_project.catalog.queries.observations import (
     MJD_OF_UNIX_EPOCH,
     NotFound,
     PREPROCESS_OUTCOME,
-    calibration_frames,
     candidates_for_export,
     candidates_of_run,
     catalog_summary,
@@ -21,7 +21,6 @@ from dagster_project.catalog.queries.observations import (
     get_observation,
     get_or_create_survey,
     inputs_digest,
-    latest_master,
     latest_raw_file_version,
     list_observations,
     next_raw_file_version,
@@ -39,6 +38,15 @@ from dagster_project.catalog.queries.observations import (
     set_status,
     start_difference_run,
     start_preprocess_run,
+)
+
+from dagster_project.catalog.queries.calibration import (
+    calibrated_frames_with_wcs,
+    calibration_frames,
+    latest_master,
+    master_of_night,
+    nights_with_calibration,
+    record_solved_position,
     upsert_master,
 )
 
@@ -80,6 +88,7 @@ from dagster_project.catalog.queries.results import (
     finish_build,
     get_or_create_instrument,
     get_result,
+    get_result_processing_run,
     match_observation,
     note_lost_attempt,
     observation_materialized,
@@ -112,6 +121,7 @@ from dagster_project.catalog.queries.operations import (
     list_operations,
     mark_running,
     observations_for_backfill,
+    operation_exists,
     outcome_from,
     record_failure,
     record_progress,
@@ -178,6 +188,7 @@ __all__ = [
     "awaiting_debounce",
     "bump_results",
     "calibrated_frames_of_field_band",
+    "calibrated_frames_with_wcs",
     "calibration_frames",
     "cancel_request",
     "candidates_for_export",
@@ -211,6 +222,7 @@ __all__ = [
     "get_preprocess_run",
     "get_processing_run",
     "get_result",
+    "get_result_processing_run",
     "inputs_digest",
     "latest_master",
     "latest_raw_file_version",
@@ -218,14 +230,17 @@ __all__ = [
     "list_observations",
     "list_operations",
     "mark_running",
+    "master_of_night",
     "match_observation",
     "mirrored_up_to",
     "next_raw_file_version",
+    "nights_with_calibration",
     "note_lost_attempt",
     "observation_materialized",
     "observations_awaiting_calibration",
     "observations_awaiting_difference",
     "observations_for_backfill",
+    "operation_exists",
     "outcome_from",
     "plan_next_runs",
     "producing_artifact",
@@ -239,6 +254,7 @@ __all__ = [
     "record_reference",
     "record_registration_quality",
     "record_seeing",
+    "record_solved_position",
     "reference_containing",
     "reference_input_keys",
     "register_duplicate_file",

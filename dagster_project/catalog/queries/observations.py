@@ -18,18 +18,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dagster_project.catalog.healpix import angular_separation_deg, cone_index_ranges, healpix_indices
 from dagster_project.catalog.schema.base import utcnow
 from dagster_project.catalog.schema.observations import (
-    CalibrationMaster,
     Candidate,
     DifferenceRun,
-    FrameType,
-    MasterKind,
     Observation,
     ObservationStatus,
     PreprocessRun,
@@ -231,57 +227,6 @@ def cone_search(session: Session, model: type[T], ra: float, dec: float, radius_
         return []
     separation = angular_separation_deg(ra, dec, [r.ra for r in rows], [r.dec for r in rows])
     return [rows[i] for i in separation.argsort(kind="stable") if separation[i] <= radius_deg]
-
-
-# --- calibration --------------------------------------------------------------------------------------------------
-
-def calibration_frames(session: Session, instrument: str, night: str, frame_type: FrameType | str,
-                       filter_band: str | None = None) -> list[RawDataFile]:
-    """Accepted raw frames of one type, instrument and night (and band, if given), in time order."""
-    stmt = (sa.select(RawDataFile)
-            .where(RawDataFile.status == RawFileStatus.ACCEPTED, RawDataFile.instrument == instrument,
-                   RawDataFile.night == night, RawDataFile.frame_type == FrameType(frame_type))
-            .order_by(RawDataFile.observation_time, RawDataFile.original_name))
-    if filter_band is not None:
-        stmt = stmt.where(RawDataFile.filter_band == filter_band)
-    return list(session.scalars(stmt))
-
-
-def _master_band(kind: MasterKind, filter_band: str | None) -> str:
-    return "" if kind is MasterKind.BIAS else (filter_band or "")
-
-
-def latest_master(session: Session, instrument: str, kind: MasterKind | str, filter_band: str | None,
-                  on_or_before_night: str) -> CalibrationMaster | None:
-    """The newest master of this kind built for a night on or before ``on_or_before_night`` (band ignored for bias)."""
-    kind = MasterKind(kind)
-    return session.scalar(
-        sa.select(CalibrationMaster)
-        .where(CalibrationMaster.instrument == instrument, CalibrationMaster.kind == kind,
-               CalibrationMaster.filter_band == _master_band(kind, filter_band),
-               CalibrationMaster.night <= on_or_before_night)  # 'YYYY-MM-DD' sorts chronologically
-        .order_by(CalibrationMaster.night.desc()).limit(1))
-
-
-def upsert_master(session: Session, *, kind: MasterKind | str, instrument: str, night: str, filter_band: str | None,
-                  path: str, n_frames: int, input_file_ids: Iterable[uuid.UUID | str],
-                  stats: dict[str, Any] | None = None) -> CalibrationMaster:
-    """Record a master, replacing the row of a previous build for the same key (its id is kept).
-
-    One atomic ``INSERT ... ON CONFLICT DO UPDATE``, so concurrent rebuilds cannot collide.
-    """
-    kind = MasterKind(kind)
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    now = utcnow()
-    stmt = insert(CalibrationMaster).values(
-        kind=kind, instrument=instrument, night=night, filter_band=_master_band(kind, filter_band), path=path,
-        n_frames=n_frames, input_file_ids=[str(i) for i in input_file_ids], stats=stats or {},
-        created_at=now, updated_at=now)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["instrument", "kind", "night", "filter_band"],
-        set_={name: stmt.excluded[name] for name in ("path", "n_frames", "input_file_ids", "stats", "updated_at")},
-    ).returning(CalibrationMaster)
-    return session.scalars(stmt, execution_options={"populate_existing": True}).one()
 
 
 # --- preprocessing and differencing runs ----------------------------------------------------------------------------

@@ -262,6 +262,11 @@ def complete_operation(session: Session, operation: OperationRun | int,
 
 # --- queries --------------------------------------------------------------------------------------------------------
 
+def operation_exists(session: Session, operation_id: int) -> bool:
+    """Whether this catalog has operation #``operation_id``."""
+    return session.get(OperationRun, operation_id) is not None
+
+
 def get_operation(session: Session, operation_id: int) -> OperationRun:
     operation = session.get(OperationRun, operation_id)
     if operation is None:

@@ -381,6 +381,14 @@ def get_result(session: Session, uid) -> ObservationResult:
     return result
 
 
+def get_result_processing_run(session: Session, run_id) -> ObservationResultProcessingRun:
+    """One build of a result's products (its ObservationResultProcessingRun), by id."""
+    run = session.get(ObservationResultProcessingRun, run_id)
+    if run is None:
+        raise NotFound(f"no observation result processing run with id {run_id}")
+    return run
+
+
 def claim_build(session: Session, result: ObservationResult, dagster_run_id: str | None,
                 now: datetime) -> ObservationResultProcessingRun:
     """Start a build of the result's current revision: BUILDING, with a processing run recording the revision."""
