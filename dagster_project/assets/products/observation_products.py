@@ -58,7 +58,7 @@ def _build_products(key: str, run_id: str, catalog: CatalogResource, store: Stor
         return PartitionOutput(metadata={"status": status.value, "reason": str(plan), "revision": revision},
                                checks=checks)
     try:
-        outputs = _build(products, plan, products.result_dir(key, revision))
+        outputs = _build(products, plan, key, revision)
         with catalog.catalog().session() as session:
             processing_run = session.get_one(schema.ObservationResultProcessingRun, build_id)
             for kind, (path, meta) in outputs.items():
@@ -123,7 +123,10 @@ def _plan(session, result) -> dict:
     }
 
 
-def _build(products: ProductStore, plan: dict, folder: Path) -> dict[str, tuple[Path, dict]]:
+def _build(products: ProductStore, plan: dict, key: str, revision: int) -> dict[str, tuple[Path, dict]]:
+    def file(kind: str) -> Path:  # the store names the files (store.RESULT_FILES)
+        return products.result_file(key, revision, kind)
+
     maps, header = products.read_maps(Path(plan["difference_path"]), ("FLUX", "FLUXERR", "D", "REF", "MASK"))
     new = products.read_planes(Path(plan["calibrated_path"])).data
     target = plan["target"]
@@ -137,12 +140,12 @@ def _build(products: ProductStore, plan: dict, folder: Path) -> dict[str, tuple[
     record.update(limit_mag_5sigma=limit.value if limit else None, limit_mag_system=limit.system if limit else None,
                   limit_mag_unit=limit.unit if limit else None)
     outputs = {
-        "forced_photometry": (products.write_bytes(folder / "photometry.json", _json(record)), record),
+        "forced_photometry": (products.write_bytes(file("forced_photometry"), _json(record)), record),
         "candidates_near_target": (
-            products.write_bytes(folder / "candidates_near_target.json", _json(plan["near"])),
+            products.write_bytes(file("candidates_near_target"), _json(plan["near"])),
             {"radius_arcsec": NEAR_TARGET_ARCSEC, "candidates": plan["near"]}),
         "cutout_triplet": (
-            products.write_bytes(folder / "cutout.png",
+            products.write_bytes(file("cutout_triplet"),
                                  cutout_triplet_png(new, maps["REF"], maps["D"], photometry.x, photometry.y)),
             {"x": photometry.x, "y": photometry.y}),
     }
@@ -150,7 +153,7 @@ def _build(products: ProductStore, plan: dict, folder: Path) -> dict[str, tuple[
                 "built_from_revision": plan["revision"], "observation": plan["observation_key"],
                 "code_version": CODE_VERSION,
                 "products": {k: {"path": str(p), "sha256": sha256_of(p)} for k, (p, _) in outputs.items()}}
-    outputs["manifest"] = (products.write_bytes(folder / "manifest.json", _json(manifest)), {"n_products": len(outputs)})
+    outputs["manifest"] = (products.write_bytes(file("manifest"), _json(manifest)), {"n_products": len(outputs)})
     return outputs
 
 
