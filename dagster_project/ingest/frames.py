@@ -144,6 +144,61 @@ def describe_frame(path: Path, structure: FitsStructure, registry: InstrumentReg
         return profile.keyword_in(header, canonical)
 
     _check_widths(header, kw)
+    frame_type = _frame_type(header, profile, kw)
+    time, mjd = _checked_time(header, profile, kw)
+    observation_time = time.to_datetime(timezone=timezone.utc)
+    exposure = _exposure(header, kw, frame_type)
+    filter_band = _filter_band(header, profile, kw)
+    section = _data_section(header, kw)
+    _check_pixels(path)
+
+    ra = dec = pixel_scale = wcs_source = None
+    nominal = None
+    if frame_type == "science":
+        ra, dec, pixel_scale, wcs_source, nominal = _science_position(
+            header, profile, kw, section.nx, section.ny, section.origin)
+
+    longitude = _number(header, kw("site_longitude"))
+    if longitude is None:
+        longitude = profile.site_longitude_deg or 0.0
+    object_name = str(_value(header, kw("object"))).strip() if _value(header, kw("object")) else None
+    instrument = str(_value(header, kw("instrument"))).strip()
+    standard = {
+        "DATE-OBS": time.isot, "EXPTIME": exposure.exptime, "FILTER": filter_band, "OBJECT": object_name,
+        "INSTRUME": instrument, "GAIN": exposure.gain, "RDNOISE": exposure.read_noise,
+        "SATURATE": exposure.saturate, "AIRMASS": exposure.airmass,
+        "BIASSEC": str(section.biassec) if section.biassec else None,
+        "TRIMSEC": str(section.trimsec) if section.trimsec else None,
+    }
+    if mjd is None:  # derived, for products of frames written without it
+        standard["MJD-OBS"] = round(float(time.mjd), 8)
+    return FrameInfo(
+        frame_type=frame_type,
+        instrument=instrument,
+        filter_band=filter_band,
+        object_name=object_name,
+        observation_time=observation_time,
+        mjd=float(time.mjd),
+        night=_night_of(observation_time, longitude),
+        exposure_time=exposure.exptime,
+        airmass=exposure.airmass,
+        gain=exposure.gain,
+        read_noise=exposure.read_noise,
+        saturate=exposure.saturate,
+        naxis1=section.nx,
+        naxis2=section.ny,
+        ra=ra,
+        dec=dec,
+        pixel_scale=pixel_scale,
+        biassec=standard["BIASSEC"],
+        trimsec=standard["TRIMSEC"],
+        cards=_catalog_cards(header, profile, kw, standard, wcs_source, nominal),
+        wcs_source=wcs_source,
+    )
+
+
+def _frame_type(header: fits.Header, profile: InstrumentProfile, kw) -> str:
+    """The frame type its ``imagetyp`` says, once every keyword that type requires is there."""
     imagetyp = _value(header, kw("imagetyp"))
     if imagetyp is None:
         raise InvalidFitsFile(f"missing required keyword {profile.keyword_names('imagetyp')}")
@@ -153,13 +208,29 @@ def describe_frame(path: Path, structure: FitsStructure, registry: InstrumentReg
     missing = [profile.keyword_names(c) for c in REQUIRED[frame_type] if _value(header, kw(c)) is None]
     if missing:
         raise InvalidFitsFile(f"missing required keyword(s) {', '.join(missing)} for a {frame_type} frame")
+    return frame_type
 
+
+def _checked_time(header: fits.Header, profile: InstrumentProfile, kw) -> tuple[Time, float | None]:
+    """The start of the exposure, and ``mjd_obs`` if the header has it (it must agree, to 5 s)."""
     time = _observation_time(header, profile, kw)
     mjd = _number(header, kw("mjd_obs"))
     if mjd is not None and abs(mjd - time.mjd) > 1.0 / 86400 * 5:
         raise InvalidFitsFile(f"{kw('mjd_obs')} = {mjd} disagrees with {kw('date_obs')} ({time.mjd:.6f})")
-    observation_time = time.to_datetime(timezone=timezone.utc)
+    return time, mjd
 
+
+@dataclass(frozen=True)
+class _Exposure:
+    exptime: float  # s
+    gain: float  # e-/ADU (required of every frame type, as are the next two)
+    read_noise: float  # e-
+    saturate: float  # ADU
+    airmass: float | None
+
+
+def _exposure(header: fits.Header, kw, frame_type: str) -> _Exposure:
+    """Exposure time, detector gain, read noise and saturation, and airmass, each checked."""
     exptime = _number(header, kw("exptime"), positive=True) or 0.0
     if frame_type in ("science", "flat") and exptime <= 0:
         raise InvalidFitsFile(f"{kw('exptime')} must be > 0 for a {frame_type} frame, got {exptime}")
@@ -169,8 +240,20 @@ def describe_frame(path: Path, structure: FitsStructure, registry: InstrumentReg
     airmass = _number(header, kw("airmass"), positive=True, allow_zero=False)
     if airmass is not None and airmass < 1.0 - 1e-3:
         raise InvalidFitsFile(f"{kw('airmass')} = {airmass} is below 1")
-    filter_band = _filter_band(header, profile, kw)
+    return _Exposure(exptime, gain, read_noise, saturate, airmass)
 
+
+@dataclass(frozen=True)
+class _DataSection:
+    biassec: object  # the header values (None: no such keyword)
+    trimsec: object
+    nx: int  # of the data section (after trimming the overscan)
+    ny: int
+    origin: tuple[int, int]  # (x, y) of its first pixel in the full frame, 0-based
+
+
+def _data_section(header: fits.Header, kw) -> _DataSection:
+    """The 2-D image's data section (``trimsec``, else all of it), its overscan section checked too."""
     if header.get("NAXIS") != 2:
         raise InvalidFitsFile(f"primary HDU must hold a 2-D image, NAXIS = {header.get('NAXIS')}")
     ny, nx = int(header["NAXIS2"]), int(header["NAXIS1"])
@@ -187,50 +270,8 @@ def describe_frame(path: Path, structure: FitsStructure, registry: InstrumentReg
     data_nx = len(range(*data_slices[1].indices(nx)))
     if data_nx == 0 or data_ny == 0:
         raise InvalidFitsFile(f"{kw('trimsec')} = {trimsec!r} selects no pixels of a {nx}x{ny} image")
-
-    _check_pixels(path)
-
-    ra = dec = pixel_scale = wcs_source = None
-    nominal = None
-    if frame_type == "science":
-        ra, dec, pixel_scale, wcs_source, nominal = _science_position(
-            header, profile, kw, data_nx, data_ny, (data_slices[1].indices(nx)[0], data_slices[0].indices(ny)[0]))
-
-    longitude = _number(header, kw("site_longitude"))
-    if longitude is None:
-        longitude = profile.site_longitude_deg or 0.0
-    object_name = str(_value(header, kw("object"))).strip() if _value(header, kw("object")) else None
-    instrument = str(_value(header, kw("instrument"))).strip()
-    standard = {
-        "DATE-OBS": time.isot, "EXPTIME": exptime, "FILTER": filter_band, "OBJECT": object_name,
-        "INSTRUME": instrument, "GAIN": gain, "RDNOISE": read_noise, "SATURATE": saturate, "AIRMASS": airmass,
-        "BIASSEC": str(biassec) if biassec else None, "TRIMSEC": str(trimsec) if trimsec else None,
-    }
-    if mjd is None:  # derived, for products of frames written without it
-        standard["MJD-OBS"] = round(float(time.mjd), 8)
-    return FrameInfo(
-        frame_type=frame_type,
-        instrument=instrument,
-        filter_band=filter_band,
-        object_name=object_name,
-        observation_time=observation_time,
-        mjd=float(time.mjd),
-        night=_night_of(observation_time, longitude),
-        exposure_time=exptime,
-        airmass=airmass,
-        gain=gain,
-        read_noise=read_noise,
-        saturate=saturate,
-        naxis1=data_nx,
-        naxis2=data_ny,
-        ra=ra,
-        dec=dec,
-        pixel_scale=pixel_scale,
-        biassec=standard["BIASSEC"],
-        trimsec=standard["TRIMSEC"],
-        cards=_catalog_cards(header, profile, kw, standard, wcs_source, nominal),
-        wcs_source=wcs_source,
-    )
+    origin = (data_slices[1].indices(nx)[0], data_slices[0].indices(ny)[0])
+    return _DataSection(biassec, trimsec, data_nx, data_ny, origin)
 
 
 def _catalog_cards(header: fits.Header, profile: InstrumentProfile, kw, standard: dict, wcs_source: str | None,

@@ -213,61 +213,19 @@ def simulate_night(
     truth_path : path-like, optional
         Where ``truth.csv`` goes (its folder is created); default ``out_dir / "truth.csv"``.
     """
-    if n_fields < 1 or n_epochs < 1 or n_bias < 0 or n_flats < 0 or transients_per_frame < 0:
-        raise ValueError("need n_fields >= 1, n_epochs >= 1 and non-negative frame and transient counts")
-    if not bands or len(set(bands)) != len(bands):
-        raise ValueError(f"bands must be a non-empty tuple of distinct names, got {bands!r}")
-    for band in bands:
-        band_response(band)
+    _check_arguments(n_fields, n_epochs, n_bias, n_flats, transients_per_frame, bands)
     night_date = date.fromisoformat(night)
     spec = DetectorSpec(nx=size, ny=size, overscan=overscan)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     detector = make_detector(spec, np.random.default_rng([seed, _DETECTOR]))
-    field_rng = np.random.default_rng([seed, _FIELDS])
-    fields = [
-        FieldSpec(f"F{i + 1:03d}", float(field_rng.uniform(0.0, 360.0)), float(field_rng.uniform(-60.0, 10.0)))
-        for i in range(n_fields)
-    ]
+    fields = _fields(n_fields, seed)
     midnight = Time(night_date.isoformat(), scale="utc").mjd
-    paths: dict[str, list[Path]] = {"bias": [], "flat": [], "sci": []}
-    sequence = itertools.count(1)
-
-    def write(frame: RawFrame, kind: str, band: str, field: str | None = None) -> Path:
-        path = out_dir / frame_name(spec.instrument, night_date, next(sequence), kind, band, field)
-        write_raw_frame(path, frame)
-        paths[kind].append(path)
-        return path
-
-    for i in range(n_bias):
-        rng = np.random.default_rng([seed, _BIAS, i])
-        mjd = midnight + _BIAS_START_H / 24 + i * 30.0 / 86400
-        write(simulate_bias_frame(detector, rng, mjd=mjd, band=bands[0]), "bias", bands[0])
-    for b, band in enumerate(bands):
-        for i in range(n_flats):
-            rng = np.random.default_rng([seed, _FLAT, b, i])
-            mjd = midnight + _FLAT_START_H / 24 + (b * n_flats + i) * 60.0 / 86400
-            # twilight fades: each flat has its own level
-            frame = simulate_flat_frame(detector, rng, mjd=mjd, band=band, level_adu=rng.uniform(15000.0, 25000.0))
-            write(frame, "flat", band)
-
-    skies = [make_sky_model(fld, spec, np.random.default_rng([seed, _SKY, f])) for f, fld in enumerate(fields)]
-    truth: list[dict] = []
-    conditions: dict[str, EpochConditions] = {}
-    for f, b, epoch, cond in _science_schedule(n_fields, bands, n_epochs, midnight, spec, seed):
-        field, band = fields[f], bands[b]
-        frame = simulate_science_frame(
-            detector, field, skies[f], cond, band, np.random.default_rng([seed, _SCIENCE, f, b, epoch]),
-            n_transients=transients_per_frame if epoch >= 1 else 0,
-        )
-        path = write(frame, "sci", band, field.name)
-        conditions[path.name] = cond
-        truth += [
-            dict(file=path.name, field=field.name, band=band, epoch=epoch, ra=t.ra, dec=t.dec, x=t.x, y=t.y,
-                 flux_e=t.flux_e, snr_optimal=t.snr_optimal)
-            for t in frame.transients
-        ]
+    frames = _FrameWriter(out_dir, spec.instrument, night_date)
+    _write_calibration(frames, detector, bands, n_bias, n_flats, midnight, seed)
+    truth, conditions = _write_science(frames, detector, spec, fields, bands, n_epochs, transients_per_frame,
+                                       midnight, seed)
 
     truth_path = out_dir / "truth.csv" if truth_path is None else Path(truth_path)
     truth_path.parent.mkdir(parents=True, exist_ok=True)
@@ -277,7 +235,7 @@ def simulate_night(
         "night": night,
         "out_dir": str(out_dir),
         "truth": str(truth_path),
-        "files": {kind: len(p) for kind, p in paths.items()},
+        "files": {kind: len(p) for kind, p in frames.paths.items()},
         "fields": {fld.name: {"ra": round(fld.ra_deg, 6), "dec": round(fld.dec_deg, 6)} for fld in fields},
         "bands": list(bands),
         "epochs": n_epochs,
@@ -285,4 +243,78 @@ def simulate_night(
         "transients": len(truth),
         "seed": seed,
     }
-    return SimulatedNight(out_dir, paths, truth, truth_path, conditions, summary)
+    return SimulatedNight(out_dir, frames.paths, truth, truth_path, conditions, summary)
+
+
+def _check_arguments(n_fields: int, n_epochs: int, n_bias: int, n_flats: int, transients_per_frame: int,
+                     bands: tuple[str, ...]) -> None:
+    """ValueError before anything is written: counts out of range, repeated or unknown bands."""
+    if n_fields < 1 or n_epochs < 1 or n_bias < 0 or n_flats < 0 or transients_per_frame < 0:
+        raise ValueError("need n_fields >= 1, n_epochs >= 1 and non-negative frame and transient counts")
+    if not bands or len(set(bands)) != len(bands):
+        raise ValueError(f"bands must be a non-empty tuple of distinct names, got {bands!r}")
+    for band in bands:
+        band_response(band)
+
+
+def _fields(n_fields: int, seed: int) -> list[FieldSpec]:
+    """Fields ``F001``... at random positions (any RA, Dec from -60 to +10 deg)."""
+    field_rng = np.random.default_rng([seed, _FIELDS])
+    return [
+        FieldSpec(f"F{i + 1:03d}", float(field_rng.uniform(0.0, 360.0)), float(field_rng.uniform(-60.0, 10.0)))
+        for i in range(n_fields)
+    ]
+
+
+class _FrameWriter:
+    """Writes the night's frames under their names, numbered in writing order, and keeps their paths by kind."""
+
+    def __init__(self, out_dir: Path, instrument: str, night: date) -> None:
+        self.out_dir, self.instrument, self.night = out_dir, instrument, night
+        self.paths: dict[str, list[Path]] = {"bias": [], "flat": [], "sci": []}
+        self._sequence = itertools.count(1)
+
+    def write(self, frame: RawFrame, kind: str, band: str, field: str | None = None) -> Path:
+        path = self.out_dir / frame_name(self.instrument, self.night, next(self._sequence), kind, band, field)
+        write_raw_frame(path, frame)
+        self.paths[kind].append(path)
+        return path
+
+
+def _write_calibration(frames: _FrameWriter, detector, bands: tuple[str, ...], n_bias: int, n_flats: int,
+                       midnight: float, seed: int) -> None:
+    """The afternoon's biases, then the twilight flats of each band."""
+    for i in range(n_bias):
+        rng = np.random.default_rng([seed, _BIAS, i])
+        mjd = midnight + _BIAS_START_H / 24 + i * 30.0 / 86400
+        frames.write(simulate_bias_frame(detector, rng, mjd=mjd, band=bands[0]), "bias", bands[0])
+    for b, band in enumerate(bands):
+        for i in range(n_flats):
+            rng = np.random.default_rng([seed, _FLAT, b, i])
+            mjd = midnight + _FLAT_START_H / 24 + (b * n_flats + i) * 60.0 / 86400
+            # twilight fades: each flat has its own level
+            frame = simulate_flat_frame(detector, rng, mjd=mjd, band=band, level_adu=rng.uniform(15000.0, 25000.0))
+            frames.write(frame, "flat", band)
+
+
+def _write_science(frames: _FrameWriter, detector, spec: DetectorSpec, fields: list[FieldSpec],
+                   bands: tuple[str, ...], n_epochs: int, transients_per_frame: int, midnight: float,
+                   seed: int) -> tuple[list[dict], dict[str, EpochConditions]]:
+    """The science exposures in time order; the truth rows of their injected transients, and each one's conditions."""
+    skies = [make_sky_model(fld, spec, np.random.default_rng([seed, _SKY, f])) for f, fld in enumerate(fields)]
+    truth: list[dict] = []
+    conditions: dict[str, EpochConditions] = {}
+    for f, b, epoch, cond in _science_schedule(len(fields), bands, n_epochs, midnight, spec, seed):
+        field, band = fields[f], bands[b]
+        frame = simulate_science_frame(
+            detector, field, skies[f], cond, band, np.random.default_rng([seed, _SCIENCE, f, b, epoch]),
+            n_transients=transients_per_frame if epoch >= 1 else 0,
+        )
+        path = frames.write(frame, "sci", band, field.name)
+        conditions[path.name] = cond
+        truth += [
+            dict(file=path.name, field=field.name, band=band, epoch=epoch, ra=t.ra, dec=t.dec, x=t.x, y=t.y,
+                 flux_e=t.flux_e, snr_optimal=t.snr_optimal)
+            for t in frame.transients
+        ]
+    return truth, conditions
