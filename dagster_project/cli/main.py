@@ -225,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
+        from dagster_project.resources import difference_config  # here: a command's start stays light
+
+        difference_config(settings)  # a bad ASTRO_DIFFERENCE_PARAMS field: one line naming it, not a traceback
     except ValueError as exc:  # a setting of the environment that is not a number, or out of range
         return fail(exc)
     command = (args.command, getattr(args, "action", None))

@@ -73,6 +73,15 @@ def test_a_bad_setting_is_one_line_and_exit_2(home, monkeypatch, capsys):
     assert "ASTRO_BACKFILL_BATCH" in err
 
 
+@pytest.mark.parametrize("value, named", [('{"thresold": 4}', "'thresold' is not a field"),
+                                          ('{"min_matches": "six"}', "min_matches")])
+def test_a_bad_difference_parameter_is_one_line_and_exit_2(home, monkeypatch, capsys, value, named):
+    monkeypatch.setenv("ASTRO_DIFFERENCE_PARAMS", value)
+    code, _, err = run_cli(["status"], capsys)
+    _assert_one_line_error(code, err, ["status"])
+    assert "ASTRO_DIFFERENCE_PARAMS" in err and named in err
+
+
 def test_backfill_dates_are_checked_before_anything_runs(home, capsys):
     code, out, err = run_cli(["backfill", "--night-from", "yesterday", "--dry-run"], capsys)
     assert code == 2 and "YYYY-MM-DD" in err and "no observation matches" not in out
