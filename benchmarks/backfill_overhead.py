@@ -77,7 +77,7 @@ def _backfill(instance, job: str, keys: list[str], label: str, run_config: dict)
 
     from dagster_project.cli.operations import submit_asset_backfill
     from dagster_project.pipeline.jobs import JOB_ASSETS
-    from dagster_project.sensors.ledger import run_partition_keys
+    from dagster_project.operations.mirror import run_partition_keys
 
     submitted = time.time()
     tags = {"bench": label}

@@ -20,11 +20,10 @@ SENSOR_BUILDERS: tuple[SensorBuilder, ...] = (
     build_raw_arrival_sensor,
     build_reference_and_difference_sensor,
     build_product_rebuild_sensor,
+    build_ledger_sensor,
 )
 
 
 def build_sensors(settings: Settings) -> list[SensorDefinition]:
     """Every sensor of the code location, made from ``settings``."""
-    # ledger.py still takes the interval itself (and builds a sensor at import): once it is made with
-    # sensor_builder, its builder joins SENSOR_BUILDERS
-    return [build(settings) for build in SENSOR_BUILDERS] + [build_ledger_sensor(settings.sensor_interval_seconds)]
+    return [build(settings) for build in SENSOR_BUILDERS]

@@ -18,7 +18,7 @@ from dagster_project.catalog.schema import Artifact, ProcessingRun, ProcessingSt
 from dagster_project.cli.main import main as cli_main
 from dagster_project.definitions import defs
 from dagster_project.cli.runner import process_folder
-from dagster_project.sensors.ledger import mirror_run
+from dagster_project.operations.mirror import mirror_run
 from dagster_project.simulation.recovery import match_injections
 from dagster_project.simulation.night import load_truth, simulate_night
 from tests.conftest import fresh_postgres_database

@@ -13,11 +13,11 @@ from dagster_project.catalog.schema import ObservationStatus, PreprocessRun, Run
 from dagster_project.catalog.schema import OperationOutcome, OperationStatus, OperationType
 from dagster_project.cli.main import main as cli_main
 from dagster_project.operations.recording import OPERATION_TAG
-from dagster_project.sensors.ledger import build_ledger_sensor
+from dagster_project.definitions import defs
 from dagster_project.simulation.night import simulate_night
 from tests.platform import make_platform
 
-operations_ledger_sensor = build_ledger_sensor(interval_seconds=10)
+operations_ledger_sensor = defs.resolve_sensor_def("operations_ledger_sensor")
 
 pytestmark = pytest.mark.slow
 

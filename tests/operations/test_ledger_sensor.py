@@ -18,11 +18,11 @@ from dagster_project.catalog.schema import ObservationStatus, RunStatus
 from dagster_project.catalog.schema import OperationOutcome, OperationStatus, OperationType
 from dagster_project.catalog.schema import ProcessingRun, ProcessingRunStatus, ProcessingStep, StepType
 from dagster_project.operations.recording import OPERATION_TAG, owner_context, start_wave
-from dagster_project.sensors.ledger import build_ledger_sensor
+from dagster_project.definitions import defs
 from tests.catalog import observation
 from tests.platform import make_platform
 
-operations_ledger_sensor = build_ledger_sensor(interval_seconds=10)
+operations_ledger_sensor = defs.resolve_sensor_def("operations_ledger_sensor")
 
 
 @op

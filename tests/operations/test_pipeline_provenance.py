@@ -12,11 +12,11 @@ from dagster_project.catalog.schema import Artifact, ProcessingRun, ProcessingSt
 from dagster_project.cli.main import main as cli_main
 from dagster_project.ingest.landing import sha256_of
 from dagster_project.cli.runner import process_folder
-from dagster_project.sensors.ledger import build_ledger_sensor
+from dagster_project.definitions import defs
 from dagster_project.simulation.night import simulate_night
 from tests.platform import make_platform
 
-operations_ledger_sensor = build_ledger_sensor(interval_seconds=10)
+operations_ledger_sensor = defs.resolve_sensor_def("operations_ledger_sensor")
 
 pytestmark = pytest.mark.slow
 

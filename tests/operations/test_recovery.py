@@ -29,14 +29,13 @@ from dagster_project.products.requests import RequestSpec, submit_requests
 from dagster_project.operations.recording import start_wave
 from dagster_project.resources import CatalogResource, resources_from_settings
 from dagster_project.cli.runner import HeadlessDaemon, process_folder
-from dagster_project.sensors.ledger import build_ledger_sensor
 from dagster_project.sensors.reference_and_difference import ATTEMPT_TAG
 from dagster_project.settings import Settings
 from dagster_project.simulation.night import simulate_night
 from tests.catalog import calibrated, observation
 from tests.platform import make_platform
 
-operations_ledger_sensor = build_ledger_sensor(interval_seconds=10)
+operations_ledger_sensor = defs.resolve_sensor_def("operations_ledger_sensor")
 
 raw_arrival_sensor = defs.resolve_sensor_def("raw_arrival_sensor")
 reference_and_difference_sensor = defs.resolve_sensor_def("reference_and_difference_sensor")
