@@ -75,7 +75,7 @@ def _backfill(instance, job: str, keys: list[str], label: str, run_config: dict)
     from dagster import DagsterRun, RunsFilter
     from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
-    from dagster_project.cli.operations import submit_asset_backfill
+    from dagster_project.cli.backfill import submit_asset_backfill
     from dagster_project.pipeline.jobs import JOB_ASSETS
     from dagster_project.operations.mirror import run_partition_keys
 

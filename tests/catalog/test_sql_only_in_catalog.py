@@ -18,10 +18,7 @@ SESSION_QUERIES = {"execute", "scalar", "scalars", "get", "get_one", "query"}
 SQLALCHEMY_ALLOWED = {("sqlalchemy.orm", "Session"), ("sqlalchemy", "make_url"), ("sqlalchemy", "exc")}
 
 #: file -> why it still does (each entry must still be needed: a stale one fails the test)
-STILL_QUERYING = {
-    "assets/products/observation_products.py": "session.get_one(ObservationResultProcessingRun, ...): "
-                                               "queries.get_result_processing_run is its named query",
-}
+STILL_QUERYING: dict[str, str] = {}
 
 
 def sql_outside_catalog(source: str) -> list[int]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from astropy.wcs import WCS
 from dagster import AllPartitionMapping, AssetCheckResult, AssetDep, Failure, FreshnessPolicy, MetadataValue
 
-from dagster_project.catalog import Candidate, RunStatus, cone_search, queries, schema
+from dagster_project.catalog import Candidate, RunStatus, cone_search, queries
 from dagster_project.catalog.schema import DataProductStatus, FulfillmentStatus, utcnow
 from dagster_project.ingest.landing import sha256_of
 from dagster_project.pipeline import CODE_VERSION, PartitionOutput, artifacts, inputs, observation_asset, png_markdown
@@ -60,7 +60,7 @@ def _build_products(key: str, run_id: str, catalog: CatalogResource, store: Stor
     try:
         outputs = _build(products, plan, key, revision)
         with catalog.catalog().session() as session:
-            processing_run = session.get_one(schema.ObservationResultProcessingRun, build_id)
+            processing_run = queries.get_result_processing_run(session, build_id)
             for kind, (path, meta) in outputs.items():
                 queries.add_output(session, processing_run, kind=kind, path=str(path),
                                    size_bytes=path.stat().st_size, checksum=sha256_of(path), metadata=meta)
@@ -159,7 +159,7 @@ def _build(products: ProductStore, plan: dict, key: str, revision: int) -> dict[
 
 def _finish(catalog: CatalogResource, run_id, outcome: DataProductStatus, reason: str | None, policy) -> DataProductStatus:
     with catalog.catalog().session() as session:
-        run = session.get_one(schema.ObservationResultProcessingRun, run_id)
+        run = queries.get_result_processing_run(session, run_id)
         return queries.finish_build(session, run, outcome, utcnow(), reason, policy).data_product_status
 
 
