@@ -1,76 +1,10 @@
-"""Which calibrated frame becomes a field's reference image."""
+"""Which calibrated frames make a field's reference image: the frames of its co-add (one for a one-frame reference)."""
 
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["CoaddChoice", "ReferenceChoice", "choose_coadd_frames", "choose_reference", "depth_gain_mag",
-           "frame_information"]
-
-
-@dataclass(frozen=True)
-class ReferenceChoice:
-    """The frame chosen as a reference.
-
-    Attributes
-    ----------
-    index : int
-        Its position in the ``qualities`` given to :func:`choose_reference`.
-    reason : str
-        Why it was chosen, for the logs and the catalog.
-    """
-
-    index: int
-    reason: str
-
-
-def choose_reference(
-    qualities: Sequence[Mapping[str, float]],
-    min_psf_stars: int = 5,
-    max_masked_fraction: float = 0.2,
-    max_ellipticity: float = 0.3,
-) -> ReferenceChoice | None:
-    """Pick the best-seeing frame among those good enough to be a reference.
-
-    Parameters
-    ----------
-    qualities : sequence of mapping
-        Per frame: ``fwhm_px`` (PSF FWHM, pixels), ``n_psf_stars``, ``ellipticity`` and
-        ``masked_fraction`` (0..1), as recorded by the calibration stage.
-    min_psf_stars, max_masked_fraction, max_ellipticity : float
-        A frame failing any of these is not eligible.
-
-    Returns
-    -------
-    ReferenceChoice or None
-        Index of the chosen frame and a human-readable reason; None when no frame is eligible.
-
-    Examples
-    --------
-    The sharpest frame has too few PSF stars, so the next sharpest is chosen:
-
-    >>> good = {"n_psf_stars": 40, "ellipticity": 0.05, "masked_fraction": 0.01}
-    >>> frames = [{**good, "fwhm_px": 3.1}, {**good, "fwhm_px": 2.4, "n_psf_stars": 3}, {**good, "fwhm_px": 2.7}]
-    >>> choose_reference(frames)
-    ReferenceChoice(index=2, reason='best seeing (FWHM 2.70 px) of 2 eligible frame(s) out of 3')
-    >>> choose_reference([{"fwhm_px": float("nan")}]) is None
-    True
-    """
-    eligible = []
-    for i, q in enumerate(qualities):
-        fwhm = q.get("fwhm_px")
-        if fwhm is None or not math.isfinite(fwhm) or fwhm <= 0:
-            continue
-        if q.get("n_psf_stars", 0) < min_psf_stars:
-            continue
-        if q.get("masked_fraction", 0.0) > max_masked_fraction or q.get("ellipticity", 0.0) > max_ellipticity:
-            continue
-        eligible.append((fwhm, i))
-    if not eligible:
-        return None
-    fwhm, index = min(eligible)
-    return ReferenceChoice(index, f"best seeing (FWHM {fwhm:.2f} px) of {len(eligible)} eligible frame(s) "
-                                  f"out of {len(qualities)}")
+__all__ = ["CoaddChoice", "choose_coadd_frames", "depth_gain_mag", "frame_information"]
 
 
 @dataclass(frozen=True)
@@ -145,7 +79,7 @@ def choose_coadd_frames(
     max_frames : int
         At most this many frames (the proper co-add gains little from the least informative ones).
     min_psf_stars, max_masked_fraction, max_ellipticity : float
-        A frame failing any of these is not eligible (as for :func:`choose_reference`).
+        A frame failing any of these is not eligible .
 
     Returns
     -------

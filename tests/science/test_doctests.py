@@ -29,7 +29,7 @@ ENTRY_POINTS = {
     "photometric_scaling": ["flux_ratio"],
     "psf": ["estimate_psf", "characterize_image"],
     "psf_models": ["moffat_stamps", "moffat_stamp", "pixel_integrated_moffat", "render_point_sources"],
-    "reference_selection": ["choose_reference"],
+    "reference_selection": ["choose_coadd_frames", "depth_gain_mag"],
     "registration": ["register_images"],
     "zogy": ["zogy"],
     "zogy_tiles": ["zogy_tiled"],

@@ -6,7 +6,6 @@ import pytest
 
 from dagster_project.science.reference_selection import (
     choose_coadd_frames,
-    choose_reference,
     depth_gain_mag,
     frame_information,
 )
@@ -17,11 +16,12 @@ def quality(fwhm=3.0, depth=400.0, stars=30, masked=0.01, ellipticity=0.05):
             "ellipticity": ellipticity, "sky_rms_e": 12.0}
 
 
-def test_the_single_reference_is_the_best_seeing_good_frame():
-    frames = [quality(3.0), quality(2.4, stars=3), quality(2.6), quality(2.2, masked=0.5)]
-    choice = choose_reference(frames)
-    assert choice.index == 2 and "2.60" in choice.reason
-    assert choose_reference([quality(stars=1)]) is None
+def test_a_one_frame_reference_is_the_most_informative_good_frame():
+    frames = [quality(3.0, 400), quality(2.4, 300, stars=3), quality(2.6, 350), quality(2.2, 200, masked=0.5)]
+    choice = choose_coadd_frames(frames, max_frames=1)
+    assert choice.indices == (2,) and choice.anchor == 2
+    assert set(choice.excluded) == {0, 1, 3}
+    assert choose_coadd_frames([quality(stars=1)], max_frames=1) is None
 
 
 def test_coadd_takes_every_good_frame_most_informative_first_and_anchors_on_the_best_seeing():
