@@ -32,14 +32,27 @@ variable                       meaning                                     defau
                                cosmic rays (L.A.Cosmic)
 ``ASTRO_MAX_CANDIDATES``       candidates per frame above which the        ``500``
                                ``candidate_count_sane`` check fails
+``ASTRO_SCORR_STD_RANGE``      the range, ``low,high``, of the robust std  ``0.8,1.25``
+                               of S_corr inside which a difference's
+                               ``scorr_std_near_one`` check passes
+``ASTRO_REFERENCE_MIN_PSF_STARS`` fewest stars a reference's PSF is      ``10``
+                               fitted on for its ``usable_for_differences``
+                               check to pass
 ``ASTRO_PRODUCT_QUIET``        product rebuild debounce: seconds after     ``60``
                                the last upstream change
 ``ASTRO_PRODUCT_MAX_DELAY``    ... but at most this long after the first   ``600``
+``ASTRO_PRODUCT_ATTEMPTS``     builds of a product before it is left       ``5``
+                               failed for a person
+``ASTRO_PRODUCT_RETRY_BACKOFF`` seconds before a failed product is built  ``30``
+                               again (doubling each time)
+``ASTRO_PRODUCT_BUILD_TIMEOUT`` seconds after which a product still       ``3600``
+                               building is presumed lost and rebuilt
 ``ASTRO_BACKFILL_BATCH``       partitions per run of a backfill            ``8``
 ``ASTRO_RETRY_ATTEMPTS``       attempts at a calibration, reference or     ``4``
                                difference whose run failed or died
 ``ASTRO_RETRY_BACKOFF``        seconds before the first retry (doubling    ``30``
-                               each time, at most 900)
+                               each time)
+``ASTRO_RETRY_MAX_BACKOFF``    ... but never more than this                ``900``
 ``ASTRO_ALLOW_UNCALIBRATED``   ``1``: a science frame with no master bias  ``0`` (such frames are blocked)
                                or flat on any night is processed without
                                them, recorded as uncalibrated
@@ -106,6 +119,20 @@ def _number(name: str, default: float | None, kind: type = float, minimum: float
     return value
 
 
+def _range(name: str, default: tuple[float, float]) -> tuple[float, float]:
+    """``low,high`` (two numbers, low < high) from the environment variable ``name``; ValueError naming it."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"{name} must be two numbers, low,high, not {text!r}") from None
+    if not low < high:
+        raise ValueError(f"{name} must have low < high, not {text!r}")
+    return low, high
+
+
 def _flag(name: str, default: bool = False) -> bool:
     """``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off`` (any case); ValueError naming the variable."""
     text = os.environ.get(name, "").strip().lower()
@@ -161,12 +188,21 @@ class Settings:
     detect_cosmic_rays: bool = True
     #: more candidates than this in one frame fail its candidate_count_sane check
     max_candidates_per_frame: int = 500
+    #: a difference's S_corr robust std outside this range fails its scorr_std_near_one check
+    scorr_std_range: tuple[float, float] = (0.8, 1.25)
+    #: a reference whose PSF is fitted on fewer stars fails its usable_for_differences check
+    reference_min_psf_stars: int = 10
+    #: product rebuilds (``catalog.queries.RebuildPolicy``): debounce, attempts, retry backoff, presumed-lost time
     product_quiet_seconds: float = 60.0
     product_max_delay_seconds: float = 600.0
+    product_max_attempts: int = 5
+    product_retry_backoff_seconds: float = 30.0
+    product_build_timeout_seconds: float = 3600.0
     backfill_batch_size: int = 8
-    #: automatic retries of failed or interrupted work (``RetryPolicy``'s defaults)
+    #: automatic retries of failed or interrupted work (``catalog.queries.RetryPolicy``)
     retry_max_attempts: int = 4
     retry_backoff_seconds: float = 30.0
+    retry_max_backoff_seconds: float = 900.0
     #: the user's explicit choice to process frames without any master bias or flat (recorded as uncalibrated)
     allow_uncalibrated: bool = False
     #: references (references/policy.py): frames co-added, rebuild gain (mag), window (days; None: all frames)
@@ -232,11 +268,19 @@ class Settings:
             difference_params=_json_object(DIFFERENCE_PARAMS_VARIABLE),
             detect_cosmic_rays=_flag("ASTRO_DETECT_COSMIC_RAYS", cls.detect_cosmic_rays),
             max_candidates_per_frame=_positive_int("ASTRO_MAX_CANDIDATES", cls.max_candidates_per_frame),
+            scorr_std_range=_range("ASTRO_SCORR_STD_RANGE", cls.scorr_std_range),
+            reference_min_psf_stars=_positive_int("ASTRO_REFERENCE_MIN_PSF_STARS", cls.reference_min_psf_stars),
             product_quiet_seconds=_number("ASTRO_PRODUCT_QUIET", cls.product_quiet_seconds, minimum=0),
             product_max_delay_seconds=_number("ASTRO_PRODUCT_MAX_DELAY", cls.product_max_delay_seconds, minimum=0),
+            product_max_attempts=_positive_int("ASTRO_PRODUCT_ATTEMPTS", cls.product_max_attempts),
+            product_retry_backoff_seconds=_number("ASTRO_PRODUCT_RETRY_BACKOFF", cls.product_retry_backoff_seconds,
+                                                  minimum=0),
+            product_build_timeout_seconds=_number("ASTRO_PRODUCT_BUILD_TIMEOUT", cls.product_build_timeout_seconds,
+                                                  minimum=0),
             backfill_batch_size=_positive_int("ASTRO_BACKFILL_BATCH", cls.backfill_batch_size),
             retry_max_attempts=_positive_int("ASTRO_RETRY_ATTEMPTS", cls.retry_max_attempts),
             retry_backoff_seconds=_number("ASTRO_RETRY_BACKOFF", cls.retry_backoff_seconds, minimum=0),
+            retry_max_backoff_seconds=_number("ASTRO_RETRY_MAX_BACKOFF", cls.retry_max_backoff_seconds, minimum=0),
             allow_uncalibrated=_flag("ASTRO_ALLOW_UNCALIBRATED", cls.allow_uncalibrated),
             reference_max_frames=_positive_int("ASTRO_REFERENCE_FRAMES", cls.reference_max_frames),
             reference_rebuild_gain_mag=_number("ASTRO_REFERENCE_REBUILD_GAIN", cls.reference_rebuild_gain_mag,

@@ -201,8 +201,17 @@ class ProductStore:
                            name)
 
     def observation_dir(self, night: str, observation_key: str) -> Path:
+        """Folder of one observation's image products."""
         return self._below("products", safe_path_component(night, "unknown"),
                            safe_path_component(observation_key, "unknown"))
+
+    def calibrated_path(self, night: str, observation_key: str) -> Path:
+        """The calibrated frame: SCI (e-), VAR (e-^2), MASK."""
+        return self.observation_dir(night, observation_key) / "calibrated.fits"
+
+    def difference_path(self, night: str, observation_key: str) -> Path:
+        """The difference image: D, SCORR, FLUX, FLUXERR, MASK, REF."""
+        return self.observation_dir(night, observation_key) / "difference.fits"
 
     def reference_path(self, field_band: str, version: int) -> Path:
         return self._below("references", safe_path_component(field_band, "unknown"), f"v{int(version)}.fits")

@@ -1,5 +1,6 @@
 """A throw-away platform for tests: folders, catalog, Dagster instance and resources."""
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -7,7 +8,8 @@ from pathlib import Path
 from dagster import DagsterInstance, SensorResult, build_sensor_context
 
 from dagster_project.catalog import Catalog
-from dagster_project.resources import resources_from_settings
+from dagster_project.catalog.queries import RetryPolicy
+from dagster_project.resources import PipelineConfigResource, resources_from_settings
 from dagster_project.settings import Settings
 
 
@@ -30,6 +32,11 @@ class Platform:
 
     def waiting(self, cursor: str | None) -> list[str]:
         return sorted(json.loads(cursor)["waiting"]) if cursor else []
+
+
+def retry_policy(**changes) -> RetryPolicy:
+    """The settings' default retry policy (``ASTRO_RETRY_*``) with ``changes``."""
+    return dataclasses.replace(PipelineConfigResource().retry_policy(), **changes)
 
 
 def make_settings(root: Path, database_url: str, **overrides) -> Settings:

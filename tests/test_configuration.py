@@ -127,3 +127,51 @@ def test_the_code_location_batches_backfills_as_the_settings_say():
             assert policy is None
         else:
             assert policy.max_partitions_per_run == location_settings.backfill_batch_size
+
+
+def test_the_retry_and_rebuild_policies_come_from_the_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("ASTRO_HOME", str(tmp_path))
+    for name, value in {"ASTRO_RETRY_ATTEMPTS": "2", "ASTRO_RETRY_BACKOFF": "3", "ASTRO_RETRY_MAX_BACKOFF": "4",
+                        "ASTRO_PRODUCT_QUIET": "5", "ASTRO_PRODUCT_MAX_DELAY": "6", "ASTRO_PRODUCT_ATTEMPTS": "7",
+                        "ASTRO_PRODUCT_RETRY_BACKOFF": "8", "ASTRO_PRODUCT_BUILD_TIMEOUT": "9"}.items():
+        monkeypatch.setenv(name, value)
+    pipeline = _pipeline(Settings.from_env())
+    retry, rebuild = pipeline.retry_policy(), pipeline.rebuild_policy()
+    assert (retry.max_attempts, retry.backoff_seconds, retry.max_backoff_seconds) == (2, 3, 4)
+    assert [rebuild.quiet.total_seconds(), rebuild.max_delay.total_seconds(), rebuild.max_attempts,
+            rebuild.retry_base.total_seconds(), rebuild.build_timeout.total_seconds()] == [5, 6, 7, 8, 9]
+    defaults = PipelineConfigResource()  # the settings' defaults, written once in Settings
+    assert (defaults.retry_policy().max_backoff_seconds, defaults.rebuild_policy().max_attempts) == (900, 5)
+
+
+def _variables_read_by_the_settings() -> set[str]:
+    tree = ast.parse((PACKAGE / "settings.py").read_text())
+    return {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and (node.value.startswith("ASTRO_") or node.value in ("DATABASE_URL", "DAGSTER_HOME"))
+            and node.value.replace("_", "").isalnum()}
+
+
+def test_every_setting_is_in_the_readme_table_and_the_settings_docstring():
+    import dagster_project.settings as settings_module
+
+    readme = (PACKAGE.parent / "README.md").read_text()
+    variables = _variables_read_by_the_settings()
+    assert len(variables) > 25
+    assert not {name for name in variables if f"`{name}`" not in readme}, "missing from the README's settings table"
+    assert not {name for name in variables if f"``{name}``" not in settings_module.__doc__}, "missing from settings.py"
+
+
+def test_the_check_thresholds_come_from_the_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("ASTRO_HOME", str(tmp_path))
+    monkeypatch.setenv("ASTRO_SCORR_STD_RANGE", "0.7, 1.4")
+    monkeypatch.setenv("ASTRO_REFERENCE_MIN_PSF_STARS", "25")
+    pipeline = _pipeline(Settings.from_env())
+    assert (pipeline.scorr_std_min, pipeline.scorr_std_max, pipeline.reference_min_psf_stars) == (0.7, 1.4, 25)
+
+
+@pytest.mark.parametrize("value", ["1.2", "1.3,0.9", "a,b"])
+def test_a_bad_scorr_range_is_named(tmp_path, monkeypatch, value):
+    monkeypatch.setenv("ASTRO_HOME", str(tmp_path))
+    monkeypatch.setenv("ASTRO_SCORR_STD_RANGE", value)
+    with pytest.raises(ValueError, match="ASTRO_SCORR_STD_RANGE"):
+        Settings.from_env()

@@ -4,11 +4,13 @@ shares with it: launching a Dagster asset backfill the daemon runs, as one opera
 
 from __future__ import annotations
 
-import random
-import string
+import json
+import os
+import subprocess
 import sys
-import time
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dagster_project.cli.args import PROG, fail, iso_date
@@ -22,6 +24,9 @@ if TYPE_CHECKING:
 
     from dagster_project.catalog import Catalog
     from dagster_project.catalog.schema import OperationRun
+
+#: the module ``workspace.yaml`` loads: the one code location
+DEFINITIONS_MODULE = "dagster_project.definitions"
 
 #: --stage → the job whose assets a backfill materializes (observation_job: the whole per-observation chain)
 STAGE_JOBS = {"calibrate": "calibrate_job", "difference": "difference_job", "all": "observation_job"}
@@ -52,9 +57,20 @@ def _catalog(settings: Settings) -> Catalog:
     return CatalogResource(database_url=settings.database_url).catalog()  # migrated once per process
 
 
-def _new_backfill_id() -> str:
-    """A backfill id as Dagster makes them (``dagster._core.utils.make_new_backfill_id``: eight lower-case letters)."""
-    return "".join(random.choices(string.ascii_lowercase, k=8))
+#: the UI's "Materialize selected" over partitions, as a GraphQL mutation of Dagster's public API
+LAUNCH_PARTITION_BACKFILL = """
+mutation LaunchPartitionBackfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on Error { message }
+  }
+}"""
+
+
+class BackfillNotLaunched(RuntimeError):
+    """Dagster refused an asset backfill; the message is Dagster's."""
 
 
 def submit_asset_backfill(instance: DagsterInstance, asset_names: tuple[str, ...], partition_keys: list[str],
@@ -65,21 +81,35 @@ def submit_asset_backfill(instance: DagsterInstance, asset_names: tuple[str, ...
     ``ASTRO_BACKFILL_BATCH`` partitions per run (``pipeline/batching.py``), downstream assets
     in the same run as their upstream ones. ``run_config`` defaults to in-process steps, as
     the named jobs do (pipeline/jobs.py): the asset job an asset backfill runs has no config of its own.
+
+    Dagster's only public way to create an asset backfill is the GraphQL mutation the UI sends
+    (its Python class is private), so this runs it with the ``dagster-graphql`` command on the
+    code location of ``workspace.yaml`` and the instance's own ``DAGSTER_HOME``.
     """
-    from dagster import AssetKey
-    # The one private Dagster name left: Dagster 1.13 has no public Python API that creates an asset backfill
-    # (only the UI and the webserver's GraphQL ``launchPartitionBackfill``); tests/test_house.py allows it here alone.
-    from dagster._core.execution.backfill import PartitionBackfill
+    params = {"assetSelection": [{"path": [name]} for name in asset_names], "partitionNames": list(partition_keys),
+              "tags": [{"key": key, "value": value} for key, value in tags.items()],
+              "title": title, "runConfigData": run_config}
+    answer = _graphql(instance, LAUNCH_PARTITION_BACKFILL, {"params": params})["launchPartitionBackfill"]
+    if answer["__typename"] != "LaunchBackfillSuccess":
+        reasons = [error["message"] for error in answer.get("errors", [])] or [answer.get("message", "")]
+        raise BackfillNotLaunched(f"{answer['__typename']}: {'; '.join(reasons)}")
+    return answer["backfillId"]
 
-    from dagster_project.definitions import defs
 
-    backfill = PartitionBackfill.from_asset_partitions(
-        backfill_id=_new_backfill_id(), asset_graph=defs.resolve_asset_graph(), partition_names=partition_keys,
-        asset_selection=[AssetKey(name) for name in asset_names], backfill_timestamp=time.time(),
-        tags=tags, dynamic_partitions_store=instance, all_partitions=False, title=title, description=None,
-        run_config=run_config)
-    instance.add_backfill(backfill)
-    return backfill.backfill_id
+def _graphql(instance: DagsterInstance, document: str, variables: dict[str, Any]) -> dict[str, Any]:
+    """The ``data`` of a GraphQL document run by ``dagster-graphql`` against this package's code location."""
+    with tempfile.TemporaryDirectory() as scratch:
+        output = Path(scratch) / "answer.json"
+        command = [str(Path(sys.executable).with_name("dagster-graphql")), "-m", DEFINITIONS_MODULE,
+                   "-t", document, "-v", json.dumps(variables), "-o", str(output)]
+        done = subprocess.run(command, capture_output=True, text=True, cwd=scratch,
+                              env={**os.environ, "DAGSTER_HOME": instance.root_directory})
+        if done.returncode != 0 or not output.exists():
+            raise BackfillNotLaunched(f"dagster-graphql exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+        answer = json.loads(output.read_text())
+    if answer.get("errors"):
+        raise BackfillNotLaunched("; ".join(error["message"] for error in answer["errors"]))
+    return answer["data"]
 
 
 @dataclass(frozen=True)

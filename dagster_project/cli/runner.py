@@ -222,7 +222,7 @@ class HeadlessDaemon:
         catalog = Catalog(self.settings.database_url)
         try:
             with catalog.session() as session:
-                waiting = queries.awaiting_debounce(session, utcnow())
+                waiting = queries.awaiting_debounce(session, utcnow(), self.resources["pipeline"].rebuild_policy())
         finally:
             catalog.engine.dispose()
         if not waiting:
@@ -235,7 +235,7 @@ def process_folder(folder: Path, settings: Settings, *, wait: bool = False, wait
                    retry_policy: RetryPolicy | None = None, launched_by: str = "process") -> ProcessReport:
     """Ingest every FITS file below ``folder`` and run the pipeline on them to completion.
 
-    Failed or interrupted work is retried by ``retry_policy`` (default: :class:`RetryPolicy`),
+    Failed or interrupted work is retried by ``retry_policy`` (default: the settings' ``ASTRO_RETRY_*``),
     within ``wait_timeout``; what still fails after its last attempt is in the report's ``failed``."""
     daemon = HeadlessDaemon(settings, instance=instance, landing_dir=folder.resolve(), progress=progress,
                             retry_policy=retry_policy, launched_by=launched_by)

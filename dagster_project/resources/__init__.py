@@ -112,12 +112,20 @@ class PipelineConfigResource(ConfigurableResource):
     #: ASTRO_ALLOW_UNCALIBRATED: calibrate without masters when no night has any (else: blocked)
     allow_uncalibrated: bool = Settings.allow_uncalibrated
     max_candidates_per_frame: int = Settings.max_candidates_per_frame
+    #: ASTRO_SCORR_STD_RANGE: the scorr_std_near_one check's range
+    scorr_std_min: float = Settings.scorr_std_range[0]
+    scorr_std_max: float = Settings.scorr_std_range[1]
+    reference_min_psf_stars: int = Settings.reference_min_psf_stars
+    #: product rebuilds (RebuildPolicy)
     product_quiet_seconds: float = Settings.product_quiet_seconds
     product_max_delay_seconds: float = Settings.product_max_delay_seconds
+    product_max_attempts: int = Settings.product_max_attempts
+    product_retry_backoff_seconds: float = Settings.product_retry_backoff_seconds
+    product_build_timeout_seconds: float = Settings.product_build_timeout_seconds
     #: automatic retries of failed or interrupted calibrations, references and differences (RetryPolicy)
-    retry_max_attempts: int = RetryPolicy.max_attempts
-    retry_backoff_seconds: float = RetryPolicy.backoff_seconds
-    retry_max_backoff_seconds: float = RetryPolicy.max_backoff_seconds
+    retry_max_attempts: int = Settings.retry_max_attempts
+    retry_backoff_seconds: float = Settings.retry_backoff_seconds
+    retry_max_backoff_seconds: float = Settings.retry_max_backoff_seconds
     #: references: frames co-added (1: the best single frame), rebuild gain (mag), window (days; None: all)
     reference_max_frames: int = Settings.reference_max_frames
     reference_rebuild_gain_mag: float = Settings.reference_rebuild_gain_mag
@@ -134,7 +142,10 @@ class PipelineConfigResource(ConfigurableResource):
 
     def rebuild_policy(self) -> RebuildPolicy:
         return RebuildPolicy(quiet=timedelta(seconds=self.product_quiet_seconds),
-                             max_delay=timedelta(seconds=self.product_max_delay_seconds))
+                             max_delay=timedelta(seconds=self.product_max_delay_seconds),
+                             retry_base=timedelta(seconds=self.product_retry_backoff_seconds),
+                             max_attempts=self.product_max_attempts,
+                             build_timeout=timedelta(seconds=self.product_build_timeout_seconds))
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(max_attempts=self.retry_max_attempts, backoff_seconds=self.retry_backoff_seconds,
@@ -155,7 +166,8 @@ def resources_from_settings(settings: Settings, landing_dir: Path | None = None,
     """The resources of the code location; ``landing_dir``/``keep_originals`` for batch processing of a folder,
     ``retry_policy`` to retry failed runs otherwise than the settings say (``ASTRO_RETRY_*``)."""
     retry = retry_policy or RetryPolicy(max_attempts=settings.retry_max_attempts,
-                                        backoff_seconds=settings.retry_backoff_seconds)
+                                        backoff_seconds=settings.retry_backoff_seconds,
+                                        max_backoff_seconds=settings.retry_max_backoff_seconds)
     return {
         "catalog": CatalogResource(database_url=catalog_url_config(settings.database_url)),
         "store": StoreResource(root=str(settings.store_dir)),
@@ -174,9 +186,15 @@ def resources_from_settings(settings: Settings, landing_dir: Path | None = None,
         "pipeline": PipelineConfigResource(difference=difference_config(settings),
                                            detect_cosmic_rays=settings.detect_cosmic_rays,
                                            max_candidates_per_frame=settings.max_candidates_per_frame,
+                                           scorr_std_min=settings.scorr_std_range[0],
+                                           scorr_std_max=settings.scorr_std_range[1],
+                                           reference_min_psf_stars=settings.reference_min_psf_stars,
                                            allow_uncalibrated=settings.allow_uncalibrated,
                                            product_quiet_seconds=settings.product_quiet_seconds,
                                            product_max_delay_seconds=settings.product_max_delay_seconds,
+                                           product_max_attempts=settings.product_max_attempts,
+                                           product_retry_backoff_seconds=settings.product_retry_backoff_seconds,
+                                           product_build_timeout_seconds=settings.product_build_timeout_seconds,
                                            retry_max_attempts=retry.max_attempts,
                                            retry_backoff_seconds=retry.backoff_seconds,
                                            retry_max_backoff_seconds=retry.max_backoff_seconds,

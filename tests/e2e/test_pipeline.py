@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from dagster import AssetKey, instance_for_test
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from dagster_project.operations.mirror import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from sqlalchemy import func, select
 
 from dagster_project.catalog import queries

@@ -16,7 +16,6 @@ from dagster_project.assets.detection.candidates import candidates
 from dagster_project.assets.detection.difference_image import difference_image
 from dagster_project.assets.references.reference_image import (
     DEPTH_CHECK,
-    REFERENCE_MIN_PSF_STARS,
     USABLE_CHECK,
     usable_for_differences,
 )
@@ -25,6 +24,7 @@ from dagster_project.catalog.schema import Candidate, DifferenceRun, Observation
 from dagster_project.definitions import defs
 from dagster_project.cli.runner import process_folder
 from dagster_project.science.images import ImagePlanes
+from dagster_project.settings import Settings
 from dagster_project.simulation.night import simulate_night
 from tests.conftest import fresh_postgres_database
 from tests.platform import make_platform
@@ -32,6 +32,7 @@ from tests.platform import make_platform
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
+MIN_PSF_STARS = Settings.reference_min_psf_stars
 SENSOR_NAME_TAG, LAUNCHED_BY_TAG = "dagster/sensor_name", "astro/launched_by"
 
 
@@ -99,20 +100,20 @@ def test_the_reference_check_is_evaluated_and_passes(processed):
     assert set(evaluations) == {USABLE_CHECK, DEPTH_CHECK}
     assert all(e.asset_key == AssetKey("reference_image") for e in evaluations.values())
     assert evaluations[USABLE_CHECK].passed and evaluations[DEPTH_CHECK].passed  # the same frame again: as deep
-    assert evaluations[USABLE_CHECK].metadata["psf_stars"].value >= REFERENCE_MIN_PSF_STARS
+    assert evaluations[USABLE_CHECK].metadata["psf_stars"].value >= MIN_PSF_STARS
 
 
 def test_the_reference_check_fails_on_a_bad_reference():
     good = ImagePlanes(np.ones((8, 8), np.float32), np.ones((8, 8), np.float32), np.zeros((8, 8), np.uint16))
-    assert usable_for_differences(good, REFERENCE_MIN_PSF_STARS).passed
-    assert not usable_for_differences(good, REFERENCE_MIN_PSF_STARS - 1).passed
-    assert not usable_for_differences(good, 0, "only 4 stars given for the PSF fit").passed
+    assert usable_for_differences(good, MIN_PSF_STARS, MIN_PSF_STARS).passed
+    assert not usable_for_differences(good, MIN_PSF_STARS - 1, MIN_PSF_STARS).passed
+    assert not usable_for_differences(good, 0, MIN_PSF_STARS, "only 4 stars given for the PSF fit").passed
     bad_variance = ImagePlanes(good.data, good.variance.copy(), good.mask)
     bad_variance.variance[3, 3] = 0.0
-    assert not usable_for_differences(bad_variance, 50).passed
+    assert not usable_for_differences(bad_variance, 50, MIN_PSF_STARS).passed
     masked = ImagePlanes(good.data.copy(), good.variance, good.mask.copy())
     masked.data[3, 3], masked.mask[3, 3] = np.nan, 1  # a masked NaN is fine
-    assert usable_for_differences(masked, 50).passed
+    assert usable_for_differences(masked, 50, MIN_PSF_STARS).passed
 
 
 def test_an_observation_is_differenced_together_with_its_candidates(processed):

@@ -32,7 +32,6 @@ from sqlalchemy import select
 
 from dagster_project.calibration.masters import masters_for
 from dagster_project.catalog import Catalog
-from dagster_project.catalog.queries import RetryPolicy
 from dagster_project.catalog.schema import (
     Observation,
     ObservationStatus,
@@ -48,7 +47,7 @@ from dagster_project.cli.runner import process_folder
 from dagster_project.settings import Settings
 from dagster_project.simulation.night import simulate_night
 from dagster_project.store import ProductStore
-from tests.platform import make_platform
+from tests.platform import make_platform, retry_policy
 
 INSTRUMENT = "SIMCAM"  # the simulator's INSTRUME
 PROFILE = {
@@ -62,7 +61,7 @@ WCS_CARDS = ("WCSAXES", "CTYPE1", "CTYPE2", "CUNIT1", "CUNIT2", "CRVAL1", "CRVAL
              "CD1_1", "CD1_2", "CD2_1", "CD2_2", "RADESYS")
 WHEEL = {"g": 1, "r": 2, "i": 3}
 SIZE = 512  # of the frames run through the pipeline
-NO_RETRIES = RetryPolicy(max_attempts=1)  # a failure is the test's, not something to wait out
+NO_RETRIES = retry_policy(max_attempts=1)  # a failure is the test's, not something to wait out
 
 
 def write_profiles(path: Path, profiles: dict) -> Path:

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
-from dagster._core.execution.backfill import BulkActionStatus
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from dagster_project.operations.mirror import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from dagster_project.catalog import queries
 from dagster_project.catalog.schema import OperationOutcome, OperationType
@@ -99,7 +98,7 @@ def test_backfill_launched_from_the_cli_is_run_by_the_daemon(platform, tmp_path)
         (backfill_op,) = queries.list_operations(s, operation_type=OperationType.BACKFILL_OBSERVATIONS)
     backfill_id = backfill_op.context["backfill_id"]
     backfill = instance.get_backfill(backfill_id)
-    assert backfill.status is BulkActionStatus.REQUESTED and backfill.is_asset_backfill
+    assert backfill.status.value == "REQUESTED" and backfill.is_asset_backfill
     targeted = backfill.asset_backfill_data.target_subset
     assert {key.to_user_string() for key in targeted.asset_keys} == {"difference_image", "candidates"}
     observations = sorted(instance.get_dynamic_partitions("observations"))
@@ -129,7 +128,7 @@ def test_backfill_launched_from_the_cli_is_run_by_the_daemon(platform, tmp_path)
                         and sorted(row.partition_keys) == observations)
 
         wait_for(mirrored_by_the_daemon, 60, "the ledger sensor to mirror the backfill's runs")
-        wait_for(lambda: instance.get_backfill(backfill_id).status is BulkActionStatus.COMPLETED_SUCCESS, 60,
+        wait_for(lambda: instance.get_backfill(backfill_id).status.value == "COMPLETED_SUCCESS", 60,
                  "the daemon to close the backfill")
     with catalog.session() as s:
         done = queries.get_operation(s, backfill_op.id)

@@ -14,7 +14,7 @@ from dagster import (
     instance_for_test,
     materialize,
 )
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG, PARTITION_NAME_TAG
+from dagster_project.operations.mirror import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG, PARTITION_NAME_TAG
 
 from dagster_project.pipeline.batching import PartitionOutput, batch_failure, materialize_partitions
 from dagster_project.operations.mirror import run_partition_keys

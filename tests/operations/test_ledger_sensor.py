@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from dagster import DagsterEvent, DagsterEventType, DagsterRunStatus, instance_for_test, job, op
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from dagster_project.operations.mirror import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from dagster_project.catalog import queries
 from dagster_project.catalog.schema import ObservationStatus, RunStatus

@@ -33,7 +33,7 @@ from dagster_project.sensors.reference_and_difference import ATTEMPT_TAG
 from dagster_project.settings import Settings
 from dagster_project.simulation.night import simulate_night
 from tests.catalog import calibrated, observation
-from tests.platform import make_platform
+from tests.platform import make_platform, retry_policy
 
 operations_ledger_sensor = defs.resolve_sensor_def("operations_ledger_sensor")
 
@@ -54,7 +54,7 @@ def configure(platform, policy: RetryPolicy) -> None:
 def platform(tmp_path, catalog_url):
     with instance_for_test() as instance:
         platform = make_platform(tmp_path, catalog_url, instance)
-        configure(platform, RetryPolicy(max_attempts=3, backoff_seconds=BACKOFF))
+        configure(platform, retry_policy(max_attempts=3, backoff_seconds=BACKOFF))
         yield platform
         platform.catalog.engine.dispose()
 
@@ -158,7 +158,7 @@ def test_a_run_left_running_by_a_dead_worker_is_asked_for_again(platform):
 # --- (b) retried automatically up to the maximum, then not any more -------------------------------------------------
 
 def test_a_run_failing_on_an_unreachable_database_is_retried_up_to_the_max_then_stops(platform):
-    policy = RetryPolicy(max_attempts=3, backoff_seconds=0.5)
+    policy = retry_policy(max_attempts=3, backoff_seconds=0.5)
     configure(platform, policy)
     key = ingested(platform)
     launched = []
@@ -192,7 +192,7 @@ def test_process_retries_a_permanently_failing_partition_up_to_the_max_and_retur
     lines: list[str] = []
     started = time.monotonic()
     report = process_folder(folder, platform.settings, instance=platform.instance, progress=lines.append,
-                            retry_policy=RetryPolicy(max_attempts=3, backoff_seconds=0.3), wait_timeout=300)
+                            retry_policy=retry_policy(max_attempts=3, backoff_seconds=0.3), wait_timeout=300)
     assert time.monotonic() - started < 120
     attempts = [r for r in report.failed_attempts if r.partition_key == key]
     assert len(attempts) == 3 and {r.job_name for r in attempts} == {"calibrate_job"}
@@ -254,7 +254,7 @@ def test_backfill_selects_every_unfinished_state(platform, monkeypatch, capsys):
 # --- (d) the ledger: one operation per real campaign, none left running -------------------------------------------
 
 def test_ticks_over_a_stuck_run_key_create_one_reprocess_operation(platform):
-    configure(platform, RetryPolicy())  # the default backoff: nothing is retried while the test runs
+    configure(platform, retry_policy())  # the default backoff: nothing is retried while the test runs
     with platform.catalog.session() as s:
         calibrated(s, 1)  # its field has no reference: the sensor asks for one
     (request,) = tick(platform, reference_and_difference_sensor)[0]
@@ -312,7 +312,7 @@ def test_a_clean_process_leaves_no_operation_running(night, night_platform):
 @pytest.mark.slow
 def test_differences_failed_by_a_database_outage_are_retried_and_succeed(night, night_platform):
     folder, _ = night
-    policy = RetryPolicy(max_attempts=3, backoff_seconds=1.0)
+    policy = retry_policy(max_attempts=3, backoff_seconds=1.0)
     daemon = HeadlessDaemon(night_platform.settings, instance=night_platform.instance, landing_dir=folder,
                             progress=lambda _: None, retry_policy=policy)
     daemon.ingest()  # both frames calibrated
@@ -370,7 +370,7 @@ def test_process_killed_mid_calibration_is_recovered_by_the_next_process(night, 
     (killed,) = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))  # nobody told Dagster
 
     report = process_folder(folder, platform.settings, instance=instance, progress=lambda _: None,
-                            retry_policy=RetryPolicy(max_attempts=3, backoff_seconds=0.5))
+                            retry_policy=retry_policy(max_attempts=3, backoff_seconds=0.5))
     assert not report.failed
     assert instance.get_run_by_id(killed.run_id).status is DagsterRunStatus.FAILURE
     with platform.catalog.session() as s:

@@ -20,7 +20,6 @@ from dagster_project.science.difference import DifferenceParams, DifferenceResul
 from dagster_project.store import ProductStore
 
 #: a good subtraction leaves S_corr with unit noise; outside this band something is mis-modelled
-SCORR_STD_RANGE = (0.8, 1.25)
 SCORR_CHECK = "scorr_noise_near_unity"
 #: detection columns kept as real/bogus features on each Candidate row
 FEATURE_COLUMNS = ("scorr_peak", "sharpness", "n_opposite_pixels", "ref_distance_px", "masked_fraction", "is_sharp",
@@ -131,7 +130,7 @@ def _start(key: str, dagster_run_id: str, catalog: CatalogResource, products: Pr
         if others:
             lineage["template"] = f"v{reference.version} without this frame: co-add of the other {len(others)}"
         return _Pair(run_id=run.id, new_path=Path(observation.preprocess_run.processed_fits_path),
-                     output=products.observation_dir(observation.night, observation.observation_id) / "difference.fits",
+                     output=products.difference_path(observation.night, observation.observation_id),
                      lineage=lineage, blocked=None, is_reference=is_reference, others=others)
 
 
@@ -170,7 +169,8 @@ def _record(key: str, pair: _Pair, result: DifferenceResult, params: DifferenceP
         n_candidates = queries.record_candidates(session, run, candidate_rows(result.candidates))
         queries.record_registration_quality(session, run, result.quality.get("registration_rms_px"))
         queries.observation_materialized(session, key, pipeline.rebuild_policy())
-    scorr_ok = SCORR_STD_RANGE[0] <= result.zogy.scorr_std <= SCORR_STD_RANGE[1]
+    low, high = pipeline.scorr_std_min, pipeline.scorr_std_max
+    scorr_ok = low <= result.zogy.scorr_std <= high
     preview = image_preview_png(result.zogy.D, mask=result.mask, max_size=256)
     preview_path = products.write_bytes(output.with_name("difference.png"), preview)
     characterization_path, written = characterization
@@ -188,7 +188,7 @@ def _record(key: str, pair: _Pair, result: DifferenceResult, params: DifferenceP
             "preview": png_markdown(preview, "difference D"),
         },
         checks=[AssetCheckResult(check_name=SCORR_CHECK, passed=scorr_ok,
-                                 metadata={"scorr_std": round(result.zogy.scorr_std, 3)})],
+                                 metadata={"scorr_std": round(result.zogy.scorr_std, 3), "range": f"{low}-{high}"})],
     )
 
 
@@ -197,7 +197,7 @@ difference_image = observation_asset(
     # Which reference partition an observation uses is resolved through the catalog (see README):
     # the dependency on all reference partitions shows the lineage in the graph.
     deps=["calibrated_image", AssetDep("reference_image", partition_mapping=AllPartitionMapping())],
-    checks={SCORR_CHECK: f"Robust std of S_corr within {SCORR_STD_RANGE}."},
+    checks={SCORR_CHECK: "Robust std of S_corr within ASTRO_SCORR_STD_RANGE (by default 0.8-1.25)."},
     description="ZOGY proper difference (D, S_corr, PSF-photometry flux and error) of the calibrated frame "
     "minus its field's current reference, on the new frame's pixel grid, and the candidates it emits (peaks of "
     "|S_corr| above the threshold), recorded in the catalog (Candidate) with the difference.",

@@ -90,7 +90,7 @@ def _start(key: str, dagster_run_id: str, catalog: CatalogResource, products: Pr
             anchors = frame_astrometry.anchors_for(session, observation)
             no_anchor = frame_astrometry.no_anchor_reason(observation)
         return _Frame(run_id=run.id, raw_path=Path(raw.stored_path), raw_cards=raw_cards,
-                      output=products.observation_dir(night, observation.observation_id) / "calibrated.fits",
+                      output=products.calibrated_path(night, observation.observation_id),
                       masters=masters, anchors=anchors, no_anchor=no_anchor)
 
 

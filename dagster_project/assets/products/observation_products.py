@@ -160,7 +160,7 @@ def _build(products: ProductStore, plan: dict, key: str, revision: int) -> dict[
 def _finish(catalog: CatalogResource, run_id, outcome: DataProductStatus, reason: str | None, policy) -> DataProductStatus:
     with catalog.catalog().session() as session:
         run = queries.get_result_processing_run(session, run_id)
-        return queries.finish_build(session, run, outcome, utcnow(), reason, policy).data_product_status
+        return queries.finish_build(session, run, outcome, utcnow(), reason, policy=policy).data_product_status
 
 
 def _checks(session, result, now, policy) -> list[AssetCheckResult]:

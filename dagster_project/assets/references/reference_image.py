@@ -33,7 +33,6 @@ from dagster_project.science.reference_selection import CoaddChoice, choose_coad
 from dagster_project.store import ProductStore
 
 #: a reference PSF fitted on fewer stars than this is too uncertain to match every new frame against
-REFERENCE_MIN_PSF_STARS = 10
 USABLE_CHECK = "usable_for_differences"
 DEPTH_CHECK = "not_shallower_than_before"
 
@@ -65,7 +64,8 @@ def _build_reference(key: str, run_id: str, catalog: CatalogResource, store: Sto
     anchor = frames[choice.anchor]
     built = _coadd(products, chosen, anchor, params) if len(chosen) > 1 else _single(products, anchor)
     target, version = _record(key, run_id, catalog, products, choice, anchor, built)
-    return _report(products, target, version, choice, frames, chosen, anchor, built, params, previous_depth)
+    return _report(products, target, version, choice, frames, chosen, anchor, built, params,
+                   (previous_depth, pipeline.reference_min_psf_stars))
 
 
 def _field_band(frames: list[CalibratedFrame], key: str) -> tuple[str, str]:
@@ -127,7 +127,9 @@ def _seeing_arcsec(built: _Built, anchor: CalibratedFrame) -> float | None:
 
 def _report(products: ProductStore, target: Path, version: int, choice: CoaddChoice, frames: list[CalibratedFrame],
             chosen: list[CalibratedFrame], anchor: CalibratedFrame, built: _Built, params: DifferenceParams,
-            previous_depth: float | None) -> PartitionOutput:
+            check_limits: tuple[float | None, int]) -> PartitionOutput:
+    """Metadata and checks; ``check_limits``: the previous version's depth and the fewest PSF stars."""
+    previous_depth, min_psf_stars = check_limits
     planes = built.planes if built.psf is not None else products.read_planes(target)
     try:
         characterization, characterization_path, _ = reference_characterization(products, target, planes, params)
@@ -154,7 +156,7 @@ def _report(products: ProductStore, target: Path, version: int, choice: CoaddCho
             **({"psf": png_markdown(image_preview_png(np.kron(built.psf, np.ones((4, 4)))), "co-add PSF (4x)")}
                if built.psf is not None else {}),
         },
-        checks=[usable_for_differences(planes, psf_stars, psf_problem),
+        checks=[usable_for_differences(planes, psf_stars, min_psf_stars, psf_problem),
                 not_shallower(built.quality.get("depth_5sigma_e"), previous_depth)],
     )
 
@@ -170,16 +172,18 @@ def _inputs_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def usable_for_differences(planes: ImagePlanes, psf_stars: int, psf_problem: str | None = None) -> AssetCheckResult:
-    """The reference check: enough PSF stars, and finite data with finite positive variance where unmasked."""
+def usable_for_differences(planes: ImagePlanes, psf_stars: int, min_psf_stars: int,
+                           psf_problem: str | None = None) -> AssetCheckResult:
+    """The reference check: a PSF fitted on at least ``min_psf_stars`` stars, and finite data with finite
+    positive variance where unmasked."""
     good = planes.mask == 0
     unmasked = int(good.sum())
     finite = bool(unmasked and np.isfinite(planes.data[good]).all())
     variance_ok = bool(unmasked and (np.isfinite(planes.variance[good]) & (planes.variance[good] > 0)).all())
-    enough_stars = psf_problem is None and psf_stars >= REFERENCE_MIN_PSF_STARS
+    enough_stars = psf_problem is None and psf_stars >= min_psf_stars
     return AssetCheckResult(
         check_name=USABLE_CHECK, passed=finite and variance_ok and enough_stars, severity=AssetCheckSeverity.ERROR,
-        metadata={"psf_stars": psf_stars, "min_psf_stars": REFERENCE_MIN_PSF_STARS, "psf_problem": psf_problem or "-",
+        metadata={"psf_stars": psf_stars, "min_psf_stars": min_psf_stars, "psf_problem": psf_problem or "-",
                   "unmasked_fraction": round(unmasked / good.size, 4), "finite_unmasked": finite,
                   "variance_finite_positive": variance_ok})
 
@@ -195,7 +199,7 @@ def not_shallower(depth: float | None, previous_depth: float | None) -> AssetChe
 reference_image = observation_asset(
     "reference_image", _build_reference, partitions_def=field_band_partitions, deps=["calibrated_image"],
     kinds={"fits"},
-    checks={USABLE_CHECK: f"The frozen reference has a PSF fitted on at least {REFERENCE_MIN_PSF_STARS} stars and "
+    checks={USABLE_CHECK: "The frozen reference has a PSF fitted on enough stars (ASTRO_REFERENCE_MIN_PSF_STARS) and "
             "finite pixels with finite, positive variance wherever it is not masked.",
             DEPTH_CHECK: "The new version's 5-sigma depth is at least the previous version's (warning)."},
     description="The reference image of one field and band: the proper co-add (Zackay & Ofek 2017) of its good "

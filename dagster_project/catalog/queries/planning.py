@@ -56,9 +56,9 @@ class RetryPolicy:
     for a person (``backfill --status unfinished``).
     """
 
-    max_attempts: int = 4
-    backoff_seconds: float = 30.0
-    max_backoff_seconds: float = 900.0
+    max_attempts: int
+    backoff_seconds: float
+    max_backoff_seconds: float
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1 or self.backoff_seconds < 0 or self.max_backoff_seconds < 0:

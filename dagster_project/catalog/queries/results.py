@@ -81,13 +81,13 @@ WITH_FRAME = (FS.PARTIALLY_FULFILLED, FS.FULFILLED)
 
 @dataclass(frozen=True)
 class RebuildPolicy:
-    """Debounce and retry settings of the rebuild engine."""
+    """Debounce and retry settings of the rebuild engine (their defaults: ``Settings.product_*``)."""
 
-    quiet: timedelta = timedelta(seconds=60)  # wait this long after the last bump
-    max_delay: timedelta = timedelta(minutes=10)  # ... but no longer than this after the first one
-    retry_base: timedelta = timedelta(seconds=30)  # FAILED: retry after base * 2**(attempts-1)
-    max_attempts: int = 5
-    build_timeout: timedelta = timedelta(hours=1)  # BUILDING longer than this is presumed dead
+    quiet: timedelta  # wait this long after the last bump
+    max_delay: timedelta  # ... but no longer than this after the first one
+    retry_base: timedelta  # FAILED: retry after base * 2**(attempts-1)
+    max_attempts: int
+    build_timeout: timedelta  # BUILDING longer than this is presumed dead
 
 
 # --- requests -------------------------------------------------------------------------------------------------------
@@ -351,7 +351,7 @@ def _needs_build(policy: RebuildPolicy) -> sa.ColumnElement[bool]:
                    ObservationResult.build_attempts < policy.max_attempts)
 
 
-def due_for_rebuild(session: Session, now: datetime, policy: RebuildPolicy = RebuildPolicy()) -> list[ObservationResult]:
+def due_for_rebuild(session: Session, now: datetime, policy: RebuildPolicy) -> list[ObservationResult]:
     """Results needing a build whose debounce (or retry backoff) has passed."""
     return list(session.scalars(
         sa.select(ObservationResult)
@@ -360,7 +360,7 @@ def due_for_rebuild(session: Session, now: datetime, policy: RebuildPolicy = Reb
         .order_by(ObservationResult.next_eligible_run_at)))
 
 
-def awaiting_debounce(session: Session, now: datetime, policy: RebuildPolicy = RebuildPolicy()) -> list[ObservationResult]:
+def awaiting_debounce(session: Session, now: datetime, policy: RebuildPolicy) -> list[ObservationResult]:
     """Results needing a build that must still wait (debounce or backoff)."""
     return list(session.scalars(sa.select(ObservationResult).where(
         _needs_build(policy), ObservationResult.next_eligible_run_at > now)))
@@ -416,7 +416,7 @@ _RUN_OUTCOME = {DP.READY: ResultProcessingRunStatus.SUCCEEDED, DP.BLOCKED: Resul
 
 
 def finish_build(session: Session, run: ObservationResultProcessingRun, outcome: DataProductStatus, now: datetime,
-                 reason: str | None = None, policy: RebuildPolicy = RebuildPolicy()) -> ObservationResult:
+                 reason: str | None = None, *, policy: RebuildPolicy) -> ObservationResult:
     """End a build: READY (or STALE if bumped meanwhile), BLOCKED, FAILED (retry with backoff) or SKIPPED."""
     session.refresh(run)
     result = session.scalar(sa.select(ObservationResult).where(ObservationResult.id == run.result_id)
@@ -447,7 +447,7 @@ def finish_build(session: Session, run: ObservationResultProcessingRun, outcome:
 
 
 def requeue_abandoned(session: Session, run_is_alive: Callable[[str | None], bool], now: datetime,
-                      policy: RebuildPolicy = RebuildPolicy()) -> list[ObservationResult]:
+                      policy: RebuildPolicy) -> list[ObservationResult]:
     """BUILDING results whose Dagster run died (or ran past the timeout) go back in the queue."""
     requeued = []
     building = session.scalars(sa.select(ObservationResult)
