@@ -146,11 +146,49 @@ def _empty_table(threshold: float) -> Table:
 _BRIDGE_REACH = 3
 
 
-def _bridge(image: np.ndarray, invalid: np.ndarray, reach: int = _BRIDGE_REACH) -> np.ndarray:
+@dataclass
+class _Gaps:
+    """The invalid pixels that :func:`_bridge` interpolates, and their distances to the valid ends."""
+
+    ys: np.ndarray
+    xs: np.ndarray
+    left: np.ndarray  # px to the nearest valid pixel on the left (float64, as the weights)
+    right: np.ndarray
+
+
+def _narrow_gaps(invalid: np.ndarray, reach: int = _BRIDGE_REACH) -> _Gaps:
+    """Invalid pixels with a valid pixel within ``reach`` px both left and right in their row.
+
+    Found with whole-row shifts first (most invalid pixels are in wide areas: the edge of the
+    overlap, saturated stars), then the distances are measured at those pixels only.
+    """
+    valid = ~invalid
+    sides = []
+    for step in (-1, 1):  # a valid pixel within reach on the left (step -1), on the right (+1)
+        near = np.zeros_like(invalid)
+        for k in range(1, reach + 1):
+            if step < 0:
+                near[:, k:] |= valid[:, :-k]
+            else:
+                near[:, :-k] |= valid[:, k:]
+        sides.append(near)
+    ys, xs = np.nonzero(invalid & sides[0] & sides[1])
+    distances = []
+    for step in (-1, 1):
+        distance = np.zeros(ys.size)
+        for k in range(reach, 0, -1):  # the nearest valid pixel is the last one written
+            cols = np.clip(xs + step * k, 0, invalid.shape[1] - 1)
+            distance[valid[ys, cols] & (cols == xs + step * k)] = k
+        distances.append(distance)
+    return _Gaps(ys, xs, *distances)
+
+
+def _bridge(image: np.ndarray, invalid: np.ndarray, gaps: _Gaps) -> np.ndarray:
     """Copy of ``image`` with NaN at ``invalid`` pixels, except in narrow gaps along rows, which are interpolated.
 
-    An invalid pixel with a valid pixel within ``reach`` px both left and
-    right in its row gets the linear interpolation between the nearest two:
+    An invalid pixel with a valid pixel within ``_BRIDGE_REACH`` px both left
+    and right in its row (``gaps``, :func:`_narrow_gaps`) gets the linear
+    interpolation between the nearest two:
     a source cut by a masked column (1 px in the new image, 3 px once a
     reference column is resampled and dilated) or by a cosmic-ray patch is
     then segmented as one source, and measured across the gap, instead of
@@ -158,23 +196,10 @@ def _bridge(image: np.ndarray, invalid: np.ndarray, reach: int = _BRIDGE_REACH) 
     exceeds its two ends, so it creates no peak of its own.
     """
     out = np.where(invalid, np.float32(np.nan), image)
-    ys, xs = np.nonzero(invalid)
-    nx = image.shape[1]
-    ends = []
-    for step in (-1, 1):
-        distance = np.zeros(ys.size)
-        value = np.full(ys.size, np.nan, dtype=np.float32)
-        for k in range(1, reach + 1):
-            cols = xs + step * k
-            inside = (cols >= 0) & (cols < nx)
-            cols = np.clip(cols, 0, nx - 1)
-            take = (distance == 0) & inside & ~invalid[ys, cols]
-            distance[take] = k
-            value[take] = image[ys[take], cols[take]]
-        ends.append((distance, value))
-    (d_left, v_left), (d_right, v_right) = ends
-    both = (d_left > 0) & (d_right > 0)
-    out[ys[both], xs[both]] = (v_left * d_right + v_right * d_left)[both] / (d_left + d_right)[both]
+    ys, xs, left, right = gaps.ys, gaps.xs, gaps.left, gaps.right
+    v_left = image[ys, xs - left.astype(np.intp)]
+    v_right = image[ys, xs + right.astype(np.intp)]
+    out[ys, xs] = (v_left * right + v_right * left) / (left + right)
     return out
 
 
@@ -366,11 +391,12 @@ def _bridged_maps(result: ZogyResult, mask: np.ndarray) -> _Bridged:
     invalid = ~np.isfinite(scorr) | result.mask
     masked = invalid | (mask != 0)
     original = np.where(invalid, np.float32(np.nan), scorr)
-    bridged = _bridge(scorr, invalid)
+    gaps = _narrow_gaps(invalid)
+    bridged = _bridge(scorr, invalid, gaps)
     unusable = ~np.isfinite(bridged)
     filled = np.where(unusable, np.float32(0), bridged)
-    return _Bridged(invalid, masked, original, bridged, unusable, filled, _bridge(result.flux, invalid),
-                    _bridge(result.flux_err, invalid))
+    return _Bridged(invalid, masked, original, bridged, unusable, filled, _bridge(result.flux, invalid, gaps),
+                    _bridge(result.flux_err, invalid, gaps))
 
 
 @dataclass
@@ -454,13 +480,14 @@ def _d_moments(D: np.ndarray, footprints: np.ndarray, sign_of: np.ndarray, inval
     """FWHM, ellipticity and orientation of D in each footprint (SourceCatalog ignores negative pixels)."""
     n = len(sign_of)
     d_fwhm, d_ell, d_pa = (np.full(n, np.nan) for _ in range(3))
-    present = np.unique(footprints[footprints > 0])
-    if present.size:
-        sign_map = np.zeros(n + 1)
-        sign_map[1:] = sign_of
-        signed_d = np.where(invalid, 0.0, D * sign_map[footprints])
-        cat = SourceCatalog(signed_d, SegmentationImage(footprints), mask=invalid)
-        rows = present - 1
+    if footprints.any():
+        segments = SegmentationImage(footprints)
+        signed_d = np.zeros(D.shape)  # D with each candidate's sign, in the boxes of the footprints only
+        for box in segments.slices:
+            sign = np.where(footprints[box] > 0, sign_of[footprints[box] - 1], 0.0)
+            signed_d[box] = np.where(invalid[box], 0.0, D[box] * sign)
+        cat = SourceCatalog(signed_d, segments, mask=invalid)
+        rows = segments.labels - 1
         d_fwhm[rows] = np.asarray(cat.fwhm.value, dtype=float)
         d_ell[rows] = np.asarray(cat.ellipticity.value, dtype=float)
         d_pa[rows] = np.asarray(cat.orientation.value, dtype=float)

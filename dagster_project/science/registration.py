@@ -367,6 +367,28 @@ def _transform(
 _SPLINE_PAD = 12
 
 
+def _spline_coefficients(image: np.ndarray, order: int) -> np.ndarray:
+    """``scipy.ndimage.spline_filter(image, order, output=np.float32, mode="nearest")``, in threads.
+
+    The filter is a 1-D recursion along the columns, then along the rows (float32 in between, as
+    scipy stores it): the columns are cut into blocks, then the rows, each block filtered in its
+    own thread, so the result is the same to the bit.
+    """
+    coefficients = np.empty(image.shape, dtype=np.float32)
+
+    def along_columns(cols: tuple[int, int]) -> None:
+        ndimage.spline_filter1d(image[:, cols[0] : cols[1]], order, axis=0, output=coefficients[:, cols[0] : cols[1]],
+                                mode="nearest")
+
+    def along_rows(rows: tuple[int, int]) -> None:
+        block = coefficients[rows[0] : rows[1]]
+        ndimage.spline_filter1d(block, order, axis=1, output=block, mode="nearest")
+
+    run_threads(along_columns, row_blocks(image.shape[1], n_threads()))
+    run_threads(along_rows, row_blocks(image.shape[0], n_threads()))
+    return coefficients
+
+
 def resample_to_grid(
     image: np.ndarray, registration: Registration, output_shape: tuple[int, int], order: int = 3
 ) -> np.ndarray:
@@ -394,7 +416,7 @@ def resample_to_grid(
     npad = 0
     if order > 1:
         npad = _SPLINE_PAD
-        filled = ndimage.spline_filter(np.pad(filled, npad, mode="edge"), order, output=np.float32, mode="nearest")
+        filled = _spline_coefficients(np.pad(filled, npad, mode="edge"), order)
     out = _transform(filled, registration, output_shape, order=order, output=np.float32, mode="nearest", npad=npad)
     out[_outside(registration, image.shape, output_shape)] = np.nan
     return out
@@ -414,7 +436,9 @@ def resample_variance(
     """
     variance = np.asarray(variance, dtype=np.float32)
     good = np.isfinite(variance) & (variance >= 0)
-    filled = np.where(good, variance, np.median(variance[good]) if good.any() else 0.0)
+    filled = variance
+    if not good.all():
+        filled = np.where(good, variance, np.median(variance[good]) if good.any() else 0.0)
     return resample_to_grid(filled, registration, output_shape, order=1)
 
 

@@ -181,3 +181,23 @@ def test_source_centred_on_a_wide_masked_band_is_dropped_not_split():
     table = detect_transients(result, mask, threshold=5.0)
     assert not np.any(np.hypot(table["x"] - 200.2, table["y"] - 150.3) < 8)
     assert table.meta["n_dropped_masked"] >= 1
+
+
+def test_bridge_interpolates_exactly_the_narrow_gaps_of_each_row():
+    from dagster_project.science import detection
+
+    rng = np.random.default_rng(5)
+    image = rng.normal(size=(60, 80)).astype(np.float32)
+    invalid = rng.random(image.shape) < 0.3
+    invalid[:, 40:47] = True  # a gap too wide to bridge
+    invalid[10, :] = True  # a whole invalid row
+    bridged = detection._bridge(image, invalid, detection._narrow_gaps(invalid))
+    expected = np.where(invalid, np.nan, image)
+    reach = detection._BRIDGE_REACH
+    for y, x in zip(*np.nonzero(invalid)):  # pixel by pixel: the nearest valid pixels left and right
+        left = next((k for k in range(1, reach + 1) if x - k >= 0 and not invalid[y, x - k]), 0)
+        right = next((k for k in range(1, reach + 1) if x + k < image.shape[1] and not invalid[y, x + k]), 0)
+        if left and right:
+            expected[y, x] = (image[y, x - left] * right + image[y, x + right] * left) / (left + right)
+    assert np.isfinite(bridged).sum() > (~invalid).sum()
+    np.testing.assert_allclose(bridged, expected, rtol=1e-6)  # NaN where expected is NaN
