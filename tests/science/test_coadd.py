@@ -130,7 +130,9 @@ def test_a_cosmic_ray_in_one_frame_is_rejected_but_star_cores_of_other_seeing_ar
 def test_a_masked_pixel_is_filled_from_the_others_and_one_masked_everywhere_stays_masked():
     psfs = [gaussian_psf(1.5), gaussian_psf(2.0)]
     mask = np.zeros(SHAPE, np.uint16)
-    mask[32, 32] = MaskBit.COSMIC_RAY
+    mask[50, 12] = MaskBit.COSMIC_RAY  # on the sky
+    mask[32, 32] = MaskBit.COSMIC_RAY  # on the star's core
+    mask[32, 36] = MaskBit.COSMIC_RAY  # on its wing
     mask[30, 31] = MaskBit.SATURATED
     mask[5, 5] = MaskBit.BAD_COLUMN
     other = np.zeros(SHAPE, np.uint16)
@@ -139,11 +141,16 @@ def test_a_masked_pixel_is_filled_from_the_others_and_one_masked_everywhere_stay
               frame(point_source(psfs[1], 1000), psfs[1], 1.0, mask=other)]
     coadd = proper_coadd(frames)
     assert coadd.image.sum() == pytest.approx(1000, rel=0.02)
-    assert coadd.mask[32, 32] == 0 and coadd.coverage[32, 32] == 1
+    assert coadd.mask[50, 12] == 0 and coadd.coverage[50, 12] == 1  # a fill on the sky is trusted
+    # on the star, the other frame's seeing predicts the pixel wrongly by a fraction of the star's light
+    # (1000 e- at sigma 1: tens of sigma), so the co-add's PSF does not describe it: it stays masked
+    assert coadd.mask[32, 32] == MaskBit.COSMIC_RAY and coadd.mask[32, 36] == MaskBit.COSMIC_RAY
+    assert coadd.coverage[32, 32] == 1
     # a core saturated in one frame and filled from another of other seeing is not PSF-shaped: still masked
     assert coadd.mask[30, 31] == MaskBit.SATURATED and coadd.coverage[30, 31] == 1
     assert coadd.mask[5, 5] == MaskBit.BAD_COLUMN | MaskBit.COSMIC_RAY and coadd.image[5, 5] == 0
     assert coadd.coverage[5, 5] == 0
+    assert int(np.count_nonzero(coadd.mask)) == 4  # nothing else is masked
 
 
 @pytest.mark.parametrize("change, message", [
