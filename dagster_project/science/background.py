@@ -24,6 +24,8 @@ import numpy as np
 from photutils.utils import ShepardIDWInterpolator
 from scipy import ndimage
 
+from .parallel import run_threads
+
 __all__ = ["CLIP_MAXITERS", "CLIP_SIGMA", "BackgroundMaps", "estimate_background", "mesh_statistics", "upsample_mesh"]
 
 #: Sigma-clipping of the box pixels: threshold (standard deviations) and iterations.
@@ -74,7 +76,9 @@ def mesh_statistics(
     middle of the range, its mean and standard deviation come from
     cumulative sums), so all boxes are clipped together in a few vectorised
     steps. Boxes at the right and top edges are partial (padded with masked
-    pixels).
+    pixels). Each row of boxes is clipped on its own, the rows in threads
+    (:mod:`~dagster_project.science.parallel`; NumPy's sorts and sums release
+    the GIL), where their arrays stay in cache.
 
     Parameters
     ----------
@@ -93,6 +97,14 @@ def mesh_statistics(
     background, rms : ndarray, float64, shape (n_boxes_y, n_boxes_x)
         NaN for excluded boxes.
     """
+    rows = [slice(start, start + box[0]) for start in range(0, data.shape[0], box[0])]
+    strips = run_threads(lambda r: _box_row_statistics(data[r], bad[r], box, exclude_percentile), rows)
+    return np.concatenate([b for b, _ in strips]), np.concatenate([r for _, r in strips])
+
+
+def _box_row_statistics(data: np.ndarray, bad: np.ndarray, box: tuple[int, int],
+                        exclude_percentile: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`mesh_statistics` of one row of boxes (``data`` at most ``box[0]`` rows high): (1, n_boxes_x) each."""
     values = _boxes(np.where(bad, np.nan, data).astype(np.float32), box, np.nan)
     mesh_shape = values.shape[:2]
     values = np.sort(values.reshape(-1, values.shape[-1]), axis=1)  # NaN sort last
