@@ -11,7 +11,7 @@ DEMO_SIZE ?= 2048
 DEMO_FIELDS ?= 2
 DEMO_EPOCHS ?= 3
 
-.PHONY: install demo test ui bench clean dagster-home
+.PHONY: install demo test ui bench clean dagster-home workers workers-stop
 
 install: $(VENV)/.installed
 
@@ -39,3 +39,34 @@ bench: install
 
 clean:
 	rm -rf $(ASTRO_HOME)
+
+# Celery workers on this machine (ASTRO_EXECUTOR=celery; README "Scale-out on Celery workers", docs/scaling.md):
+# `make workers N=2` starts worker-1..N in the background, one step at a time each, logs and pids in
+# $(ASTRO_HOME)/workers; `make workers-stop` stops them (warm: a step under way is finished first, then
+# whatever is left of the worker's process group is killed). Each worker is its own session (setsid).
+N ?= 2
+WORKERS_DIR := $(ASTRO_HOME)/workers
+export ASTRO_CELERY_BROKER ?= pyamqp://guest@127.0.0.1:5672//
+export ASTRO_CELERY_BACKEND ?= rpc://
+export ASTRO_CELERY_QUEUE ?= dagster
+
+workers: install dagster-home
+	@mkdir -p $(WORKERS_DIR)
+	@for i in $$(seq 1 $(N)); do \
+	  pidfile=$(WORKERS_DIR)/worker-$$i.pid; \
+	  if test -f $$pidfile && kill -0 $$(cat $$pidfile) 2>/dev/null; then echo "worker-$$i is running (pid $$(cat $$pidfile))"; continue; fi; \
+	  PATH=$(CURDIR)/$(BIN):$$PATH setsid $(BIN)/dagster-celery worker start -A dagster_celery.app \
+	    -y $(CURDIR)/deploy/celery.yaml -n worker-$$i -q $(ASTRO_CELERY_QUEUE) -- --concurrency 1 \
+	    >$(WORKERS_DIR)/worker-$$i.log 2>&1 </dev/null & echo $$! >$$pidfile; \
+	  echo "worker-$$i started (pid $$!, log $(WORKERS_DIR)/worker-$$i.log)"; \
+	done
+
+workers-stop:
+	@for pidfile in $(WORKERS_DIR)/worker-*.pid; do \
+	  test -f $$pidfile || continue; pid=$$(cat $$pidfile); \
+	  if kill -0 $$pid 2>/dev/null; then \
+	    kill -TERM $$(pgrep -P $$pid) 2>/dev/null; \
+	    for _ in $$(seq 60); do kill -0 $$pid 2>/dev/null || break; sleep 1; done; \
+	    kill -KILL -- -$$pid 2>/dev/null; echo "stopped $$(basename $$pidfile .pid)"; \
+	  fi; rm -f $$pidfile; \
+	done

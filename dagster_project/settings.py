@@ -63,6 +63,17 @@ variable                       meaning                                     defau
                                magnitudes deeper
 ``ASTRO_REFERENCE_WINDOW_DAYS``  only frames within this many days of a   (all frames)
                                field's first go into its reference
+``ASTRO_EXECUTOR``             where a run's steps execute: in_process     ``in_process`` (as before)
+                               (the run worker's process), multiprocess
+                               (a process per step) or celery (Celery
+                               workers: ``deploy/celery.yaml``,
+                               docs/scaling.md)
+``ASTRO_CELERY_BROKER``        the Celery broker the steps are sent to     ``pyamqp://guest@127.0.0.1:5672//``
+``ASTRO_CELERY_BACKEND``       the Celery result backend                   ``rpc://`` (through the broker)
+``ASTRO_CELERY_QUEUE``         the broker queue steps go to (the workers   ``dagster``
+                               listen on it: ``make workers``)
+``ASTRO_STEP_RETRIES``         with multiprocess or celery: retries of a   ``2``
+                               failed step within its run (RetryPolicy)
 =============================  ==========================================  =================================
 """
 
@@ -75,6 +86,9 @@ from typing import Any
 
 #: the variable holding overrides of the difference parameters (``DifferenceParams``), a JSON object
 DIFFERENCE_PARAMS_VARIABLE = "ASTRO_DIFFERENCE_PARAMS"
+
+#: ASTRO_EXECUTOR's values: where a run's steps execute (pipeline/jobs.py)
+EXECUTORS = ("in_process", "multiprocess", "celery")
 
 
 def _path(name: str, default: Path) -> Path:
@@ -159,6 +173,14 @@ def _json_object(name: str) -> dict[str, Any]:
     return value
 
 
+def _choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    """One of ``choices`` from the environment variable ``name`` (any case); ValueError naming the variable."""
+    text = os.environ.get(name, "").strip().lower() or default
+    if text not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {os.environ[name]!r}")
+    return text
+
+
 def _positive_int(name: str, default: int) -> int:
     value = int(_number(name, default, int))
     if value < 1:
@@ -209,6 +231,13 @@ class Settings:
     reference_max_frames: int = 20
     reference_rebuild_gain_mag: float = 0.1
     reference_window_days: float | None = None
+    #: where a run's steps execute (``EXECUTORS``); the Celery broker, result backend and queue for ``celery``
+    executor: str = "in_process"
+    celery_broker: str = "pyamqp://guest@127.0.0.1:5672//"
+    celery_backend: str = "rpc://"
+    celery_queue: str = "dagster"
+    #: Dagster's retries of a failed step within its run (multiprocess and celery executors only)
+    step_retries: int = 2
     #: how ``home`` was chosen, for messages that say where state was looked for
     home_source: str = "given"
 
@@ -286,5 +315,10 @@ class Settings:
             reference_rebuild_gain_mag=_number("ASTRO_REFERENCE_REBUILD_GAIN", cls.reference_rebuild_gain_mag,
                                                minimum=0),
             reference_window_days=_number("ASTRO_REFERENCE_WINDOW_DAYS", None, minimum=0),
+            executor=_choice("ASTRO_EXECUTOR", EXECUTORS, cls.executor),
+            celery_broker=os.environ.get("ASTRO_CELERY_BROKER") or cls.celery_broker,
+            celery_backend=os.environ.get("ASTRO_CELERY_BACKEND") or cls.celery_backend,
+            celery_queue=os.environ.get("ASTRO_CELERY_QUEUE") or cls.celery_queue,
+            step_retries=int(_number("ASTRO_STEP_RETRIES", cls.step_retries, int, minimum=0)),
             home_source=home_source,
         )

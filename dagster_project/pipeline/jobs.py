@@ -1,7 +1,10 @@
 """Jobs over the asset graph.
 
-All run their steps in one process: a partition's work takes seconds, and a process per
-step would cost more than that (measured in docs/operations.md).
+By default all run their steps in one process: a partition's work takes seconds, and a process per
+step would cost more than that (measured in docs/operations.md). ``ASTRO_EXECUTOR`` says otherwise
+(:func:`execution`): ``multiprocess`` (a process per step) or ``celery`` (each step a Celery task, run
+by ``dagster-celery`` workers on any machine that sees the broker, the catalog, the Dagster instance and
+the store: ``deploy/celery.yaml``, ``make workers``, docs/scaling.md).
 
 * ``observation_job`` — the whole per-observation chain. The ``backfill`` command launches
   asset backfills of a job's assets (:data:`JOB_ASSETS`); these, like ``dagster job backfill
@@ -13,18 +16,41 @@ step would cost more than that (measured in docs/operations.md).
 
 Runs the sensors launch carry ``dagster/run_key`` (the work, plus ``:a<n>`` for its n-th retry) and
 ``astro/attempt``; failed or interrupted work is retried by the sensors with backoff, not by Dagster's
-run retries (see ``sensors/reference_and_difference.py`` and ``deploy/dagster.yaml``).
+run retries (see ``sensors/reference_and_difference.py`` and ``deploy/dagster.yaml``). With the
+``multiprocess`` and ``celery`` executors a failed step is also retried within its run
+(``ASTRO_STEP_RETRIES``), and a Celery task whose worker died mid-step goes back to the broker and is
+run by another worker (:data:`CELERY_TASK_SETTINGS`); every asset builds its partition idempotently
+(one calibration and one difference row per observation, restarted in place; files written whole under
+fixed names), so a step that runs twice leaves what one run leaves.
 """
 
-from dagster import AssetSelection, define_asset_job
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dagster import AssetSelection, Backoff, ExecutorDefinition, RetryPolicy, define_asset_job
 
 from dagster_project.pipeline.partitions import field_band_partitions, observations_partitions, results_partitions
+from dagster_project.settings import Settings
 
-__all__ = ["IN_PROCESS", "JOBS", "JOB_ASSETS", "calibrate_job", "difference_job", "observation_job", "products_job",
-           "reference_job"]
+__all__ = ["CELERY_TASK_SETTINGS", "IN_PROCESS", "JOBS", "JOB_ASSETS", "Execution", "build_jobs", "calibrate_job",
+           "celery_config_source", "difference_job", "execution", "observation_job", "products_job", "reference_job"]
 
 #: default run config: steps run in the run worker's process (a launch may still ask for multiprocess)
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
+MULTIPROCESS = {"execution": {"config": {"multiprocess": {}}}}
+
+#: what makes a step survive a Celery worker killed mid-task: the task is acknowledged only once it has run
+#: (acks late), a worker whose pool process died gives it back (reject on worker lost), and a worker holds one
+#: task at a time (prefetch 1), so nothing waits behind a dead one. deploy/celery.yaml gives the workers the same.
+CELERY_TASK_SETTINGS: Mapping[str, Any] = {
+    "task_acks_late": True,
+    "task_reject_on_worker_lost": True,
+    "worker_prefetch_multiplier": 1,
+    "broker_connection_retry_on_startup": True,
+}
+#: seconds before Dagster's first retry of a failed step (doubling for the next)
+STEP_RETRY_DELAY = 5
 
 
 #: the assets of each job, by job name
@@ -37,17 +63,69 @@ JOB_ASSETS = {
 }
 
 
-def _job(name: str, partitions_def, description: str):
-    return define_asset_job(name, selection=AssetSelection.assets(*JOB_ASSETS[name]), partitions_def=partitions_def,
-                            config=IN_PROCESS, description=description)
+@dataclass(frozen=True)
+class Execution:
+    """Where the jobs' steps execute: the executor (None: Dagster's default, in-process or multiprocess by
+    config), the jobs' default run config, and the retry policy of their steps."""
+
+    config: Mapping[str, Any] = field(default_factory=lambda: IN_PROCESS)
+    executor_def: ExecutorDefinition | None = None
+    op_retry_policy: RetryPolicy | None = None
 
 
-calibrate_job = _job("calibrate_job", observations_partitions, "Validate the archived raw frame and calibrate it.")
-difference_job = _job("difference_job", observations_partitions,
-                      "ZOGY difference against the field's current reference, then candidate detection.")
-observation_job = _job("observation_job", observations_partitions, "The whole per-observation chain (for backfills).")
-reference_job = _job("reference_job", field_band_partitions, "Choose and freeze the reference image of one field and band.")
-products_job = _job("products_job", results_partitions, "Build one ObservationResult's products from its current revision.")
+def celery_config_source(settings: Settings) -> dict[str, Any]:
+    """The Celery app settings of the runs' step submissions (and of the workers, deploy/celery.yaml)."""
+    return {**CELERY_TASK_SETTINGS, "task_default_queue": settings.celery_queue}
+
+
+def execution(settings: Settings | None) -> Execution:
+    """The jobs' execution for ``settings`` (``ASTRO_EXECUTOR``); None or ``in_process``: as always, in process."""
+    if settings is None or settings.executor == "in_process":
+        return Execution()
+    retry = (RetryPolicy(max_retries=settings.step_retries, delay=STEP_RETRY_DELAY, backoff=Backoff.EXPONENTIAL)
+             if settings.step_retries else None)
+    if settings.executor == "multiprocess":
+        return Execution(MULTIPROCESS, None, retry)
+    from dagster_celery import celery_executor  # only where Celery is asked for
+
+    config = {"broker": settings.celery_broker, "backend": settings.celery_backend,
+              "config_source": celery_config_source(settings), "retries": {"enabled": {}}}
+    return Execution({"execution": {"config": config}}, celery_executor, retry)
+
+
+def _settings() -> Settings | None:
+    """This process's settings, for the executor; None when a setting is bad: the command line and the code
+    location read them again themselves and stop there, naming the variable (so this import never does)."""
+    try:
+        return Settings.from_env()
+    except ValueError:
+        return None
+
+
+def build_jobs(settings: Settings | None) -> dict[str, Any]:
+    """Every job of the code location, by name, executing as ``settings`` say."""
+    how = execution(settings)
+    partitions = {"reference_job": field_band_partitions, "products_job": results_partitions}
+    descriptions = {
+        "calibrate_job": "Validate the archived raw frame and calibrate it.",
+        "difference_job": "ZOGY difference against the field's current reference, then candidate detection.",
+        "observation_job": "The whole per-observation chain (for backfills).",
+        "reference_job": "Choose and freeze the reference image of one field and band.",
+        "products_job": "Build one ObservationResult's products from its current revision.",
+    }
+    return {name: define_asset_job(name, selection=AssetSelection.assets(*JOB_ASSETS[name]),
+                                   partitions_def=partitions.get(name, observations_partitions),
+                                   config=dict(how.config), executor_def=how.executor_def,
+                                   op_retry_policy=how.op_retry_policy, description=description)
+            for name, description in descriptions.items()}
+
+
+_jobs = build_jobs(_settings())
+calibrate_job = _jobs["calibrate_job"]
+difference_job = _jobs["difference_job"]
+observation_job = _jobs["observation_job"]
+reference_job = _jobs["reference_job"]
+products_job = _jobs["products_job"]
 
 #: every job of the code location
 JOBS = (observation_job, calibrate_job, difference_job, reference_job, products_job)
