@@ -203,8 +203,9 @@ def _bridge(image: np.ndarray, invalid: np.ndarray, gaps: _Gaps) -> np.ndarray:
     return out
 
 
-def _gaussian_peak(image: np.ndarray, x: int, y: int, half: int = 3) -> tuple[float, float]:
-    """Centre of a round Gaussian fitted to the valid pixels above 20 % of the peak within ``half`` px of (x, y).
+def _gaussian_peak(image: np.ndarray, x: int, y: int, sign: float, half: int = 3) -> tuple[float, float]:
+    """Centre of a round Gaussian fitted to the valid pixels of ``sign * image`` above 20 % of the peak within
+    ``half`` px of (x, y).
 
     Weighted linear least squares on ``ln(image)`` (weights ``image**2``),
     separable in x and y. Used where masked pixels cut the 3x3 box a
@@ -213,7 +214,7 @@ def _gaussian_peak(image: np.ndarray, x: int, y: int, half: int = 3) -> tuple[fl
     maximum within 2 px.
     """
     y0, x0 = max(y - half, 0), max(x - half, 0)
-    cut = image[y0 : y + half + 1, x0 : x + half + 1]
+    cut = sign * image[y0 : y + half + 1, x0 : x + half + 1]
     finite = np.isfinite(cut)
     peak = cut[finite].max() if finite.any() else 0.0
     ok = finite & (np.where(finite, cut, 0) > 0.2 * peak) if peak > 0 else np.zeros(cut.shape, bool)
@@ -228,6 +229,11 @@ def _gaussian_peak(image: np.ndarray, x: int, y: int, half: int = 3) -> tuple[fl
         return np.nan, np.nan
     sx, sy = -coef[1] / (2 * coef[3]), -coef[2] / (2 * coef[4])
     return (x + sx, y + sy) if max(abs(sx), abs(sy)) <= 2.0 else (np.nan, np.nan)
+
+
+def _signed(image: np.ndarray, sign: float) -> np.ndarray:
+    """``sign * image``; ``image`` itself (not a copy) for a positive sign."""
+    return image if sign > 0 else -image
 
 
 def _segments(data: np.ndarray, invalid: np.ndarray, threshold: float, deblend_area: float | None):
@@ -252,11 +258,13 @@ def _peak_positions(labels: np.ndarray, sign_of: np.ndarray, filled: np.ndarray,
     """Peak pixel, sub-pixel position and area of each labelled segment of the signed S_corr map."""
     n = len(sign_of)
     xpk, ypk = np.zeros(n), np.zeros(n)
-    for i, sl in enumerate(ndimage.find_objects(labels)):  # peak pixel of each segment
-        values = np.where(labels[sl] == i + 1, sign_of[i] * filled[sl], -np.inf)
+    area = np.zeros(n, dtype=int)
+    for i, sl in enumerate(ndimage.find_objects(labels)):  # peak pixel and area of each segment
+        inside = labels[sl] == i + 1
+        values = np.where(inside, sign_of[i] * filled[sl], -np.inf)
         py, px = np.unravel_index(np.argmax(values), values.shape)
         xpk[i], ypk[i] = px + sl[1].start, py + sl[0].start
-    area = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+        area[i] = np.count_nonzero(inside)
     # Sub-pixel peak of the matched-filter image: quadratic fit to the 3x3 pixels around the maximum.
     x, y = xpk.copy(), ypk.copy()
     for sign in (1.0, -1.0):
@@ -265,7 +273,7 @@ def _peak_positions(labels: np.ndarray, sign_of: np.ndarray, filled: np.ndarray,
             with warnings.catch_warnings():  # a peak without a quadratic maximum keeps its pixel (below)
                 warnings.simplefilter("ignore", AstropyUserWarning)
                 cx, cy = centroid_sources(
-                    sign * filled, xpk[sel], ypk[sel], box_size=3, mask=unusable, centroid_func=centroid_quadratic,
+                    _signed(filled, sign), xpk[sel], ypk[sel], box_size=3, mask=unusable, centroid_func=centroid_quadratic,
                     fit_boxsize=3,
                 )
             ok = np.isfinite(cx) & np.isfinite(cy) & (np.hypot(cx - xpk[sel], cy - ypk[sel]) <= 1.0)
@@ -275,7 +283,7 @@ def _peak_positions(labels: np.ndarray, sign_of: np.ndarray, filled: np.ndarray,
     for i in range(n):
         ix, iy = int(xpk[i]), int(ypk[i])
         if invalid[max(iy - 1, 0) : iy + 2, max(ix - 1, 0) : ix + 2].any():
-            gx, gy = _gaussian_peak(sign_of[i] * original, ix, iy)
+            gx, gy = _gaussian_peak(original, ix, iy, sign_of[i])
             if np.isfinite(gx):
                 x[i], y[i] = gx, gy
 
@@ -417,10 +425,10 @@ def _signed_segments(maps: _Bridged, threshold: float, deblend_area: float | Non
     labels = np.zeros(maps.scorr.shape, dtype=np.int32)
     sign_of, is_deblended = [], []
     for sign in (1.0, -1.0):
-        segm, blended = _segments(sign * maps.filled, maps.unusable, threshold, deblend_area)
+        segm, blended = _segments(_signed(maps.filled, sign), maps.unusable, threshold, deblend_area)
         if segm is None:
             continue
-        labels[segm.data > 0] = segm.data[segm.data > 0] + len(sign_of)
+        np.add(segm.data, len(sign_of), out=labels, where=segm.data > 0)
         is_deblended.extend(lab in blended for lab in segm.labels)
         sign_of.extend([sign] * segm.n_labels)
     return _SignedSegments(labels, np.asarray(sign_of), np.asarray(is_deblended, dtype=bool))
