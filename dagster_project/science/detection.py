@@ -236,6 +236,13 @@ def _signed(image: np.ndarray, sign: float) -> np.ndarray:
     return image if sign > 0 else -image
 
 
+def _has_two_peaks(cut: np.ndarray, inside: np.ndarray) -> bool:
+    """More than one pixel of the region ``inside`` is at least as high as its 8 neighbours in the region."""
+    region = np.where(inside, cut, -np.inf)
+    return np.count_nonzero(inside & (region >= ndimage.maximum_filter(region, size=3, mode="constant",
+                                                                       cval=-np.inf))) > 1
+
+
 def _segments(data: np.ndarray, invalid: np.ndarray, threshold: float, deblend_area: float | None):
     """Regions of ``data >= threshold``; those larger than ``deblend_area`` px are deblended.
 
@@ -246,8 +253,10 @@ def _segments(data: np.ndarray, invalid: np.ndarray, threshold: float, deblend_a
         segm = detect_sources(data, threshold, 1, mask=invalid)
     if segm is None or deblend_area is None:
         return segm, set()
-    large = segm.labels[segm.areas > deblend_area]
-    if large.size == 0:
+    # A region with one local maximum has one component above every threshold: it cannot be deblended.
+    large = [label for label, box, area in zip(segm.labels, segm.slices, segm.areas)
+             if area > deblend_area and _has_two_peaks(data[box], segm.data[box] == label)]
+    if not large:
         return segm, set()
     segm = deblend_sources(data, segm, 3, labels=large, progress_bar=False)
     return segm, set(segm.deblended_labels.tolist())

@@ -201,3 +201,26 @@ def test_bridge_interpolates_exactly_the_narrow_gaps_of_each_row():
             expected[y, x] = (image[y, x - left] * right + image[y, x + right] * left) / (left + right)
     assert np.isfinite(bridged).sum() > (~invalid).sum()
     np.testing.assert_allclose(bridged, expected, rtol=1e-6)  # NaN where expected is NaN
+
+
+def test_deblending_only_the_regions_with_two_peaks_changes_nothing():
+    from photutils.segmentation import deblend_sources, detect_sources
+
+    from dagster_project.science import detection
+
+    yy, xx = np.mgrid[:80, :120]
+
+    def blob(x, y, amplitude, sigma=2.0):
+        return amplitude * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+
+    rng = np.random.default_rng(3)
+    data = (blob(30, 40, 40) + blob(36, 42, 25)  # a blended pair: one region, two peaks
+            + blob(90, 20, 60) + blob(90, 60, 8)  # a single bright peak; a faint one
+            + 0.3 * rng.normal(size=xx.shape)).astype(np.float32)
+    invalid = np.zeros(data.shape, bool)
+    segm, blended = detection._segments(data, invalid, 5.0, 20.0)
+    every = detect_sources(data, 5.0, 1, mask=invalid)
+    expected = deblend_sources(data, every, 3, labels=every.labels[every.areas > 20.0], progress_bar=False)
+    assert segm.n_labels == 4 and len(blended) == 2  # the pair was split in two, nothing else
+    np.testing.assert_array_equal(segm.data, expected.data)
+    assert blended == set(expected.deblended_labels.tolist())
