@@ -339,6 +339,11 @@ def _outside(registration: Registration, input_shape, output_shape) -> np.ndarra
     return (x < low[:, None] - 1e-9) | (x > high[:, None] + 1e-9)
 
 
+#: Blocks of rows (or columns) per thread: the threads take the next free block, so one slowed by
+#: other load on the machine does less of the work instead of holding up the others.
+_BLOCKS_PER_THREAD = 4
+
+
 def _transform(
     image: np.ndarray, registration: Registration, output_shape, *, order: int, output, mode: str, npad: int = 0
 ) -> np.ndarray:
@@ -359,7 +364,7 @@ def _transform(
             output=out[start:stop], order=order, mode=mode, prefilter=False,
         )
 
-    run_threads(block, row_blocks(out.shape[0], n_threads()))
+    run_threads(block, row_blocks(out.shape[0], _BLOCKS_PER_THREAD * n_threads()))
     return out
 
 
@@ -384,8 +389,8 @@ def _spline_coefficients(image: np.ndarray, order: int) -> np.ndarray:
         block = coefficients[rows[0] : rows[1]]
         ndimage.spline_filter1d(block, order, axis=1, output=block, mode="nearest")
 
-    run_threads(along_columns, row_blocks(image.shape[1], n_threads()))
-    run_threads(along_rows, row_blocks(image.shape[0], n_threads()))
+    run_threads(along_columns, row_blocks(image.shape[1], _BLOCKS_PER_THREAD * n_threads()))
+    run_threads(along_rows, row_blocks(image.shape[0], _BLOCKS_PER_THREAD * n_threads()))
     return coefficients
 
 
