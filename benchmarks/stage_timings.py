@@ -5,12 +5,14 @@ then times each stage of the per-observation chain as the assets run it, without
 Dagster or catalog overhead. What runs once (the night's masters, and the
 reference's background, stars and PSF, stored with each reference version) is
 printed apart and left out of the per-frame chain. The yardstick is one ``scipy.fft.rfft2`` of the same
-size measured in the same run, so figures compare across machines.
+size measured in the same run, so figures compare across machines; the CPU seconds of the per-frame
+stages (all threads of the process) hardly change with other load on the machine.
 
     .venv/bin/python benchmarks/stage_timings.py --size 2048 [--repeat 3]
 """
 
 import argparse
+import os
 import resource
 import statistics
 import tempfile
@@ -34,12 +36,17 @@ from dagster_project.simulation.night import simulate_night
 from dagster_project.store import ProductStore
 
 
-def _median_seconds(fn, repeat: int) -> float:
-    times = []
+def _median_seconds(fn, repeat: int, cpu: dict | None = None, name: str = "") -> float:
+    """Median wall-clock seconds of ``fn()``; with ``cpu``, the median CPU seconds of this process's
+    threads go into ``cpu[name]`` (a figure other load on the machine hardly changes)."""
+    times, cpu_times = [], []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - start_cpu)
+    if cpu is not None:
+        cpu[name] = statistics.median(cpu_times)
     return statistics.median(times)
 
 
@@ -67,6 +74,7 @@ def main() -> None:
 
         once: dict[str, float] = {}
         stages: dict[str, float] = {}
+        cpu: dict[str, float] = {}
         start = time.perf_counter()
         master_bias = make_master_bias([b for b, _ in bias], **sections)
         master_flat = make_master_flat([f for f, _ in flats], master_bias=master_bias, **sections)
@@ -87,21 +95,24 @@ def main() -> None:
             nonlocal new
             new = calibrate(new_raw)
 
-        stages["calibrate (overscan, bias, flat, gain, variance, masks, L.A.Cosmic)"] = _median_seconds(
-            calibrate_new, args.repeat)
-        stages["characterize (background, stars, PSF, seeing)"] = _median_seconds(
-            lambda: characterize_image(new), args.repeat)
+        name = "calibrate (overscan, bias, flat, gain, variance, masks, L.A.Cosmic)"
+        stages[name] = _median_seconds(calibrate_new, args.repeat, cpu, name)
+        name = "characterize (background, stars, PSF, seeing)"
+        stages[name] = _median_seconds(lambda: characterize_image(new), args.repeat, cpu, name)
         store = ProductStore(Path(tmp) / "store")
-        stages["write calibrated FITS (SCI, VAR, MASK)"] = _median_seconds(
-            lambda: store.write_planes(Path(tmp) / "store" / "calibrated.fits", new), args.repeat)
+        name = "write calibrated FITS (SCI, VAR, MASK)"
+        stages[name] = _median_seconds(
+            lambda: store.write_planes(Path(tmp) / "store" / "calibrated.fits", new), args.repeat, cpu, name)
 
         params, characterizations, results = DifferenceParams(), [], []
         once["reference background, stars, PSF (once per reference version)"] = _median_seconds(
             lambda: characterizations.append(characterize_for_difference(reference, params, "reference")),
             args.repeat)
-        stages["difference + detection (all steps, reference characterization given)"] = _median_seconds(
+        name = "difference + detection (all steps, reference characterization given)"
+        stages[name] = _median_seconds(
             lambda: results.append(difference_images(new, reference, params,
-                                                     ref_characterization=characterizations[-1])), args.repeat)
+                                                     ref_characterization=characterizations[-1])),
+            args.repeat, cpu, name)
         timings = results[-1].timings
 
         image = np.random.default_rng(0).standard_normal((args.size, args.size)).astype(np.float32)
@@ -109,14 +120,16 @@ def main() -> None:
 
     per_frame = sum(stages.values())
     print(f"# per-stage time for one {args.size}x{args.size} frame (median of {args.repeat}); "
-          f"simulating the night took {simulate_s:.1f} s")
-    print(f"{'stage':<72} {'seconds':>8} {'rfft2 units':>12}")
+          f"simulating the night took {simulate_s:.1f} s; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"{'stage':<72} {'seconds':>8} {'rfft2 units':>12} {'CPU s':>7}")
     for name, seconds in {**once, **stages}.items():
-        print(f"{name:<72} {seconds:8.3f} {seconds / rfft:12.1f}")
+        cpu_s = f"{cpu[name]:7.3f}" if name in cpu else ""
+        print(f"{name:<72} {seconds:8.3f} {seconds / rfft:12.1f} {cpu_s}")
     for name, seconds in timings.items():
         if name != "total":
             print(f"{'  difference step: ' + name:<72} {seconds:8.3f} {seconds / rfft:12.1f}")
-    print(f"{'per-frame chain (calibrate → candidates; once-only excluded)':<72} {per_frame:8.3f} {per_frame / rfft:12.1f}")
+    print(f"{'per-frame chain (calibrate → candidates; once-only excluded)':<72} {per_frame:8.3f} "
+          f"{per_frame / rfft:12.1f} {sum(cpu.values()):7.3f}")
     print(f"{'yardstick: one scipy.fft.rfft2 of the same size, float32, all cores':<72} {rfft:8.4f} {1.0:12.1f}")
     print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     quality = results[-1].quality
