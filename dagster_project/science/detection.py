@@ -282,8 +282,8 @@ def _peak_positions(labels: np.ndarray, sign_of: np.ndarray, filled: np.ndarray,
             with warnings.catch_warnings():  # a peak without a quadratic maximum keeps its pixel (below)
                 warnings.simplefilter("ignore", AstropyUserWarning)
                 cx, cy = centroid_sources(
-                    _signed(filled, sign), xpk[sel], ypk[sel], box_size=3, mask=unusable, centroid_func=centroid_quadratic,
-                    fit_boxsize=3,
+                    _signed(filled, sign), xpk[sel], ypk[sel], box_size=3, mask=unusable,
+                    centroid_func=centroid_quadratic, fit_boxsize=3,
                 )
             ok = np.isfinite(cx) & np.isfinite(cy) & (np.hypot(cx - xpk[sel], cy - ypk[sel]) <= 1.0)
             x[sel[ok]], y[sel[ok]] = cx[ok], cy[ok]
