@@ -1,24 +1,39 @@
-"""Raw-arrival sensor: the landing folder → catalog → observation partitions → calibration runs."""
+"""Raw-arrival sensor: the landing folder → catalog → observation partitions → calibration runs.
+
+Prompt processing: a frame whose field and band already has a reference goes through its whole
+chain (calibration, difference, candidates) in ONE run of ``observation_job``, requested here;
+only the first frames of a field, which wait for its reference, are calibrated alone and left to
+the reference-and-difference sensor. One run instead of two saves a run worker's start (the code
+location's imports) and a sensor tick (see benchmarks/latency.py).
+"""
 
 import json
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from dagster import RunRequest, SensorEvaluationContext, SensorResult, SkipReason
 
-from dagster_project.catalog.queries import observations_awaiting_calibration
+from dagster_project.catalog.queries import PlannedRun, current_references, observations_awaiting_calibration
 from dagster_project.ingest.landing import decode_seen, encode_seen, printable, scan_landing, summarize
-from dagster_project.keys import field_band_of
+from dagster_project.keys import field_band_key, field_band_of
 from dagster_project.operations.recording import OPERATION_TAG, record_ingest_scan
-from dagster_project.pipeline.jobs import calibrate_job
+from dagster_project.pipeline.jobs import calibrate_job, observation_job
 from dagster_project.pipeline.partitions import field_band_partitions, observations_partitions
 from dagster_project.resources import CatalogResource, LandingResource, PipelineConfigResource
 from dagster_project.sensors.builder import sensor_builder
 from dagster_project.sensors.reference_and_difference import attempt_tags, schedule_attempts
 
-__all__ = ["MAX_FILES_PER_TICK", "build_raw_arrival_sensor", "evaluate_raw_arrival"]
+__all__ = ["MAX_FILES_PER_TICK", "build_raw_arrival_sensor", "evaluate_raw_arrival", "promptly"]
 
 #: files taken per tick, so that a tick stays well inside the sensor time-out
 MAX_FILES_PER_TICK = 200
+
+
+def promptly(planned: Sequence[PlannedRun], field_bands_with_reference: set[str]) -> list[PlannedRun]:
+    """The calibrations of frames whose field and band has a reference, as runs of the whole chain."""
+    return [replace(p, job_name=observation_job.name, reason=f"{p.reason}; its field has a reference: whole chain")
+            if field_band_of(p.partition_key) in field_bands_with_reference else p for p in planned]
 
 
 def evaluate_raw_arrival(context: SensorEvaluationContext, catalog: CatalogResource, landing: LandingResource,
@@ -38,7 +53,8 @@ def evaluate_raw_arrival(context: SensorEvaluationContext, catalog: CatalogResou
     for error in scan.errors:
         context.log.error(f"left in the landing folder for the next scan: {error}")
     with catalog.catalog().session() as session:
-        planned = observations_awaiting_calibration(session)
+        planned = promptly(observations_awaiting_calibration(session),
+                           {field_band_key(r.field_name, r.filter_band) for r in current_references(session)})
     known = set(context.instance.get_dynamic_partitions(observations_partitions.name))
     known_fields = set(context.instance.get_dynamic_partitions(field_band_partitions.name))
     new_keys = [p.partition_key for p in planned if p.partition_key not in known]
@@ -58,7 +74,7 @@ def evaluate_raw_arrival(context: SensorEvaluationContext, catalog: CatalogResou
             catalog.catalog(), landing.survey, scan.outcomes, started_at=started_at,
             requested=[{"run_key": p.run_key, "partition_key": p.partition_key} for p in due.requests]))
     return SensorResult(
-        run_requests=[RunRequest(run_key=p.run_key, partition_key=p.partition_key,
+        run_requests=[RunRequest(run_key=p.run_key, partition_key=p.partition_key, job_name=p.job_name,
                                  tags={**tags, **attempt_tags(due, p)}) for p in due.requests],
         dynamic_partitions_requests=[
             observations_partitions.build_add_request(new_keys),
@@ -69,8 +85,9 @@ def evaluate_raw_arrival(context: SensorEvaluationContext, catalog: CatalogResou
 
 
 build_raw_arrival_sensor = sensor_builder(
-    evaluate_raw_arrival, name="raw_arrival_sensor", jobs=[calibrate_job],
+    evaluate_raw_arrival, name="raw_arrival_sensor", jobs=[calibrate_job, observation_job],
     description="Validates new FITS files in the landing folder, registers them, adds one partition per "
-    "observation and requests its calibration (again, with backoff, when a run failed or died). Bad files "
-    "are quarantined with a reason.",
+    "observation and requests its calibration (again, with backoff, when a run failed or died): the whole "
+    "chain in one run (observation_job) when its field already has a reference. Bad files are quarantined "
+    "with a reason.",
 )

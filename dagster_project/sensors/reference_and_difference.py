@@ -29,14 +29,14 @@ from dagster_project.catalog.queries import (
 from dagster_project.catalog.schema import OperationType
 from dagster_project.operations.mirror import FINISHED_STATUSES, RUN_KEY_TAG
 from dagster_project.operations.recording import OPERATION_TAG, start_wave
-from dagster_project.pipeline.jobs import difference_job, reference_job
+from dagster_project.pipeline.jobs import difference_job, observation_job, reference_job
 from dagster_project.pipeline.partitions import field_band_partitions
 from dagster_project.references.policy import rebuilds_due
 from dagster_project.resources import CatalogResource, LandingResource, PipelineConfigResource
 from dagster_project.sensors.builder import sensor_builder
 
 __all__ = ["ATTEMPT_TAG", "PARTITION_TAG", "Attempts", "attempt_tags", "build_reference_and_difference_sensor",
-           "evaluate_reference_and_difference", "references_under_way", "schedule_attempts"]
+           "evaluate_reference_and_difference", "schedule_attempts", "under_way"]
 
 #: run tag: which attempt at its work a run is (0: the first)
 ATTEMPT_TAG = "astro/attempt"
@@ -131,16 +131,19 @@ def schedule_attempts(instance: DagsterInstance, planned: Sequence[PlannedRun], 
     return result
 
 
-def references_under_way(instance: DagsterInstance, references: Sequence[PlannedRun]) -> set[str]:
-    """Fields and bands with a reference run not ended yet. Their reference's base key counts the
-    calibrated frames, so the next tick, with more frames calibrated, would otherwise ask for a second
-    reference of the same field under a new key while the first is still being built (two versions,
-    and every difference made twice)."""
-    if not references:
+def under_way(instance: DagsterInstance, job_name: str, planned: Sequence[PlannedRun]) -> set[str]:
+    """The partitions of ``planned`` with a run of ``job_name`` not ended yet, whatever its run key.
+
+    A reference's base key counts the calibrated frames, so the next tick, with more frames
+    calibrated, would otherwise ask for a second reference of the same field under a new key while
+    the first is still being built (two versions, and every difference made twice); and a frame
+    whose whole chain runs in one ``observation_job`` (the raw-arrival sensor's prompt path) is
+    calibrated before it is differenced, in the same run: not a difference to ask for."""
+    if not planned:
         return set()
     unfinished = [status for status in DagsterRunStatus if status not in FINISHED_STATUSES]
-    runs = instance.get_runs(RunsFilter(job_name=reference_job.name, statuses=unfinished))
-    return {run.tags.get(PARTITION_TAG) for run in runs} & {p.partition_key for p in references}
+    runs = instance.get_runs(RunsFilter(job_name=job_name, statuses=unfinished))
+    return {run.tags.get(PARTITION_TAG) for run in runs} & {p.partition_key for p in planned}
 
 
 def attempt_tags(attempts: Attempts, work: PlannedRun) -> dict[str, str]:
@@ -157,8 +160,10 @@ def evaluate_reference_and_difference(context: SensorEvaluationContext, catalog:
         return SkipReason("every calibrated observation has an up-to-date difference")
     known = set(context.instance.get_dynamic_partitions(field_band_partitions.name))
     new_fields = sorted({p.partition_key for p in references} - known)
-    building = references_under_way(context.instance, references)
+    building = under_way(context.instance, reference_job.name, references)
     references = [p for p in references if p.partition_key not in building]
+    chains = under_way(context.instance, observation_job.name, differences)
+    differences = [p for p in differences if p.partition_key not in chains]
     attempts = schedule_attempts(context.instance, references + differences, pipeline.retry_policy())
     if attempts.given_up:
         context.log.warning(f"not retried any more: {', '.join(attempts.given_up[:20])}")

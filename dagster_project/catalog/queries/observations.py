@@ -92,6 +92,14 @@ def latest_raw_file_version(session: Session, original_name: str) -> RawDataFile
                           .order_by(RawDataFile.version.desc()).limit(1))
 
 
+def difference_recorded_for_file(session: Session, original_name: str) -> DifferenceRun | None:
+    """The ended difference (with its candidates, recorded in the same transaction) of the observation the
+    latest arrival of ``original_name`` became; None while there is none (still landing, calibrating, ...)."""
+    raw = latest_raw_file_version(session, original_name)
+    run = raw.observation.difference_run if raw is not None and raw.observation is not None else None
+    return run if run is not None and run.status in (RunStatus.COMPLETED, RunStatus.SKIPPED) else None
+
+
 def next_raw_file_version(session: Session, original_name: str) -> int:
     """The version the next arrival of ``original_name`` will get (versions count arrivals of a name)."""
     latest = latest_raw_file_version(session, original_name)

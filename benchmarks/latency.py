@@ -1,0 +1,206 @@
+"""Prompt processing: seconds from a raw frame landing to its candidates in the catalog, with the platform's daemon.
+
+What a new user sees with ``make ui`` running: a Dagster daemon on the workspace (sensors, run queue),
+runs launched as Dagster launches them, and frames written into the landing folder. A night is simulated;
+its calibration frames and first epoch are processed first (masters, calibrated frames, references),
+then the daemon is started and the later frames land one at a time (``--singles``), then several at
+once (``--burst``). For each frame the clock runs from the moment it appears in the landing folder
+(written elsewhere, then renamed in, as a telescope's writer should) to the moment the catalog holds
+its difference and candidates (one transaction; ``queries.difference_recorded_for_file``).
+
+Printed: per frame the latency; p50 / p95 / max of the singles; when the last of the burst was done;
+the yardstick, the science of a frame (calibration + difference processing times the assets record)
+measured in the same run, and each latency as a multiple of it; peak RSS of the daemon and its runs.
+
+    .venv/bin/python benchmarks/latency.py [--size 2048] [--singles 8] [--burst 6] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _environment(root: Path) -> dict[str, str]:
+    home = root / "dagster"
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    return {"ASTRO_HOME": str(root), "DAGSTER_HOME": str(home), "DATABASE_URL": f"sqlite:///{root / 'catalog.sqlite'}",
+            "ASTRO_SURVEY": "latency"}
+
+
+def _simulate(root: Path, size: int, n_new: int) -> tuple[list[Path], list[Path]]:
+    """(setup files: calibration frames and each field's first epoch, later science frames in landing order)."""
+    from dagster_project.simulation.night import simulate_night
+
+    n_fields = 2
+    epochs = 1 + -(-n_new // n_fields)
+    night = root / "night"
+    simulate_night(night, n_fields=n_fields, n_epochs=epochs, size=size, transients_per_frame=10, seed=7)
+    science = sorted(p for p in night.glob("*.fits") if "_sci_" in p.name)
+    setup = sorted(p for p in night.glob("*.fits") if "_sci_" not in p.name) + science[:n_fields]
+    return setup, science[n_fields:n_fields + n_new]
+
+
+def _prepare(setup: list[Path], root: Path) -> None:
+    """Masters, calibrated first epochs and references, processed headless before the clock starts."""
+    from dagster_project.cli.runner import process_folder
+    from dagster_project.settings import Settings
+
+    folder = root / "setup"
+    folder.mkdir()
+    for path in setup:
+        shutil.copy(path, folder / path.name)
+    report = process_folder(folder, Settings.from_env(), wait=True, progress=lambda _: None)
+    if report.failed:
+        raise SystemExit(f"setting up failed: {[r.job_name for r in report.failed]}")
+    if not report.runs:
+        raise SystemExit("setting up ran nothing")
+
+
+def _land(path: Path, landing: Path) -> float:
+    """Write ``path`` beside the landing folder, rename it in (atomic); the time it appeared."""
+    staging = landing.parent / "staging"
+    staging.mkdir(exist_ok=True)
+    shutil.copy(path, staging / path.name)
+    os.replace(staging / path.name, landing / path.name)
+    return time.time()
+
+
+def _wait_done(catalog, names: list[str], timeout: float) -> dict[str, float]:
+    """Poll the catalog until each file's difference is recorded; name -> time seen."""
+    from dagster_project.catalog import queries
+
+    done: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while len(done) < len(names):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out after {timeout:.0f} s; done: {sorted(done)} of {names}")
+        with catalog.session() as session:
+            for name in names:
+                if name not in done and queries.difference_recorded_for_file(session, name) is not None:
+                    done[name] = time.time()
+        time.sleep(0.2)
+    return done
+
+
+def _science_seconds(catalog, names: list[str]) -> list[float]:
+    """Calibration + difference processing time the assets recorded, per frame."""
+    from dagster_project.catalog import queries
+
+    seconds = []
+    with catalog.session() as session:
+        for name in names:
+            observation = queries.latest_raw_file_version(session, name).observation
+            calibration = observation.preprocess_run.processing_time_seconds or 0.0
+            seconds.append(calibration + (observation.difference_run.processing_time_seconds or 0.0))
+    return seconds
+
+
+def _start_daemon(env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")], cwd=REPO,
+                            env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def _measure(frames: list[Path], landing: Path, catalog, args) -> tuple[list[float], list[float]]:
+    """Singles (one at a time, each waited for) then one burst: (single latencies, burst latencies)."""
+    singles = []
+    for path in frames[:args.singles]:
+        landed = _land(path, landing)
+        singles.append(_wait_done(catalog, [path.name], args.timeout)[path.name] - landed)
+        print(f"  single {path.name}: {singles[-1]:.1f} s", flush=True)
+        time.sleep(args.gap)
+    burst = frames[args.singles:args.singles + args.burst]
+    landed = {path.name: _land(path, landing) for path in burst}
+    done = _wait_done(catalog, list(landed), args.timeout)
+    bursts = [done[name] - landed[name] for name in landed]
+    for name in landed:
+        print(f"  burst  {name}: {done[name] - landed[name]:.1f} s", flush=True)
+    return singles, bursts
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(statistics.quantiles(values, n=100, method="inclusive")[q - 1]) if len(values) > 1 else values[0]
+
+
+def _report(singles: list[float], bursts: list[float], science: list[float], args) -> dict:
+    yardstick = statistics.median(science)
+    figures = {
+        "size": args.size, "singles": len(singles), "burst": len(bursts),
+        "single_p50_s": statistics.median(singles), "single_p95_s": _percentile(singles, 95),
+        "single_max_s": max(singles), "burst_all_done_s": max(bursts) if bursts else None,
+        "science_per_frame_s": yardstick,
+        "peak_rss_children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "load_average_end": os.getloadavg()[0],
+    }
+    print(f"\nlanded -> candidates in the catalog, {args.size}x{args.size}, daemon of deploy/dagster.yaml")
+    print("| what landed | p50 | p95 | max | x science of a frame |")
+    print("|---|---|---|---|---|")
+    print(f"| one frame at a time ({len(singles)}) | {figures['single_p50_s']:.1f} s | {figures['single_p95_s']:.1f} s | "
+          f"{figures['single_max_s']:.1f} s | {figures['single_p95_s'] / yardstick:.1f} (p95) |")
+    if bursts:
+        print(f"| {len(bursts)} at once | {statistics.median(bursts):.1f} s | - | {max(bursts):.1f} s (all done) | "
+              f"{max(bursts) / yardstick:.1f} (all done) |")
+    print(f"yardstick: science of a frame (calibration + difference, as the assets record it), median "
+          f"{yardstick:.2f} s; goals p95 <= 15 s, burst of 6 <= 30 s")
+    print(f"peak RSS of a child (daemon, run workers): {figures['peak_rss_children_mb']:.0f} MB; "
+          f"load average at end {figures['load_average_end']:.2f}")
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--singles", type=int, default=8)
+    parser.add_argument("--burst", type=int, default=6)
+    parser.add_argument("--gap", type=float, default=3.0, help="seconds between singles")
+    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--quick", action="store_true", help="1024 px, 3 singles, a burst of 2")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--workdir", type=Path, default=None, help="kept after the run (default: a temporary one)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size, args.singles, args.burst = 1024, 3, 2
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="latency-")).resolve()
+    env = _environment(root)
+    os.environ.update(env)
+    from dagster_project.catalog import Catalog
+    from dagster_project.settings import Settings
+
+    print(f"# latency: {args.size}x{args.size}, {args.singles} singles, burst of {args.burst}, in {root}; "
+          f"load average at start {os.getloadavg()[0]:.2f}", flush=True)
+    setup, frames = _simulate(root, args.size, args.singles + args.burst)
+    _prepare(setup, root)
+    settings = Settings.from_env()
+    catalog = Catalog(settings.database_url)
+    settings.landing_dir.mkdir(parents=True, exist_ok=True)
+    daemon = _start_daemon(env, root / "daemon.log")
+    try:
+        time.sleep(5)  # the daemon's first loop (its start is not what a landing frame waits for)
+        singles, bursts = _measure(frames, settings.landing_dir, catalog, args)
+    finally:
+        daemon.terminate()
+        daemon.wait(60)
+    figures = _report(singles, bursts, _science_seconds(catalog, [p.name for p in frames[:len(singles) + len(bursts)]]),
+                      args)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    if not args.workdir:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
