@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from dagster_project.definitions import defs, settings as location_settings
+from dagster_project.pipeline import build_jobs
 from dagster_project.resources import PipelineConfigResource, resources_from_settings
 from dagster_project.science.difference import DifferenceParams
 from dagster_project.sensors import build_sensors
@@ -101,14 +102,15 @@ def test_the_other_science_parameters_come_from_the_settings(tmp_path, monkeypat
 
 
 def test_the_sensors_are_built_from_the_settings(tmp_path, sqlite_url):
-    sensors = build_sensors(make_settings(tmp_path, sqlite_url, sensor_interval_seconds=7))
+    settings = make_settings(tmp_path, sqlite_url, sensor_interval_seconds=7)
+    sensors = build_sensors(settings, build_jobs(settings))
     assert sorted(s.name for s in sensors) == sorted(s.name for s in defs.sensors)
     assert {s.minimum_interval_seconds for s in sensors} == {7}
 
 
 @pytest.mark.parametrize("module", ["sensors/builder.py", "sensors/raw_arrival.py",
                                     "sensors/reference_and_difference.py", "sensors/product_rebuild.py",
-                                    "sensors/__init__.py", "pipeline/batching.py"])
+                                    "sensors/__init__.py", "pipeline/batching.py", "pipeline/jobs.py"])
 def test_nothing_reads_the_environment_at_import(module):
     tree = ast.parse((PACKAGE / module).read_text())
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "from_env"]

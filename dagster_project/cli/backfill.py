@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from dagster_project.cli.args import PROG, fail, iso_date
 from dagster_project.cli.operations import follow
-from dagster_project.pipeline.jobs import IN_PROCESS, JOB_ASSETS
+from dagster_project.pipeline.jobs import IN_PROCESS, JOB_ASSETS, execution
 from dagster_project.settings import Settings
 
 # The command line starts fast: Dagster and the catalog are imported by the commands that use them.
@@ -152,7 +152,8 @@ def launch_backfill(instance: DagsterInstance, catalog: Catalog, settings: Setti
         instance.add_dynamic_partitions(target.partitions_def_name, partition_keys)
         backfill_id = submit_asset_backfill(
             instance, JOB_ASSETS[job_name], partition_keys, tags={OPERATION_TAG: str(operation.id), "user": initiator},
-            title=f"{job_name}: {len(partition_keys)} {target.noun}(s), operation #{operation.id}")
+            title=f"{job_name}: {len(partition_keys)} {target.noun}(s), operation #{operation.id}",
+            run_config=dict(execution(settings).config))  # where the steps run: ASTRO_EXECUTOR
     except Exception as exc:
         with catalog.session() as session:
             queries.mark_running(session, operation)

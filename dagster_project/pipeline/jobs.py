@@ -33,8 +33,8 @@ from dagster import AssetSelection, Backoff, ExecutorDefinition, RetryPolicy, de
 from dagster_project.pipeline.partitions import field_band_partitions, observations_partitions, results_partitions
 from dagster_project.settings import Settings
 
-__all__ = ["CELERY_TASK_SETTINGS", "IN_PROCESS", "JOBS", "JOB_ASSETS", "Execution", "build_jobs", "calibrate_job",
-           "celery_config_source", "difference_job", "execution", "observation_job", "products_job", "reference_job"]
+__all__ = ["CALIBRATE_JOB", "CELERY_TASK_SETTINGS", "DIFFERENCE_JOB", "IN_PROCESS", "JOB_ASSETS", "OBSERVATION_JOB",
+           "PRODUCTS_JOB", "REFERENCE_JOB", "Execution", "build_jobs", "celery_config_source", "execution"]
 
 #: default run config: steps run in the run worker's process (a launch may still ask for multiprocess)
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
@@ -53,13 +53,17 @@ CELERY_TASK_SETTINGS: Mapping[str, Any] = {
 STEP_RETRY_DELAY = 5
 
 
+#: the jobs' names (the sensors request runs by name; the job objects are built with the settings)
+CALIBRATE_JOB, DIFFERENCE_JOB, OBSERVATION_JOB = "calibrate_job", "difference_job", "observation_job"
+REFERENCE_JOB, PRODUCTS_JOB = "reference_job", "products_job"
+
 #: the assets of each job, by job name
 JOB_ASSETS = {
-    "calibrate_job": ("raw_observation", "calibrated_image"),
-    "difference_job": ("difference_image", "candidates"),
-    "observation_job": ("raw_observation", "calibrated_image", "difference_image", "candidates"),
-    "reference_job": ("reference_image",),
-    "products_job": ("observation_products",),
+    CALIBRATE_JOB: ("raw_observation", "calibrated_image"),
+    DIFFERENCE_JOB: ("difference_image", "candidates"),
+    OBSERVATION_JOB: ("raw_observation", "calibrated_image", "difference_image", "candidates"),
+    REFERENCE_JOB: ("reference_image",),
+    PRODUCTS_JOB: ("observation_products",),
 }
 
 
@@ -93,23 +97,16 @@ def execution(settings: Settings | None) -> Execution:
     return Execution({"execution": {"config": config}}, celery_executor, retry)
 
 
-def _settings() -> Settings | None:
-    """This process's settings, for the executor; None when a setting is bad: the command line and the code
-    location read them again themselves and stop there, naming the variable (so this import never does)."""
-    try:
-        return Settings.from_env()
-    except ValueError:
-        return None
-
-
 def build_jobs(settings: Settings | None) -> dict[str, Any]:
-    """Every job of the code location, by name, executing as ``settings`` say."""
+    """Every job of the code location, by name, executing as ``settings`` say (``definitions.py`` builds them
+    once, with the settings it read, and gives them to the sensors)."""
     how = execution(settings)
     partitions = {"reference_job": field_band_partitions, "products_job": results_partitions}
     descriptions = {
         "calibrate_job": "Validate the archived raw frame and calibrate it.",
         "difference_job": "ZOGY difference against the field's current reference, then candidate detection.",
-        "observation_job": "The whole per-observation chain (for backfills).",
+        "observation_job": "The whole per-observation chain: a frame whose field has a reference, as soon as it "
+                           "lands (the raw-arrival sensor), and backfills.",
         "reference_job": "Choose and freeze the reference image of one field and band.",
         "products_job": "Build one ObservationResult's products from its current revision.",
     }
@@ -119,13 +116,3 @@ def build_jobs(settings: Settings | None) -> dict[str, Any]:
                                    op_retry_policy=how.op_retry_policy, description=description)
             for name, description in descriptions.items()}
 
-
-_jobs = build_jobs(_settings())
-calibrate_job = _jobs["calibrate_job"]
-difference_job = _jobs["difference_job"]
-observation_job = _jobs["observation_job"]
-reference_job = _jobs["reference_job"]
-products_job = _jobs["products_job"]
-
-#: every job of the code location
-JOBS = (observation_job, calibrate_job, difference_job, reference_job, products_job)

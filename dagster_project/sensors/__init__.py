@@ -4,6 +4,9 @@
 (the operations ledger and provenance); ``builder`` holds what they share.
 """
 
+from collections.abc import Mapping
+from typing import Any
+
 from dagster import SensorDefinition
 
 from dagster_project.sensors.builder import SensorBuilder, sensor_builder
@@ -15,7 +18,7 @@ from dagster_project.settings import Settings
 
 __all__ = ["SENSOR_BUILDERS", "SensorBuilder", "build_sensors", "sensor_builder"]
 
-#: the builders of the code location's sensors, each called with the settings
+#: the builders of the code location's sensors, each called with the settings and the jobs
 SENSOR_BUILDERS: tuple[SensorBuilder, ...] = (
     build_raw_arrival_sensor,
     build_reference_and_difference_sensor,
@@ -24,6 +27,6 @@ SENSOR_BUILDERS: tuple[SensorBuilder, ...] = (
 )
 
 
-def build_sensors(settings: Settings) -> list[SensorDefinition]:
-    """Every sensor of the code location, made from ``settings``."""
-    return [build(settings) for build in SENSOR_BUILDERS]
+def build_sensors(settings: Settings, jobs: Mapping[str, Any]) -> list[SensorDefinition]:
+    """Every sensor of the code location, made from ``settings``, requesting runs of ``jobs`` (by name)."""
+    return [build(settings, jobs) for build in SENSOR_BUILDERS]

@@ -4,13 +4,14 @@ A sensor module writes its evaluation (a function of the tick's context and of t
 names as parameters, as for Dagster's ``@sensor``) and turns it into a builder::
 
     build_raw_arrival_sensor = sensor_builder(evaluate_raw_arrival, name="raw_arrival_sensor",
-                                              jobs=[calibrate_job], description="...")
+                                              jobs=[CALIBRATE_JOB, OBSERVATION_JOB], description="...")
 
-``definitions.py`` reads the settings once and calls each builder with them: every sensor is on
-by default and ticks every ``ASTRO_SENSOR_INTERVAL`` seconds. Nothing is read at import.
+``definitions.py`` reads the settings once, builds the jobs from them (``pipeline.build_jobs``) and
+calls each builder with both: every sensor is on by default and ticks every ``ASTRO_SENSOR_INTERVAL``
+seconds, requesting runs of the jobs it names. Nothing is read at import.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from dagster import DefaultSensorStatus, SensorDefinition, sensor
@@ -19,16 +20,17 @@ from dagster_project.settings import Settings
 
 __all__ = ["SensorBuilder", "sensor_builder"]
 
-#: makes a sensor from the settings
-SensorBuilder = Callable[[Settings], SensorDefinition]
+#: makes a sensor from the settings and the code location's jobs (by name)
+SensorBuilder = Callable[[Settings, Mapping[str, Any]], SensorDefinition]
 
 
 def sensor_builder(evaluate: Callable[..., Any], *, name: str, description: str,
-                   jobs: Sequence[Any] = ()) -> SensorBuilder:
-    """A builder of the sensor ``name``: ``evaluate`` at every tick, requesting runs of ``jobs`` (none: it only
-    observes)."""
-    def build(settings: Settings) -> SensorDefinition:
-        return sensor(name=name, jobs=list(jobs) or None, minimum_interval_seconds=settings.sensor_interval_seconds,
+                   jobs: Sequence[str] = ()) -> SensorBuilder:
+    """A builder of the sensor ``name``: ``evaluate`` at every tick, requesting runs of the jobs named ``jobs``
+    (none: it only observes)."""
+    def build(settings: Settings, built_jobs: Mapping[str, Any]) -> SensorDefinition:
+        return sensor(name=name, jobs=[built_jobs[job] for job in jobs] or None,
+                      minimum_interval_seconds=settings.sensor_interval_seconds,
                       default_status=DefaultSensorStatus.RUNNING, description=description)(evaluate)
 
     build.__name__ = build.__qualname__ = f"build_{name}"

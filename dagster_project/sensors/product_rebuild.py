@@ -12,7 +12,7 @@ from dagster_project.catalog import queries
 from dagster_project.catalog.schema import OperationType, utcnow
 from dagster_project.operations.mirror import RUN_KEY_TAG
 from dagster_project.operations.recording import OPERATION_TAG, start_wave
-from dagster_project.pipeline.jobs import products_job
+from dagster_project.pipeline.jobs import PRODUCTS_JOB
 from dagster_project.pipeline.partitions import results_partitions
 from dagster_project.resources import CatalogResource, LandingResource, PipelineConfigResource
 from dagster_project.sensors.builder import sensor_builder
@@ -66,7 +66,7 @@ def evaluate_product_rebuild(context: SensorEvaluationContext, catalog: CatalogR
 
 
 build_product_rebuild_sensor = sensor_builder(
-    evaluate_product_rebuild, name="product_rebuild_sensor", jobs=[products_job],
+    evaluate_product_rebuild, name="product_rebuild_sensor", jobs=[PRODUCTS_JOB],
     description="Rebuilds ObservationResult products whose assets_revision moved past last_built_revision, "
     "once the debounce has passed; re-queues builds whose run died.",
 )

@@ -18,7 +18,7 @@ from dagster_project.catalog.queries import PlannedRun, current_references, obse
 from dagster_project.ingest.landing import decode_seen, encode_seen, printable, scan_landing, summarize
 from dagster_project.keys import field_band_key, field_band_of
 from dagster_project.operations.recording import OPERATION_TAG, record_ingest_scan
-from dagster_project.pipeline.jobs import calibrate_job, observation_job
+from dagster_project.pipeline.jobs import CALIBRATE_JOB, OBSERVATION_JOB
 from dagster_project.pipeline.partitions import field_band_partitions, observations_partitions
 from dagster_project.resources import CatalogResource, LandingResource, PipelineConfigResource
 from dagster_project.sensors.builder import sensor_builder
@@ -32,7 +32,7 @@ MAX_FILES_PER_TICK = 200
 
 def promptly(planned: Sequence[PlannedRun], field_bands_with_reference: set[str]) -> list[PlannedRun]:
     """The calibrations of frames whose field and band has a reference, as runs of the whole chain."""
-    return [replace(p, job_name=observation_job.name, reason=f"{p.reason}; its field has a reference: whole chain")
+    return [replace(p, job_name=OBSERVATION_JOB, reason=f"{p.reason}; its field has a reference: whole chain")
             if field_band_of(p.partition_key) in field_bands_with_reference else p for p in planned]
 
 
@@ -85,7 +85,7 @@ def evaluate_raw_arrival(context: SensorEvaluationContext, catalog: CatalogResou
 
 
 build_raw_arrival_sensor = sensor_builder(
-    evaluate_raw_arrival, name="raw_arrival_sensor", jobs=[calibrate_job, observation_job],
+    evaluate_raw_arrival, name="raw_arrival_sensor", jobs=[CALIBRATE_JOB, OBSERVATION_JOB],
     description="Validates new FITS files in the landing folder, registers them, adds one partition per "
     "observation and requests its calibration (again, with backoff, when a run failed or died): the whole "
     "chain in one run (observation_job) when its field already has a reference. Bad files are quarantined "

@@ -29,7 +29,7 @@ from dagster_project.catalog.queries import (
 from dagster_project.catalog.schema import OperationType
 from dagster_project.operations.mirror import FINISHED_STATUSES, RUN_KEY_TAG
 from dagster_project.operations.recording import OPERATION_TAG, start_wave
-from dagster_project.pipeline.jobs import difference_job, observation_job, reference_job
+from dagster_project.pipeline.jobs import DIFFERENCE_JOB, OBSERVATION_JOB, REFERENCE_JOB
 from dagster_project.pipeline.partitions import field_band_partitions
 from dagster_project.references.policy import rebuilds_due
 from dagster_project.resources import CatalogResource, LandingResource, PipelineConfigResource
@@ -160,9 +160,9 @@ def evaluate_reference_and_difference(context: SensorEvaluationContext, catalog:
         return SkipReason("every calibrated observation has an up-to-date difference")
     known = set(context.instance.get_dynamic_partitions(field_band_partitions.name))
     new_fields = sorted({p.partition_key for p in references} - known)
-    building = under_way(context.instance, reference_job.name, references)
+    building = under_way(context.instance, REFERENCE_JOB, references)
     references = [p for p in references if p.partition_key not in building]
-    chains = under_way(context.instance, observation_job.name, differences)
+    chains = under_way(context.instance, OBSERVATION_JOB, differences)
     differences = [p for p in differences if p.partition_key not in chains]
     attempts = schedule_attempts(context.instance, references + differences, pipeline.retry_policy())
     if attempts.given_up:
@@ -186,7 +186,7 @@ def evaluate_reference_and_difference(context: SensorEvaluationContext, catalog:
 
 
 build_reference_and_difference_sensor = sensor_builder(
-    evaluate_reference_and_difference, name="reference_and_difference_sensor", jobs=[reference_job, difference_job],
+    evaluate_reference_and_difference, name="reference_and_difference_sensor", jobs=[REFERENCE_JOB, DIFFERENCE_JOB],
     description="Requests reference images for fields that have calibrated frames but no reference (or whose "
     "co-added reference frames it does not hold would make deeper by ASTRO_REFERENCE_REBUILD_GAIN), and "
     "difference runs for calibrated observations whose field has a (newer) reference; retries failed "
