@@ -114,6 +114,15 @@ def _start_daemon(env: dict[str, str], log: Path) -> subprocess.Popen:
                             env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
+def _wait_for_first_tick(log: Path, timeout: float) -> None:
+    """Until the daemon has evaluated the raw-arrival sensor once (its code location loaded, its loops up)."""
+    deadline = time.monotonic() + timeout
+    while "raw_arrival_sensor skipped" not in (log.read_text() if log.exists() else ""):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the daemon did not tick within {timeout:.0f} s: see {log}")
+        time.sleep(0.5)
+
+
 def _measure(frames: list[Path], landing: Path, catalog, args) -> tuple[list[float], list[float]]:
     """Singles (one at a time, each waited for) then one burst: (single latencies, burst latencies)."""
     singles = []
@@ -188,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     settings.landing_dir.mkdir(parents=True, exist_ok=True)
     daemon = _start_daemon(env, root / "daemon.log")
     try:
-        time.sleep(5)  # the daemon's first loop (its start is not what a landing frame waits for)
+        _wait_for_first_tick(root / "daemon.log", args.timeout)  # a daemon starting is not what a frame waits for
         singles, bursts = _measure(frames, settings.landing_dir, catalog, args)
     finally:
         daemon.terminate()

@@ -12,8 +12,9 @@ variable                       meaning                                     defau
 ``DAGSTER_HOME``               Dagster instance (``dagster.yaml``)         ``$ASTRO_HOME/dagster``
 ``ASTRO_SURVEY``               survey name new frames are filed under      ``local``
 ``ASTRO_INSTRUMENTS_FILE``     YAML of per-instrument header keywords      (built-in standard keywords)
-``ASTRO_SENSOR_INTERVAL``      seconds between landing-folder scans        ``10``
-``ASTRO_SETTLE_SECONDS``       a file must be unchanged this long          ``2``
+``ASTRO_SENSOR_INTERVAL``      seconds between sensor ticks (the daemon    ``5``
+                               ticks a sensor at most every 5 s)
+``ASTRO_SETTLE_SECONDS``       a file must be unchanged this long          ``1``
 ``ASTRO_TRUNCATED_AFTER``      an incomplete file unchanged this long is   ``300``
                                quarantined as truncated (seconds)
 ``ASTRO_MAX_FILE_MB``          larger files are quarantined                ``4096``
@@ -288,8 +289,8 @@ class Settings:
             dagster_home=_path("DAGSTER_HOME", home / "dagster"),
             survey=os.environ.get("ASTRO_SURVEY", "local"),
             instruments_file=Path(instruments).expanduser() if instruments else None,
-            sensor_interval_seconds=_positive_int("ASTRO_SENSOR_INTERVAL", 10),
-            settle_seconds=_number("ASTRO_SETTLE_SECONDS", 2, minimum=0),
+            sensor_interval_seconds=_positive_int("ASTRO_SENSOR_INTERVAL", 5),
+            settle_seconds=_number("ASTRO_SETTLE_SECONDS", 1, minimum=0),
             truncated_after_seconds=_number("ASTRO_TRUNCATED_AFTER", 300, minimum=0),
             max_file_bytes=int(_number("ASTRO_MAX_FILE_MB", 4096, minimum=0) * 2**20),
             max_hdus=_positive_int("ASTRO_MAX_HDUS", 16),

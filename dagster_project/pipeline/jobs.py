@@ -34,7 +34,8 @@ from dagster_project.pipeline.partitions import field_band_partitions, observati
 from dagster_project.settings import Settings
 
 __all__ = ["CALIBRATE_JOB", "CELERY_TASK_SETTINGS", "DIFFERENCE_JOB", "IN_PROCESS", "JOB_ASSETS", "OBSERVATION_JOB",
-           "PRODUCTS_JOB", "REFERENCE_JOB", "Execution", "build_jobs", "celery_config_source", "execution"]
+           "LANE_TAG", "PRODUCTS_JOB", "PROMPT_LANE", "REDO_LANE", "REFERENCE_JOB", "Execution", "build_jobs",
+           "celery_config_source", "execution"]
 
 #: default run config: steps run in the run worker's process (a launch may still ask for multiprocess)
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
@@ -56,6 +57,14 @@ STEP_RETRY_DELAY = 5
 #: the jobs' names (the sensors request runs by name; the job objects are built with the settings)
 CALIBRATE_JOB, DIFFERENCE_JOB, OBSERVATION_JOB = "calibrate_job", "difference_job", "observation_job"
 REFERENCE_JOB, PRODUCTS_JOB = "reference_job", "products_job"
+
+#: run tags of the two lanes of work (``deploy/dagster.yaml`` limits the redo lane to one run at a time, so
+#: a frame that lands never waits behind reprocessing): the first processing of a frame, first in the queue ...
+LANE_TAG = "astro/lane"
+PROMPT_LANE = {LANE_TAG: "prompt", "dagster/priority": "10"}
+#: ... and remaking what exists (differences against a newer reference, references rebuilt deeper), requested
+#: only while no prompt run is queued or running (sensors/reference_and_difference.py)
+REDO_LANE = {LANE_TAG: "redo", "dagster/priority": "-10"}
 
 #: the assets of each job, by job name
 JOB_ASSETS = {

@@ -64,5 +64,5 @@ def rebuilds_due(session: Session, policy: ReferencePolicy) -> list[PlannedRun]:
             planned.append(PlannedRun(
                 "reference_job", field_band, f"reference:{field_band}:{digest[:16]}",
                 f"{len(chosen)} frame(s) would make v{reference.version} ({reference.n_inputs} frame(s)) "
-                f"{gain:.2f} mag deeper"))
+                f"{gain:.2f} mag deeper", redo=True))
     return planned

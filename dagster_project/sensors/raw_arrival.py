@@ -18,7 +18,7 @@ from dagster_project.catalog.queries import PlannedRun, current_references, obse
 from dagster_project.ingest.landing import decode_seen, encode_seen, printable, scan_landing, summarize
 from dagster_project.keys import field_band_key, field_band_of
 from dagster_project.operations.recording import OPERATION_TAG, record_ingest_scan
-from dagster_project.pipeline.jobs import CALIBRATE_JOB, OBSERVATION_JOB
+from dagster_project.pipeline.jobs import CALIBRATE_JOB, OBSERVATION_JOB, PROMPT_LANE
 from dagster_project.pipeline.partitions import field_band_partitions, observations_partitions
 from dagster_project.resources import CatalogResource, LandingResource, PipelineConfigResource
 from dagster_project.sensors.builder import sensor_builder
@@ -75,7 +75,7 @@ def evaluate_raw_arrival(context: SensorEvaluationContext, catalog: CatalogResou
             requested=[{"run_key": p.run_key, "partition_key": p.partition_key} for p in due.requests]))
     return SensorResult(
         run_requests=[RunRequest(run_key=p.run_key, partition_key=p.partition_key, job_name=p.job_name,
-                                 tags={**tags, **attempt_tags(due, p)}) for p in due.requests],
+                                 tags={**tags, **PROMPT_LANE, **attempt_tags(due, p)}) for p in due.requests],
         dynamic_partitions_requests=[
             observations_partitions.build_add_request(new_keys),
             field_band_partitions.build_add_request(new_fields),

@@ -29,7 +29,8 @@ from dagster_project.catalog.queries import (
 from dagster_project.catalog.schema import OperationType
 from dagster_project.operations.mirror import FINISHED_STATUSES, RUN_KEY_TAG
 from dagster_project.operations.recording import OPERATION_TAG, start_wave
-from dagster_project.pipeline.jobs import DIFFERENCE_JOB, OBSERVATION_JOB, REFERENCE_JOB
+from dagster_project.pipeline.jobs import DIFFERENCE_JOB, LANE_TAG, OBSERVATION_JOB, PROMPT_LANE, REDO_LANE
+from dagster_project.pipeline.jobs import REFERENCE_JOB
 from dagster_project.pipeline.partitions import field_band_partitions
 from dagster_project.references.policy import rebuilds_due
 from dagster_project.resources import CatalogResource, LandingResource, PipelineConfigResource
@@ -146,6 +147,14 @@ def under_way(instance: DagsterInstance, job_name: str, planned: Sequence[Planne
     return {run.tags.get(PARTITION_TAG) for run in runs} & {p.partition_key for p in planned}
 
 
+def prompt_work_under_way(instance: DagsterInstance) -> bool:
+    """Whether a run of the prompt lane (a frame's first processing) is queued or running: remaking what
+    exists waits until none is, so that a burst of frames never shares the cores with reprocessing."""
+    unfinished = [status for status in DagsterRunStatus if status not in FINISHED_STATUSES]
+    return bool(instance.get_run_records(RunsFilter(tags={LANE_TAG: PROMPT_LANE[LANE_TAG]}, statuses=unfinished),
+                                         limit=1))
+
+
 def attempt_tags(attempts: Attempts, work: PlannedRun) -> dict[str, str]:
     return {ATTEMPT_TAG: str(attempts.attempt[work.run_key])}
 
@@ -164,6 +173,8 @@ def evaluate_reference_and_difference(context: SensorEvaluationContext, catalog:
     references = [p for p in references if p.partition_key not in building]
     chains = under_way(context.instance, OBSERVATION_JOB, differences)
     differences = [p for p in differences if p.partition_key not in chains]
+    if any(p.redo for p in references + differences) and prompt_work_under_way(context.instance):
+        references, differences = [p for p in references if not p.redo], [p for p in differences if not p.redo]
     attempts = schedule_attempts(context.instance, references + differences, pipeline.retry_policy())
     if attempts.given_up:
         context.log.warning(f"not retried any more: {', '.join(attempts.given_up[:20])}")
@@ -178,7 +189,8 @@ def evaluate_reference_and_difference(context: SensorEvaluationContext, catalog:
     return SensorResult(
         run_requests=[
             RunRequest(run_key=p.run_key, partition_key=p.partition_key, job_name=p.job_name,
-                       tags={"astro/reason": p.reason, OPERATION_TAG: str(wave), **attempt_tags(attempts, p)})
+                       tags={"astro/reason": p.reason, OPERATION_TAG: str(wave), **(REDO_LANE if p.redo else PROMPT_LANE),
+                             **attempt_tags(attempts, p)})
             for p in attempts.requests
         ],
         dynamic_partitions_requests=partitions,

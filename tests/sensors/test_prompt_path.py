@@ -1,5 +1,5 @@
-"""Prompt processing: a frame whose field has a reference is requested as one run of its whole chain, and
-no separate difference is asked for while that run is under way."""
+"""Prompt processing: a frame whose field has a reference is requested as one run of its whole chain, first
+in the run queue; no separate difference is asked for while that run is under way, and no reprocessing."""
 
 import shutil
 
@@ -9,6 +9,7 @@ from dagster import DagsterRunStatus, SensorResult, instance_for_test
 from dagster_project.cli.runner import process_folder
 from dagster_project.definitions import defs
 from dagster_project.operations.mirror import PARTITION_NAME_TAG
+from dagster_project.pipeline.jobs import LANE_TAG, PROMPT_LANE, REDO_LANE
 from dagster_project.simulation.night import simulate_night
 from tests.platform import make_platform
 
@@ -30,7 +31,8 @@ def platform(tmp_path, sqlite_url):
         if path != science[1]:
             shutil.copy(path, first / path.name)
     with instance_for_test() as instance:
-        platform = make_platform(tmp_path, sqlite_url, instance)
+        # co-added references: the second frame makes a deeper one due (a redo)
+        platform = make_platform(tmp_path, sqlite_url, instance, reference_max_frames=3)
         report = process_folder(first, platform.settings, instance=instance, wait=True, progress=lambda _: None)
         assert report.runs and not report.failed
         assert {r.job_name for r in report.runs} >= {"calibrate_job", "reference_job"}
@@ -44,6 +46,7 @@ def test_a_frame_of_a_field_with_a_reference_is_one_run_of_its_whole_chain(platf
     assert isinstance(result, SensorResult)
     (request,) = result.run_requests
     assert request.job_name == "observation_job" and request.run_key.startswith("calibrate:")
+    assert PROMPT_LANE.items() <= request.tags.items()
 
     # calibrated, the difference not made yet, while its chain's run is still under way: nothing to ask for
     key = request.partition_key
@@ -51,12 +54,14 @@ def test_a_frame_of_a_field_with_a_reference_is_one_run_of_its_whole_chain(platf
     assert defs.resolve_job_def("calibrate_job").execute_in_process(
         instance=platform.instance, partition_key=key, resources=platform.resources).success
     chain = platform.instance.create_run_for_job(
-        defs.resolve_job_def("observation_job"), tags={PARTITION_NAME_TAG: key}, status=DagsterRunStatus.STARTED)
+        defs.resolve_job_def("observation_job"), tags={PARTITION_NAME_TAG: key, **PROMPT_LANE},
+        status=DagsterRunStatus.STARTED)
     result, _ = platform.tick(reference_and_difference_sensor)
-    assert key not in [r.partition_key for r in getattr(result, "run_requests", [])]
+    assert getattr(result, "run_requests", []) == []  # nor the deeper reference: a prompt run is under way
 
-    # that run gone (it ended without its difference): the difference is asked for on its own
+    # that run gone (it ended without its difference): the difference is asked for on its own, as prompt
+    # work, and the deeper reference as reprocessing
     platform.instance.delete_run(chain.run_id)
     result, _ = platform.tick(reference_and_difference_sensor)
-    assert [(r.job_name, r.partition_key) for r in result.run_requests if r.partition_key == key] == \
-        [("difference_job", key)]
+    lanes = {(r.job_name, r.partition_key): r.tags[LANE_TAG] for r in result.run_requests}
+    assert lanes == {("difference_job", key): PROMPT_LANE[LANE_TAG], ("reference_job", "F001-r"): REDO_LANE[LANE_TAG]}

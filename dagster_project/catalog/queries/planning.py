@@ -35,7 +35,9 @@ class PlannedRun:
 
     ``attempt_run_id``: the Dagster run of the catalog's last attempt at this work when that
     attempt is still marked running (it may have died: the sensor asks Dagster) or failed;
-    ``failed_at``: when that attempt failed. Both None for work never attempted.
+    ``failed_at``: when that attempt failed. Both None for work never attempted. ``redo``: the work
+    remakes what exists (a difference against a newer reference, a reference rebuilt deeper), so it
+    may wait behind the first processing of new frames.
     """
 
     job_name: str
@@ -44,6 +46,7 @@ class PlannedRun:
     reason: str
     attempt_run_id: str | None = None
     failed_at: datetime | None = None
+    redo: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,8 @@ def observations_awaiting_difference(session: Session) -> list[PlannedRun]:
             "difference_job", obs.observation_id,
             f"difference:{obs.observation_id}:p{pre.retry_count}:ref{ref.version}", reason,
             attempt_run_id=diff.dagster_run_id if attempted else None,
-            failed_at=_aware(diff.finished_at) if attempted and obs.status is ObservationStatus.FAILED else None))
+            failed_at=_aware(diff.finished_at) if attempted and obs.status is ObservationStatus.FAILED else None,
+            redo=diff is not None and diff.reference_version != ref.version))
     return planned
 
 
