@@ -247,11 +247,27 @@ def _untrusted_fills(inputs: Sequence[CoaddInput], used: np.ndarray,
     """(ny, nx) bool: a pixel some input could not use, filled there on source light (FILL_TRUST_SIGMA)."""
     untrusted = np.zeros(used.shape[1:], bool)
     for frame, ok, (data, _) in zip(inputs, used, filled):
-        holes = ~ok
-        if holes.any():
-            light = ndimage.uniform_filter(data, size=3)
-            untrusted |= holes & (np.abs(light) > FILL_TRUST_SIGMA * frame.sigma)
+        y, x = np.nonzero(~ok)
+        light = _mean3x3_at(data, y, x)
+        bright = np.abs(light) > FILL_TRUST_SIGMA * frame.sigma
+        untrusted[y[bright], x[bright]] = True
     return untrusted
+
+
+def _mean3x3_at(image: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``ndimage.uniform_filter(image, size=3)`` (float32) at the pixels ``(y, x)`` only.
+
+    By hand because ndimage filters whole frames: the holes are a few per cent of the pixels, and the
+    whole-frame filter took 0.9 s of a 10-frame co-add of 2048 px. As ndimage computes it: edges
+    reflected (one pixel beyond the edge is the edge pixel), the mean along axis 0 stored in float32,
+    then the mean of those along axis 1.
+    """
+    offsets = np.array([-1, 0, 1])
+    rows = np.clip(y[:, None] + offsets, 0, image.shape[0] - 1)
+    cols = np.clip(x[:, None] + offsets, 0, image.shape[1] - 1)
+    block = image[rows[:, :, None], cols[:, None, :]].astype(np.float64)  # (n, 3 rows, 3 columns)
+    columns = (block.sum(axis=1) / 3).astype(np.float32)
+    return (columns.astype(np.float64).sum(axis=1) / 3).astype(np.float32)
 
 
 def _coadd_mask(inputs: Sequence[CoaddInput], uncovered: np.ndarray, untrusted: np.ndarray) -> np.ndarray:
