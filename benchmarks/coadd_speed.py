@@ -6,9 +6,11 @@ Simulates a night with N epochs of one field, calibrates every frame as the
 characterized (background, stars, PSF), registered onto the anchor's grid,
 resampled, scaled and properly co-added. Printed: seconds (median of
 ``--repeat``), the same in ``scipy.fft.rfft2`` units of the frame size
-measured in the same run (so figures compare across machines), the peak of
-the memory NumPy and Python allocated during the co-add (tracemalloc), the
-peak resident memory of the process, and the load average.
+measured in the same run (so figures compare across machines), the CPU
+seconds of the process (all its threads) during the co-add (less sensitive
+than the seconds to other work on shared cores), the peak of the memory NumPy
+and Python allocated during the co-add (tracemalloc), the peak resident memory
+of the process, and the load average.
 
     .venv/bin/python benchmarks/coadd_speed.py [--frames 10] [--size 2048] [--repeat 1]
 """
@@ -75,12 +77,13 @@ def main() -> None:
         frames = _calibrated_frames(night)
         prepare_s = time.perf_counter() - start
 
-    times, peaks, result = [], [], None
+    times, cpu, peaks, result = [], [], [], None
     for _ in range(args.repeat):
         tracemalloc.start()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         result = coadd_frames(frames, DifferenceParams(), anchor=0)
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     image = np.random.default_rng(0).standard_normal((args.size, args.size)).astype(np.float32)
@@ -95,7 +98,8 @@ def main() -> None:
           f"simulating and calibrating them took {prepare_s:.1f} s; load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"coadd_frames: {seconds:.2f} s = {seconds / unit:.0f} rfft2 units "
-          f"(one rfft2 of {args.size}x{args.size} float32, all cores: {unit:.4f} s)")
+          f"(one rfft2 of {args.size}x{args.size} float32, all cores: {unit:.4f} s); "
+          f"CPU {statistics.median(cpu):.2f} s")
     print(f"peak memory allocated during the co-add: {max(peaks) / 2**20:.0f} MB; "
           f"peak resident memory of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     print(f"quality: fwhm={result.quality['fwhm_px']:.2f} px depth_gain={result.quality['depth_gain_mag']:.2f} mag "
