@@ -542,13 +542,13 @@ def coadd_frames(frames: Sequence[ImagePlanes], params: DifferenceParams | None 
     if not frames or not 0 <= anchor < len(frames):
         raise ValueError(f"coadd_frames needs frames and an anchor among them, got {len(frames)} and {anchor}")
     given = list(characterizations) if characterizations is not None else [None] * len(frames)
-    # Frames are characterized, then registered, each in a thread: most of the work is in NumPy, SciPy and
-    # photutils, which release the GIL (and a frame's work does not depend on the others').
-    chars = run_threads(lambda i: given[i] or characterize_for_difference(frames[i], params, f"frame {i}"),
-                        range(len(frames)))
+    # One frame after the other: their steps are threaded inside already (resampling, backgrounds), a frame per
+    # thread measured no faster, and photutils' "no sources" warning is silenced with warnings.catch_warnings,
+    # which is not thread-safe (a filter could be left behind for the whole process).
+    chars = [given[i] or characterize_for_difference(frames[i], params, f"frame {i}") for i in range(len(frames))]
     base = _Anchor.of(frames[anchor], chars[anchor])
-    registered = run_threads(lambda i: (base.input, _anchor_figures(chars[anchor])) if i == anchor else
-                             _registered_input(i, frames[i], chars[i], base, params), range(len(frames)))
+    registered = [(base.input, _anchor_figures(chars[anchor])) if i == anchor else
+                  _registered_input(i, frames[i], chars[i], base, params) for i in range(len(frames))]
     inputs, figures = [entry for entry, _ in registered], [figure for _, figure in registered]
     coadd = proper_coadd(inputs, clip_sigma=clip_sigma, clip_ampfrac=clip_ampfrac, workers=params.fft_workers)
     for figure, weight, rejected in zip(figures, coadd.weights, coadd.n_rejected):

@@ -387,8 +387,8 @@ def _extract_cutouts(image, variance, mask, x, y, half, bad_bits=ALL_BITS) -> _C
     inside = ((rows >= 0) & (rows < ny))[:, :, None] & ((cols >= 0) & (cols < nx))[:, None, :]
     r = np.clip(rows, 0, ny - 1)[:, :, None]
     c = np.clip(cols, 0, nx - 1)[:, None, :]
-    data = np.asarray(image, dtype=float)[r, c]
-    var = np.asarray(variance, dtype=float)[r, c]
+    data = np.asarray(image)[r, c].astype(float)  # the cutouts, not the whole frame, in float64
+    var = np.asarray(variance)[r, c].astype(float)
     bad = ~inside | ~np.isfinite(data) | ~np.isfinite(var) | ~(var > 0)
     if mask is not None:
         bad |= (np.asarray(mask)[r, c] & bad_bits) != 0
