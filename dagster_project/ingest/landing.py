@@ -379,17 +379,18 @@ def _signature(path: Path) -> tuple[int, int, int]:
 
 
 def ingest_file(config: LandingConfig, catalog: Catalog, registry: InstrumentRegistry, path: Path,
-                readiness: Readiness) -> IngestOutcome | None:
+                readiness: Readiness, survey_ids: dict[str, object] | None = None) -> IngestOutcome | None:
     """Take one file that :func:`assess` found ready (or rejected) into the platform.
 
     Returns None when the file changed while it was read, or when a recently
     changed file's checksums do not hold yet: it waits for the next scan.
     A scan racing this one for the same content or name loses its insert to the
     database's unique indexes and looks again: the content is then a duplicate.
+    ``survey_ids``: a scan's memory of its survey's id (name -> id), so that its files do not look it up each.
     """
     for attempt in range(3):
         try:
-            return _ingest_once(config, catalog, registry, path, readiness)
+            return _ingest_once(config, catalog, registry, path, readiness, survey_ids)
         except (sa.exc.IntegrityError, queries.ContentAlreadyStored):
             if attempt == 2:
                 raise
@@ -397,7 +398,7 @@ def ingest_file(config: LandingConfig, catalog: Catalog, registry: InstrumentReg
 
 
 def _ingest_once(config: LandingConfig, catalog: Catalog, registry: InstrumentRegistry, path: Path,
-                 readiness: Readiness) -> IngestOutcome | None:
+                 readiness: Readiness, survey_ids: dict[str, object] | None) -> IngestOutcome | None:
     before = _signature(path)
     sha256 = sha256_of(path, max_bytes=config.limits.max_file_bytes)
     if _signature(path) != before:
@@ -433,27 +434,34 @@ def _ingest_once(config: LandingConfig, catalog: Catalog, registry: InstrumentRe
         if isinstance(exc, ChecksumMismatch) and readiness.recent:
             return None  # a writer that preallocates may not have finished: look again
         return quarantine(config, catalog, path, exc.reason, sha256)
-    return _register_accepted(config, catalog, path, info, sha256)
+    return _register_accepted(config, catalog, path, info, sha256, survey_ids)
+
+
+def _survey_of(session, config: LandingConfig, survey_ids: dict[str, object] | None) -> dict[str, object]:
+    """The survey, as the keyword the registration queries take: its id if this scan committed it before."""
+    if survey_ids is not None and config.survey in survey_ids:
+        return {"survey_id": survey_ids[config.survey]}
+    return {"survey": queries.get_or_create_survey(session, config.survey)}
 
 
 def _register_accepted(config: LandingConfig, catalog: Catalog, path: Path, info: FrameInfo,
-                       sha256: str) -> IngestOutcome:
+                       sha256: str, survey_ids: dict[str, object] | None = None) -> IngestOutcome:
     size = os.lstat(path).st_size
     name = catalog_name(config, path)
     with catalog.session() as session:
-        survey = queries.get_or_create_survey(session, config.survey)
+        survey = _survey_of(session, config, survey_ids)
         version = queries.next_raw_file_version(session, name)
         target = raw_archive_path(config.store_dir, info.night, name, version)
         raw = queries.register_raw_file(
             session, original_name=name, landing_path=_clip(_text(path), PATH_CHARS),
             stored_path=_clip(_text(target), PATH_CHARS), size_bytes=size, sha256=sha256,
             frame_type=info.frame_type, instrument=info.instrument, filter_band=info.filter_band, night=info.night,
-            observation_time=info.observation_time, header=info.cards, survey=survey)
+            observation_time=info.observation_time, header=info.cards, **survey)
         observation_key = None
         if info.frame_type == "science":
             observation_key = info.observation_key(sha256)
             observation = queries.create_observation(
-                session, raw_file=raw, survey=survey, observation_id=observation_key,
+                session, raw_file=raw, **survey, observation_id=observation_key,
                 field_name=info.field_name, ra=info.ra, dec=info.dec,
                 observation_time=info.observation_time, mjd=info.mjd, night=info.night,
                 filter_band=info.filter_band, exposure_time=info.exposure_time, fits_url=str(target),
@@ -461,6 +469,9 @@ def _register_accepted(config: LandingConfig, catalog: Catalog, path: Path, info
                 naxis1=info.naxis1, naxis2=info.naxis2)
             queries.match_observation(session, observation, info.cards)
         raw_id = str(raw.id)
+        survey_id = raw.survey_id
+    if survey_ids is not None:  # committed: later files of the scan may name it by id
+        survey_ids[config.survey] = survey_id
     _transfer(config, path, target)
     after = sha256_of(target, max_bytes=config.limits.max_file_bytes)
     if after != sha256:
@@ -516,15 +527,15 @@ def _quarantine_after_error(config: LandingConfig, catalog: Catalog, path: Path,
 
 
 def _take(config: LandingConfig, catalog: Catalog, registry: InstrumentRegistry, entry: LandingEntry,
-          seen: SeenFile | None, now: float, settle_seconds: float, truncated_after: float
-          ) -> tuple[IngestOutcome | None, SeenFile | None]:
+          seen: SeenFile | None, now: float, settle_seconds: float, truncated_after: float,
+          survey_ids: dict[str, object] | None = None) -> tuple[IngestOutcome | None, SeenFile | None]:
     """One entry: (its outcome or None, and how it looked if it must wait)."""
     if entry.refusal is not None:
         return refuse_entry(config, catalog, entry), None
     readiness, state = assess(entry.path, seen, now, settle_seconds, truncated_after, config.limits)
     if readiness.state == "wait":
         return None, state
-    outcome = ingest_file(config, catalog, registry, entry.path, readiness)
+    outcome = ingest_file(config, catalog, registry, entry.path, readiness, survey_ids)
     if outcome is None:  # not taken this time: it changed while it was read, or its checksums do not hold yet
         if _signature(entry.path) != (state.size, state.mtime_ns, state.ctime_ns):
             state.unchanged_since = now
@@ -544,6 +555,7 @@ def scan_landing(config: LandingConfig, catalog: Catalog, registry: InstrumentRe
     """
     now = time.time() if now is None else now
     result = ScanResult([], {})
+    survey_ids: dict[str, object] = {}  # the survey's id, once a file of this scan has been registered under it
     for entry in candidate_files(config.landing_dir):
         key = _text(entry.path)
         if max_files is not None and len(result.outcomes) >= max_files:
@@ -552,7 +564,7 @@ def scan_landing(config: LandingConfig, catalog: Catalog, registry: InstrumentRe
             continue
         try:
             outcome, state = _take(config, catalog, registry, entry, seen.get(key), now, settle_seconds,
-                                   truncated_after)
+                                   truncated_after, survey_ids)
         except FileNotFoundError:
             continue  # moved away by the writer or by a concurrent scan
         except CATALOG_UNREACHABLE:

@@ -217,6 +217,17 @@ def list_observations(session: Session, field_name: str | None = None, filter_ba
     return list(session.scalars(stmt))
 
 
+def cone_search_statement(model: type[T], ra: float, dec: float, radius_deg: float,
+                          *where: sa.ColumnElement[bool]) -> sa.Select:
+    """The SELECT :func:`cone_search` sends: rows of ``model`` in the HEALPix index ranges covering the cone."""
+    stmt = sa.select(model).where(*where)
+    ranges = cone_index_ranges(ra, dec, radius_deg)
+    if ranges is not None:
+        stmt = stmt.where(sa.or_(*(sa.and_(model.healpix_index >= start, model.healpix_index < stop)
+                                   for start, stop in ranges)))
+    return stmt
+
+
 def cone_search(session: Session, model: type[T], ra: float, dec: float, radius_deg: float,
                 *where: sa.ColumnElement[bool]) -> list[T]:
     """Rows of ``model`` (Observation or Candidate) within ``radius_deg`` of (ra, dec), nearest first.
@@ -225,12 +236,7 @@ def cone_search(session: Session, model: type[T], ra: float, dec: float, radius_
     exact great-circle distance decides. ``where``: extra filters, e.g.
     ``Candidate.status == CandidateStatus.NEW``.
     """
-    stmt = sa.select(model).where(*where)
-    ranges = cone_index_ranges(ra, dec, radius_deg)
-    if ranges is not None:
-        stmt = stmt.where(sa.or_(*(sa.and_(model.healpix_index >= start, model.healpix_index < stop)
-                                   for start, stop in ranges)))
-    rows = list(session.scalars(stmt))
+    rows = list(session.scalars(cone_search_statement(model, ra, dec, radius_deg, *where)))
     if not rows:
         return []
     separation = angular_separation_deg(ra, dec, [r.ra for r in rows], [r.dec for r in rows])
