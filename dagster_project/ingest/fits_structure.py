@@ -9,9 +9,10 @@ card) followed by ``|BITPIX|/8 * GCOUNT * (PCOUNT + NAXIS1*...*NAXISn)`` bytes
 of data padded to a multiple of 2880.
 """
 
+import hashlib
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from astropy.io import fits
@@ -54,6 +55,9 @@ class FitsStructure:
     hdus: tuple[HduLayout, ...]
     expected_size: int  # bytes the headers imply, padding included
     actual_size: int
+    #: digest of the header blocks as read, and the limits they were read under (see :func:`reinspect`)
+    header_digest: bytes = field(default=b"", repr=False, compare=False)
+    limits: "StructureLimits | None" = field(default=None, repr=False, compare=False)
 
     @property
     def is_complete(self) -> bool:
@@ -81,8 +85,8 @@ def _padded(n: int) -> int:
     return -(-n // BLOCK) * BLOCK
 
 
-def _read_header(fh, offset: int, limits: StructureLimits, index: int) -> tuple[fits.Header, int]:
-    """Header starting at ``offset``; returns it and the offset of its data."""
+def _read_header(fh, offset: int, limits: StructureLimits, index: int, digest=None) -> tuple[fits.Header, int]:
+    """Header starting at ``offset``; returns it and the offset of its data (``digest``: updated with its blocks)."""
     raw = bytearray()
     for _ in range(limits.max_header_blocks):
         block = fh.read(BLOCK)
@@ -100,6 +104,8 @@ def _read_header(fh, offset: int, limits: StructureLimits, index: int) -> tuple[
                 except Exception as exc:  # astropy raises several types for broken cards
                     raise InvalidFitsFile(f"HDU {index}: unreadable header ({exc})") from None
                 _verify_values(header, text, index)
+                if digest is not None:
+                    digest.update(raw)
                 return header, offset + len(raw)
     raise InvalidFitsFile(f"HDU {index}: no END card within {limits.max_header_blocks} header blocks")
 
@@ -171,6 +177,7 @@ def inspect_fits_structure(path: Path, limits: StructureLimits = StructureLimits
     """
     hdus: list[HduLayout] = []
     offset = 0
+    digest = hashlib.blake2b(digest_size=16)
     with open_regular(path) as fh:
         actual = os.fstat(fh.fileno()).st_size
         if actual > limits.max_file_bytes:
@@ -184,7 +191,7 @@ def inspect_fits_structure(path: Path, limits: StructureLimits = StructureLimits
                 raise InvalidFitsFile(f"more than {limits.max_hdus} HDUs")
             index = len(hdus)
             try:
-                header, data_offset = _read_header(fh, offset, limits, index)
+                header, data_offset = _read_header(fh, offset, limits, index, digest)
             except _Incomplete:
                 fh.seek(offset)
                 rest = fh.read(len(EXTENSION_SIGNATURE))
@@ -203,4 +210,27 @@ def inspect_fits_structure(path: Path, limits: StructureLimits = StructureLimits
             fh.seek(offset)
             if offset > limits.max_file_bytes:
                 raise InvalidFitsFile(f"headers imply {offset} bytes, over the limit of {limits.max_file_bytes}")
-    return FitsStructure(hdus=tuple(hdus), expected_size=offset, actual_size=actual)
+    return FitsStructure(hdus=tuple(hdus), expected_size=offset, actual_size=actual,
+                         header_digest=digest.digest(), limits=limits)
+
+
+def reinspect(path: Path, structure: FitsStructure | None, limits: StructureLimits = StructureLimits()
+              ) -> FitsStructure | None:
+    """What :func:`inspect_fits_structure` says of ``path`` now, given ``structure`` read from it earlier.
+
+    The earlier structure is returned, without parsing the headers again, when it was complete, read
+    under the same limits, and the file still has its size and the very same header bytes: the walk
+    depends on nothing else, so it would find the same layout. Otherwise the file is inspected again.
+    """
+    if structure is None or not structure.is_complete or structure.limits != limits or not structure.header_digest:
+        return inspect_fits_structure(path, limits)
+    digest = hashlib.blake2b(digest_size=16)
+    with open_regular(path) as fh:
+        if os.fstat(fh.fileno()).st_size != structure.actual_size:
+            return inspect_fits_structure(path, limits)
+        for hdu in structure.hdus:
+            fh.seek(hdu.header_offset)
+            digest.update(fh.read(hdu.data_offset - hdu.header_offset))
+    if digest.digest() != structure.header_digest:
+        return inspect_fits_structure(path, limits)
+    return structure

@@ -491,11 +491,14 @@ def _pointing(header: fits.Header, nx: int, ny: int) -> tuple[float, float, floa
             wcs = WCS(header, naxis=2)
         except Exception as exc:
             raise InvalidFitsFile(f"WCS cannot be parsed ({exc})") from None
-    if not wcs.has_celestial or wcs.celestial.naxis != 2:
+    if not wcs.has_celestial:
+        return None
+    celestial = wcs.celestial  # a new WCS object at each access: build it once
+    if celestial.naxis != 2:
         return None
     try:
-        sky = wcs.celestial.pixel_to_world((nx - 1) / 2.0, (ny - 1) / 2.0).icrs
-        scale = float(np.mean(proj_plane_pixel_scales(wcs.celestial)) * 3600.0)
+        sky = celestial.pixel_to_world((nx - 1) / 2.0, (ny - 1) / 2.0).icrs
+        scale = float(np.mean(proj_plane_pixel_scales(celestial)) * 3600.0)
     except Exception as exc:
         raise InvalidFitsFile(f"WCS cannot be evaluated ({exc})") from None
     if not (np.isfinite(sky.ra.deg) and np.isfinite(sky.dec.deg)) or not 0.01 < scale < 100:

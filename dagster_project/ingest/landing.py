@@ -45,6 +45,7 @@ from dagster_project.ingest.fits_structure import (
     StructureLimits,
     inspect_fits_structure,
     open_regular,
+    reinspect,
 )
 from dagster_project.ingest.frames import ChecksumMismatch, FrameInfo, describe_frame
 from dagster_project.ingest.instruments import InstrumentRegistry
@@ -189,6 +190,8 @@ class Readiness:
     reason: str = ""
     #: changed within ``truncated_after``: a file whose checksums fail may still be being written
     recent: bool = False
+    #: a ready file's structure as assessed (taking it checks that its headers did not change since)
+    structure: FitsStructure | None = field(default=None, repr=False, compare=False)
 
 
 def assess(path: Path, previous: SeenFile | None, now: float, settle_seconds: float,
@@ -210,7 +213,7 @@ def assess(path: Path, previous: SeenFile | None, now: float, settle_seconds: fl
     if structure is not None and structure.is_complete:
         if quiet_for < settle_seconds or (quiet_for < truncated_after and _tail_unwritten(path, structure)):
             return Readiness("wait"), seen
-        return Readiness("ready", recent=quiet_for < truncated_after), seen
+        return Readiness("ready", recent=quiet_for < truncated_after, structure=structure), seen
     if quiet_for >= truncated_after:
         if structure is None:
             reason = f"truncated: file ends inside its headers after {seen.size} bytes"
@@ -426,7 +429,7 @@ def _ingest_once(config: LandingConfig, catalog: Catalog, registry: InstrumentRe
     if readiness.state == "reject":
         return quarantine(config, catalog, path, readiness.reason, sha256)
     try:
-        structure = inspect_fits_structure(path, config.limits)
+        structure = reinspect(path, readiness.structure, config.limits)
         if structure is None or not structure.is_complete:
             return None  # it changed since it was assessed
         info = describe_frame(path, structure, registry)

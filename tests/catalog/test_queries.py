@@ -519,3 +519,36 @@ def test_duplicate_sha_race_is_caught_by_the_database(catalog):
     with pytest.raises(IntegrityError), catalog.session() as s:  # a writer that skipped the lookup
         queries.register_quarantined_file(s, original_name="b.fits", reason="x", landing_path="/l", size_bytes=1,
                                           sha256=sha(1))
+
+
+def test_the_next_accepted_version_counts_every_arrival_of_the_name(catalog):
+    """register_raw_file reads the name's arrivals and the stored content in one query: versions still count
+    quarantined and duplicate arrivals, only accepted ones are superseded, content under another name is refused."""
+    with catalog.session() as s:
+        good = raw_file(s, "a.fits", content=1)
+        queries.register_quarantined_file(s, original_name="a.fits", reason="truncated", landing_path="/l",
+                                          stored_path="/q/a.fits", size_bytes=1, sha256=sha(2))
+        queries.register_duplicate_file(s, original=good, original_name="a.fits", landing_path="/l",
+                                        stored_path="/q/d/a.fits", size_bytes=1, sha256=sha(1))
+        other = raw_file(s, "b.fits", content=3)
+        assert queries.next_raw_file_version(s, "a.fits") == 4
+        new = raw_file(s, "a.fits", content=4)
+        assert new.version == 4 and good.status is RawFileStatus.SUPERSEDED
+        assert other.status is RawFileStatus.ACCEPTED  # another name: untouched
+        with pytest.raises(queries.ContentAlreadyStored, match="b.fits"):
+            raw_file(s, "c.fits", content=3)
+
+
+def test_match_observation_with_no_open_result_asks_one_question(catalog):
+    """No result waits for a frame: match_observation answers None after one EXISTS, header keywords or not."""
+    with catalog.session() as s:
+        obs = observation(s)
+        statements = []
+        listener = lambda *args: statements.append(args[2])  # noqa: E731
+        sa.event.listen(catalog.engine, "before_cursor_execute", listener)
+        try:
+            assert queries.match_observation(s, obs, {}) is None
+            assert queries.match_observation(s, obs, {"REQ_NAME": "req", "REQ_EPOC": 2}) is None
+        finally:
+            sa.event.remove(catalog.engine, "before_cursor_execute", listener)
+        assert len(statements) == 2 and all("EXISTS" in st for st in statements)

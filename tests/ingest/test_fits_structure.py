@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from dagster_project.ingest.fits_structure import InvalidFitsFile, StructureLimits, inspect_fits_structure
+from dagster_project.ingest.fits_structure import InvalidFitsFile, StructureLimits, inspect_fits_structure, reinspect
 
 
 def write_image(path, shape=(64, 80), extensions=0):
@@ -115,3 +115,21 @@ def test_trailing_garbage_is_invalid(tmp_path):
     path.write_bytes(path.read_bytes() + b"garbage!" * 10)
     with pytest.raises(InvalidFitsFile, match="after the last HDU"):
         inspect_fits_structure(path)
+
+
+def test_reinspect_reuses_the_structure_only_while_the_headers_are_unchanged(tmp_path):
+    path = write_image(tmp_path / "a.fits", extensions=1)
+    structure = inspect_fits_structure(path)
+    assert reinspect(path, structure) is structure  # same size, same header bytes: not parsed again
+    assert reinspect(path, None) == structure
+    assert reinspect(path, structure, StructureLimits(max_hdus=5)) is not structure  # other limits: read again
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"NAXIS1  =")
+    raw[at:at + 30] = b"NAXIS1  =                   79"  # same size on disk, another layout
+    path.write_bytes(bytes(raw))
+    again = reinspect(path, structure)
+    assert again is not structure and again == inspect_fits_structure(path)
+    assert again.hdus[0].data_bytes == 64 * 79 * 2
+    path.write_bytes(bytes(raw) + b"\0" * 2880)  # grown: read again, so what it now is is refused as before
+    with pytest.raises(InvalidFitsFile, match="HDU 2"):
+        reinspect(path, again)

@@ -106,9 +106,12 @@ def next_raw_file_version(session: Session, original_name: str) -> int:
     return 1 if latest is None else latest.version + 1
 
 
-def _insert_raw_file(session: Session, status: RawFileStatus, original_name: str, **fields: Any) -> RawDataFile:
-    raw = RawDataFile(original_name=original_name, version=next_raw_file_version(session, original_name),
-                      status=status, **fields)
+def _insert_raw_file(session: Session, status: RawFileStatus, original_name: str, *, version: int | None = None,
+                     **fields: Any) -> RawDataFile:
+    """Insert the next version of ``original_name`` (``version``: that number, if the caller just read it)."""
+    if version is None:
+        version = next_raw_file_version(session, original_name)
+    raw = RawDataFile(original_name=original_name, version=version, status=status, **fields)
     session.add(raw)
     session.flush()
     return raw
@@ -127,13 +130,18 @@ def register_raw_file(session: Session, *, original_name: str, sha256: str, **fi
     RawDataFile columns or relationships (landing_path, stored_path, size_bytes,
     frame_type, instrument, filter_band, night, observation_time, header, survey, ...).
     """
-    known = find_raw_file_by_sha256(session, sha256)
+    # one query for both: every arrival of the name (its versions, the accepted ones) and the stored content
+    rows = session.scalars(sa.select(RawDataFile).where(sa.or_(
+        RawDataFile.original_name == original_name,
+        sa.and_(RawDataFile.sha256 == sha256, RawDataFile.status != RawFileStatus.DUPLICATE)))).all()
+    known = next((r for r in rows if r.sha256 == sha256 and r.status != RawFileStatus.DUPLICATE), None)
     if known is not None:
         raise ContentAlreadyStored(
             f"content {sha256} is already stored as {known!r}: register it with register_duplicate_file")
-    previous = session.scalars(sa.select(RawDataFile).where(RawDataFile.original_name == original_name,
-                                                            RawDataFile.status == RawFileStatus.ACCEPTED)).all()
-    raw = _insert_raw_file(session, RawFileStatus.ACCEPTED, original_name, sha256=sha256, **fields)
+    named = [r for r in rows if r.original_name == original_name]
+    previous = [r for r in named if r.status == RawFileStatus.ACCEPTED]
+    version = max((r.version for r in named), default=0) + 1
+    raw = _insert_raw_file(session, RawFileStatus.ACCEPTED, original_name, version=version, sha256=sha256, **fields)
     for old in previous:
         transition(old, RawFileStatus.SUPERSEDED)
         if old.observation is not None and old.observation.status != ObservationStatus.ARCHIVED:

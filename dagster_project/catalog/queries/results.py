@@ -258,6 +258,16 @@ def _by_position(session: Session, observation: Observation) -> ObservationResul
     return None
 
 
+#: a result a frame can still fulfil (both ways of matching look only at these)
+_OPEN_RESULT = (ObservationResult.observation_id.is_(None),
+                ObservationResult.fulfillment_status.in_((FS.PENDING_DISPATCH, FS.DISPATCHED)))
+
+
+def _any_open_result(session: Session) -> bool:
+    """Whether any result waits for a frame: one indexed EXISTS, so unrequested frames cost little."""
+    return bool(session.scalar(sa.select(sa.exists().where(*_OPEN_RESULT))))
+
+
 def match_observation(session: Session, observation: Observation, cards: dict[str, Any],
                       now: datetime | None = None) -> ObservationResult | None:
     """Attach a newly registered frame to the result it fulfils, if any (None: the frame matches nothing).
@@ -267,6 +277,8 @@ def match_observation(session: Session, observation: Observation, cards: dict[st
     frame centre), band, observing window and ``not_before``.
     """
     now = now or utcnow()
+    if not _any_open_result(session):  # nothing to fulfil (no survey has requests): no frame can match
+        return None
     result = _by_header(session, cards) or _by_position(session, observation)
     if result is None or result.observation_id is not None or result.fulfillment_status not in (
             FS.PENDING_DISPATCH, FS.DISPATCHED):
