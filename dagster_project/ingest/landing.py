@@ -453,13 +453,18 @@ def _register_accepted(config: LandingConfig, catalog: Catalog, path: Path, info
     name = catalog_name(config, path)
     with catalog.session() as session:
         survey = _survey_of(session, config, survey_ids)
-        version = queries.next_raw_file_version(session, name)
-        target = raw_archive_path(config.store_dir, info.night, name, version)
+        targets = []  # where it is archived depends on the version registration gives it (one query, not two)
+
+        def stored_path(version: int) -> str:
+            targets.append(raw_archive_path(config.store_dir, info.night, name, version))
+            return _clip(_text(targets[-1]), PATH_CHARS)
+
         raw = queries.register_raw_file(
             session, original_name=name, landing_path=_clip(_text(path), PATH_CHARS),
-            stored_path=_clip(_text(target), PATH_CHARS), size_bytes=size, sha256=sha256,
+            stored_path=stored_path, size_bytes=size, sha256=sha256,
             frame_type=info.frame_type, instrument=info.instrument, filter_band=info.filter_band, night=info.night,
             observation_time=info.observation_time, header=info.cards, **survey)
+        target = targets[-1]
         observation_key = None
         if info.frame_type == "science":
             observation_key = info.observation_key(sha256)

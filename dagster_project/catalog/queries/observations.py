@@ -12,7 +12,7 @@ which is what callers should keep using.
 import copy
 import hashlib
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -121,14 +121,16 @@ class ContentAlreadyStored(ValueError):
     """The bytes are already in the archive (another scan took them first): they are a duplicate."""
 
 
-def register_raw_file(session: Session, *, original_name: str, sha256: str, **fields: Any) -> RawDataFile:
+def register_raw_file(session: Session, *, original_name: str, sha256: str,
+                      stored_path: str | Callable[[int], str] | None = None, **fields: Any) -> RawDataFile:
     """Record an accepted file as the next version of its name.
 
     The previously accepted version of that name (different content, necessarily:
     identical content is a duplicate) becomes ``superseded``, and an observation
     made from it is archived: its pixels were replaced. ``fields`` are
     RawDataFile columns or relationships (landing_path, stored_path, size_bytes,
-    frame_type, instrument, filter_band, night, observation_time, header, survey, ...).
+    frame_type, instrument, filter_band, night, observation_time, header, survey, ...); ``stored_path`` may
+    be a function of the version the file gets (where it is archived depends on it), called before the insert.
     """
     # one query for both: every arrival of the name (its versions, the accepted ones) and the stored content
     rows = session.scalars(sa.select(RawDataFile).where(sa.or_(
@@ -141,7 +143,10 @@ def register_raw_file(session: Session, *, original_name: str, sha256: str, **fi
     named = [r for r in rows if r.original_name == original_name]
     previous = [r for r in named if r.status == RawFileStatus.ACCEPTED]
     version = max((r.version for r in named), default=0) + 1
-    raw = _insert_raw_file(session, RawFileStatus.ACCEPTED, original_name, version=version, sha256=sha256, **fields)
+    if callable(stored_path):
+        stored_path = stored_path(version)
+    raw = _insert_raw_file(session, RawFileStatus.ACCEPTED, original_name, version=version, sha256=sha256,
+                           stored_path=stored_path, **fields)
     for old in previous:
         transition(old, RawFileStatus.SUPERSEDED)
         if old.observation is not None and old.observation.status != ObservationStatus.ARCHIVED:
