@@ -49,6 +49,8 @@ variable                       meaning                                     defau
 ``ASTRO_PRODUCT_BUILD_TIMEOUT`` seconds after which a product still       ``3600``
                                building is presumed lost and rebuilt
 ``ASTRO_BACKFILL_BATCH``       partitions per run of a backfill            ``8``
+``ASTRO_PROMPT_RUNS``          runs the new frames one sensor tick finds   ``2``
+                               share (as many as run at once)
 ``ASTRO_RETRY_ATTEMPTS``       attempts at a calibration, reference or     ``4``
                                difference whose run failed or died
 ``ASTRO_RETRY_BACKOFF``        seconds before the first retry (doubling    ``30``
@@ -222,6 +224,8 @@ class Settings:
     product_retry_backoff_seconds: float = 30.0
     product_build_timeout_seconds: float = 3600.0
     backfill_batch_size: int = 8
+    #: the new frames one raw-arrival tick finds go in at most this many runs (sensors/raw_arrival.batched)
+    prompt_runs: int = 2
     #: automatic retries of failed or interrupted work (``catalog.queries.RetryPolicy``)
     retry_max_attempts: int = 4
     retry_backoff_seconds: float = 30.0
@@ -308,6 +312,7 @@ class Settings:
             product_build_timeout_seconds=_number("ASTRO_PRODUCT_BUILD_TIMEOUT", cls.product_build_timeout_seconds,
                                                   minimum=0),
             backfill_batch_size=_positive_int("ASTRO_BACKFILL_BATCH", cls.backfill_batch_size),
+            prompt_runs=_positive_int("ASTRO_PROMPT_RUNS", cls.prompt_runs),
             retry_max_attempts=_positive_int("ASTRO_RETRY_ATTEMPTS", cls.retry_max_attempts),
             retry_backoff_seconds=_number("ASTRO_RETRY_BACKOFF", cls.retry_backoff_seconds, minimum=0),
             retry_max_backoff_seconds=_number("ASTRO_RETRY_MAX_BACKOFF", cls.retry_max_backoff_seconds, minimum=0),

@@ -35,7 +35,7 @@ from dagster_project.definitions import defs
 from dagster_project.ingest.landing import CATALOG_UNREACHABLE
 from dagster_project.pipeline.jobs import IN_PROCESS
 from dagster_project.operations import mirror
-from dagster_project.operations.mirror import RUN_KEY_TAG
+from dagster_project.operations.mirror import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG, RUN_KEY_TAG
 from dagster_project.operations.recording import OPERATION_TAG, current_initiator, owner_is_gone
 from dagster_project.resources import resources_from_settings
 from dagster_project.sensors.reference_and_difference import schedule_attempts
@@ -50,6 +50,8 @@ LAUNCHED_BY_TAG = "astro/launched_by"
 SENSOR_NAME_TAG = "dagster/sensor_name"
 #: Dagster's console log at INFO: its DEBUG lines (every step event) would drown the progress lines;
 #: the full event log of every run stays in the instance (the UI's run page, ``runs tail``)
+#: the tags of a run over a partition range
+RANGE_TAGS = (ASSET_PARTITION_RANGE_START_TAG, ASSET_PARTITION_RANGE_END_TAG)
 RUN_CONFIG = {**IN_PROCESS, "loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
@@ -153,8 +155,14 @@ class HeadlessDaemon:
 
     def _execute(self, requests, default_job: str, sensor_name: str | None = None) -> int:
         for request in requests:
-            self.run(request.job_name or default_job, request.partition_key, request.run_key, dict(request.tags),
-                     sensor_name=sensor_name)
+            tags = dict(request.tags)
+            # a request over a partition range (the raw-arrival sensor's runs of several frames): one run each here
+            keys = [request.partition_key] if request.partition_key else mirror.run_partition_keys(self.instance, tags)
+            self.attempted.add(request.run_key)
+            for key in keys:
+                single = {k: v for k, v in tags.items() if k not in RANGE_TAGS}
+                run_key = request.run_key if len(keys) == 1 else f"{request.run_key}:{key}"
+                self.run(request.job_name or default_job, key, run_key, single, sensor_name=sensor_name)
         self._sync_named_operations()
         return len(requests)
 

@@ -112,6 +112,8 @@ class PipelineConfigResource(ConfigurableResource):
     #: ASTRO_ALLOW_UNCALIBRATED: calibrate without masters when no night has any (else: blocked)
     allow_uncalibrated: bool = Settings.allow_uncalibrated
     max_candidates_per_frame: int = Settings.max_candidates_per_frame
+    #: ASTRO_PROMPT_RUNS: the runs a raw-arrival tick's new frames share
+    prompt_runs: int = Settings.prompt_runs
     #: ASTRO_SCORR_STD_RANGE: the scorr_std_near_one check's range
     scorr_std_min: float = Settings.scorr_std_range[0]
     scorr_std_max: float = Settings.scorr_std_range[1]
@@ -186,6 +188,7 @@ def resources_from_settings(settings: Settings, landing_dir: Path | None = None,
         "pipeline": PipelineConfigResource(difference=difference_config(settings),
                                            detect_cosmic_rays=settings.detect_cosmic_rays,
                                            max_candidates_per_frame=settings.max_candidates_per_frame,
+                                           prompt_runs=settings.prompt_runs,
                                            scorr_std_min=settings.scorr_std_range[0],
                                            scorr_std_max=settings.scorr_std_range[1],
                                            reference_min_psf_stars=settings.reference_min_psf_stars,

@@ -4,7 +4,9 @@ Prompt processing: a frame whose field and band already has a reference goes thr
 chain (calibration, difference, candidates) in ONE run of ``observation_job``, requested here;
 only the first frames of a field, which wait for its reference, are calibrated alone and left to
 the reference-and-difference sensor. One run instead of two saves a run worker's start (the code
-location's imports) and a sensor tick (see benchmarks/latency.py).
+location's imports) and a sensor tick (see benchmarks/latency.py). Several such frames found by one
+tick share runs (:func:`batched`): at most ``ASTRO_PROMPT_RUNS`` of them, each over a range of
+consecutive new partitions, so a burst pays a few run starts, not one per frame.
 """
 
 import json
@@ -17,14 +19,15 @@ from dagster import RunRequest, SensorEvaluationContext, SensorResult, SkipReaso
 from dagster_project.catalog.queries import PlannedRun, current_references, observations_awaiting_calibration
 from dagster_project.ingest.landing import decode_seen, encode_seen, printable, scan_landing, summarize
 from dagster_project.keys import field_band_key, field_band_of
+from dagster_project.operations.mirror import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from dagster_project.operations.recording import OPERATION_TAG, record_ingest_scan
 from dagster_project.pipeline.jobs import CALIBRATE_JOB, OBSERVATION_JOB, PROMPT_LANE
 from dagster_project.pipeline.partitions import field_band_partitions, observations_partitions
 from dagster_project.resources import CatalogResource, LandingResource, PipelineConfigResource
 from dagster_project.sensors.builder import sensor_builder
-from dagster_project.sensors.reference_and_difference import attempt_tags, schedule_attempts
+from dagster_project.sensors.reference_and_difference import attempt_tags, schedule_attempts, under_way
 
-__all__ = ["MAX_FILES_PER_TICK", "build_raw_arrival_sensor", "evaluate_raw_arrival", "promptly"]
+__all__ = ["MAX_FILES_PER_TICK", "batched", "build_raw_arrival_sensor", "evaluate_raw_arrival", "promptly"]
 
 #: files taken per tick, so that a tick stays well inside the sensor time-out (Dagster's gRPC sensor time-out,
 #: DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS, 60 s by default). Measured (benchmarks/scale.py partitions, docs/scaling.md):
@@ -37,6 +40,32 @@ def promptly(planned: Sequence[PlannedRun], field_bands_with_reference: set[str]
     """The calibrations of frames whose field and band has a reference, as runs of the whole chain."""
     return [replace(p, job_name=OBSERVATION_JOB, reason=f"{p.reason}; its field has a reference: whole chain")
             if field_band_of(p.partition_key) in field_bands_with_reference else p for p in planned]
+
+
+def batched(requests: Sequence[PlannedRun], new_keys: Sequence[str], runs: int) -> list[list[PlannedRun]]:
+    """The requests as groups, each one run: new frames of the whole chain next to each other among the tick's
+    new partitions (a partition range holds every key between its ends) in at most ``runs`` groups per stretch;
+    every other request alone."""
+    chained = {p.partition_key: p for p in requests if p.job_name == OBSERVATION_JOB and p.partition_key in new_keys}
+    groups: list[list[PlannedRun]] = [[p] for p in requests if p.partition_key not in chained]
+    stretch: list[PlannedRun] = []
+    for key in [*new_keys, None]:  # None ends the last stretch
+        if key in chained:
+            stretch.append(chained[key])
+            continue
+        size = -(-len(stretch) // max(runs, 1))
+        groups += [stretch[i:i + size] for i in range(0, len(stretch), size)] if stretch else []
+        stretch = []
+    return groups
+
+
+def _run_request(group: list[PlannedRun], tags: dict[str, str]) -> RunRequest:
+    first, last = group[0], group[-1]
+    if len(group) == 1:
+        return RunRequest(run_key=first.run_key, partition_key=first.partition_key, job_name=first.job_name, tags=tags)
+    return RunRequest(run_key=f"prompt:{first.partition_key}..{last.partition_key}:{len(group)}",
+                      job_name=OBSERVATION_JOB, tags={**tags, ASSET_PARTITION_RANGE_START_TAG: first.partition_key,
+                                                      ASSET_PARTITION_RANGE_END_TAG: last.partition_key})
 
 
 def evaluate_raw_arrival(context: SensorEvaluationContext, catalog: CatalogResource, landing: LandingResource,
@@ -58,6 +87,9 @@ def evaluate_raw_arrival(context: SensorEvaluationContext, catalog: CatalogResou
     with catalog.catalog().session() as session:
         planned = promptly(observations_awaiting_calibration(session),
                            {field_band_key(r.field_name, r.filter_band) for r in current_references(session)})
+    # frames in a run of several still under way are being processed (none has a run under its own key)
+    in_ranges = under_way(context.instance, OBSERVATION_JOB, planned)
+    planned = [p for p in planned if p.partition_key not in in_ranges]
     known = set(context.instance.get_dynamic_partitions(observations_partitions.name))
     known_fields = set(context.instance.get_dynamic_partitions(field_band_partitions.name))
     new_keys = [p.partition_key for p in planned if p.partition_key not in known]
@@ -76,9 +108,9 @@ def evaluate_raw_arrival(context: SensorEvaluationContext, catalog: CatalogResou
         tags[OPERATION_TAG] = str(record_ingest_scan(
             catalog.catalog(), landing.survey, scan.outcomes, started_at=started_at,
             requested=[{"run_key": p.run_key, "partition_key": p.partition_key} for p in due.requests]))
+    groups = batched(due.requests, new_keys, pipeline.prompt_runs)
     return SensorResult(
-        run_requests=[RunRequest(run_key=p.run_key, partition_key=p.partition_key, job_name=p.job_name,
-                                 tags={**tags, **PROMPT_LANE, **attempt_tags(due, p)}) for p in due.requests],
+        run_requests=[_run_request(group, {**tags, **PROMPT_LANE, **attempt_tags(due, group[0])}) for group in groups],
         dynamic_partitions_requests=[
             observations_partitions.build_add_request(new_keys),
             field_band_partitions.build_add_request(new_fields),

@@ -27,7 +27,7 @@ from dagster_project.catalog.queries import (
     observations_awaiting_difference,
 )
 from dagster_project.catalog.schema import OperationType
-from dagster_project.operations.mirror import FINISHED_STATUSES, RUN_KEY_TAG
+from dagster_project.operations.mirror import FINISHED_STATUSES, RUN_KEY_TAG, run_partition_keys
 from dagster_project.operations.recording import OPERATION_TAG, start_wave
 from dagster_project.pipeline.jobs import DIFFERENCE_JOB, LANE_TAG, OBSERVATION_JOB, PROMPT_LANE, REDO_LANE
 from dagster_project.pipeline.jobs import REFERENCE_JOB
@@ -144,7 +144,8 @@ def under_way(instance: DagsterInstance, job_name: str, planned: Sequence[Planne
         return set()
     unfinished = [status for status in DagsterRunStatus if status not in FINISHED_STATUSES]
     runs = instance.get_runs(RunsFilter(job_name=job_name, statuses=unfinished))
-    return {run.tags.get(PARTITION_TAG) for run in runs} & {p.partition_key for p in planned}
+    # a run's partition, or each of its range's (the raw-arrival sensor's runs of several frames)
+    return {key for run in runs for key in run_partition_keys(instance, run.tags)} & {p.partition_key for p in planned}
 
 
 def prompt_work_under_way(instance: DagsterInstance) -> bool:

@@ -8,7 +8,11 @@ from dagster import DagsterRunStatus, SensorResult, instance_for_test
 
 from dagster_project.cli.runner import process_folder
 from dagster_project.definitions import defs
+from dagster_project.catalog.queries import PlannedRun
+from dagster_project.cli.runner import RANGE_TAGS
+from dagster_project.operations.mirror import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from dagster_project.operations.mirror import PARTITION_NAME_TAG
+from dagster_project.sensors.raw_arrival import batched
 from dagster_project.pipeline.jobs import LANE_TAG, PROMPT_LANE, REDO_LANE
 from dagster_project.simulation.night import simulate_night
 from tests.platform import make_platform
@@ -21,14 +25,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def platform(tmp_path, sqlite_url):
-    """A field whose first epoch is calibrated and has its reference; its second epoch not landed yet."""
+    """A field whose first epoch is calibrated and has its reference; its three later epochs not landed yet."""
     night = tmp_path / "night"
-    simulate_night(night, n_fields=1, n_epochs=2, size=512, n_bias=2, n_flats=2, transients_per_frame=2, seed=11)
+    simulate_night(night, n_fields=1, n_epochs=4, size=512, n_bias=2, n_flats=2, transients_per_frame=2, seed=11)
     science = sorted(p for p in night.glob("*.fits") if "_sci_" in p.name)
     first = tmp_path / "first"
     first.mkdir()
     for path in sorted(night.glob("*.fits")):
-        if path != science[1]:
+        if path not in science[1:]:
             shutil.copy(path, first / path.name)
     with instance_for_test() as instance:
         # co-added references: the second frame makes a deeper one due (a redo)
@@ -36,11 +40,11 @@ def platform(tmp_path, sqlite_url):
         report = process_folder(first, platform.settings, instance=instance, wait=True, progress=lambda _: None)
         assert report.runs and not report.failed
         assert {r.job_name for r in report.runs} >= {"calibrate_job", "reference_job"}
-        yield platform, science[1]
+        yield platform, science[1:]
 
 
 def test_a_frame_of_a_field_with_a_reference_is_one_run_of_its_whole_chain(platform):
-    platform, later = platform
+    platform, (later, *_) = platform
     shutil.copy(later, platform.landing / later.name)
     result, _ = platform.tick(raw_arrival_sensor)
     assert isinstance(result, SensorResult)
@@ -65,3 +69,39 @@ def test_a_frame_of_a_field_with_a_reference_is_one_run_of_its_whole_chain(platf
     result, _ = platform.tick(reference_and_difference_sensor)
     lanes = {(r.job_name, r.partition_key): r.tags[LANE_TAG] for r in result.run_requests}
     assert lanes == {("difference_job", key): PROMPT_LANE[LANE_TAG], ("reference_job", "F001-r"): REDO_LANE[LANE_TAG]}
+
+
+def test_frames_found_together_share_runs_and_are_not_asked_for_again_while_those_run(platform):
+    platform, later = platform
+    for path in later:
+        shutil.copy(path, platform.landing / path.name)
+    result, _ = platform.tick(raw_arrival_sensor)
+    (added,) = [r for r in result.dynamic_partitions_requests if r.partitions_def_name == "observations"]
+    keys = list(added.partition_keys)
+    assert len(keys) == 3 and len(result.run_requests) == 2  # ASTRO_PROMPT_RUNS: 2
+    batch, single = sorted(result.run_requests, key=lambda r: r.partition_key or "")
+    assert batch.partition_key is None and batch.job_name == single.job_name == "observation_job"
+    assert (batch.tags[ASSET_PARTITION_RANGE_START_TAG], batch.tags[ASSET_PARTITION_RANGE_END_TAG]) == (keys[0], keys[1])
+    assert single.partition_key == keys[2] and PROMPT_LANE.items() <= batch.tags.items()
+
+    # the batch under way (its frames not started yet: nothing of them in the catalog) is not asked for again
+    platform.instance.add_dynamic_partitions("observations", keys)
+    platform.instance.create_run_for_job(defs.resolve_job_def("observation_job"), status=DagsterRunStatus.STARTED,
+                                         tags={k: batch.tags[k] for k in RANGE_TAGS})
+    result, _ = platform.tick(raw_arrival_sensor)
+    assert [r.partition_key for r in getattr(result, "run_requests", [])] == [keys[2]]
+
+
+@pytest.mark.parametrize("runs, sizes", [(1, [4]), (2, [2, 2]), (3, [2, 2]), (8, [1, 1, 1, 1])])
+def test_a_stretch_of_new_frames_is_split_into_at_most_the_given_runs(runs, sizes):
+    requests = [PlannedRun("observation_job", f"k{i}", f"calibrate:k{i}", "new") for i in range(4)]
+    groups = batched(requests, [r.partition_key for r in requests], runs)
+    assert [len(g) for g in groups] == sizes and [p for g in groups for p in g] == requests
+
+
+def test_only_neighbouring_new_frames_of_the_whole_chain_are_grouped():
+    chain = [PlannedRun("observation_job", k, f"calibrate:{k}", "new") for k in ("a", "c", "d")]
+    alone = PlannedRun("calibrate_job", "b", "calibrate:b", "new")  # its field has no reference yet
+    retry = PlannedRun("observation_job", "z", "calibrate:z:a1", "failed")  # not new: its own run
+    groups = batched([*chain, alone, retry], ["a", "b", "c", "d"], 2)
+    assert sorted([[p.partition_key for p in g] for g in groups]) == [["a"], ["b"], ["c"], ["d"], ["z"]]
