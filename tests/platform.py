@@ -9,6 +9,7 @@ from dagster import DagsterInstance, SensorResult, build_sensor_context
 
 from dagster_project.catalog import Catalog
 from dagster_project.catalog.queries import RetryPolicy
+from dagster_project.definitions import defs
 from dagster_project.resources import PipelineConfigResource, resources_from_settings
 from dagster_project.settings import Settings
 
@@ -26,7 +27,7 @@ class Platform:
 
     def tick(self, sensor, cursor: str | None = None):
         """Evaluate ``sensor`` once; returns (result, new cursor)."""
-        context = build_sensor_context(instance=self.instance, cursor=cursor, resources=self.resources)
+        context = build_sensor_context(instance=self.instance, cursor=cursor, resources=self.resources, definitions=defs)
         result = sensor(context)
         return result, result.cursor if isinstance(result, SensorResult) and result.cursor else context.cursor
 

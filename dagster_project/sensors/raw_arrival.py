@@ -59,13 +59,18 @@ def batched(requests: Sequence[PlannedRun], new_keys: Sequence[str], runs: int) 
     return groups
 
 
-def _run_request(group: list[PlannedRun], tags: dict[str, str]) -> RunRequest:
+def _run_request(context: SensorEvaluationContext, group: list[PlannedRun], tags: dict[str, str]) -> RunRequest:
     first, last = group[0], group[-1]
     if len(group) == 1:
         return RunRequest(run_key=first.run_key, partition_key=first.partition_key, job_name=first.job_name, tags=tags)
+    # a run over a range gets no config of the job's own (Dagster resolves it for a partition key only): without
+    # it, its steps would run one process each, not as the job says (ASTRO_EXECUTOR)
+    job = context.repository_def.get_job(OBSERVATION_JOB) if context.repository_def is not None else None
     return RunRequest(run_key=f"prompt:{first.partition_key}..{last.partition_key}:{len(group)}",
-                      job_name=OBSERVATION_JOB, tags={**tags, ASSET_PARTITION_RANGE_START_TAG: first.partition_key,
-                                                      ASSET_PARTITION_RANGE_END_TAG: last.partition_key})
+                      job_name=OBSERVATION_JOB, run_config=job.get_run_config_for_partition_key(first.partition_key)
+                      if job is not None else {},
+                      tags={**tags, ASSET_PARTITION_RANGE_START_TAG: first.partition_key,
+                            ASSET_PARTITION_RANGE_END_TAG: last.partition_key})
 
 
 def evaluate_raw_arrival(context: SensorEvaluationContext, catalog: CatalogResource, landing: LandingResource,
@@ -110,7 +115,8 @@ def evaluate_raw_arrival(context: SensorEvaluationContext, catalog: CatalogResou
             requested=[{"run_key": p.run_key, "partition_key": p.partition_key} for p in due.requests]))
     groups = batched(due.requests, new_keys, pipeline.prompt_runs)
     return SensorResult(
-        run_requests=[_run_request(group, {**tags, **PROMPT_LANE, **attempt_tags(due, group[0])}) for group in groups],
+        run_requests=[_run_request(context, group, {**tags, **PROMPT_LANE, **attempt_tags(due, group[0])})
+                      for group in groups],
         dynamic_partitions_requests=[
             observations_partitions.build_add_request(new_keys),
             field_band_partitions.build_add_request(new_fields),

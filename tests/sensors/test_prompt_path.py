@@ -83,6 +83,7 @@ def test_frames_found_together_share_runs_and_are_not_asked_for_again_while_thos
     assert batch.partition_key is None and batch.job_name == single.job_name == "observation_job"
     assert (batch.tags[ASSET_PARTITION_RANGE_START_TAG], batch.tags[ASSET_PARTITION_RANGE_END_TAG]) == (keys[0], keys[1])
     assert single.partition_key == keys[2] and PROMPT_LANE.items() <= batch.tags.items()
+    assert batch.run_config == {"execution": {"config": {"in_process": {}}}}  # the job's own, as a single run's
 
     # the batch under way (its frames not started yet: nothing of them in the catalog) is not asked for again
     platform.instance.add_dynamic_partitions("observations", keys)
