@@ -216,7 +216,7 @@ def test_daemon_killed_at_each_phase_of_a_tick_and_run_workers_killed_mid_asset(
     assert outcome.observations == len(science) and outcome.candidates > 0
     for run_id, job in ((reference, "reference_job"), (difference, "difference_job"), (calibrating, "calibrate_job")):
         killed = instance.get_run_by_id(run_id)
-        assert killed.status is DagsterRunStatus.FAILURE and killed.job_name == job
+        assert killed.status is DagsterRunStatus.FAILURE and killed.job_name in (job, "observation_job")  # prompt path
         # done again by the same job, or by the whole chain once the field has a reference (the prompt path)
         redone = [r for name in {job, "observation_job"} for r in instance.get_runs(RunsFilter(
             job_name=name, statuses=[DagsterRunStatus.SUCCESS], tags={"dagster/partition": killed.tags["dagster/partition"]}))]
