@@ -25,7 +25,7 @@ from dagster_project.pipeline.jobs import CALIBRATE_JOB, OBSERVATION_JOB, PROMPT
 from dagster_project.pipeline.partitions import field_band_partitions, observations_partitions
 from dagster_project.resources import CatalogResource, LandingResource, PipelineConfigResource
 from dagster_project.sensors.builder import sensor_builder
-from dagster_project.sensors.reference_and_difference import attempt_tags, schedule_attempts, under_way
+from dagster_project.sensors.reference_and_difference import attempt_tags, schedule_attempts
 
 __all__ = ["MAX_FILES_PER_TICK", "batched", "build_raw_arrival_sensor", "evaluate_raw_arrival", "promptly"]
 
@@ -92,9 +92,6 @@ def evaluate_raw_arrival(context: SensorEvaluationContext, catalog: CatalogResou
     with catalog.catalog().session() as session:
         planned = promptly(observations_awaiting_calibration(session),
                            {field_band_key(r.field_name, r.filter_band) for r in current_references(session)})
-    # frames in a run of several still under way are being processed (none has a run under its own key)
-    in_ranges = under_way(context.instance, OBSERVATION_JOB, planned)
-    planned = [p for p in planned if p.partition_key not in in_ranges]
     known = set(context.instance.get_dynamic_partitions(observations_partitions.name))
     known_fields = set(context.instance.get_dynamic_partitions(field_band_partitions.name))
     new_keys = [p.partition_key for p in planned if p.partition_key not in known]

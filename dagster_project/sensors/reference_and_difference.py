@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from dagster import DagsterInstance, DagsterRunStatus, RunRecord, RunRequest, RunsFilter, SensorEvaluationContext
+from dagster import DagsterInstance, RunRecord, RunRequest, RunsFilter, SensorEvaluationContext
 from dagster import SensorResult, SkipReason
 
 from dagster_project.catalog.queries import (
@@ -27,17 +27,16 @@ from dagster_project.catalog.queries import (
     observations_awaiting_difference,
 )
 from dagster_project.catalog.schema import OperationType
-from dagster_project.operations.mirror import FINISHED_STATUSES, RUN_KEY_TAG, run_partition_keys
+from dagster_project.operations.mirror import FINISHED_STATUSES, NOT_FINISHED_STATUSES, RUN_KEY_TAG, run_partition_keys
 from dagster_project.operations.recording import OPERATION_TAG, start_wave
-from dagster_project.pipeline.jobs import DIFFERENCE_JOB, LANE_TAG, OBSERVATION_JOB, PROMPT_LANE, REDO_LANE
-from dagster_project.pipeline.jobs import REFERENCE_JOB
+from dagster_project.pipeline.jobs import DIFFERENCE_JOB, LANE_TAG, PROMPT_LANE, REDO_LANE, REFERENCE_JOB
 from dagster_project.pipeline.partitions import field_band_partitions
 from dagster_project.references.policy import rebuilds_due
 from dagster_project.resources import CatalogResource, LandingResource, PipelineConfigResource
 from dagster_project.sensors.builder import sensor_builder
 
 __all__ = ["ATTEMPT_TAG", "PARTITION_TAG", "Attempts", "attempt_tags", "build_reference_and_difference_sensor",
-           "evaluate_reference_and_difference", "schedule_attempts", "under_way"]
+           "evaluate_reference_and_difference", "partitions_under_way", "schedule_attempts"]
 
 #: run tag: which attempt at its work a run is (0: the first)
 ATTEMPT_TAG = "astro/attempt"
@@ -94,11 +93,15 @@ def schedule_attempts(instance: DagsterInstance, planned: Sequence[PlannedRun], 
 
     Its attempts are the Dagster runs under its keys (``policy.attempt_key``), plus the run of
     the catalog's last attempt when another run made it (e.g. a backfill). Work with a run
-    under way is left alone; work never attempted is asked for at once; otherwise its next
+    under way is left alone: a run under one of its keys or of its catalog attempt, or any run
+    covering its partition (a reference being built, whose next key would count more frames; a
+    frame's whole chain, alone or with the frames that landed with it, calibrated before it is
+    differenced in the same run). Work never attempted is asked for at once; otherwise its next
     attempt is asked for once the backoff after the latest end has passed, unless it had
     ``max_attempts`` already.
     """
     now = datetime.now(UTC).timestamp() if now is None else now
+    busy = partitions_under_way(instance) if planned else set()
     keys = {p.run_key: [policy.attempt_key(p.run_key, n) for n in range(policy.max_attempts)] for p in planned}
     by_key = _records_by_key(instance, [key for ks in keys.values() for key in ks])
     by_id = _records_by_id(instance, (p.attempt_run_id for p in planned if p.attempt_run_id))
@@ -109,7 +112,8 @@ def schedule_attempts(instance: DagsterInstance, planned: Sequence[PlannedRun], 
         own = by_id.get(work.attempt_run_id) if work.attempt_run_id else None
         if own is not None:
             runs.setdefault(own.dagster_run.run_id, own)
-        if any(record.dagster_run.status not in FINISHED_STATUSES for record in runs.values()):
+        if work.partition_key in busy or any(record.dagster_run.status not in FINISHED_STATUSES
+                                             for record in runs.values()):
             result.in_flight.append(work.run_key)
             continue
         ends = [_end_time(record) for record in runs.values()]
@@ -132,28 +136,18 @@ def schedule_attempts(instance: DagsterInstance, planned: Sequence[PlannedRun], 
     return result
 
 
-def under_way(instance: DagsterInstance, job_name: str, planned: Sequence[PlannedRun]) -> set[str]:
-    """The partitions of ``planned`` with a run of ``job_name`` not ended yet, whatever its run key.
-
-    A reference's base key counts the calibrated frames, so the next tick, with more frames
-    calibrated, would otherwise ask for a second reference of the same field under a new key while
-    the first is still being built (two versions, and every difference made twice); and a frame
-    whose whole chain runs in one ``observation_job`` (the raw-arrival sensor's prompt path) is
-    calibrated before it is differenced, in the same run: not a difference to ask for."""
-    if not planned:
-        return set()
-    unfinished = [status for status in DagsterRunStatus if status not in FINISHED_STATUSES]
-    runs = instance.get_runs(RunsFilter(job_name=job_name, statuses=unfinished))
-    # a run's partition, or each of its range's (the raw-arrival sensor's runs of several frames)
-    return {key for run in runs for key in run_partition_keys(instance, run.tags)} & {p.partition_key for p in planned}
+def partitions_under_way(instance: DagsterInstance) -> set[str]:
+    """The partitions of every run not ended yet, whatever its job or key: a run's partition, or each of its
+    range's (the raw-arrival sensor's runs of several frames, backfill batches)."""
+    runs = instance.get_runs(RunsFilter(statuses=list(NOT_FINISHED_STATUSES)))
+    return {key for run in runs for key in run_partition_keys(instance, run.tags)}
 
 
 def prompt_work_under_way(instance: DagsterInstance) -> bool:
     """Whether a run of the prompt lane (a frame's first processing) is queued or running: remaking what
     exists waits until none is, so that a burst of frames never shares the cores with reprocessing."""
-    unfinished = [status for status in DagsterRunStatus if status not in FINISHED_STATUSES]
-    return bool(instance.get_run_records(RunsFilter(tags={LANE_TAG: PROMPT_LANE[LANE_TAG]}, statuses=unfinished),
-                                         limit=1))
+    return bool(instance.get_run_records(
+        RunsFilter(tags={LANE_TAG: PROMPT_LANE[LANE_TAG]}, statuses=list(NOT_FINISHED_STATUSES)), limit=1))
 
 
 def attempt_tags(attempts: Attempts, work: PlannedRun) -> dict[str, str]:
@@ -170,10 +164,6 @@ def evaluate_reference_and_difference(context: SensorEvaluationContext, catalog:
         return SkipReason("every calibrated observation has an up-to-date difference")
     known = set(context.instance.get_dynamic_partitions(field_band_partitions.name))
     new_fields = sorted({p.partition_key for p in references} - known)
-    building = under_way(context.instance, REFERENCE_JOB, references)
-    references = [p for p in references if p.partition_key not in building]
-    chains = under_way(context.instance, OBSERVATION_JOB, differences)
-    differences = [p for p in differences if p.partition_key not in chains]
     if any(p.redo for p in references + differences) and prompt_work_under_way(context.instance):
         references, differences = [p for p in references if not p.redo], [p for p in differences if not p.redo]
     attempts = schedule_attempts(context.instance, references + differences, pipeline.retry_policy())
