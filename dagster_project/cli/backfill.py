@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from dagster_project.cli.args import PROG, fail, iso_date
 from dagster_project.cli.operations import follow
-from dagster_project.pipeline.jobs import IN_PROCESS, JOB_ASSETS, execution
+from dagster_project.pipeline.jobs import CALIBRATE_JOB, DIFFERENCE_JOB, IN_PROCESS, JOB_ASSETS, OBSERVATION_JOB
+from dagster_project.pipeline.jobs import PRODUCTS_JOB, execution
 from dagster_project.settings import Settings
 
 # The command line starts fast: Dagster and the catalog are imported by the commands that use them.
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 DEFINITIONS_MODULE = "dagster_project.definitions"
 
 #: --stage → the job whose assets a backfill materializes (observation_job: the whole per-observation chain)
-STAGE_JOBS = {"calibrate": "calibrate_job", "difference": "difference_job", "all": "observation_job"}
+STAGE_JOBS = {"calibrate": CALIBRATE_JOB, "difference": DIFFERENCE_JOB, "all": OBSERVATION_JOB}
 
 
 def add_subcommands(subparsers) -> None:
@@ -124,7 +125,7 @@ class BackfillTarget:
 
 OBSERVATION_BACKFILLS = {stage: BackfillTarget(job, "observations", "backfill.observations", "observation")
                          for stage, job in STAGE_JOBS.items()}
-RESULTS_BACKFILL = BackfillTarget("products_job", "results", "backfill.results", "result")
+RESULTS_BACKFILL = BackfillTarget(PRODUCTS_JOB, "results", "backfill.results", "result")
 
 
 def launch_backfill(instance: DagsterInstance, catalog: Catalog, settings: Settings, target: BackfillTarget,

@@ -35,7 +35,7 @@ from dagster_project.definitions import defs
 from dagster_project.ingest.landing import CATALOG_UNREACHABLE
 from dagster_project.pipeline.jobs import IN_PROCESS
 from dagster_project.operations import mirror
-from dagster_project.operations.mirror import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG, RUN_KEY_TAG
+from dagster_project.operations.mirror import RANGE_TAGS, RUN_KEY_TAG
 from dagster_project.operations.recording import OPERATION_TAG, current_initiator, owner_is_gone
 from dagster_project.resources import resources_from_settings
 from dagster_project.sensors.reference_and_difference import schedule_attempts
@@ -50,8 +50,6 @@ LAUNCHED_BY_TAG = "astro/launched_by"
 SENSOR_NAME_TAG = "dagster/sensor_name"
 #: Dagster's console log at INFO: its DEBUG lines (every step event) would drown the progress lines;
 #: the full event log of every run stays in the instance (the UI's run page, ``runs tail``)
-#: the tags of a run over a partition range
-RANGE_TAGS = (ASSET_PARTITION_RANGE_START_TAG, ASSET_PARTITION_RANGE_END_TAG)
 RUN_CONFIG = {**IN_PROCESS, "loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 

@@ -52,6 +52,8 @@ from dagster_project.operations.recording import OPERATION_TAG, current_initiato
 PARTITION_NAME_TAG = "dagster/partition"
 ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
 ASSET_PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
+#: the two tags of a run over a partition range
+RANGE_TAGS = (ASSET_PARTITION_RANGE_START_TAG, ASSET_PARTITION_RANGE_END_TAG)
 RUN_KEY_TAG = "dagster/run_key"
 #: materialization tags, in ``dagster._core.definitions.data_version``
 CODE_VERSION_TAG = "dagster/code_version"

@@ -110,14 +110,14 @@ def build_jobs(settings: Settings | None) -> dict[str, Any]:
     """Every job of the code location, by name, executing as ``settings`` say (``definitions.py`` builds them
     once, with the settings it read, and gives them to the sensors)."""
     how = execution(settings)
-    partitions = {"reference_job": field_band_partitions, "products_job": results_partitions}
+    partitions = {REFERENCE_JOB: field_band_partitions, PRODUCTS_JOB: results_partitions}
     descriptions = {
-        "calibrate_job": "Validate the archived raw frame and calibrate it.",
-        "difference_job": "ZOGY difference against the field's current reference, then candidate detection.",
-        "observation_job": "The whole per-observation chain: a frame whose field has a reference, as soon as it "
-                           "lands (the raw-arrival sensor), and backfills.",
-        "reference_job": "Choose and freeze the reference image of one field and band.",
-        "products_job": "Build one ObservationResult's products from its current revision.",
+        CALIBRATE_JOB: "Validate the archived raw frame and calibrate it.",
+        DIFFERENCE_JOB: "ZOGY difference against the field's current reference, then candidate detection.",
+        OBSERVATION_JOB: "The whole per-observation chain: a frame whose field has a reference, as soon as it "
+                         "lands (the raw-arrival sensor), and backfills.",
+        REFERENCE_JOB: "Choose and freeze the reference image of one field and band.",
+        PRODUCTS_JOB: "Build one ObservationResult's products from its current revision.",
     }
     return {name: define_asset_job(name, selection=AssetSelection.assets(*JOB_ASSETS[name]),
                                    partitions_def=partitions.get(name, observations_partitions),

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import yaml
-from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance, DagsterRunStatus
 
 from dagster_project.catalog import Catalog
 from dagster_project.catalog.schema import Candidate, DifferenceRun, PreprocessRun, ReferenceImage

@@ -9,9 +9,8 @@ from dagster import DagsterRunStatus, SensorResult, instance_for_test
 from dagster_project.cli.runner import process_folder
 from dagster_project.definitions import defs
 from dagster_project.catalog.queries import PlannedRun
-from dagster_project.cli.runner import RANGE_TAGS
 from dagster_project.operations.mirror import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-from dagster_project.operations.mirror import PARTITION_NAME_TAG
+from dagster_project.operations.mirror import PARTITION_NAME_TAG, RANGE_TAGS
 from dagster_project.sensors.raw_arrival import batched
 from dagster_project.pipeline.jobs import LANE_TAG, PROMPT_LANE, REDO_LANE
 from dagster_project.simulation.night import simulate_night
