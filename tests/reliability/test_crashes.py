@@ -115,28 +115,32 @@ def kill_run_worker(daemons, run_id: str, what: str) -> None:
     os.kill(workers[0], signal.SIGKILL)
 
 
-def running_attempts(probe: CatalogProbe, table: str) -> list[str]:
-    """The Dagster run ids of the attempts the catalog has running in ``table`` (some may have died)."""
+def running_attempts(probe: CatalogProbe, table: str) -> list[tuple[str, str]]:
+    """(Dagster run id, observation key) of the attempts the catalog has running in ``table`` (some may have died)."""
     with probe.engine.connect() as connection:
-        return list(connection.execute(sa.text(f"SELECT dagster_run_id FROM {table} WHERE status = 'running'"))
-                    .scalars())
+        return [tuple(row) for row in connection.execute(sa.text(
+            f"SELECT a.dagster_run_id, o.observation_id FROM {table} a JOIN observations o ON o.id = a.observation_id "
+            "WHERE a.status = 'running'"))]
 
 
-def kill_workers_mid_asset(daemons, probe: CatalogProbe, stages: dict[str, str], seconds: float) -> dict[str, str]:
+def kill_workers_mid_asset(daemons, probe: CatalogProbe, stages: dict[str, str],
+                           seconds: float) -> dict[str, tuple[str, str]]:
     """For each catalog table of ``stages`` (table -> asset), SIGKILL the worker of the first run seen with a
-    running attempt there (inside that asset), whichever stage comes first; returns asset -> run id."""
-    killed: dict[str, str] = {}
+    running attempt there (inside that asset), whichever stage comes first; returns asset -> (run id, the
+    observation it was working on: a run may cover several)."""
+    killed: dict[str, tuple[str, str]] = {}
     deadline = time.monotonic() + seconds
     while len(killed) < len(stages):
         assert time.monotonic() < deadline, f"no run inside {sorted(set(stages.values()) - set(killed))} in time"
         for table, asset in stages.items():
             if asset in killed:
                 continue
-            for run_id in running_attempts(probe, table):
-                workers = harness.run_worker_pids(daemons, run_id) if run_id not in killed.values() else []
+            for run_id, key in running_attempts(probe, table):
+                done = {run for run, _ in killed.values()}
+                workers = harness.run_worker_pids(daemons, run_id) if run_id not in done else []
                 if len(workers) == 1:
                     os.kill(workers[0], signal.SIGKILL)
-                    killed[asset] = run_id
+                    killed[asset] = (run_id, key)
                     break
         time.sleep(0.01)
     return killed
@@ -216,15 +220,17 @@ def test_daemon_killed_at_each_phase_of_a_tick_and_run_workers_killed_mid_asset(
 
     outcome = assert_every_file_once(catalog, instance, site.store, checksums(files), landing=site.landing)
     assert outcome.observations == len(science) and outcome.candidates > 0
-    for run_id, job in ((reference, "reference_job"), (difference, "difference_job"), (calibrating, "calibrate_job")):
+    reference_key = instance.get_run_by_id(reference).tags["dagster/partition"]
+    for (run_id, key), job in (((reference, reference_key), "reference_job"), (difference, "difference_job"),
+                               (calibrating, "calibrate_job")):
         killed = instance.get_run_by_id(run_id)
-        assert killed.status is DagsterRunStatus.FAILURE and killed.job_name in (job, "observation_job")  # prompt path
-        # done again by the same job, or by the whole chain once the field has a reference (the prompt path)
-        # (over a range of frames, too)
+        # a frame of a field with a reference runs its whole chain in one run (the prompt path), alone or
+        # with frames that landed with it (a partition range): the killed run may be one of those ...
+        assert killed.status is DagsterRunStatus.FAILURE and killed.job_name in (job, "observation_job")
+        # ... and the work it was killed in is done again, once, by its own job or the whole chain
         redone = [r for name in {job, "observation_job"} for r in instance.get_runs(RunsFilter(
-            job_name=name, statuses=[DagsterRunStatus.SUCCESS]))
-            if killed.tags["dagster/partition"] in run_partition_keys(instance, r.tags)]
-        assert len(redone) == 1, (job, redone)
+            job_name=name, statuses=[DagsterRunStatus.SUCCESS])) if key in run_partition_keys(instance, r.tags)]
+        assert len(redone) == 1, (job, key, redone)
     catalog.engine.dispose()
 
 
