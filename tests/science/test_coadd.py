@@ -1,5 +1,7 @@
 """Proper co-addition (Zackay & Ofek 2017) against analytic results."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -167,3 +169,30 @@ def test_bad_inputs_are_refused_naming_the_input(change, message):
         proper_coadd([good, CoaddInput(**fields)])
     with pytest.raises(ValueError, match="at least one input"):
         proper_coadd([])
+
+
+def test_the_stack_median_is_numpys_nanmedian_with_the_count_of_values():
+    from dagster_project.science.coadd import _nanmedian_frames
+
+    rng = np.random.default_rng(4)
+    stack = rng.normal(size=(5, 40, 30)).astype(np.float32)
+    stack[rng.random(stack.shape) < 0.3] = np.nan  # 0 to 5 values per pixel: odd, even and none
+    stack[:, 0, 0] = np.nan
+    median, count = _nanmedian_frames(stack)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the all-NaN pixel
+        expected = np.nanmedian(stack, axis=0)
+    assert np.allclose(median, expected, equal_nan=True, rtol=0, atol=1e-6)
+    assert np.isnan(median[0, 0]) and count[0, 0] == 0
+    assert np.array_equal(count, np.count_nonzero(~np.isnan(stack), axis=0))
+
+
+def test_the_mean_at_the_holes_is_the_3x3_mean_ndimage_gives_there():
+    from scipy import ndimage
+
+    from dagster_project.science.coadd import _mean3x3_at
+
+    image = np.random.default_rng(5).lognormal(3, 2, (25, 31)).astype(np.float32)
+    y, x = np.array([0, 0, 24, 12, 7]), np.array([0, 30, 15, 0, 9])  # corners, edges and inside
+    expected = ndimage.uniform_filter(image, size=3)[y, x]
+    assert np.allclose(_mean3x3_at(image, y, x), expected, rtol=1e-6)
