@@ -50,7 +50,12 @@ variable                       meaning                                     defau
                                building is presumed lost and rebuilt
 ``ASTRO_BACKFILL_BATCH``       partitions per run of a backfill            ``8``
 ``ASTRO_PROMPT_RUNS``          runs the new frames one sensor tick finds   ``2``
-                               share (as many as run at once)
+                               share (the prompt lane's limit in
+                               ``deploy/dagster.yaml``)
+``ASTRO_BACKGROUND_NICENESS``  the CPU priority (``nice``, 0-19) of a run   ``19``
+                               worker whose run remakes what exists (the
+                               redo lane): a frame that lands gets the
+                               cores first; 0 leaves it alone
 ``ASTRO_RETRY_ATTEMPTS``       attempts at a calibration, reference or     ``4``
                                difference whose run failed or died
 ``ASTRO_RETRY_BACKOFF``        seconds before the first retry (doubling    ``30``
@@ -191,6 +196,13 @@ def _positive_int(name: str, default: int) -> int:
     return value
 
 
+def _niceness(name: str, default: int) -> int:
+    value = int(_number(name, default, int, minimum=0))
+    if value > 19:
+        raise ValueError(f"{name} must be a nice value from 0 to 19, not {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -226,6 +238,8 @@ class Settings:
     backfill_batch_size: int = 8
     #: the new frames one raw-arrival tick finds go in at most this many runs (sensors/raw_arrival.batched)
     prompt_runs: int = 2
+    #: the nice value a run worker of the redo lane gives itself (resources.RunPriorityResource; 0: none)
+    background_niceness: int = 19
     #: automatic retries of failed or interrupted work (``catalog.queries.RetryPolicy``)
     retry_max_attempts: int = 4
     retry_backoff_seconds: float = 30.0
@@ -313,6 +327,7 @@ class Settings:
                                                   minimum=0),
             backfill_batch_size=_positive_int("ASTRO_BACKFILL_BATCH", cls.backfill_batch_size),
             prompt_runs=_positive_int("ASTRO_PROMPT_RUNS", cls.prompt_runs),
+            background_niceness=_niceness("ASTRO_BACKGROUND_NICENESS", cls.background_niceness),
             retry_max_attempts=_positive_int("ASTRO_RETRY_ATTEMPTS", cls.retry_max_attempts),
             retry_backoff_seconds=_number("ASTRO_RETRY_BACKOFF", cls.retry_backoff_seconds, minimum=0),
             retry_max_backoff_seconds=_number("ASTRO_RETRY_MAX_BACKOFF", cls.retry_max_backoff_seconds, minimum=0),

@@ -90,7 +90,7 @@ class HeadlessDaemon:
         self.launched_by = launched_by
         self.instance = instance or DagsterInstance.get()
         self.resources = resources_from_settings(settings, landing_dir=landing_dir, keep_originals=landing_dir is not None,
-                                                 retry_policy=retry_policy)
+                                                 retry_policy=retry_policy, own_process_per_run=False)
         self.retry_policy = self.resources["pipeline"].retry_policy()
         self.progress = progress
         self.report = ProcessReport()

@@ -84,7 +84,8 @@ def observation_asset(
         kinds=set(kinds),
         freshness_policy=freshness_policy,
         code_version=CODE_VERSION,
-        required_resource_keys=set(resources),
+        # run_priority: a redo-lane run's process yields the cores to prompt work (resources/run_priority.py)
+        required_resource_keys={*resources, "run_priority"},
         check_specs=[AssetCheckSpec(check, asset=name, blocking=blocking_checks, description=text)
                      for check, text in checks.items()],
         description=description,

@@ -58,12 +58,15 @@ STEP_RETRY_DELAY = 5
 CALIBRATE_JOB, DIFFERENCE_JOB, OBSERVATION_JOB = "calibrate_job", "difference_job", "observation_job"
 REFERENCE_JOB, PRODUCTS_JOB = "reference_job", "products_job"
 
-#: run tags of the two lanes of work (``deploy/dagster.yaml`` limits the redo lane to one run at a time, so
-#: a frame that lands never waits behind reprocessing): the first processing of a frame, first in the queue ...
+#: run tags of the two lanes of work (``deploy/dagster.yaml`` gives the prompt lane as many runs at once as there
+#: are cores, and the redo lane one more, so a frame that lands never waits behind reprocessing): the first
+#: processing of a frame, first in the queue ...
 LANE_TAG = "astro/lane"
 PROMPT_LANE = {LANE_TAG: "prompt", "dagster/priority": "10"}
-#: ... and remaking what exists (differences against a newer reference, references rebuilt deeper), requested
-#: only while no prompt run is queued or running (sensors/reference_and_difference.py)
+#: ... and remaking what exists (differences against a newer reference, references rebuilt deeper, products
+#: built from a result's current revision), behind prompt work: differences and references are requested only
+#: while no prompt run is queued or running (sensors/reference_and_difference.py), and a redo run's process
+#: gives itself a lower CPU priority (resources/run_priority.py)
 REDO_LANE = {LANE_TAG: "redo", "dagster/priority": "-10"}
 
 #: the assets of each job, by job name

@@ -17,12 +17,13 @@ from dagster_project.ingest.instruments import InstrumentRegistry
 from dagster_project.ingest.landing import LandingConfig
 from dagster_project.references.policy import ReferencePolicy
 from dagster_project.resources.parameters import apply_overrides, config_overrides
+from dagster_project.resources.run_priority import RunPriorityResource
 from dagster_project.science.difference import DifferenceParams
 from dagster_project.settings import DIFFERENCE_PARAMS_VARIABLE, Settings
 from dagster_project.store import ProductStore
 
-__all__ = ["DATABASE_URL_VARIABLE", "CatalogResource", "LandingResource", "PipelineConfigResource", "StoreResource",
-           "catalog_url_config", "difference_config", "resources_from_settings"]
+__all__ = ["DATABASE_URL_VARIABLE", "CatalogResource", "LandingResource", "PipelineConfigResource", "RunPriorityResource",
+           "StoreResource", "catalog_url_config", "difference_config", "resources_from_settings"]
 
 
 @cache
@@ -164,14 +165,18 @@ def catalog_url_config(database_url: str) -> str:
 
 
 def resources_from_settings(settings: Settings, landing_dir: Path | None = None, keep_originals: bool = False,
-                            retry_policy: RetryPolicy | None = None) -> dict:
+                            retry_policy: RetryPolicy | None = None, own_process_per_run: bool = True) -> dict:
     """The resources of the code location; ``landing_dir``/``keep_originals`` for batch processing of a folder,
-    ``retry_policy`` to retry failed runs otherwise than the settings say (``ASTRO_RETRY_*``)."""
+    ``retry_policy`` to retry failed runs otherwise than the settings say (``ASTRO_RETRY_*``),
+    ``own_process_per_run`` False where runs share a process (the headless runner): their priority is left
+    alone, as it is where Celery workers execute the steps."""
     retry = retry_policy or RetryPolicy(max_attempts=settings.retry_max_attempts,
                                         backoff_seconds=settings.retry_backoff_seconds,
                                         max_backoff_seconds=settings.retry_max_backoff_seconds)
+    own_process = own_process_per_run and settings.executor != "celery"
     return {
         "catalog": CatalogResource(database_url=catalog_url_config(settings.database_url)),
+        "run_priority": RunPriorityResource(background_niceness=settings.background_niceness if own_process else 0),
         "store": StoreResource(root=str(settings.store_dir)),
         "landing": LandingResource(
             landing_dir=str(landing_dir or settings.landing_dir),

@@ -12,7 +12,7 @@ from dagster_project.catalog import queries
 from dagster_project.catalog.schema import OperationType, utcnow
 from dagster_project.operations.mirror import RUN_KEY_TAG
 from dagster_project.operations.recording import OPERATION_TAG, start_wave
-from dagster_project.pipeline.jobs import PRODUCTS_JOB
+from dagster_project.pipeline.jobs import PRODUCTS_JOB, REDO_LANE
 from dagster_project.pipeline.partitions import results_partitions
 from dagster_project.resources import CatalogResource, LandingResource, PipelineConfigResource
 from dagster_project.sensors.builder import sensor_builder
@@ -51,8 +51,9 @@ def evaluate_product_rebuild(context: SensorEvaluationContext, catalog: CatalogR
             if _launched_and_ended(context.instance, key):
                 queries.note_lost_attempt(session, result, now, policy)
                 continue
+            # products are built from what the frames' own runs made: background work, behind prompt runs
             requests.append(RunRequest(run_key=key, partition_key=str(result.uid),
-                                       tags={"astro/revision": str(result.assets_revision)}))
+                                       tags={"astro/revision": str(result.assets_revision), **REDO_LANE}))
         keys = {str(r.uid) for r in queries.results_with_frames(session)}
     new_keys = sorted(keys - set(context.instance.get_dynamic_partitions(results_partitions.name)))
     if not requests and not new_keys:

@@ -1,6 +1,8 @@
 """Prompt processing: a frame whose field has a reference is requested as one run of its whole chain, first
 in the run queue; no separate difference is asked for while that run is under way, and no reprocessing."""
 
+import dataclasses
+import os
 import shutil
 
 import pytest
@@ -105,3 +107,64 @@ def test_only_neighbouring_new_frames_of_the_whole_chain_are_grouped():
     retry = PlannedRun("observation_job", "z", "calibrate:z:a1", "failed")  # not new: its own run
     groups = batched([*chain, alone, retry], ["a", "b", "c", "d"], 2)
     assert sorted([[p.partition_key for p in g] for g in groups]) == [["a"], ["b"], ["c"], ["d"], ["z"]]
+
+
+# --- a redo run's process yields the cores (resources/run_priority.py) ------------------------------------------
+
+#: a run worker's life in miniature: one process, a thread already running (as NumPy's or a co-add's would be),
+#: one run of a job whose op needs the run_priority resource; prints the nice values afterwards
+_RUN_IN_ITS_OWN_PROCESS = """
+import os, sys, threading
+from dagster import job, op
+from dagster_project.resources import RunPriorityResource
+
+started, finish = threading.Event(), threading.Event()
+niceness = {}
+def worker():
+    niceness["thread_id"] = threading.get_native_id()
+    started.set()
+    finish.wait()
+thread = threading.Thread(target=worker)
+thread.start()
+started.wait()
+
+@op(required_resource_keys={"run_priority"})
+def step(context):
+    niceness["in_step"] = os.getpriority(os.PRIO_PROCESS, 0)
+
+@job
+def one_step():
+    step()
+
+one_step.execute_in_process(resources={"run_priority": RunPriorityResource(background_niceness=int(sys.argv[2]))},
+                            tags={"astro/lane": sys.argv[1]})
+print(niceness["in_step"], os.getpriority(os.PRIO_PROCESS, niceness["thread_id"]))
+finish.set()
+"""
+
+
+@pytest.mark.parametrize("lane, configured, expected", [("redo", 19, (19, 19)), ("prompt", 19, (0, 0)),
+                                                        ("redo", 0, (0, 0))])
+def test_a_redo_run_lowers_its_process_priority_and_a_prompt_run_does_not(lane, configured, expected):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _RUN_IN_ITS_OWN_PROCESS, lane, str(configured)],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert tuple(int(v) for v in out.stdout.split()[-2:]) == expected  # the step's thread, the other thread
+
+
+def test_every_asset_asks_for_the_run_priority_and_only_own_process_runs_lower_it(tmp_path, sqlite_url):
+    from dagster_project.resources import resources_from_settings
+    from dagster_project.settings import Settings
+
+    assets = [a for a in defs.assets if hasattr(a, "required_resource_keys")]
+    assert assets and all("run_priority" in a.required_resource_keys for a in assets)
+    with instance_for_test() as instance:
+        platform = make_platform(tmp_path, sqlite_url, instance)
+        assert platform.resources["run_priority"].background_niceness == Settings.background_niceness == 19
+    settings = platform.settings
+    assert resources_from_settings(settings, own_process_per_run=False)["run_priority"].background_niceness == 0
+    celery = dataclasses.replace(settings, executor="celery")
+    assert resources_from_settings(celery)["run_priority"].background_niceness == 0

@@ -1,0 +1,50 @@
+"""The CPU priority of a run worker, by the lane of its run (``pipeline/jobs.py``).
+
+A frame's first processing (the prompt lane) and remaking what exists (the redo lane: differences against
+a newer reference, deeper references, product rebuilds) share the machine's cores. The run queue already
+puts prompt runs first and holds back new redo runs while any prompt run is queued or running; this is
+what keeps a redo run that was already running from slowing a frame that lands: its process gives itself
+a lower CPU priority (``ASTRO_BACKGROUND_NICENESS``), so the kernel hands the cores to the prompt run
+first and to the redo run whatever is left (all of them when nothing else runs).
+
+The priority is lowered once, when the resource is set up for a run, and only in a process that runs
+nothing else afterwards: a run worker of the daemon's run launcher, or a step process of the multiprocess
+executor. The headless ``process`` command (which runs everything in one process) and Celery workers
+(which run many runs' steps) are built with ``background_niceness=0``: lowering a priority cannot be
+undone without privileges.
+"""
+
+import os
+
+from dagster import ConfigurableResource, InitResourceContext
+
+from dagster_project.pipeline.jobs import LANE_TAG, REDO_LANE
+from dagster_project.settings import Settings
+
+__all__ = ["RunPriorityResource", "lower_process_priority"]
+
+
+class RunPriorityResource(ConfigurableResource):
+    """Lowers the CPU priority of the process of a redo-lane run to ``background_niceness`` (0: never)."""
+
+    background_niceness: int = Settings.background_niceness
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        run = context.dagster_run
+        if self.background_niceness and run is not None and run.tags.get(LANE_TAG) == REDO_LANE[LANE_TAG]:
+            niceness = lower_process_priority(self.background_niceness)
+            if context.log is not None:
+                context.log.info(f"redo lane: this run's process runs at nice {niceness}, behind prompt work")
+
+
+def lower_process_priority(niceness: int) -> int:
+    """Give every thread of this process (``nice`` is per thread on Linux, and NumPy's or a co-add's worker
+    threads may exist already) at least ``niceness``; returns the process's nice value after."""
+    threads = [int(tid) for tid in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else [0]
+    for thread in threads:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, thread) < niceness:
+                os.setpriority(os.PRIO_PROCESS, thread, niceness)
+        except ProcessLookupError:  # a thread that ended meanwhile
+            continue
+    return os.getpriority(os.PRIO_PROCESS, 0)
