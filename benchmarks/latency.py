@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def _environment(root: Path) -> dict[str, str]:
+def environment(root: Path) -> dict[str, str]:
     home = root / "dagster"
     home.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
@@ -41,7 +41,7 @@ def _environment(root: Path) -> dict[str, str]:
             "ASTRO_SURVEY": "latency"}
 
 
-def _simulate(root: Path, size: int, n_new: int) -> tuple[list[Path], list[Path]]:
+def simulate(root: Path, size: int, n_new: int) -> tuple[list[Path], list[Path]]:
     """(setup files: calibration frames and each field's first epoch, later science frames in landing order)."""
     from dagster_project.simulation.night import simulate_night
 
@@ -54,7 +54,7 @@ def _simulate(root: Path, size: int, n_new: int) -> tuple[list[Path], list[Path]
     return setup, science[n_fields:n_fields + n_new]
 
 
-def _prepare(setup: list[Path], root: Path) -> None:
+def prepare(setup: list[Path], root: Path) -> None:
     """Masters, calibrated first epochs and references, processed headless before the clock starts."""
     from dagster_project.cli.runner import process_folder
     from dagster_project.settings import Settings
@@ -70,7 +70,7 @@ def _prepare(setup: list[Path], root: Path) -> None:
         raise SystemExit("setting up ran nothing")
 
 
-def _land(path: Path, landing: Path) -> float:
+def land(path: Path, landing: Path) -> float:
     """Write ``path`` beside the landing folder, rename it in (atomic); the time it appeared."""
     staging = landing.parent / "staging"
     staging.mkdir(exist_ok=True)
@@ -79,7 +79,7 @@ def _land(path: Path, landing: Path) -> float:
     return time.time()
 
 
-def _wait_done(catalog, names: list[str], timeout: float) -> dict[str, float]:
+def wait_done(catalog, names: list[str], timeout: float) -> dict[str, float]:
     """Poll the catalog until each file's difference is recorded; name -> time seen."""
     from dagster_project.catalog import queries
 
@@ -96,7 +96,7 @@ def _wait_done(catalog, names: list[str], timeout: float) -> dict[str, float]:
     return done
 
 
-def _science_seconds(catalog, names: list[str]) -> list[float]:
+def science_seconds(catalog, names: list[str]) -> list[float]:
     """Calibration + difference processing time the assets recorded, per frame."""
     from dagster_project.catalog import queries
 
@@ -109,12 +109,12 @@ def _science_seconds(catalog, names: list[str]) -> list[float]:
     return seconds
 
 
-def _start_daemon(env: dict[str, str], log: Path) -> subprocess.Popen:
+def start_daemon(env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")], cwd=REPO,
                             env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
-def _wait_for_first_tick(log: Path, timeout: float) -> None:
+def wait_for_first_tick(log: Path, timeout: float) -> None:
     """Until the daemon has evaluated the raw-arrival sensor once (its code location loaded, its loops up)."""
     deadline = time.monotonic() + timeout
     while "raw_arrival_sensor skipped" not in (log.read_text() if log.exists() else ""):
@@ -127,13 +127,13 @@ def _measure(frames: list[Path], landing: Path, catalog, args) -> tuple[list[flo
     """Singles (one at a time, each waited for) then one burst: (single latencies, burst latencies)."""
     singles = []
     for path in frames[:args.singles]:
-        landed = _land(path, landing)
-        singles.append(_wait_done(catalog, [path.name], args.timeout)[path.name] - landed)
+        landed = land(path, landing)
+        singles.append(wait_done(catalog, [path.name], args.timeout)[path.name] - landed)
         print(f"  single {path.name}: {singles[-1]:.1f} s", flush=True)
         time.sleep(args.gap)
     burst = frames[args.singles:args.singles + args.burst]
-    landed = {path.name: _land(path, landing) for path in burst}
-    done = _wait_done(catalog, list(landed), args.timeout)
+    landed = {path.name: land(path, landing) for path in burst}
+    done = wait_done(catalog, list(landed), args.timeout)
     bursts = [done[name] - landed[name] for name in landed]
     for name in landed:
         print(f"  burst  {name}: {done[name] - landed[name]:.1f} s", flush=True)
@@ -183,26 +183,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.size, args.singles, args.burst = 1024, 3, 2
     root = Path(args.workdir or tempfile.mkdtemp(prefix="latency-")).resolve()
-    env = _environment(root)
+    env = environment(root)
     os.environ.update(env)
     from dagster_project.catalog import Catalog
     from dagster_project.settings import Settings
 
     print(f"# latency: {args.size}x{args.size}, {args.singles} singles, burst of {args.burst}, in {root}; "
           f"load average at start {os.getloadavg()[0]:.2f}", flush=True)
-    setup, frames = _simulate(root, args.size, args.singles + args.burst)
-    _prepare(setup, root)
+    setup, frames = simulate(root, args.size, args.singles + args.burst)
+    prepare(setup, root)
     settings = Settings.from_env()
     catalog = Catalog(settings.database_url)
     settings.landing_dir.mkdir(parents=True, exist_ok=True)
-    daemon = _start_daemon(env, root / "daemon.log")
+    daemon = start_daemon(env, root / "daemon.log")
     try:
-        _wait_for_first_tick(root / "daemon.log", args.timeout)  # a daemon starting is not what a frame waits for
+        wait_for_first_tick(root / "daemon.log", args.timeout)  # a daemon starting is not what a frame waits for
         singles, bursts = _measure(frames, settings.landing_dir, catalog, args)
     finally:
         daemon.terminate()
         daemon.wait(60)
-    figures = _report(singles, bursts, _science_seconds(catalog, [p.name for p in frames[:len(singles) + len(bursts)]]),
+    figures = _report(singles, bursts, science_seconds(catalog, [p.name for p in frames[:len(singles) + len(bursts)]]),
                       args)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))

@@ -12,8 +12,10 @@ variable                       meaning                                     defau
 ``DAGSTER_HOME``               Dagster instance (``dagster.yaml``)         ``$ASTRO_HOME/dagster``
 ``ASTRO_SURVEY``               survey name new frames are filed under      ``local``
 ``ASTRO_INSTRUMENTS_FILE``     YAML of per-instrument header keywords      (built-in standard keywords)
-``ASTRO_SENSOR_INTERVAL``      seconds between sensor ticks (the daemon    ``5``
-                               ticks a sensor at most every 5 s)
+``ASTRO_SENSOR_INTERVAL``      least seconds between two ticks of a sensor ``1``: a tick on every loop of
+                               (the daemon's loop comes round every 5 s;   the daemon (every 5 s)
+                               at 5 a tick that comes a moment early is
+                               skipped and sensors tick every 10 s)
 ``ASTRO_SETTLE_SECONDS``       a file must be unchanged this long          ``1``
 ``ASTRO_TRUNCATED_AFTER``      an incomplete file unchanged this long is   ``300``
                                quarantined as truncated (seconds)
@@ -94,6 +96,10 @@ from typing import Any
 
 #: the variable holding overrides of the difference parameters (``DifferenceParams``), a JSON object
 DIFFERENCE_PARAMS_VARIABLE = "ASTRO_DIFFERENCE_PARAMS"
+
+#: ASTRO_SENSOR_INTERVAL's default: a tick on every loop of the daemon, which comes round every 5 s (at 5, a
+#: tick that came a moment early was skipped, and sensors ticked every 10 s: benchmarks/latency.py)
+SENSOR_INTERVAL = 1
 
 #: ASTRO_EXECUTOR's values: where a run's steps execute (pipeline/jobs.py)
 EXECUTORS = ("in_process", "multiprocess", "celery")
@@ -213,6 +219,7 @@ class Settings:
     dagster_home: Path
     survey: str
     instruments_file: Path | None
+    #: the sensors' minimum_interval_seconds (ASTRO_SENSOR_INTERVAL)
     sensor_interval_seconds: int
     settle_seconds: float
     truncated_after_seconds: float
@@ -307,7 +314,7 @@ class Settings:
             dagster_home=_path("DAGSTER_HOME", home / "dagster"),
             survey=os.environ.get("ASTRO_SURVEY", "local"),
             instruments_file=Path(instruments).expanduser() if instruments else None,
-            sensor_interval_seconds=_positive_int("ASTRO_SENSOR_INTERVAL", 5),
+            sensor_interval_seconds=_positive_int("ASTRO_SENSOR_INTERVAL", SENSOR_INTERVAL),
             settle_seconds=_number("ASTRO_SETTLE_SECONDS", 1, minimum=0),
             truncated_after_seconds=_number("ASTRO_TRUNCATED_AFTER", 300, minimum=0),
             max_file_bytes=int(_number("ASTRO_MAX_FILE_MB", 4096, minimum=0) * 2**20),

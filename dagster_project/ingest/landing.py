@@ -184,9 +184,13 @@ def _tail_unwritten(path: Path, structure: FitsStructure) -> bool:
         return not fh.read(n).strip(b"\0")
 
 
+#: why a complete file waits: it has not stayed unchanged for the settle time yet
+SETTLING = "settling"
+
+
 @dataclass(frozen=True)
 class Readiness:
-    state: str  # "ready", "wait" or "reject"
+    state: str  # "ready", "wait" (``reason`` SETTLING: complete, only not quiet long enough yet) or "reject"
     reason: str = ""
     #: changed within ``truncated_after``: a file whose checksums fail may still be being written
     recent: bool = False
@@ -211,7 +215,9 @@ def assess(path: Path, previous: SeenFile | None, now: float, settle_seconds: fl
         # a header can look broken only because it is half written
         return (Readiness("reject", exc.reason) if quiet_for >= settle_seconds else Readiness("wait")), seen
     if structure is not None and structure.is_complete:
-        if quiet_for < settle_seconds or (quiet_for < truncated_after and _tail_unwritten(path, structure)):
+        if quiet_for < settle_seconds:
+            return Readiness("wait", SETTLING), seen
+        if quiet_for < truncated_after and _tail_unwritten(path, structure):
             return Readiness("wait"), seen
         return Readiness("ready", recent=quiet_for < truncated_after, structure=structure), seen
     if quiet_for >= truncated_after:
@@ -536,54 +542,90 @@ def _quarantine_after_error(config: LandingConfig, catalog: Catalog, path: Path,
 
 def _take(config: LandingConfig, catalog: Catalog, registry: InstrumentRegistry, entry: LandingEntry,
           seen: SeenFile | None, now: float, settle_seconds: float, truncated_after: float,
-          survey_ids: dict[str, object] | None = None) -> tuple[IngestOutcome | None, SeenFile | None]:
-    """One entry: (its outcome or None, and how it looked if it must wait)."""
+          survey_ids: dict[str, object] | None = None) -> tuple[IngestOutcome | None, SeenFile | None, bool]:
+    """One entry: (its outcome or None, how it looked if it must wait, whether it waits only to settle)."""
     if entry.refusal is not None:
-        return refuse_entry(config, catalog, entry), None
+        return refuse_entry(config, catalog, entry), None, False
     readiness, state = assess(entry.path, seen, now, settle_seconds, truncated_after, config.limits)
     if readiness.state == "wait":
-        return None, state
+        return None, state, readiness.reason == SETTLING
     outcome = ingest_file(config, catalog, registry, entry.path, readiness, survey_ids)
     if outcome is None:  # not taken this time: it changed while it was read, or its checksums do not hold yet
         if _signature(entry.path) != (state.size, state.mtime_ns, state.ctime_ns):
             state.unchanged_since = now
-        return None, state
-    return outcome, None
+        return None, state, False
+    return outcome, None, False
 
 
 def scan_landing(config: LandingConfig, catalog: Catalog, registry: InstrumentRegistry,
                  seen: dict[str, SeenFile], settle_seconds: float, truncated_after: float,
-                 now: float | None = None, max_files: int | None = None) -> ScanResult:
+                 now: float | None = None, max_files: int | None = None, linger_seconds: float = 0.0) -> ScanResult:
     """One pass over the landing folder: take every ready file, remember the waiting ones.
 
     One bad file never stops the others: any failure on a file quarantines it
     with the failure as its reason, and the scan goes on. Only an unreachable
     catalog stops the scan (nothing is moved without its row, so the next tick
-    simply starts again).
+    simply starts again). ``linger_seconds``: complete files that only have to
+    stay unchanged a moment longer (they landed less than ``settle_seconds``
+    ago) are looked at again once they have, if that is at most this long
+    after the pass, rather than at the next scan (a sensor's next tick is
+    seconds away).
     """
     now = time.time() if now is None else now
     result = ScanResult([], {})
     survey_ids: dict[str, object] = {}  # the survey's id, once a file of this scan has been registered under it
+    settling: list[LandingEntry] = []
     for entry in candidate_files(config.landing_dir):
         key = _text(entry.path)
         if max_files is not None and len(result.outcomes) >= max_files:
             if key in seen:  # not looked at this time: keep what we knew
                 result.waiting[key] = seen[key]
             continue
-        try:
-            outcome, state = _take(config, catalog, registry, entry, seen.get(key), now, settle_seconds,
-                                   truncated_after, survey_ids)
-        except FileNotFoundError:
-            continue  # moved away by the writer or by a concurrent scan
-        except CATALOG_UNREACHABLE:
-            raise
-        except Exception as exc:
-            outcome, state = _quarantine_or_note(config, catalog, entry.path, exc, result), None
-        if state is not None:
-            result.waiting[key] = state
-        if outcome is not None:
-            result.outcomes.append(outcome)
+        if _take_into(result, config, catalog, registry, entry, seen.get(key), now, settle_seconds,
+                      truncated_after, survey_ids):
+            settling.append(entry)
+    if settling and linger_seconds > 0:
+        _look_again(result, settling, config, catalog, registry, settle_seconds, truncated_after,
+                    linger_seconds, max_files, survey_ids)
     return result
+
+
+def _take_into(result: ScanResult, config: LandingConfig, catalog: Catalog, registry: InstrumentRegistry,
+               entry: LandingEntry, seen: SeenFile | None, now: float, settle_seconds: float,
+               truncated_after: float, survey_ids: dict[str, object]) -> bool:
+    """Take one entry into the scan's result; whether it waits only to settle."""
+    key = _text(entry.path)
+    result.waiting.pop(key, None)
+    try:
+        outcome, state, settling = _take(config, catalog, registry, entry, seen, now, settle_seconds,
+                                         truncated_after, survey_ids)
+    except FileNotFoundError:
+        return False  # moved away by the writer or by a concurrent scan
+    except CATALOG_UNREACHABLE:
+        raise
+    except Exception as exc:
+        outcome, state, settling = _quarantine_or_note(config, catalog, entry.path, exc, result), None, False
+    if state is not None:
+        result.waiting[key] = state
+    if outcome is not None:
+        result.outcomes.append(outcome)
+    return settling
+
+
+def _look_again(result: ScanResult, settling: list[LandingEntry], config: LandingConfig, catalog: Catalog,
+                registry: InstrumentRegistry, settle_seconds: float, truncated_after: float,
+                linger_seconds: float, max_files: int | None, survey_ids: dict[str, object]) -> None:
+    """The settling files once they have been quiet for ``settle_seconds``, if that is within ``linger_seconds``."""
+    due = {_text(e.path): result.waiting[_text(e.path)].unchanged_since + settle_seconds for e in settling}
+    settling = [e for e in settling if due[_text(e.path)] - time.time() <= linger_seconds]
+    if not settling:
+        return
+    time.sleep(max(0.0, max(due[_text(e.path)] for e in settling) - time.time()) + 0.01)
+    for entry in settling:
+        if max_files is not None and len(result.outcomes) >= max_files:
+            return
+        _take_into(result, config, catalog, registry, entry, result.waiting[_text(entry.path)], time.time(),
+                   settle_seconds, truncated_after, survey_ids)
 
 
 def _quarantine_or_note(config: LandingConfig, catalog: Catalog, path: Path, exc: Exception,

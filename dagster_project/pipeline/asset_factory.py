@@ -38,10 +38,14 @@ from dagster_project.pipeline.batching import PartitionOutput, materialize_parti
 from dagster_project.pipeline.metadata import CODE_VERSION, NIGHTLY_FRESHNESS
 from dagster_project.pipeline.partitions import observations_partitions
 
-__all__ = ["PartitionBuild", "observation_asset", "resource_keys"]
+__all__ = ["PARTITION_BUILDS", "PartitionBuild", "observation_asset", "resource_keys"]
 
 #: builds one partition: ``build(key, run_id, **resources)``; its parameters after the first two name its resources
 PartitionBuild = Callable[..., PartitionOutput]
+
+#: each asset's partition build, by asset name: a partition's work with no Dagster around it (what
+#: benchmarks/night_throughput.py measures Dagster's share of a night against)
+PARTITION_BUILDS: dict[str, PartitionBuild] = {}
 
 
 def resource_keys(build: PartitionBuild) -> tuple[str, ...]:
@@ -76,6 +80,7 @@ def observation_asset(
         Upstream assets, by key (an ``AssetDep`` for a partition mapping).
     """
     resources = resource_keys(build)
+    PARTITION_BUILDS[name] = build
 
     @asset(
         name=name,

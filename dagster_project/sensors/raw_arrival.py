@@ -27,13 +27,20 @@ from dagster_project.resources import CatalogResource, LandingResource, Pipeline
 from dagster_project.sensors.builder import sensor_builder
 from dagster_project.sensors.reference_and_difference import attempt_tags, schedule_attempts
 
-__all__ = ["MAX_FILES_PER_TICK", "batched", "build_raw_arrival_sensor", "evaluate_raw_arrival", "promptly"]
+__all__ = ["LINGER_SECONDS", "MAX_FILES_PER_TICK", "batched", "build_raw_arrival_sensor", "evaluate_raw_arrival",
+           "promptly"]
 
 #: files taken per tick, so that a tick stays well inside the sensor time-out (Dagster's gRPC sensor time-out,
 #: DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS, 60 s by default). Measured (benchmarks/scale.py partitions, docs/scaling.md):
 #: about 17 ms per small (64 px) frame with 100,000 partitions registered, so 1,000 files in about 17 s; frames of
 #: 2048 px cost more per file (sha256 twice, checksums over the data), see docs/scaling.md before raising it
 MAX_FILES_PER_TICK = 1000
+
+
+#: a file that landed just before a tick (less than ASTRO_SETTLE_SECONDS ago) is taken by that tick once it has
+#: settled, if that is at most this many seconds away, rather than by the next tick, a sensor interval later
+#: (a fifth of single frames waited those 5 s more: benchmarks/latency.py)
+LINGER_SECONDS = 2.0
 
 
 def promptly(planned: Sequence[PlannedRun], field_bands_with_reference: set[str]) -> list[PlannedRun]:
@@ -82,7 +89,7 @@ def evaluate_raw_arrival(context: SensorEvaluationContext, catalog: CatalogResou
     scan = scan_landing(
         landing.config(), catalog.catalog(), landing.registry(), decode_seen(cursor.get("waiting")),
         settle_seconds=landing.settle_seconds, truncated_after=landing.truncated_after_seconds,
-        max_files=MAX_FILES_PER_TICK,
+        max_files=MAX_FILES_PER_TICK, linger_seconds=LINGER_SECONDS,
     )
     for outcome in scan.outcomes:
         if outcome.status in ("quarantined", "duplicate"):

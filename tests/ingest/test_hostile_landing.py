@@ -67,13 +67,14 @@ class Landing:
         os.utime(path, (stamp, stamp))
         return path
 
-    def scan(self, settle_seconds: float = 0.0, truncated_after: float = 30.0):
+    def scan(self, settle_seconds: float = 0.0, truncated_after: float = 30.0, linger_seconds: float = 0.0):
         box = {}
 
         def run():
             try:
                 box["result"] = scan_landing(self.config, self.catalog, InstrumentRegistry(), self.seen,
-                                             settle_seconds=settle_seconds, truncated_after=truncated_after)
+                                             settle_seconds=settle_seconds, truncated_after=truncated_after,
+                                             linger_seconds=linger_seconds)
             except Exception as exc:  # handed to the test's thread
                 box["error"] = exc
 
@@ -265,6 +266,37 @@ def test_preallocated_file_waits_until_it_is_filled(landing, frames):
     (row,) = landing.by_status(RawFileStatus.ACCEPTED)
     assert landing_module.sha256_of(Path(row.stored_path)) == row.sha256 == landing_module.hashlib.sha256(
         data).hexdigest()
+
+
+def timed_scan(landing: Landing, **kwargs):
+    started = time.monotonic()
+    result = landing.scan(**kwargs)
+    return result, time.monotonic() - started
+
+
+def test_a_file_that_landed_just_before_a_scan_is_taken_by_it_once_settled(landing, frames):
+    first, second = science_frames(frames)[:2]
+    landing.put("just-landed.fits", first)  # its ctime is now: it has to stay quiet for the settle time
+    result, seconds = timed_scan(landing, settle_seconds=0.6, linger_seconds=2.0)
+    assert [o.status for o in result.outcomes] == ["accepted"] and result.waiting == {}
+    assert 0.6 <= seconds < 2.0
+    landing.put("next.fits", second)  # without lingering: left for the next scan
+    result, seconds = timed_scan(landing, settle_seconds=0.6)
+    assert result.outcomes == [] and len(result.waiting) == 1 and seconds < 0.6
+
+
+def test_the_scan_does_not_linger_for_files_that_settle_later_or_change_meanwhile(landing, frames):
+    first, second = science_frames(frames)[:2]
+    landing.put("slow-to-settle.fits", first)
+    result, seconds = timed_scan(landing, settle_seconds=30.0, linger_seconds=2.0)
+    assert result.outcomes == [] and len(result.waiting) == 1 and seconds < 2.0
+    path = landing.put("rewritten.fits", second)
+    rewrite = threading.Timer(0.3, lambda: path.write_bytes(second))  # the writer is not done with it
+    rewrite.start()
+    result, _ = timed_scan(landing, settle_seconds=0.8, linger_seconds=2.0)
+    rewrite.join()
+    assert str(path) in result.waiting and all(o.path != str(path) for o in result.outcomes)
+    assert [r.original_name for r in landing.by_status(RawFileStatus.ACCEPTED)] == ["slow-to-settle.fits"]
 
 
 def test_content_sample_settles_even_when_size_and_mtime_do_not_move(landing, frames):
