@@ -23,6 +23,7 @@ of Dagster, and peak RSS.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import multiprocessing
 import os
@@ -66,6 +67,7 @@ def _plain_worker_start(env: dict[str, str]) -> None:
 
     settings = Settings.from_env()
     _resources.update(resources_from_settings(settings), catalog=CatalogResource(database_url=settings.database_url))
+    gc.freeze()  # as a run worker does (resources/run_priority.py): the imports are not scanned by each collection
 
 
 def _plain_chain(key: str) -> None:
