@@ -132,7 +132,8 @@ def default_home() -> tuple[Path, str]:
     return Path.cwd() / "var", "ASTRO_HOME is not set: var/ of the current folder"
 
 
-def _number(name: str, default: float | None, kind: type = float, minimum: float | None = None) -> float | None:
+def _number(name: str, default: float | None, kind: type = float, minimum: float | None = None,
+            maximum: float | None = None) -> float | None:
     """The environment variable ``name`` as a ``kind`` (``default`` when unset, None too); ValueError naming the
     variable if it is not one."""
     text = os.environ.get(name)
@@ -144,6 +145,8 @@ def _number(name: str, default: float | None, kind: type = float, minimum: float
         raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, not {text!r}") from None
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be at least {minimum:g}, not {text!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum:g}, not {text!r}")
     return value
 
 
@@ -199,13 +202,6 @@ def _positive_int(name: str, default: int) -> int:
     value = int(_number(name, default, int))
     if value < 1:
         raise ValueError(f"{name} must be a positive integer, not {value}")
-    return value
-
-
-def _niceness(name: str, default: int) -> int:
-    value = int(_number(name, default, int, minimum=0))
-    if value > 19:
-        raise ValueError(f"{name} must be a nice value from 0 to 19, not {value}")
     return value
 
 
@@ -334,7 +330,8 @@ class Settings:
                                                   minimum=0),
             backfill_batch_size=_positive_int("ASTRO_BACKFILL_BATCH", cls.backfill_batch_size),
             prompt_runs=_positive_int("ASTRO_PROMPT_RUNS", cls.prompt_runs),
-            background_niceness=_niceness("ASTRO_BACKGROUND_NICENESS", cls.background_niceness),
+            background_niceness=int(_number("ASTRO_BACKGROUND_NICENESS", cls.background_niceness, int, minimum=0,
+                                            maximum=19)),
             retry_max_attempts=_positive_int("ASTRO_RETRY_ATTEMPTS", cls.retry_max_attempts),
             retry_backoff_seconds=_number("ASTRO_RETRY_BACKOFF", cls.retry_backoff_seconds, minimum=0),
             retry_max_backoff_seconds=_number("ASTRO_RETRY_MAX_BACKOFF", cls.retry_max_backoff_seconds, minimum=0),

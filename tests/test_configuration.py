@@ -177,3 +177,11 @@ def test_a_bad_scorr_range_is_named(tmp_path, monkeypatch, value):
     monkeypatch.setenv("ASTRO_SCORR_STD_RANGE", value)
     with pytest.raises(ValueError, match="ASTRO_SCORR_STD_RANGE"):
         Settings.from_env()
+
+
+@pytest.mark.parametrize("value, message", [("20", "at most 19"), ("-1", "at least 0"), ("low", "an integer")])
+def test_a_bad_background_niceness_is_named(tmp_path, monkeypatch, value, message):
+    monkeypatch.setenv("ASTRO_HOME", str(tmp_path))
+    monkeypatch.setenv("ASTRO_BACKGROUND_NICENESS", value)
+    with pytest.raises(ValueError, match=f"ASTRO_BACKGROUND_NICENESS must be {message}"):
+        Settings.from_env()

@@ -168,15 +168,15 @@ def resources_from_settings(settings: Settings, landing_dir: Path | None = None,
                             retry_policy: RetryPolicy | None = None, own_process_per_run: bool = True) -> dict:
     """The resources of the code location; ``landing_dir``/``keep_originals`` for batch processing of a folder,
     ``retry_policy`` to retry failed runs otherwise than the settings say (``ASTRO_RETRY_*``),
-    ``own_process_per_run`` False where runs share a process (the headless runner): their priority is left
-    alone, as it is where Celery workers execute the steps."""
+    ``own_process_per_run`` False where runs share a process (the headless runner): their priority and heap are
+    left alone, as they are where Celery workers execute the steps."""
     retry = retry_policy or RetryPolicy(max_attempts=settings.retry_max_attempts,
                                         backoff_seconds=settings.retry_backoff_seconds,
                                         max_backoff_seconds=settings.retry_max_backoff_seconds)
     own_process = own_process_per_run and settings.executor != "celery"
     return {
         "catalog": CatalogResource(database_url=catalog_url_config(settings.database_url)),
-        "run_priority": RunPriorityResource(background_niceness=settings.background_niceness if own_process else 0),
+        "run_priority": RunPriorityResource(background_niceness=settings.background_niceness, own_process=own_process),
         "store": StoreResource(root=str(settings.store_dir)),
         "landing": LandingResource(
             landing_dir=str(landing_dir or settings.landing_dir),

@@ -14,8 +14,8 @@ temporaries set off.
 The priority is lowered once, when the resource is set up for a run, and only in a process that runs
 nothing else afterwards: a run worker of the daemon's run launcher, or a step process of the multiprocess
 executor. The headless ``process`` command (which runs everything in one process) and Celery workers
-(which run many runs' steps) are built with ``background_niceness=0``: lowering a priority cannot be
-undone without privileges.
+(which run many runs' steps) are built with ``own_process=False``: lowering a priority cannot be undone
+without privileges, and a heap frozen there would keep each run's garbage.
 """
 
 import gc
@@ -30,12 +30,16 @@ __all__ = ["RunPriorityResource", "lower_process_priority"]
 
 
 class RunPriorityResource(ConfigurableResource):
-    """Lowers the CPU priority of the process of a redo-lane run to ``background_niceness`` (0: never)."""
+    """In a process of the run's own (``own_process``): freezes the heap for the garbage collector, and lowers
+    the CPU priority of a redo-lane run to ``background_niceness`` (0: never)."""
 
     background_niceness: int = Settings.background_niceness
+    own_process: bool = True
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
-        if self.background_niceness:
+        if not self.own_process:
+            return
+        if not gc.get_freeze_count():
             # a process of its own: what it imported and built (Dagster, the definitions, the run's context) lives
             # as long as it does, and the garbage collector need not walk it at every collection of the science's
             # temporaries (benchmarks/night_throughput.py, 30 frames of 2048 px: 96.1 s -> 84.7 s)

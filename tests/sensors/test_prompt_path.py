@@ -136,7 +136,8 @@ def step(context):
 def one_step():
     step()
 
-one_step.execute_in_process(resources={"run_priority": RunPriorityResource(background_niceness=int(sys.argv[2]))},
+priority = RunPriorityResource(background_niceness=int(sys.argv[2]), own_process=sys.argv[3] == "own")
+one_step.execute_in_process(resources={"run_priority": priority},
                             tags={"astro/lane": sys.argv[1]})
 import gc
 print(niceness["in_step"], os.getpriority(os.PRIO_PROCESS, niceness["thread_id"]), int(gc.get_freeze_count() > 0))
@@ -144,15 +145,16 @@ finish.set()
 """
 
 
-@pytest.mark.parametrize("lane, configured, expected", [("redo", 19, (19, 19, 1)), ("prompt", 19, (0, 0, 1)),
-                                                        ("redo", 0, (0, 0, 0))])
-def test_a_redo_run_lowers_its_process_priority_and_a_prompt_run_does_not(lane, configured, expected):
+@pytest.mark.parametrize("lane, niceness, process, expected", [
+    ("redo", 19, "own", (19, 19, 1)), ("prompt", 19, "own", (0, 0, 1)), ("redo", 0, "own", (0, 0, 1)),
+    ("redo", 19, "shared", (0, 0, 0))])
+def test_a_redo_run_lowers_its_process_priority_and_a_prompt_run_does_not(lane, niceness, process, expected):
     """(nice of the step's thread, of a thread started before the run, whether the heap was frozen for the
-    garbage collector); 0 configured: a process that runs more than this run (the headless runner, Celery)."""
+    garbage collector); a shared process (the headless runner, Celery workers) is left as it is."""
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", _RUN_IN_ITS_OWN_PROCESS, lane, str(configured)],
+    out = subprocess.run([sys.executable, "-c", _RUN_IN_ITS_OWN_PROCESS, lane, str(niceness), process],
                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert tuple(int(v) for v in out.stdout.split()[-3:]) == expected
@@ -166,8 +168,16 @@ def test_every_asset_asks_for_the_run_priority_and_only_own_process_runs_lower_i
     assert assets and all("run_priority" in a.required_resource_keys for a in assets)
     with instance_for_test() as instance:
         platform = make_platform(tmp_path, sqlite_url, instance)
-        assert platform.resources["run_priority"].background_niceness == Settings.background_niceness == 19
+        priority = platform.resources["run_priority"]
+        assert priority.own_process and priority.background_niceness == Settings.background_niceness == 19
     settings = platform.settings
-    assert resources_from_settings(settings, own_process_per_run=False)["run_priority"].background_niceness == 0
-    celery = dataclasses.replace(settings, executor="celery")
-    assert resources_from_settings(celery)["run_priority"].background_niceness == 0
+    assert not resources_from_settings(settings, own_process_per_run=False)["run_priority"].own_process
+    assert not resources_from_settings(dataclasses.replace(settings, executor="celery"))["run_priority"].own_process
+
+
+def test_every_asset_has_its_partition_build_registered_for_runs_without_dagster():
+    from dagster_project.pipeline.asset_factory import PARTITION_BUILDS, resource_keys
+
+    names = {key.to_user_string() for a in defs.assets for key in a.keys}
+    assert names and set(PARTITION_BUILDS) == names  # benchmarks/night_throughput.py runs these builds bare
+    assert all(resource_keys(build) for build in PARTITION_BUILDS.values())
