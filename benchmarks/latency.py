@@ -96,17 +96,22 @@ def wait_done(catalog, names: list[str], timeout: float) -> dict[str, float]:
     return done
 
 
-def science_seconds(catalog, names: list[str]) -> list[float]:
-    """Calibration + difference processing time the assets recorded, per frame."""
+def stage_seconds(catalog, names: list[str]) -> list[tuple[float, float]]:
+    """(calibration, difference) processing time the assets recorded, per frame."""
     from dagster_project.catalog import queries
 
     seconds = []
     with catalog.session() as session:
         for name in names:
             observation = queries.latest_raw_file_version(session, name).observation
-            calibration = observation.preprocess_run.processing_time_seconds or 0.0
-            seconds.append(calibration + (observation.difference_run.processing_time_seconds or 0.0))
+            seconds.append((observation.preprocess_run.processing_time_seconds or 0.0,
+                            observation.difference_run.processing_time_seconds or 0.0))
     return seconds
+
+
+def science_seconds(catalog, names: list[str]) -> list[float]:
+    """Calibration + difference processing time the assets recorded, per frame."""
+    return [calibration + difference for calibration, difference in stage_seconds(catalog, names)]
 
 
 def start_daemon(env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -123,11 +128,12 @@ def wait_for_first_tick(log: Path, timeout: float) -> None:
         time.sleep(0.5)
 
 
-def _measure(frames: list[Path], landing: Path, catalog, args) -> tuple[list[float], list[float]]:
-    """Singles (one at a time, each waited for) then one burst: (single latencies, burst latencies)."""
-    singles = []
+def _measure(frames: list[Path], landing: Path, catalog, args) -> tuple[list[float], list[float], dict[str, float]]:
+    """Singles (one at a time, each waited for) then one burst: (single latencies, burst latencies, when each
+    single landed)."""
+    singles, landed_at = [], {}
     for path in frames[:args.singles]:
-        landed = land(path, landing)
+        landed = landed_at[path.name] = land(path, landing)
         singles.append(wait_done(catalog, [path.name], args.timeout)[path.name] - landed)
         print(f"  single {path.name}: {singles[-1]:.1f} s", flush=True)
         time.sleep(args.gap)
@@ -137,7 +143,28 @@ def _measure(frames: list[Path], landing: Path, catalog, args) -> tuple[list[flo
     bursts = [done[name] - landed[name] for name in landed]
     for name in landed:
         print(f"  burst  {name}: {done[name] - landed[name]:.1f} s", flush=True)
-    return singles, bursts
+    return singles, bursts, landed_at
+
+
+def single_phases(catalog, landed_at: dict[str, float]) -> dict[str, list[float]]:
+    """Where each single's time went, from its run's record: landed -> run requested (the sensor tick),
+    requested -> started (the queue and the run worker's start), started -> ended (the steps)."""
+    from dagster import DagsterInstance, RunsFilter
+
+    from dagster_project.catalog import queries
+
+    phases: dict[str, list[float]] = {"tick": [], "queue and start": [], "steps": []}
+    with catalog.session() as session, DagsterInstance.get() as instance:
+        for name, landed in landed_at.items():
+            key = queries.latest_raw_file_version(session, name).observation.observation_id
+            runs = instance.get_run_records(RunsFilter(tags={"dagster/partition": key}), ascending=True)
+            if not runs or runs[0].start_time is None or runs[0].end_time is None:
+                continue
+            created = runs[0].create_timestamp.timestamp()
+            phases["tick"].append(created - landed)
+            phases["queue and start"].append(runs[0].start_time - created)
+            phases["steps"].append(runs[0].end_time - runs[0].start_time)
+    return phases
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -198,12 +225,15 @@ def main(argv: list[str] | None = None) -> int:
     daemon = start_daemon(env, root / "daemon.log")
     try:
         wait_for_first_tick(root / "daemon.log", args.timeout)  # a daemon starting is not what a frame waits for
-        singles, bursts = _measure(frames, settings.landing_dir, catalog, args)
+        singles, bursts, landed_at = _measure(frames, settings.landing_dir, catalog, args)
     finally:
         daemon.terminate()
         daemon.wait(60)
     figures = _report(singles, bursts, science_seconds(catalog, [p.name for p in frames[:len(singles) + len(bursts)]]),
                       args)
+    figures["single_phases_s"] = phases = single_phases(catalog, landed_at)
+    print("where a single's time went (its run's record), min-median-max: " + "; ".join(
+        f"{phase} {min(v):.1f}-{statistics.median(v):.1f}-{max(v):.1f} s" for phase, v in phases.items() if v))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     if not args.workdir:

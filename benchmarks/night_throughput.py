@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -78,8 +79,14 @@ def _plain_chain(key: str) -> None:
         build(key, f"plain-{os.getpid()}", **{k: _resources[k] for k in resource_keys(build)})
 
 
-def plain(root: Path, size: int, n_frames: int, processes: int) -> tuple[float, list[str]]:
-    """Seconds for the night with no Dagster; the frames' names."""
+def _stages(catalog, frames: list[Path]) -> tuple[float, float]:
+    """Median calibration and difference processing seconds the builds recorded for the night's frames."""
+    calibrations, differences = zip(*latency.stage_seconds(catalog, [f.name for f in frames]))
+    return statistics.median(calibrations), statistics.median(differences)
+
+
+def plain(root: Path, size: int, n_frames: int, processes: int) -> tuple[float, tuple[float, float]]:
+    """Seconds for the night with no Dagster; its median stage seconds."""
     env, frames = _site(root, size, n_frames)
     from dagster_project.catalog import Catalog
     from dagster_project.ingest.landing import scan_landing
@@ -100,11 +107,22 @@ def plain(root: Path, size: int, n_frames: int, processes: int) -> tuple[float, 
         list(pool.map(_plain_chain, keys))
     seconds = time.time() - started
     latency.wait_done(catalog, [f.name for f in frames], 10)  # the same end as the platform's: all recorded
-    return seconds, [f.name for f in frames]
+    return seconds, _stages(catalog, frames)
 
 
-def platform(root: Path, size: int, n_frames: int, timeout: float) -> float:
-    """Seconds for the night under the daemon."""
+def _run_starts(started: float) -> tuple[float, float]:
+    """(landed -> first run requested, the longest a run of the night took from requested to started)."""
+    from dagster import DagsterInstance
+
+    with DagsterInstance.get() as instance:
+        runs = [r for r in instance.get_run_records() if r.create_timestamp.timestamp() >= started]
+    return (min(r.create_timestamp.timestamp() for r in runs) - started,
+            max(r.start_time - r.create_timestamp.timestamp() for r in runs if r.start_time is not None))
+
+
+def platform(root: Path, size: int, n_frames: int, timeout: float) -> tuple[float, tuple[float, float], tuple]:
+    """Seconds for the night under the daemon; its median stage seconds; when its runs were requested and
+    started."""
     env, frames = _site(root, size, n_frames)
     from dagster_project.catalog import Catalog
     from dagster_project.settings import Settings
@@ -120,7 +138,7 @@ def platform(root: Path, size: int, n_frames: int, timeout: float) -> float:
     finally:
         daemon.terminate()
         daemon.wait(60)
-    return max(done.values()) - started
+    return max(done.values()) - started, _stages(catalog, frames), _run_starts(started)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,9 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     processes = Settings.prompt_runs
     print(f"# night throughput: {args.frames} frames of {args.size}x{args.size}, in {root}; "
           f"{processes} processes / prompt runs; load average at start {os.getloadavg()[0]:.2f}", flush=True)
-    plain_seconds, _ = plain(root / "plain", args.size, args.frames, processes)
+    plain_seconds, plain_stages = plain(root / "plain", args.size, args.frames, processes)
     print(f"  plain processes: {plain_seconds:.1f} s", flush=True)
-    platform_seconds = platform(root / "platform", args.size, args.frames, args.timeout)
+    platform_seconds, platform_stages, (requested, start) = platform(root / "platform", args.size, args.frames,
+                                                                     args.timeout)
     print(f"  platform (daemon): {platform_seconds:.1f} s", flush=True)
     ratio = plain_seconds / platform_seconds
     figures = {"frames": args.frames, "size": args.size, "processes": processes, "plain_s": plain_seconds,
@@ -157,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{figures['plain_frames_per_min']:.1f} |")
     print(f"| the platform's daemon | {platform_seconds:.1f} s | {figures['platform_frames_per_min']:.1f} |")
     print(f"throughput of the platform / plain: {ratio:.2f} (Dagster's share {100 * (1 - ratio):.0f} %; goal >= 0.85)")
+    print(f"median seconds a frame's calibration / difference took (as the builds record them): plain "
+          f"{plain_stages[0]:.2f} / {plain_stages[1]:.2f}, platform {platform_stages[0]:.2f} / {platform_stages[1]:.2f}")
+    print(f"platform: first run requested {requested:.1f} s after the first frame landed; a run's queue and start "
+          f"took at most {start:.1f} s")
+    figures.update(plain_stages_s=plain_stages, platform_stages_s=platform_stages, first_request_s=requested,
+                   longest_start_s=start)
     print(f"peak RSS of a child: {figures['peak_rss_children_mb']:.0f} MB; load average at end "
           f"{figures['load_average_end']:.2f}")
     if args.json:
