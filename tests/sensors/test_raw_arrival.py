@@ -83,9 +83,14 @@ def test_file_not_yet_settled_waits(tmp_path, sqlite_url, night):
         assert isinstance(result, SkipReason) and platform.waiting(cursor)
 
 
+#: seconds an incomplete file stays unchanged before it is quarantined as truncated, in the test below
+TRUNCATED_AFTER = 3.0
+
+
 def test_truncated_file_is_quarantined_with_reason(tmp_path, sqlite_url, night):
     with instance_for_test() as instance:
-        platform = make_platform(tmp_path, sqlite_url, instance, truncated_after_seconds=0.3)
+        # long enough that the first tick (which may take a second on a loaded machine) sees it still waiting
+        platform = make_platform(tmp_path, sqlite_url, instance, truncated_after_seconds=TRUNCATED_AFTER)
         _quarantined_as_truncated(platform, night)
 
 
@@ -97,7 +102,7 @@ def _quarantined_as_truncated(platform, night):
     os.utime(target, (old, old))  # an old mtime proves nothing: the ctime says when it was last written
     result, cursor = platform.tick(raw_arrival_sensor)
     assert platform.waiting(cursor) == [str(target)]
-    time.sleep(0.4)  # unchanged for longer than truncated_after: the writer is gone
+    time.sleep(TRUNCATED_AFTER + 0.1)  # unchanged for longer than truncated_after: the writer is gone
     result, _ = platform.tick(raw_arrival_sensor, cursor)
     (row,) = raw_rows(platform)
     assert row.status == RawFileStatus.QUARANTINED
