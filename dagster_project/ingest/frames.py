@@ -25,16 +25,24 @@ from pathlib import Path
 
 import numpy as np
 from astropy import units as u
-from astropy.coordinates import FK4, FK5, Angle, SkyCoord
+from astropy.coordinates import FK4, FK5, ICRS, Angle, SkyCoord
 from astropy.io import fits
 from astropy.time import Time
 from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
-from astropy.wcs.utils import proj_plane_pixel_scales
+from astropy.wcs.utils import proj_plane_pixel_scales, wcs_to_celestial_frame
 
 from dagster_project.catalog.schema import Observation, RawDataFile
 from dagster_project.catalog.queries import SCHEDULER_KEYWORDS
-from dagster_project.ingest.fits_structure import FitsStructure, InvalidFitsFile, open_regular
+from dagster_project.ingest.fits_structure import (
+    CARD,
+    ChecksumMismatch,
+    FitsStructure,
+    HduLayout,
+    InvalidFitsFile,
+    open_regular,
+    verify_checksums,
+)
 from dagster_project.ingest.instruments import STANDARD_KEYWORDS, InstrumentProfile, InstrumentRegistry
 from dagster_project.keys import field_band_key, observation_key, safe_token
 from dagster_project.science.astrometry import nominal_wcs_header
@@ -102,12 +110,12 @@ class FrameInfo:
         return field_band_key(self.object_name, self.filter_band)
 
 
-def _value(header: fits.Header, key: str):
+def _value(header: Mapping, key: str):
     value = header.get(key)
     return None if value is None or (isinstance(value, str) and not value.strip()) else value
 
 
-def _number(header: fits.Header, key: str, *, positive: bool = False, allow_zero: bool = True) -> float | None:
+def _number(header: Mapping, key: str, *, positive: bool = False, allow_zero: bool = True) -> float | None:
     value = _value(header, key)
     if value is None:
         return None
@@ -137,7 +145,7 @@ def describe_frame(path: Path, structure: FitsStructure, registry: InstrumentReg
         Missing or malformed keywords, unknown frame type, unusable data or WCS,
         a science frame with neither a WCS nor a pointing.
     """
-    header = structure.primary_header
+    header = structure.primary.values
     profile = registry.for_instrument(str(_value(header, "INSTRUME") or ""))
 
     def kw(canonical: str) -> str:
@@ -150,13 +158,13 @@ def describe_frame(path: Path, structure: FitsStructure, registry: InstrumentReg
     exposure = _exposure(header, kw, frame_type)
     filter_band = _filter_band(header, profile, kw)
     section = _data_section(header, kw)
-    _check_pixels(path)
+    _check_pixels(path, structure)
 
     ra = dec = pixel_scale = wcs_source = None
     nominal = None
     if frame_type == "science":
         ra, dec, pixel_scale, wcs_source, nominal = _science_position(
-            header, profile, kw, section.nx, section.ny, section.origin)
+            structure.primary, profile, kw, section.nx, section.ny, section.origin)
 
     longitude = _number(header, kw("site_longitude"))
     if longitude is None:
@@ -197,7 +205,7 @@ def describe_frame(path: Path, structure: FitsStructure, registry: InstrumentReg
     )
 
 
-def _frame_type(header: fits.Header, profile: InstrumentProfile, kw) -> str:
+def _frame_type(header: Mapping, profile: InstrumentProfile, kw) -> str:
     """The frame type its ``imagetyp`` says, once every keyword that type requires is there."""
     imagetyp = _value(header, kw("imagetyp"))
     if imagetyp is None:
@@ -211,7 +219,7 @@ def _frame_type(header: fits.Header, profile: InstrumentProfile, kw) -> str:
     return frame_type
 
 
-def _checked_time(header: fits.Header, profile: InstrumentProfile, kw) -> tuple[Time, float | None]:
+def _checked_time(header: Mapping, profile: InstrumentProfile, kw) -> tuple[Time, float | None]:
     """The start of the exposure, and ``mjd_obs`` if the header has it (it must agree, to 5 s)."""
     time = _observation_time(header, profile, kw)
     mjd = _number(header, kw("mjd_obs"))
@@ -229,7 +237,7 @@ class _Exposure:
     airmass: float | None
 
 
-def _exposure(header: fits.Header, kw, frame_type: str) -> _Exposure:
+def _exposure(header: Mapping, kw, frame_type: str) -> _Exposure:
     """Exposure time, detector gain, read noise and saturation, and airmass, each checked."""
     exptime = _number(header, kw("exptime"), positive=True) or 0.0
     if frame_type in ("science", "flat") and exptime <= 0:
@@ -252,7 +260,7 @@ class _DataSection:
     origin: tuple[int, int]  # (x, y) of its first pixel in the full frame, 0-based
 
 
-def _data_section(header: fits.Header, kw) -> _DataSection:
+def _data_section(header: Mapping, kw) -> _DataSection:
     """The 2-D image's data section (``trimsec``, else all of it), its overscan section checked too."""
     if header.get("NAXIS") != 2:
         raise InvalidFitsFile(f"primary HDU must hold a 2-D image, NAXIS = {header.get('NAXIS')}")
@@ -274,7 +282,7 @@ def _data_section(header: fits.Header, kw) -> _DataSection:
     return _DataSection(biassec, trimsec, data_nx, data_ny, origin)
 
 
-def _catalog_cards(header: fits.Header, profile: InstrumentProfile, kw, standard: dict, wcs_source: str | None,
+def _catalog_cards(header: Mapping, profile: InstrumentProfile, kw, standard: dict, wcs_source: str | None,
                    nominal: fits.Header | None) -> dict:
     """The raw cards the catalog keeps, and what the profile made of them (``cards["profile"]``)."""
     names = list(KEPT_CARDS) + [kw(c) for c in STANDARD_KEYWORDS]
@@ -309,7 +317,7 @@ def _text(value) -> str:
 _TIME_DIRECTIVES = ("%H", "%I", "%X", "%T", "%c", "%R")
 
 
-def _observation_time(header: fits.Header, profile: InstrumentProfile, kw) -> Time:
+def _observation_time(header: Mapping, profile: InstrumentProfile, kw) -> Time:
     """UTC start of the exposure: ``date_obs`` as ISO 8601 or in the profile's ``date_format``, and
     ``time_obs`` for a date without a time of day."""
     key = kw("date_obs")
@@ -354,7 +362,7 @@ def _with_time_of_day(day: datetime, header, profile: InstrumentProfile, kw, dat
     return datetime(day.year, day.month, day.day) + timedelta(hours=hours, minutes=minutes, seconds=seconds)
 
 
-def _filter_band(header: fits.Header, profile: InstrumentProfile, kw) -> str | None:
+def _filter_band(header: Mapping, profile: InstrumentProfile, kw) -> str | None:
     value = _value(header, kw("filter"))
     if value is None:
         return None
@@ -364,10 +372,11 @@ def _filter_band(header: fits.Header, profile: InstrumentProfile, kw) -> str | N
         raise InvalidFitsFile(f"{kw('filter')} = {value!r} {exc}") from None
 
 
-def _science_position(header: fits.Header, profile: InstrumentProfile, kw, nx: int, ny: int,
+def _science_position(hdu: HduLayout, profile: InstrumentProfile, kw, nx: int, ny: int,
                       start: tuple[int, int]):
     """(ra, dec, pixel scale, wcs source, nominal WCS cards) of a science frame: from its WCS, else its pointing."""
-    from_wcs = _pointing(header, nx, ny)
+    header = hdu.values
+    from_wcs = _pointing(hdu.card_images, nx, ny)
     if from_wcs is not None:
         return (*from_wcs, "header", None)
     pointing = _header_pointing(header, profile, kw)
@@ -384,7 +393,7 @@ def _science_position(header: fits.Header, profile: InstrumentProfile, kw, nx: i
     return ra, dec, scale, "nominal", nominal
 
 
-def _equinox_frame(header: fits.Header, kw):
+def _equinox_frame(header: Mapping, kw):
     """The frame of a header pointing: ICRS for J2000 (or none given), else FK5/FK4 of its equinox."""
     key = kw("equinox")
     value = _value(header, key)
@@ -404,7 +413,7 @@ def _equinox_frame(header: fits.Header, kw):
     return FK5(equinox=Time(year, format="jyear"))
 
 
-def _header_pointing(header: fits.Header, profile: InstrumentProfile, kw) -> tuple[float, float] | None:
+def _header_pointing(header: Mapping, profile: InstrumentProfile, kw) -> tuple[float, float] | None:
     """ICRS (ra, dec) in degrees from the ``ra``/``dec`` keywords, in the profile's ``ra_dec_format``; None if absent."""
     ra_key, dec_key = kw("ra"), kw("dec")
     ra_value, dec_value = _value(header, ra_key), _value(header, dec_key)
@@ -434,17 +443,13 @@ def _header_pointing(header: fits.Header, profile: InstrumentProfile, kw) -> tup
     return ra % 360.0, dec
 
 
-def _check_widths(header: fits.Header, kw) -> None:
+def _check_widths(header: Mapping, kw) -> None:
     """Values the catalog stores in fixed-width columns must fit them (PostgreSQL refuses, SQLite would not)."""
     for canonical, width in COLUMN_WIDTHS.items():
         value = _value(header, kw(canonical))
         if value is not None and len(str(value).strip()) > width:
             raise InvalidFitsFile(f"{kw(canonical)} is {len(str(value).strip())} characters long; "
                                   f"the catalog keeps at most {width}")
-
-
-class ChecksumMismatch(InvalidFitsFile):
-    """The declared CHECKSUM/DATASUM do not match: a corrupted file, or one whose writer has not finished."""
 
 
 def _json_safe(value):
@@ -454,27 +459,24 @@ def _json_safe(value):
     return value
 
 
-def _verify_checksums(hdul: fits.HDUList) -> None:
-    """CHECKSUM and DATASUM (FITS Standard 4.0, appendix J), where the file declares them."""
-    for index, hdu in enumerate(hdul):
-        if "DATASUM" in hdu.header and hdu.verify_datasum() == 0:
-            raise ChecksumMismatch(f"HDU {index}: DATASUM does not match the data (corrupted, or still being written)")
-        if "CHECKSUM" in hdu.header and hdu.verify_checksum() == 0:
-            raise ChecksumMismatch(f"HDU {index}: CHECKSUM does not match the HDU (corrupted, or still being written)")
+#: NumPy dtypes of the FITS BITPIX values (big-endian, as the standard stores them)
+_PIXEL_DTYPES = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+#: rows and columns sampled along each axis to judge the pixels
+_SAMPLES_PER_AXIS = 64
 
 
-def _check_pixels(path: Path) -> None:
+def _check_pixels(path: Path, structure: FitsStructure) -> None:
     """The declared checksums must hold, and the data must decode and not be empty of information."""
+    primary = structure.primary
+    if not primary.data_bytes:
+        raise InvalidFitsFile("primary HDU holds no data")
     try:
-        with open_regular(path) as fh, fits.open(fh, memmap=False, lazy_load_hdus=True) as hdul:
-            _verify_checksums(hdul)
-            data = hdul[0].data
-            if data is None:
-                raise InvalidFitsFile("primary HDU holds no data")
-            sample = np.asarray(data[:: max(1, data.shape[0] // 64), :: max(1, data.shape[1] // 64)], dtype=float)
+        with open_regular(path) as fh:
+            verify_checksums(fh, structure)
+            sample = _pixel_sample(fh, primary)
     except InvalidFitsFile:
         raise
-    except Exception as exc:  # astropy/numpy raise many types on corrupt data
+    except OSError as exc:
         raise InvalidFitsFile(f"pixel data cannot be read ({type(exc).__name__}: {exc})") from None
     finite = np.isfinite(sample)
     if finite.mean() < 0.5:
@@ -483,12 +485,60 @@ def _check_pixels(path: Path) -> None:
         raise InvalidFitsFile("pixel data are constant")
 
 
-def _pointing(header: fits.Header, nx: int, ny: int) -> tuple[float, float, float] | None:
+def _pixel_sample(fh, hdu: HduLayout) -> np.ndarray:
+    """Every k-th pixel of every k-th row of the first image plane, in physical values (BSCALE, BZERO; BLANK as NaN).
+
+    Read row by row at the offsets the structure gives: astropy would parse the header again and read every pixel.
+    """
+    dtype = np.dtype(_PIXEL_DTYPES[int(hdu.values["BITPIX"])])
+    ny, nx = hdu.data_shape[-2:]
+    row_step, column_step = max(1, ny // _SAMPLES_PER_AXIS), max(1, nx // _SAMPLES_PER_AXIS)
+    rows = []
+    for row in range(0, ny, row_step):
+        fh.seek(hdu.data_offset + row * nx * dtype.itemsize)
+        line = fh.read(nx * dtype.itemsize)
+        if len(line) != nx * dtype.itemsize:
+            raise InvalidFitsFile("pixel data cannot be read: the file ends inside them")
+        rows.append(np.frombuffer(line, dtype=dtype)[::column_step])
+    raw = np.array(rows)
+    scale, zero = _number(hdu.values, "BSCALE"), _number(hdu.values, "BZERO")
+    sample = raw.astype(float) * (1.0 if scale is None else scale) + (zero or 0.0)
+    blank = hdu.values.get("BLANK") if dtype.kind in "iu" else None
+    if isinstance(blank, int) and not isinstance(blank, bool):
+        sample[raw == blank] = np.nan
+    return sample
+
+
+#: keywords WCSLIB and astropy read for a WCS: papers I-IV (alternates and ``i_j`` forms included), SIP, the
+#: pre-2012 SCAMP TPV convention (PV), and NAXIS; everything else in a header is irrelevant to it
+_WCS_KEYWORD = re.compile(
+    r"(WCSAXES|CTYPE|CUNIT|CRVAL|CDELT|CRPIX|CROTA|CNAME|CRDER|CSYER|PC\d|CD\d|PV\d|PS\d|LONPOLE|LATPOLE|RADESYS|"
+    r"RADECSYS|EQUINOX|EPOCH|WCSNAME|MJD|DATE|TIMESYS|NAXIS|A_|B_|AP_|BP_|CPDIS|CQDIS|CPERR|CQERR|DP\d|DQ\d|D2IM|"
+    r"RESTFR|RESTWAV|SPECSYS|SSYS|VELOSYS|VELANGL|ZSOURCE|OBSGEO)")
+
+
+def wcs_card_images(card_images: str) -> str:
+    """The cards of a header (its text, 80 characters a card) that can bear on its WCS.
+
+    ``WCS(header)`` re-serializes and re-verifies every card of the header four times, most of the time of
+    building it for a typical frame; on these cards alone it builds the same WCS.
+
+    Examples
+    --------
+    >>> text = "".join(f"{card:<80}" for card in ("OBJECT  = 'M31'", "CTYPE1  = 'RA---TAN'", "END"))
+    >>> wcs_card_images(text).rstrip()
+    "CTYPE1  = 'RA---TAN'"
+    """
+    cards = (card_images[i:i + CARD] for i in range(0, len(card_images), CARD))
+    return "".join(card for card in cards if _WCS_KEYWORD.match(card))
+
+
+def _pointing(card_images: str, nx: int, ny: int) -> tuple[float, float, float] | None:
     """(ra, dec, pixel scale) of the data-section centre from the header's WCS; None if it has no celestial WCS."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyWarning)
         try:
-            wcs = WCS(header, naxis=2)
+            wcs = WCS(wcs_card_images(card_images), naxis=2)
         except Exception as exc:
             raise InvalidFitsFile(f"WCS cannot be parsed ({exc})") from None
     if not wcs.has_celestial:
@@ -499,10 +549,21 @@ def _pointing(header: fits.Header, nx: int, ny: int) -> tuple[float, float, floa
     if celestial.naxis != 2:
         return None
     try:
-        sky = celestial.pixel_to_world((nx - 1) / 2.0, (ny - 1) / 2.0).icrs
+        ra, dec = _icrs_centre(celestial, (nx - 1) / 2.0, (ny - 1) / 2.0)
         scale = float(np.mean(proj_plane_pixel_scales(celestial)) * 3600.0)
     except Exception as exc:
         raise InvalidFitsFile(f"WCS cannot be evaluated ({exc})") from None
-    if not (np.isfinite(sky.ra.deg) and np.isfinite(sky.dec.deg)) or not 0.01 < scale < 100:
-        raise InvalidFitsFile(f"WCS is not plausible (centre {sky}, pixel scale {scale:.3g} arcsec)")
-    return float(sky.ra.deg) % 360.0, float(sky.dec.deg), scale
+    if not (np.isfinite(ra) and np.isfinite(dec)) or not 0.01 < scale < 100:
+        raise InvalidFitsFile(f"WCS is not plausible (centre RA {ra:.6g}, Dec {dec:.6g} deg, "
+                              f"pixel scale {scale:.3g} arcsec)")
+    return ra % 360.0, dec, scale
+
+
+def _icrs_centre(celestial: WCS, x: float, y: float) -> tuple[float, float]:
+    """ICRS (ra, dec) in degrees of pixel (x, y), 0-based. A WCS already in ICRS is evaluated directly: going
+    through ``SkyCoord`` costs half a millisecond a frame for nothing."""
+    if isinstance(wcs_to_celestial_frame(celestial), ICRS):
+        world = celestial.all_pix2world([[x, y]], 0)[0]
+        return float(world[celestial.wcs.lng]), float(world[celestial.wcs.lat])
+    sky = celestial.pixel_to_world(x, y).icrs
+    return float(sky.ra.deg), float(sky.dec.deg)

@@ -40,6 +40,7 @@ from dagster_project.catalog import Catalog, queries
 from dagster_project.catalog.schema import RawFileStatus
 from dagster_project.ingest.fits_structure import (
     BLOCK,
+    ChecksumMismatch,
     FitsStructure,
     InvalidFitsFile,
     StructureLimits,
@@ -47,7 +48,7 @@ from dagster_project.ingest.fits_structure import (
     open_regular,
     reinspect,
 )
-from dagster_project.ingest.frames import ChecksumMismatch, FrameInfo, describe_frame
+from dagster_project.ingest.frames import FrameInfo, describe_frame
 from dagster_project.ingest.instruments import InstrumentRegistry
 from dagster_project.store import quarantine_path, raw_archive_path
 
@@ -467,7 +468,7 @@ def _register_accepted(config: LandingConfig, catalog: Catalog, path: Path, info
 
         raw = queries.register_raw_file(
             session, original_name=name, landing_path=_clip(_text(path), PATH_CHARS),
-            stored_path=stored_path, size_bytes=size, sha256=sha256,
+            stored_path=stored_path, size_bytes=size, sha256=sha256, flush=False,
             frame_type=info.frame_type, instrument=info.instrument, filter_band=info.filter_band, night=info.night,
             observation_time=info.observation_time, header=info.cards, **survey)
         target = targets[-1]
@@ -480,10 +481,9 @@ def _register_accepted(config: LandingConfig, catalog: Catalog, path: Path, info
                 observation_time=info.observation_time, mjd=info.mjd, night=info.night,
                 filter_band=info.filter_band, exposure_time=info.exposure_time, fits_url=str(target),
                 pixel_scale=info.pixel_scale, airmass=info.airmass, instrument=info.instrument,
-                naxis1=info.naxis1, naxis2=info.naxis2)
+                naxis1=info.naxis1, naxis2=info.naxis2, flush=False)
             queries.match_observation(session, observation, info.cards)
-        raw_id = str(raw.id)
-        survey_id = raw.survey_id
+    raw_id, survey_id = str(raw.id), raw.survey_id  # assigned when the rows were written, by the commit at the latest
     if survey_ids is not None:  # committed: later files of the scan may name it by id
         survey_ids[config.survey] = survey_id
     _transfer(config, path, target)

@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from dagster_project.ingest.fits_structure import InvalidFitsFile, StructureLimits, inspect_fits_structure, reinspect
+from dagster_project.ingest.fits_structure import (
+    ChecksumMismatch,
+    InvalidFitsFile,
+    StructureLimits,
+    inspect_fits_structure,
+    ones_complement_sum,
+    reinspect,
+    verify_checksums,
+)
 
 
 def write_image(path, shape=(64, 80), extensions=0):
@@ -133,3 +141,74 @@ def test_reinspect_reuses_the_structure_only_while_the_headers_are_unchanged(tmp
     path.write_bytes(bytes(raw) + b"\0" * 2880)  # grown: read again, so what it now is is refused as before
     with pytest.raises(InvalidFitsFile, match="HDU 2"):
         reinspect(path, again)
+
+
+# --- checksums and header values, read from the bytes as written -----------------------------------------------------
+
+def _with_checksums(path, hdus):
+    for hdu in hdus:
+        hdu.add_checksum()
+    fits.HDUList(hdus).writeto(path)
+    return path
+
+
+@pytest.mark.parametrize("data", [
+    np.arange(64 * 80, dtype=np.int16).reshape(64, 80) * 7,
+    np.random.default_rng(1).normal(1000, 30, (33, 47)).astype(np.float32),  # rows not a multiple of 4 bytes
+    np.random.default_rng(2).integers(0, 2**16, (50, 50)).astype(np.uint16),  # BZERO 32768
+])
+def test_ones_complement_sums_agree_with_astropy(tmp_path, data):
+    path = _with_checksums(tmp_path / "a.fits", [fits.PrimaryHDU(data), fits.ImageHDU(data[:5, :7] * 2)])
+    structure = inspect_fits_structure(path)
+    with fits.open(path, checksum=True) as hdul, open(path, "rb") as fh:
+        for hdu, layout in zip(hdul, structure.hdus):
+            assert hdu.verify_checksum() == 1 and hdu.verify_datasum() == 1
+            padded = -(-layout.data_bytes // 2880) * 2880
+            assert ones_complement_sum(fh, layout.data_offset, padded) == int(hdu.header["DATASUM"])
+        verify_checksums(fh, structure)
+
+
+def _flipped(path, offset):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x04
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_bit_in_the_data_breaks_the_datasum(tmp_path):
+    path = _with_checksums(tmp_path / "a.fits", [fits.PrimaryHDU(np.arange(400, dtype=np.float32).reshape(20, 20))])
+    _flipped(path, inspect_fits_structure(path).hdus[0].data_offset + 17)
+    with open(path, "rb") as fh, pytest.raises(ChecksumMismatch, match="HDU 0: DATASUM does not match"):
+        verify_checksums(fh, inspect_fits_structure(path))
+
+
+def test_a_changed_header_byte_breaks_the_checksum_of_its_own_hdu(tmp_path):
+    data = np.arange(400, dtype=np.float32).reshape(20, 20)
+    path = _with_checksums(tmp_path / "a.fits", [fits.PrimaryHDU(data), fits.ImageHDU(data, name="SCI")])
+    extension = inspect_fits_structure(path).hdus[1]
+    name_at = extension.card_images.index("'SCI") + 1  # EXTNAME's value, changed to 'TCI'
+    _flipped(path, extension.header_offset + name_at + 2)
+    with open(path, "rb") as fh, pytest.raises(ChecksumMismatch, match="HDU 1: CHECKSUM does not match"):
+        verify_checksums(fh, inspect_fits_structure(path))
+
+
+def test_a_datasum_that_is_not_a_number_is_named(tmp_path):
+    hdu = fits.PrimaryHDU(np.ones((20, 20), np.float32))
+    hdu.header["DATASUM"] = "twelve"
+    hdu.writeto(tmp_path / "a.fits")
+    with open(tmp_path / "a.fits", "rb") as fh, pytest.raises(InvalidFitsFile, match="DATASUM = 'twelve' is not"):
+        verify_checksums(fh, inspect_fits_structure(tmp_path / "a.fits"))
+
+
+def test_header_values_are_looked_up_as_astropy_does(tmp_path):
+    header = fits.Header()
+    header["EXPTIME"] = 30.0
+    header["HIERARCH ESO DET DIT"] = 1.5
+    header.append(("EXPTIME", 99.0))  # a repeated keyword: the first one counts
+    header["COMMENT"] = "not a value"
+    fits.PrimaryHDU(np.ones((16, 16), np.float32), header=header).writeto(tmp_path / "a.fits")
+    values = inspect_fits_structure(tmp_path / "a.fits").primary.values
+    astropy_header = fits.getheader(tmp_path / "a.fits")
+    for key in ("EXPTIME", "exptime", "HIERARCH ESO DET DIT", "ESO DET DIT", "NAXIS1", "BITPIX"):
+        assert values[key] == astropy_header[key], key
+    assert "COMMENT" not in values and "MISSING" not in values and values.get("MISSING") is None
+    assert inspect_fits_structure(tmp_path / "a.fits").primary.data_shape == (16, 16)

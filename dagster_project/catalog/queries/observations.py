@@ -122,7 +122,8 @@ class ContentAlreadyStored(ValueError):
 
 
 def register_raw_file(session: Session, *, original_name: str, sha256: str,
-                      stored_path: str | Callable[[int], str] | None = None, **fields: Any) -> RawDataFile:
+                      stored_path: str | Callable[[int], str] | None = None, flush: bool = True,
+                      **fields: Any) -> RawDataFile:
     """Record an accepted file as the next version of its name.
 
     The previously accepted version of that name (different content, necessarily:
@@ -131,6 +132,10 @@ def register_raw_file(session: Session, *, original_name: str, sha256: str,
     RawDataFile columns or relationships (landing_path, stored_path, size_bytes,
     frame_type, instrument, filter_band, night, observation_time, header, survey, ...); ``stored_path`` may
     be a function of the version the file gets (where it is archived depends on it), called before the insert.
+
+    ``flush=False`` leaves the insert to the session's next flush (its next query, or the commit): a science
+    frame's observation (:func:`create_observation`, also ``flush=False``) added meanwhile is then inserted
+    first, and the file's row written with its link, instead of inserted and then updated.
     """
     # one query for both: every arrival of the name (its versions, the accepted ones) and the stored content
     rows = session.scalars(sa.select(RawDataFile).where(sa.or_(
@@ -145,14 +150,16 @@ def register_raw_file(session: Session, *, original_name: str, sha256: str,
     version = max((r.version for r in named), default=0) + 1
     if callable(stored_path):
         stored_path = stored_path(version)
-    raw = _insert_raw_file(session, RawFileStatus.ACCEPTED, original_name, version=version, sha256=sha256,
-                           stored_path=stored_path, **fields)
+    raw = RawDataFile(original_name=original_name, version=version, status=RawFileStatus.ACCEPTED, sha256=sha256,
+                      stored_path=stored_path, **fields)
+    session.add(raw)
     for old in previous:
         transition(old, RawFileStatus.SUPERSEDED)
         if old.observation is not None and old.observation.status != ObservationStatus.ARCHIVED:
             transition(old.observation, ObservationStatus.ARCHIVED,
                        reason=f"raw file superseded by {original_name} version {raw.version}")
-    session.flush()
+    if flush:
+        session.flush()
     return raw
 
 
@@ -196,18 +203,20 @@ def requeue_raw_file(session: Session, raw_file: RawDataFile | uuid.UUID | str, 
 # --- observations -------------------------------------------------------------------------------------------------
 
 def create_observation(session: Session, *, ra: float, dec: float, observation_time: datetime,
-                       mjd: float | None = None, **fields: Any) -> Observation:
+                       mjd: float | None = None, flush: bool = True, **fields: Any) -> Observation:
     """A new ``ingested`` observation; its MJD (if not given) and HEALPix index are derived from it.
 
     ``fields``: survey (or survey_id), raw_file, observation_id, field_name, night,
     filter_band, exposure_time, fits_url, instrument, pixel_scale, airmass, naxis1, naxis2, ...
+    ``flush=False``: inserted at the session's next flush (see :func:`register_raw_file`).
     """
     if mjd is None:
         mjd = MJD_OF_UNIX_EPOCH + observation_time.timestamp() / 86400.0
     observation = Observation(ra=ra, dec=dec, observation_time=observation_time, mjd=mjd,
                               status=ObservationStatus.INGESTED, **fields)
     session.add(observation)
-    session.flush()
+    if flush:
+        session.flush()
     return observation
 
 
