@@ -37,7 +37,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from dagster_project.catalog import Catalog, queries
-from dagster_project.catalog.schema import RawFileStatus
+from dagster_project.catalog.schema import Observation, RawDataFile, RawFileStatus
 from dagster_project.ingest.fits_structure import (
     BLOCK,
     ChecksumMismatch,
@@ -388,8 +388,19 @@ def _signature(path: Path) -> tuple[int, int, int]:
     return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
 
+@dataclass(frozen=True)
+class Registration:
+    """A landed file found good and described, not yet registered: a scan registers those it took together."""
+
+    path: Path
+    readiness: Readiness
+    info: FrameInfo
+    sha256: str
+
+
 def ingest_file(config: LandingConfig, catalog: Catalog, registry: InstrumentRegistry, path: Path,
-                readiness: Readiness, survey_ids: dict[str, object] | None = None) -> IngestOutcome | None:
+                readiness: Readiness, survey_ids: dict[str, object] | None = None, *,
+                register: bool = True) -> IngestOutcome | Registration | None:
     """Take one file that :func:`assess` found ready (or rejected) into the platform.
 
     Returns None when the file changed while it was read, or when a recently
@@ -397,10 +408,12 @@ def ingest_file(config: LandingConfig, catalog: Catalog, registry: InstrumentReg
     A scan racing this one for the same content or name loses its insert to the
     database's unique indexes and looks again: the content is then a duplicate.
     ``survey_ids``: a scan's memory of its survey's id (name -> id), so that its files do not look it up each.
+    ``register=False``: a good file is returned described (a :class:`Registration`) for
+    :func:`register_together`, and only refused, duplicate or recovered files get their outcome here.
     """
     for attempt in range(3):
         try:
-            return _ingest_once(config, catalog, registry, path, readiness, survey_ids)
+            return _ingest_once(config, catalog, registry, path, readiness, survey_ids, register)
         except (sa.exc.IntegrityError, queries.ContentAlreadyStored):
             if attempt == 2:
                 raise
@@ -408,7 +421,8 @@ def ingest_file(config: LandingConfig, catalog: Catalog, registry: InstrumentReg
 
 
 def _ingest_once(config: LandingConfig, catalog: Catalog, registry: InstrumentRegistry, path: Path,
-                 readiness: Readiness, survey_ids: dict[str, object] | None) -> IngestOutcome | None:
+                 readiness: Readiness, survey_ids: dict[str, object] | None,
+                 register: bool = True) -> IngestOutcome | Registration | None:
     before = _signature(path)
     sha256 = sha256_of(path, max_bytes=config.limits.max_file_bytes)
     if _signature(path) != before:
@@ -444,7 +458,8 @@ def _ingest_once(config: LandingConfig, catalog: Catalog, registry: InstrumentRe
         if isinstance(exc, ChecksumMismatch) and readiness.recent:
             return None  # a writer that preallocates may not have finished: look again
         return quarantine(config, catalog, path, exc.reason, sha256)
-    return _register_accepted(config, catalog, path, info, sha256, survey_ids)
+    registration = Registration(path, readiness, info, sha256)
+    return _register_accepted(config, catalog, registration, survey_ids) if register else registration
 
 
 def _survey_of(session, config: LandingConfig, survey_ids: dict[str, object] | None) -> dict[str, object]:
@@ -454,45 +469,81 @@ def _survey_of(session, config: LandingConfig, survey_ids: dict[str, object] | N
     return {"survey": queries.get_or_create_survey(session, config.survey)}
 
 
-def _register_accepted(config: LandingConfig, catalog: Catalog, path: Path, info: FrameInfo,
-                       sha256: str, survey_ids: dict[str, object] | None = None) -> IngestOutcome:
-    size = os.lstat(path).st_size
-    name = catalog_name(config, path)
+def _register_accepted(config: LandingConfig, catalog: Catalog, registration: Registration,
+                       survey_ids: dict[str, object] | None = None) -> IngestOutcome:
+    size = os.lstat(registration.path).st_size
     with catalog.session() as session:
-        survey = _survey_of(session, config, survey_ids)
-        targets = []  # where it is archived depends on the version registration gives it (one query, not two)
+        raw, observation, target = _add_rows(session, config, registration, size, _survey_of(session, config,
+                                                                                              survey_ids))
+        if observation is not None:
+            queries.match_observation(session, observation, registration.info.cards)
+    return _archive(config, catalog, registration, raw, target, survey_ids)
 
-        def stored_path(version: int) -> str:
-            targets.append(raw_archive_path(config.store_dir, info.night, name, version))
-            return _clip(_text(targets[-1]), PATH_CHARS)
 
-        raw = queries.register_raw_file(
-            session, original_name=name, landing_path=_clip(_text(path), PATH_CHARS),
-            stored_path=stored_path, size_bytes=size, sha256=sha256, flush=False,
-            frame_type=info.frame_type, instrument=info.instrument, filter_band=info.filter_band, night=info.night,
-            observation_time=info.observation_time, header=info.cards, **survey)
-        target = targets[-1]
-        observation_key = None
-        if info.frame_type == "science":
-            observation_key = info.observation_key(sha256)
-            observation = queries.create_observation(
-                session, raw_file=raw, **survey, observation_id=observation_key,
-                field_name=info.field_name, ra=info.ra, dec=info.dec,
-                observation_time=info.observation_time, mjd=info.mjd, night=info.night,
-                filter_band=info.filter_band, exposure_time=info.exposure_time, fits_url=str(target),
-                pixel_scale=info.pixel_scale, airmass=info.airmass, instrument=info.instrument,
-                naxis1=info.naxis1, naxis2=info.naxis2, flush=False)
-            queries.match_observation(session, observation, info.cards)
-    raw_id, survey_id = str(raw.id), raw.survey_id  # assigned when the rows were written, by the commit at the latest
+def _add_rows(session, config: LandingConfig, registration: Registration, size: int, survey: dict
+              ) -> tuple[RawDataFile, Observation | None, Path]:
+    """A good file's raw-file row, and its observation if a science frame, added (written at the next flush);
+    and where it is to be archived."""
+    info, path = registration.info, registration.path
+    name = catalog_name(config, path)
+    targets = []  # where it is archived depends on the version registration gives it (one query, not two)
+
+    def stored_path(version: int) -> str:
+        targets.append(raw_archive_path(config.store_dir, info.night, name, version))
+        return _clip(_text(targets[-1]), PATH_CHARS)
+
+    raw = queries.register_raw_file(
+        session, original_name=name, landing_path=_clip(_text(path), PATH_CHARS),
+        stored_path=stored_path, size_bytes=size, sha256=registration.sha256, flush=False,
+        frame_type=info.frame_type, instrument=info.instrument, filter_band=info.filter_band, night=info.night,
+        observation_time=info.observation_time, header=info.cards, **survey)
+    observation = None
+    if info.frame_type == "science":
+        observation = queries.create_observation(
+            session, raw_file=raw, **survey, observation_id=info.observation_key(registration.sha256),
+            field_name=info.field_name, ra=info.ra, dec=info.dec,
+            observation_time=info.observation_time, mjd=info.mjd, night=info.night,
+            filter_band=info.filter_band, exposure_time=info.exposure_time, fits_url=str(targets[-1]),
+            pixel_scale=info.pixel_scale, airmass=info.airmass, instrument=info.instrument,
+            naxis1=info.naxis1, naxis2=info.naxis2, flush=False)
+    return raw, observation, targets[-1]
+
+
+def _archive(config: LandingConfig, catalog: Catalog, registration: Registration, raw: RawDataFile, target: Path,
+             survey_ids: dict[str, object] | None) -> IngestOutcome:
+    """Move (or copy) a registered file into the archive, and check that it is still the content registered."""
+    path, sha256, info = registration.path, registration.sha256, registration.info
+    raw_id = str(raw.id)
     if survey_ids is not None:  # committed: later files of the scan may name it by id
-        survey_ids[config.survey] = survey_id
+        survey_ids[config.survey] = raw.survey_id
     _transfer(config, path, target)
     after = sha256_of(target, max_bytes=config.limits.max_file_bytes)
     if after != sha256:
         return _requeue_changed(config, catalog, raw_id, path, target, sha256, after)
+    science = info.frame_type == "science"
     return IngestOutcome(_text(path), "accepted", raw_id, frame_type=info.frame_type,
-                         observation_key=observation_key,
-                         field_band=info.field_band if observation_key else None, sha256=sha256)
+                         observation_key=info.observation_key(sha256) if science else None,
+                         field_band=info.field_band if science else None, sha256=sha256)
+
+
+def register_together(config: LandingConfig, catalog: Catalog, registrations: list[Registration],
+                      survey_ids: dict[str, object] | None = None) -> list[tuple[RawDataFile, Path]]:
+    """Register the good files a scan described in one transaction: their rows inserted in one flush, the
+    question whether any request waits for a frame asked once. Returns each file's row and archive path.
+
+    Per file, registering is mostly the catalog's fixed costs (a transaction, a flush, a commit): a tick that
+    takes a thousand files pays them once. Raises what the database raised (then nothing was written): a
+    concurrent scan took one of these files, or two of them hold the same bytes.
+    """
+    sizes = [os.lstat(r.path).st_size for r in registrations]
+    with catalog.session() as session:
+        survey = _survey_of(session, config, survey_ids)
+        with session.no_autoflush:  # the registration queries need not see each other's rows: one flush after
+            rows = [_add_rows(session, config, r, size, survey) for r, size in zip(registrations, sizes)]
+        session.flush()
+        queries.match_observations(session, [(observation, r.info.cards) for r, (_, observation, _) in
+                                             zip(registrations, rows) if observation is not None])
+    return [(raw, target) for raw, _, target in rows]
 
 
 def _requeue_changed(config: LandingConfig, catalog: Catalog, raw_id: str, path: Path, target: Path,
@@ -542,19 +593,45 @@ def _quarantine_after_error(config: LandingConfig, catalog: Catalog, path: Path,
 
 def _take(config: LandingConfig, catalog: Catalog, registry: InstrumentRegistry, entry: LandingEntry,
           seen: SeenFile | None, now: float, settle_seconds: float, truncated_after: float,
-          survey_ids: dict[str, object] | None = None) -> tuple[IngestOutcome | None, SeenFile | None, bool]:
-    """One entry: (its outcome or None, how it looked if it must wait, whether it waits only to settle)."""
+          survey_ids: dict[str, object], pending: list[Registration]
+          ) -> tuple[IngestOutcome | None, SeenFile | None, bool]:
+    """One entry: (its outcome or None, how it looked if it must wait, whether it waits only to settle).
+    A good file is described into ``pending``, to be registered with the others."""
     if entry.refusal is not None:
         return refuse_entry(config, catalog, entry), None, False
     readiness, state = assess(entry.path, seen, now, settle_seconds, truncated_after, config.limits)
     if readiness.state == "wait":
         return None, state, readiness.reason == SETTLING
-    outcome = ingest_file(config, catalog, registry, entry.path, readiness, survey_ids)
+    outcome = ingest_file(config, catalog, registry, entry.path, readiness, survey_ids, register=False)
+    if isinstance(outcome, Registration):
+        pending.append(outcome)
+        return None, None, False
     if outcome is None:  # not taken this time: it changed while it was read, or its checksums do not hold yet
         if _signature(entry.path) != (state.size, state.mtime_ns, state.ctime_ns):
             state.unchanged_since = now
         return None, state, False
     return outcome, None, False
+
+
+@dataclass
+class _Scan:
+    """What a pass over the landing folder carries from file to file."""
+
+    config: LandingConfig
+    catalog: Catalog
+    registry: InstrumentRegistry
+    settle_seconds: float
+    truncated_after: float
+    max_files: int | None
+    result: ScanResult = field(default_factory=lambda: ScanResult([], {}))
+    #: the survey's id, once a file of this scan has been registered under it
+    survey_ids: dict[str, object] = field(default_factory=dict)
+    #: good files described, registered together at the end of the pass
+    pending: list[Registration] = field(default_factory=list)
+
+    @property
+    def full(self) -> bool:
+        return self.max_files is not None and len(self.result.outcomes) + len(self.pending) >= self.max_files
 
 
 def scan_landing(config: LandingConfig, catalog: Catalog, registry: InstrumentRegistry,
@@ -569,63 +646,93 @@ def scan_landing(config: LandingConfig, catalog: Catalog, registry: InstrumentRe
     stay unchanged a moment longer (they landed less than ``settle_seconds``
     ago) are looked at again once they have, if that is at most this long
     after the pass, rather than at the next scan (a sensor's next tick is
-    seconds away).
+    seconds away). The good files are registered together at the end
+    (:func:`register_together`), then archived.
     """
     now = time.time() if now is None else now
-    result = ScanResult([], {})
-    survey_ids: dict[str, object] = {}  # the survey's id, once a file of this scan has been registered under it
+    scan = _Scan(config, catalog, registry, settle_seconds, truncated_after, max_files)
     settling: list[LandingEntry] = []
     for entry in candidate_files(config.landing_dir):
         key = _text(entry.path)
-        if max_files is not None and len(result.outcomes) >= max_files:
+        if scan.full:
             if key in seen:  # not looked at this time: keep what we knew
-                result.waiting[key] = seen[key]
+                scan.result.waiting[key] = seen[key]
             continue
-        if _take_into(result, config, catalog, registry, entry, seen.get(key), now, settle_seconds,
-                      truncated_after, survey_ids):
+        if _take_into(scan, entry, seen.get(key), now):
             settling.append(entry)
     if settling and linger_seconds > 0:
-        _look_again(result, settling, config, catalog, registry, settle_seconds, truncated_after,
-                    linger_seconds, max_files, survey_ids)
-    return result
+        _look_again(scan, settling, linger_seconds)
+    _register_pending(scan)
+    return scan.result
 
 
-def _take_into(result: ScanResult, config: LandingConfig, catalog: Catalog, registry: InstrumentRegistry,
-               entry: LandingEntry, seen: SeenFile | None, now: float, settle_seconds: float,
-               truncated_after: float, survey_ids: dict[str, object]) -> bool:
+def _take_into(scan: _Scan, entry: LandingEntry, seen: SeenFile | None, now: float) -> bool:
     """Take one entry into the scan's result; whether it waits only to settle."""
     key = _text(entry.path)
-    result.waiting.pop(key, None)
-    try:
-        outcome, state, settling = _take(config, catalog, registry, entry, seen, now, settle_seconds,
-                                         truncated_after, survey_ids)
-    except FileNotFoundError:
-        return False  # moved away by the writer or by a concurrent scan
-    except CATALOG_UNREACHABLE:
-        raise
-    except Exception as exc:
-        outcome, state, settling = _quarantine_or_note(config, catalog, entry.path, exc, result), None, False
+    scan.result.waiting.pop(key, None)
+    taken = _guarded(scan, entry.path, lambda: _take(
+        scan.config, scan.catalog, scan.registry, entry, seen, now, scan.settle_seconds, scan.truncated_after,
+        scan.survey_ids, scan.pending))
+    if taken is None:
+        return False
+    outcome, state, settling = taken
     if state is not None:
-        result.waiting[key] = state
+        scan.result.waiting[key] = state
     if outcome is not None:
-        result.outcomes.append(outcome)
+        scan.result.outcomes.append(outcome)
     return settling
 
 
-def _look_again(result: ScanResult, settling: list[LandingEntry], config: LandingConfig, catalog: Catalog,
-                registry: InstrumentRegistry, settle_seconds: float, truncated_after: float,
-                linger_seconds: float, max_files: int | None, survey_ids: dict[str, object]) -> None:
+def _guarded(scan: _Scan, path: Path, step):
+    """``step()``; a file that vanished gives None, any other failure quarantines the file (its outcome, or None
+    when even that failed, said in the scan's errors). Only an unreachable catalog stops the scan."""
+    try:
+        return step()
+    except FileNotFoundError:
+        return None  # moved away by the writer or by a concurrent scan
+    except CATALOG_UNREACHABLE:
+        raise
+    except Exception as exc:
+        return _quarantine_or_note(scan.config, scan.catalog, path, exc, scan.result), None, False
+
+
+def _register_pending(scan: _Scan) -> None:
+    """The described files registered together, then each archived; when they cannot be registered together
+    (a concurrent scan took one, two hold the same bytes, the database refuses a row), each on its own, as a
+    scan of that file alone would."""
+    if not scan.pending:
+        return
+    try:
+        rows = register_together(scan.config, scan.catalog, scan.pending, scan.survey_ids)
+    except CATALOG_UNREACHABLE:
+        raise
+    except Exception:
+        rows = None
+    for index, registration in enumerate(scan.pending):
+        if rows is None:
+            step = (lambda r=registration: (ingest_file(scan.config, scan.catalog, scan.registry, r.path,
+                                                        r.readiness, scan.survey_ids), None, False))
+        else:
+            step = (lambda r=registration, row=rows[index]: (
+                _archive(scan.config, scan.catalog, r, *row, scan.survey_ids), None, False))
+        taken = _guarded(scan, registration.path, step)
+        if taken is not None and taken[0] is not None:
+            scan.result.outcomes.append(taken[0])
+    scan.pending.clear()
+
+
+def _look_again(scan: _Scan, settling: list[LandingEntry], linger_seconds: float) -> None:
     """The settling files once they have been quiet for ``settle_seconds``, if that is within ``linger_seconds``."""
-    due = {_text(e.path): result.waiting[_text(e.path)].unchanged_since + settle_seconds for e in settling}
+    waiting = scan.result.waiting
+    due = {_text(e.path): waiting[_text(e.path)].unchanged_since + scan.settle_seconds for e in settling}
     settling = [e for e in settling if due[_text(e.path)] - time.time() <= linger_seconds]
     if not settling:
         return
     time.sleep(max(0.0, max(due[_text(e.path)] for e in settling) - time.time()) + 0.01)
     for entry in settling:
-        if max_files is not None and len(result.outcomes) >= max_files:
+        if scan.full:
             return
-        _take_into(result, config, catalog, registry, entry, result.waiting[_text(entry.path)], time.time(),
-                   settle_seconds, truncated_after, survey_ids)
+        _take_into(scan, entry, waiting[_text(entry.path)], time.time())
 
 
 def _quarantine_or_note(config: LandingConfig, catalog: Catalog, path: Path, exc: Exception,

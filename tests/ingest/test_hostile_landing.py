@@ -431,6 +431,72 @@ def test_two_scans_taking_identical_content_at_once_do_not_crash(tmp_path, catal
     assert statuses == ["accepted", "duplicate"]
 
 
+# --- a scan registers the files it took together ---------------------------------------------------------------------
+
+def _frames_of_a_night(tmp_path, n: int) -> list[bytes]:
+    out = tmp_path / "many"
+    simulate_night(out, n_fields=n, n_epochs=1, size=64, n_bias=0, n_flats=0, transients_per_frame=0, seed=9)
+    return [p.read_bytes() for p in sorted(out.glob("*_sci_*.fits"))]
+
+
+def test_a_scan_registers_the_files_it_took_in_one_transaction(landing, tmp_path):
+    writes = []  # per committed transaction: whether it inserted raw files
+    state = {"inserting": False}
+
+    def on_statement(conn, cursor, statement, *args):
+        state["inserting"] |= statement.lstrip().upper().startswith("INSERT INTO RAW_DATA_FILES")
+
+    def on_commit(conn):
+        writes.append(state["inserting"])
+        state["inserting"] = False
+
+    sa.event.listen(landing.catalog.engine, "before_cursor_execute", on_statement)
+    sa.event.listen(landing.catalog.engine, "commit", on_commit)
+    for i, data in enumerate(_frames_of_a_night(tmp_path, 5)):
+        landing.put(f"f{i}.fits", data)
+    result = landing.scan()
+    assert [o.status for o in result.outcomes] == ["accepted"] * 5
+    assert writes.count(True) == 1
+    with landing.catalog.session() as session:
+        observations = session.scalars(select(Observation)).all()
+        assert len(observations) == 5 and all(o.raw_file is not None for o in observations)
+    assert all(Path(r.stored_path).exists() for r in landing.rows()) and not list(landing.dir.iterdir())
+
+
+def test_identical_files_in_one_scan_are_registered_one_by_one(landing, frames):
+    """Registered together they break the unique content index: each is then taken alone, as a scan of it would."""
+    data = science_frames(frames)[0]
+    landing.put("frame.fits", data)
+    landing.put("copy.fits", data)
+    landing.put("other.fits", science_frames(frames)[1])
+    result = landing.scan()
+    assert sorted(o.status for o in result.outcomes) == ["accepted", "accepted", "duplicate"]
+    duplicate = next(o for o in result.outcomes if o.status == "duplicate")
+    assert duplicate.path.endswith("copy.fits") and "frame.fits" in duplicate.reason
+
+
+def test_a_scan_killed_while_archiving_its_registered_files_is_finished_by_the_next(landing, tmp_path, monkeypatch):
+    for i, data in enumerate(_frames_of_a_night(tmp_path, 3)):
+        landing.put(f"f{i}.fits", data)
+    real, moved = landing_module._transfer, []
+
+    def killed_after_one(config, source, target):
+        if moved:
+            raise KeyboardInterrupt("killed between the registration and the second move")
+        real(config, source, target)
+        moved.append(source)
+
+    monkeypatch.setattr(landing_module, "_transfer", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        scan_landing(landing.config, landing.catalog, InstrumentRegistry(), {}, settle_seconds=0.0,
+                     truncated_after=30.0)
+    assert len(landing.by_status(RawFileStatus.ACCEPTED)) == 3 and len(list(landing.dir.iterdir())) == 2
+    monkeypatch.undo()
+    result = landing.scan()
+    assert [o.status for o in result.outcomes] == ["recovered", "recovered"]
+    assert all(Path(r.stored_path).exists() for r in landing.rows()) and not list(landing.dir.iterdir())
+
+
 def test_names_with_newlines_are_escaped_in_log_lines(landing, frames):
     landing.put("evil\nname.fits", science_frames(frames)[0])
     result = landing.scan()

@@ -279,6 +279,21 @@ def match_observation(session: Session, observation: Observation, cards: dict[st
     now = now or utcnow()
     if not _any_open_result(session):  # nothing to fulfil (no survey has requests): no frame can match
         return None
+    return _match(session, observation, cards, now)
+
+
+def match_observations(session: Session, frames: list[tuple[Observation, dict[str, Any]]],
+                       now: datetime | None = None) -> list[ObservationResult | None]:
+    """:func:`match_observation` for each (observation, cards) of frames registered together, in order; whether
+    any result waits at all is asked once."""
+    now = now or utcnow()
+    if not frames or not _any_open_result(session):
+        return [None] * len(frames)
+    return [_match(session, observation, cards, now) for observation, cards in frames]
+
+
+def _match(session: Session, observation: Observation, cards: dict[str, Any], now: datetime
+           ) -> ObservationResult | None:
     result = _by_header(session, cards) or _by_position(session, observation)
     if result is None or result.observation_id is not None or result.fulfillment_status not in (
             FS.PENDING_DISPATCH, FS.DISPATCHED):
