@@ -8,7 +8,7 @@ every status change; ``queries`` the named reads and writes, one module per doma
 """
 
 from dagster_project.catalog import queries, schema
-from dagster_project.catalog.db import Catalog, make_engine, migrate
+from dagster_project.catalog.db import Catalog, make_engine, migrate, migrated_catalog
 from dagster_project.catalog.healpix import HEALPIX_ORDER, angular_separation_deg, healpix_index
 from dagster_project.catalog.schema import (
     Base,

@@ -5,6 +5,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +148,11 @@ class Catalog:
 
     def migrate(self) -> None:
         migrate(self.engine)
+
+
+@cache
+def migrated_catalog(database_url: str) -> Catalog:
+    """The catalog at ``database_url``, migrated on first use: one engine per process and URL."""
+    catalog = Catalog(database_url)
+    catalog.migrate()
+    return catalog

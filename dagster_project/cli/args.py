@@ -6,6 +6,11 @@ Nothing here imports Dagster or the catalog, so ``--help`` and argument errors s
 import argparse
 import sys
 from datetime import date
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dagster_project.catalog import Catalog
+    from dagster_project.settings import Settings
 
 #: the name the command line goes by in messages (``python -m dagster_project`` is the same program)
 PROG = "astro-platform"
@@ -73,3 +78,11 @@ def iso_date(text: str) -> str:
         return date.fromisoformat(text).isoformat()
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}") from None
+
+
+def catalog_of(settings: "Settings") -> "Catalog":
+    """The settings' catalog, migrated on first use (imported here, by the commands that need it: the command
+    line starts fast)."""
+    from dagster_project.catalog import migrated_catalog
+
+    return migrated_catalog(settings.database_url)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dagster_project.cli.args import PROG, fail, iso_date
+from dagster_project.cli.args import PROG, catalog_of, fail, iso_date
 from dagster_project.cli.operations import follow
 from dagster_project.pipeline.jobs import CALIBRATE_JOB, DIFFERENCE_JOB, IN_PROCESS, JOB_ASSETS, OBSERVATION_JOB
 from dagster_project.pipeline.jobs import PRODUCTS_JOB, execution
@@ -51,11 +51,6 @@ def add_subcommands(subparsers) -> None:
     backfill.add_argument("--detach", action="store_true", help="launch and return; the daemon carries on")
     backfill.set_defaults(func=cmd_backfill)
 
-
-def _catalog(settings: Settings) -> Catalog:
-    from dagster_project.resources import CatalogResource
-
-    return CatalogResource(database_url=settings.database_url).catalog()  # migrated once per process
 
 
 #: the UI's "Materialize selected" over partitions, as a GraphQL mutation of Dagster's public API
@@ -204,7 +199,7 @@ def cmd_backfill(args, settings: Settings) -> int:
 
     if args.night_from and args.night_to and args.night_from > args.night_to:
         return fail(f"--night-from {args.night_from} is after --night-to {args.night_to}")
-    catalog = _catalog(settings)
+    catalog = catalog_of(settings)
     selection = {key: value for key, value in (("field", args.field), ("band", args.band),
                                                ("night_from", args.night_from), ("night_to", args.night_to),
                                                ("status", args.status), ("stage", args.stage)) if value}

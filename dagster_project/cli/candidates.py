@@ -4,6 +4,7 @@ import csv
 import json
 from pathlib import Path
 
+from dagster_project.cli.args import catalog_of
 from dagster_project.settings import Settings
 
 
@@ -21,13 +22,6 @@ def add_subcommands(sub) -> None:
     export.set_defaults(func=cmd_candidates_export)
 
 
-def _catalog(settings: Settings):
-    from dagster_project.catalog import Catalog
-
-    catalog = Catalog(settings.database_url)
-    catalog.migrate()
-    return catalog
-
 
 EXPORT_COLUMNS = ("raw_file", "raw_file_version", "raw_file_status", "observation_id", "observation_status",
                   "ra", "dec", "x", "y", "snr", "flux", "flux_error", "flags")
@@ -40,7 +34,7 @@ def _export_row(row: dict) -> dict:
 def cmd_candidates_export(args, settings: Settings) -> int:
     from dagster_project.catalog import queries
 
-    with _catalog(settings).session() as session:
+    with catalog_of(settings).session() as session:
         rows = queries.candidates_for_export(session, all_versions=args.all_versions)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

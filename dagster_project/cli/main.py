@@ -11,16 +11,9 @@ from pathlib import Path
 
 from dagster_project.cli import backfill as cli_backfill, candidates as cli_candidates
 from dagster_project.cli import operations as cli_operations, results as cli_results
-from dagster_project.cli.args import PROG, Parser, fail, image_size, iso_date, non_negative_float, non_negative_int, positive_int
+from dagster_project.cli.args import PROG, Parser, catalog_of, fail, image_size, iso_date, non_negative_float, non_negative_int, positive_int
 from dagster_project.settings import Settings
 
-
-def _catalog(settings: Settings):
-    from dagster_project.catalog import Catalog
-
-    catalog = Catalog(settings.database_url)
-    catalog.migrate()
-    return catalog
 
 
 def cmd_simulate_night(args, settings: Settings) -> int:
@@ -87,10 +80,10 @@ def cmd_demo(args, settings: Settings) -> int:
     specs = [RequestSpec(name=f"demo-{field}-r", program="demo", target_name=f"{field} centre", ra=pos["ra"],
                          dec=pos["dec"], filter_band="r", exposure_time=60, n_epochs=args.epochs, cadence_hours=1.0)
              for field, pos in night.summary["fields"].items()]
-    with _catalog(settings).session() as session:
+    with catalog_of(settings).session() as session:
         new_specs = [s for s in specs if find_request(session, s.name) is None]
     if new_specs:
-        submit_requests(_catalog(settings), new_specs, settings.survey)
+        submit_requests(catalog_of(settings), new_specs, settings.survey)
         print(f"requests: {', '.join(s.name for s in new_specs)} ({args.epochs} epochs each)")
     print(f"processing it (Dagster instance: {os.environ['DAGSTER_HOME']}, catalog: {settings.database_url_shown})")
     print("Dagster's own log is shown from INFO up; each run's full event log is in that instance "
@@ -110,7 +103,7 @@ def cmd_demo(args, settings: Settings) -> int:
 def _print_status(settings: Settings) -> None:
     from dagster_project.catalog import queries
 
-    with _catalog(settings).session() as session:
+    with catalog_of(settings).session() as session:
         summary = queries.catalog_summary(session)
     print("\ncatalog summary")
     for section, counts in summary.items():
@@ -124,7 +117,7 @@ def _print_recovery(settings: Settings, truth: list[dict]) -> None:
     from dagster_project.catalog import queries
     from dagster_project.simulation.recovery import match_injections
 
-    with _catalog(settings).session() as session:
+    with catalog_of(settings).session() as session:
         detected = [dict(row, file=row["original_name"], is_negative="negative" in row["flags"])
                     for row in queries.candidates_for_export(session)]
     report = match_injections(truth, detected)
@@ -144,7 +137,7 @@ def cmd_status(args, settings: Settings) -> int:
 
 
 def cmd_migrate(args, settings: Settings) -> int:
-    _catalog(settings)
+    catalog_of(settings)
     print(f"catalog at {settings.database_url_shown} is at the latest schema")
     return 0
 
@@ -225,9 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
-        from dagster_project.resources import difference_config  # here: a command's start stays light
+        if settings.difference_overrides:  # the science libraries it checks against load only when it is set
+            from dagster_project.resources import difference_config
 
-        difference_config(settings)  # a bad ASTRO_DIFFERENCE_PARAMS field: one line naming it, not a traceback
+            difference_config(settings)  # a bad ASTRO_DIFFERENCE_PARAMS field: one line naming it, not a traceback
     except ValueError as exc:  # a setting of the environment that is not a number, or out of range
         return fail(exc)
     command = (args.command, getattr(args, "action", None))

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from dagster_project.cli.args import PROG, fail, positive_float, positive_int
+from dagster_project.cli.args import PROG, catalog_of, fail, positive_float, positive_int
 from dagster_project.settings import Settings
 
 # The command line starts fast: Dagster and the catalog are imported by the commands that use them.
@@ -63,11 +63,6 @@ def add_subcommands(subparsers) -> None:
     tail.add_argument("--interval", type=positive_float, default=0.5, help="seconds between looks")
     tail.set_defaults(func=cmd_runs_tail)
 
-
-def _catalog(settings: Settings) -> Catalog:
-    from dagster_project.resources import CatalogResource
-
-    return CatalogResource(database_url=settings.database_url).catalog()  # migrated once per process
 
 
 # --- following an operation -----------------------------------------------------------------------------------------
@@ -130,7 +125,7 @@ def _when(value: datetime | None) -> str:
 def cmd_operations_list(args, settings: Settings) -> int:
     from dagster_project.catalog import queries
 
-    with _catalog(settings).session() as session:
+    with catalog_of(settings).session() as session:
         rows = queries.list_operations(session, operation_type=args.type, status=args.status, limit=args.limit)
         print(f"{'id':>5}  {'type':<22} {'status':<9} {'outcome':<19} {'total':>5} {'ok':>5} {'fail':>5} "
               f"{'skip':>5}  {'created (UTC)':<19}  by")
@@ -162,7 +157,7 @@ def cmd_operations_show(args, settings: Settings) -> int:
 
     from dagster_project.catalog import queries
 
-    catalog = _catalog(settings)
+    catalog = catalog_of(settings)
     if args.follow:
         return follow(DagsterInstance.get(), catalog, args.id)
     with catalog.session() as session:
@@ -255,7 +250,7 @@ def cmd_provenance(args, settings: Settings) -> int:
     from dagster_project.catalog import queries
     from dagster_project.catalog.schema import RawDataFile
 
-    with _catalog(settings).session() as session:
+    with catalog_of(settings).session() as session:
         try:
             target, note = _resolve(session, args.target, settings.store_dir)
         except LookupError as exc:  # NotFound is a LookupError
@@ -341,7 +336,7 @@ def cmd_runs_tail(args, settings: Settings) -> int:
         run_id = resolve_run_id(instance, args.run_id)
     except LookupError as exc:
         return fail(exc)
-    catalog = _catalog(settings)
+    catalog = catalog_of(settings)
     shown = -1
     try:
         while True:

@@ -6,23 +6,16 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from dagster_project.cli.args import fail
+from dagster_project.cli.args import catalog_of, fail
 from dagster_project.settings import Settings
 
-
-def _catalog(settings: Settings):
-    from dagster_project.catalog import Catalog
-
-    catalog = Catalog(settings.database_url)
-    catalog.migrate()
-    return catalog
 
 
 def cmd_requests_add(args, settings: Settings) -> int:
     from dagster_project.products.requests import InvalidRequest, load_request_file, submit_requests
 
     try:
-        created = submit_requests(_catalog(settings), load_request_file(Path(args.file)), settings.survey)
+        created = submit_requests(catalog_of(settings), load_request_file(Path(args.file)), settings.survey)
     except InvalidRequest as exc:
         return fail(exc)
     for name, n in created:
@@ -33,7 +26,7 @@ def cmd_requests_add(args, settings: Settings) -> int:
 def cmd_requests_cancel(args, settings: Settings) -> int:
     from dagster_project.catalog.queries import cancel_request, find_request
 
-    with _catalog(settings).session() as session:
+    with catalog_of(settings).session() as session:
         request = find_request(session, args.name)
         if request is None:
             print(f"error: no request named {args.name!r}", file=sys.stderr)
@@ -46,7 +39,7 @@ def cmd_requests_cancel(args, settings: Settings) -> int:
 def print_results_status(settings: Settings) -> None:
     from dagster_project.catalog.queries import results_status_table, unmatched_observations
 
-    with _catalog(settings).session() as session:
+    with catalog_of(settings).session() as session:
         rows = results_status_table(session)
         unmatched = [o.observation_id for o in unmatched_observations(session)]
     by_status = Counter((r["fulfillment"], r["products"]) for r in rows)
@@ -73,7 +66,7 @@ def cmd_results_backfill(args, settings: Settings) -> int:
     from dagster_project.catalog.queries import find_request, results_for_backfill
     from dagster_project.cli.backfill import RESULTS_BACKFILL, run_backfill_command
 
-    catalog = _catalog(settings)
+    catalog = catalog_of(settings)
     try:
         with catalog.session() as session:
             if args.request is not None and find_request(session, args.request) is None:

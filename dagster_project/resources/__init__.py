@@ -3,13 +3,12 @@ pipeline's parameters (the science parameters and the rebuild and retry policies
 
 import os
 from datetime import timedelta
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 from dagster import ConfigurableResource, EnvVar
 
-from dagster_project.catalog import Catalog
+from dagster_project.catalog import Catalog, migrated_catalog
 from dagster_project.catalog.queries import RetryPolicy
 from dagster_project.catalog.queries import RebuildPolicy
 from dagster_project.ingest.fits_structure import StructureLimits
@@ -24,14 +23,6 @@ from dagster_project.store import ProductStore
 
 __all__ = ["DATABASE_URL_VARIABLE", "CatalogResource", "LandingResource", "PipelineConfigResource", "RunPriorityResource",
            "StoreResource", "catalog_url_config", "difference_config", "resources_from_settings"]
-
-
-@cache
-def _migrated_catalog(database_url: str) -> Catalog:
-    """One engine per process and URL; migrations applied on first use."""
-    catalog = Catalog(database_url)
-    catalog.migrate()
-    return catalog
 
 
 #: the environment variable holding the catalog's URL (and so, on PostgreSQL, its password)
@@ -60,7 +51,7 @@ class CatalogResource(ConfigurableResource):
         return value
 
     def catalog(self) -> Catalog:
-        return _migrated_catalog(self.url())
+        return migrated_catalog(self.url())
 
 
 class StoreResource(ConfigurableResource):
