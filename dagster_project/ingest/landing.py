@@ -24,6 +24,7 @@ are two files. Where files go is the store's layout (``store.raw_archive_path``,
 every path written is checked to lie inside its folder.
 """
 
+import errno
 import hashlib
 import os
 import re
@@ -306,12 +307,25 @@ def catalog_name(config: LandingConfig, path: Path) -> str:
 
 
 def _transfer(config: LandingConfig, source: Path, target: Path) -> None:
-    """Copy or move a regular file; a link is never followed (``copy2`` copies the link itself)."""
+    """Copy or move a regular file into place whole; a link is never followed (``copy2`` copies the link itself).
+
+    A crash leaves either no target or the complete file: a copy (and a move across file systems) is written
+    under a temporary name and renamed. A partial file under the target's name would pass for the archived
+    copy, and the file would never be taken again.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
-    if config.keep_originals:
-        shutil.copy2(source, target, follow_symlinks=False)
-    else:
-        shutil.move(str(source), str(target))
+    if not config.keep_originals:
+        try:
+            os.rename(source, target)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+    partial = target.with_name(target.name + ".partial")
+    shutil.copy2(source, partial, follow_symlinks=False)
+    os.replace(partial, target)
+    if not config.keep_originals:
+        source.unlink()
 
 
 def _transfer_entry(config: LandingConfig, source: Path, target: Path) -> Path | None:

@@ -510,3 +510,26 @@ def test_printable_escapes_control_and_undecodable_characters():
     assert printable("a\nb\tc\x1b[31m") == "a\\nb\\tc\\x1b[31m"
     assert printable(os.fsdecode(b"x\xff.fits")) == "x\\xff.fits"
     assert printable("Ω-ok.fits") == "Ω-ok.fits"
+
+
+def test_a_copy_killed_half_way_leaves_no_archived_file_and_the_next_scan_copies_it_whole(tmp_path, catalog, frames,
+                                                                                          monkeypatch):
+    """Copy mode (`process FOLDER`): a half-written archive copy under its final name would pass for the file
+    taken, and the file would never be taken again."""
+    landing = Landing(tmp_path, catalog, keep_originals=True)
+    path = landing.put("frame.fits", science_frames(frames)[0])
+
+    def killed_half_way(source, target, **kwargs):
+        Path(target).write_bytes(Path(source).read_bytes()[:5000])
+        raise KeyboardInterrupt("killed inside the copy")
+
+    monkeypatch.setattr(landing_module.shutil, "copy2", killed_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        scan_landing(landing.config, landing.catalog, InstrumentRegistry(), {}, settle_seconds=0.0,
+                     truncated_after=30.0)
+    (row,) = landing.rows()
+    assert not Path(row.stored_path).exists()
+    monkeypatch.undo()
+    result = landing.scan()
+    assert [o.status for o in result.outcomes] == ["recovered"]
+    assert Path(row.stored_path).read_bytes() == path.read_bytes() and path.exists()

@@ -54,8 +54,9 @@ def checksums(files: list[Path]) -> dict[str, str]:
 
 # --- 1. `process` killed mid-batch, again and again ----------------------------------------------------------------
 
-#: where each `process` is killed: the first while it registers files (some rows committed, some files
-#: not yet looked at), the next inside a calibration, the next inside a difference; the last runs to the end
+#: where each `process` is killed: the first once its scan has registered files (one transaction for the files
+#: of a pass; they are then archived one by one) and before any calibration, the next inside a calibration, the
+#: next inside a difference; the last runs to the end
 PROCESS_KILL_POINTS = [
     ("registering", lambda probe: probe.accepted() >= 1),
     ("calibrating", lambda probe: probe.running("preprocess_runs") >= 1),
@@ -73,14 +74,14 @@ def test_process_killed_mid_batch_again_and_again_then_run_once_more(tmp_path, c
             with started(lambda: start_process(site, tmp_path / "night", f"process-{n}.log")) as proc:
                 wait_for(lambda: reached(probe), 120, f"`process` #{n} {point}", interval=0.01, alive=proc)
                 proc.sigkill()
-                killed_at.append((point, probe.accepted(), probe.observations("differenced")))
+                killed_at.append((point, probe.accepted(), probe.count("SELECT count(*) FROM preprocess_runs")))
         with started(lambda: start_process(site, tmp_path / "night", "process-last.log")) as proc:
             assert proc.wait(180) == 0, proc.output()[-4000:]
             output = proc.output()
     finally:
         probe.dispose()
     assert "run(s) failed" not in output, output[-3000:]
-    assert killed_at[0][1] < len(files), f"the first kill came after every file was registered: {killed_at}"
+    assert killed_at[0][2] == 0, f"the first kill came after a calibration had started: {killed_at}"
 
     catalog = Catalog(catalog_url)
     instance = instance_of(site)
@@ -167,13 +168,14 @@ def test_daemon_killed_at_each_phase_of_a_tick_and_run_workers_killed_mid_asset(
         return daemons[-1]
 
     try:
-        # after registering, before the run request: the first rows are committed mid-scan
+        # after registering, before the run request: the scan's rows are committed (one transaction), its files
+        # being archived
         current = daemon()
         drop(parts[0], site)
         wait_for(lambda: probe.accepted() >= 1, 120, "the first registration", interval=0.005, alive=current)
         current.sigkill()
         phases.append(("registering", probe.accepted(), instance.get_runs_count(), round(time.monotonic() - t0, 1)))
-        assert phases[-1][1] < len(parts[0]) and phases[-1][2] == 0, phases  # mid-scan, nothing requested
+        assert phases[-1][1] >= 1 and phases[-1][2] == 0, phases  # registered, nothing requested yet
 
         # after the run request, before the cursor: the first calibration run exists, the tick goes on
         current = daemon()
