@@ -125,18 +125,49 @@ def store_relative(path: str | Path, store_root: Path) -> str:
         return str(path)
 
 
+class _Digests:
+    """The sha256 of files this process already read, by what ``stat`` says of them (device, inode, size, mtime,
+    ctime): a file left as it was is not read again. The mirror meets the same files again and again (the
+    calibrated image an artifact of one run and an input of the next, a reference an input of every difference
+    of its field), each up to hundreds of MB; any write to a file changes its key."""
+
+    def __init__(self, size: int = 4096):
+        self._size = size
+        self._known: dict[tuple, str] = {}
+
+    @staticmethod
+    def key(path: Path, stat) -> tuple:
+        return str(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+    def get(self, key: tuple) -> str | None:
+        return self._known.get(key)
+
+    def put(self, key: tuple, digest: str) -> None:
+        if len(self._known) >= self._size:
+            self._known.pop(next(iter(self._known)))  # the oldest first
+        self._known[key] = digest
+
+
+_DIGESTS = _Digests()
+
+
 def fingerprint(path: Path, as_of: float) -> tuple[int | None, str | None]:
     """(size, sha256) of ``path`` if it still holds what it held at ``as_of`` (epoch seconds), else (None, None)."""
     try:
         before = path.stat()
         if before.st_mtime > as_of + CLOCK_TOLERANCE_S:
             return None, None  # rewritten since: these bytes are not the ones the event named
+        key = _Digests.key(path, before)
+        digest = _DIGESTS.get(key)
+        if digest is not None:
+            return before.st_size, digest
         digest = sha256_of(path)
         after = path.stat()
     except FileNotFoundError:
         return None, None
-    if (after.st_mtime_ns, after.st_size) != (before.st_mtime_ns, before.st_size):
+    if _Digests.key(path, after) != key:
         return None, None  # rewritten while we read it
+    _DIGESTS.put(key, digest)
     return before.st_size, digest
 
 
