@@ -86,7 +86,6 @@ class HeaderValues(Mapping):
 
 @dataclass(frozen=True)
 class HduLayout:
-    header: fits.Header
     header_offset: int
     data_offset: int
     data_bytes: int  # unpadded
@@ -114,10 +113,6 @@ class FitsStructure:
         return self.actual_size == self.expected_size
 
     @property
-    def primary_header(self) -> fits.Header:
-        return self.hdus[0].header
-
-    @property
     def primary(self) -> HduLayout:
         return self.hdus[0]
 
@@ -140,8 +135,8 @@ def _padded(n: int) -> int:
 
 
 def _read_header(fh, offset: int, limits: StructureLimits, index: int, digest=None
-                 ) -> tuple[fits.Header, str, HeaderValues, int]:
-    """Header starting at ``offset``; returns it, its cards' text, their values and the offset of its data
+                 ) -> tuple[str, HeaderValues, int]:
+    """Header starting at ``offset``; returns its cards' text, their values and the offset of its data
     (``digest``: updated with its blocks)."""
     raw = bytearray()
     for _ in range(limits.max_header_blocks):
@@ -162,7 +157,7 @@ def _read_header(fh, offset: int, limits: StructureLimits, index: int, digest=No
                 values = _verify_values(header, text, index)
                 if digest is not None:
                     digest.update(raw)
-                return header, text, values, offset + len(raw)
+                return text, values, offset + len(raw)
     raise InvalidFitsFile(f"HDU {index}: no END card within {limits.max_header_blocks} header blocks")
 
 
@@ -189,7 +184,7 @@ class _Incomplete(Exception):
     """The file ends early: still being written, or truncated."""
 
 
-def _data_bytes(header: fits.Header, limits: StructureLimits, index: int) -> int:
+def _data_bytes(header: HeaderValues, limits: StructureLimits, index: int) -> int:
     def integer(key: str, default: int | None = None) -> int:
         value = header.get(key, default)
         if value is None:
@@ -252,7 +247,7 @@ def inspect_fits_structure(path: Path, limits: StructureLimits = StructureLimits
                 raise InvalidFitsFile(f"more than {limits.max_hdus} HDUs")
             index = len(hdus)
             try:
-                header, card_images, values, data_offset = _read_header(fh, offset, limits, index, digest)
+                card_images, header, data_offset = _read_header(fh, offset, limits, index, digest)
             except _Incomplete:
                 fh.seek(offset)
                 rest = fh.read(len(EXTENSION_SIGNATURE))
@@ -266,7 +261,7 @@ def inspect_fits_structure(path: Path, limits: StructureLimits = StructureLimits
             if index > 0 and "XTENSION" not in header:
                 raise InvalidFitsFile(f"HDU {index}: extension header lacks XTENSION")
             nbytes = _data_bytes(header, limits, index)
-            hdus.append(HduLayout(header, offset, data_offset, nbytes, card_images, values))
+            hdus.append(HduLayout(offset, data_offset, nbytes, card_images, header))
             offset = data_offset + _padded(nbytes)
             fh.seek(offset)
             if offset > limits.max_file_bytes:
