@@ -1,7 +1,7 @@
 """Prompt processing: seconds from a raw frame landing to its candidates in the catalog, with the platform's daemon.
 
-What a new user sees with ``make ui`` running: a Dagster daemon on the workspace (sensors, run queue),
-runs launched as Dagster launches them, and frames written into the landing folder. A night is simulated;
+What a new user sees with ``make ui`` running (``dagster dev``: a daemon with its sensors and run queue, the
+webserver, one code server), runs launched as Dagster launches them, and frames written into the landing folder. A night is simulated;
 its calibration frames and first epoch are processed first (masters, calibrated frames, references),
 then the daemon is started and the later frames land one at a time (``--singles``), then several at
 once (``--burst``). For each frame the clock runs from the moment it appears in the landing folder
@@ -22,6 +22,7 @@ import json
 import os
 import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -114,9 +115,16 @@ def science_seconds(catalog, names: list[str]) -> list[float]:
     return [calibration + difference for calibration, difference in stage_seconds(catalog, names)]
 
 
-def start_daemon(env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")], cwd=REPO,
-                            env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT)
+def start_platform(env: dict[str, str], log: Path) -> subprocess.Popen:
+    """The platform as ``make ui`` starts it: ``dagster dev`` (webserver, daemon, and one code server that
+    both use; a bare ``dagster-daemon run -w workspace.yaml`` would start a code server of its own and
+    replace it at every workspace reload, a minute apart, each importing the code location again)."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    return subprocess.Popen([str(BIN / "dagster"), "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1",
+                             "-p", str(port)], cwd=REPO, env={**os.environ, **env}, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)
 
 
 def wait_for_first_tick(log: Path, timeout: float) -> None:
@@ -181,7 +189,7 @@ def _report(singles: list[float], bursts: list[float], science: list[float], arg
         "peak_rss_children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         "load_average_end": os.getloadavg()[0],
     }
-    print(f"\nlanded -> candidates in the catalog, {args.size}x{args.size}, daemon of deploy/dagster.yaml")
+    print(f"\nlanded -> candidates in the catalog, {args.size}x{args.size}, make ui (dagster dev) on deploy/dagster.yaml")
     print("| what landed | p50 | p95 | max | x science of a frame |")
     print("|---|---|---|---|---|")
     print(f"| one frame at a time ({len(singles)}) | {figures['single_p50_s']:.1f} s | {figures['single_p95_s']:.1f} s | "
@@ -222,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     catalog = Catalog(settings.database_url)
     settings.landing_dir.mkdir(parents=True, exist_ok=True)
-    daemon = start_daemon(env, root / "daemon.log")
+    daemon = start_platform(env, root / "daemon.log")
     try:
         wait_for_first_tick(root / "daemon.log", args.timeout)  # a daemon starting is not what a frame waits for
         singles, bursts, landed_at = _measure(frames, settings.landing_dir, catalog, args)

@@ -9,13 +9,15 @@ night's later frames land all at once (a backlog: what a night's throughput is a
   then each frame's chain (raw check, calibration, difference, candidates: the very partition builds the
   assets run, ``pipeline.asset_factory.PARTITION_BUILDS``) in a pool of as many plain processes as the
   daemon runs prompt runs at once (``ASTRO_PROMPT_RUNS``), each paying its imports once;
-* **platform**: ``dagster-daemon run`` on ``deploy/dagster.yaml``, as ``make ui`` runs it: the raw-arrival
+* **platform**: ``dagster dev`` on ``deploy/dagster.yaml``, as ``make ui`` runs it: the raw-arrival
   sensor registers the frames and requests their runs, the queue launches them.
 
 The clock runs from the first frame landing to the catalog holding the last difference and candidates.
 References are not rebuilt during the night on either side (``ASTRO_REFERENCE_REBUILD_GAIN`` set out of
-reach), so both do exactly the same work. Printed: both times, frames per minute, the ratio, the share
-of Dagster, and peak RSS.
+reach), so both do exactly the same work. The plain processes run before the platform and again after it
+on a third identical site (A-B-A; ``--no-again`` skips the second): the yardstick is their mean, and their
+drift says how much the machine's speed changed meanwhile. Printed: the times, frames per minute, the
+ratio, the share of Dagster, and peak RSS.
 
     .venv/bin/python benchmarks/night_throughput.py [--frames 100] [--size 2048] [--quick]
 """
@@ -130,7 +132,7 @@ def platform(root: Path, size: int, n_frames: int, timeout: float) -> tuple[floa
     settings = Settings.from_env()
     catalog = Catalog(settings.database_url)
     settings.landing_dir.mkdir(parents=True, exist_ok=True)
-    daemon = latency.start_daemon(env, root / "daemon.log")
+    daemon = latency.start_platform(env, root / "daemon.log")
     try:
         latency.wait_for_first_tick(root / "daemon.log", timeout)
         started = _land_all(frames, settings.landing_dir)
@@ -147,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--quick", action="store_true", help="20 frames of 1024 px")
+    parser.add_argument("--no-again", dest="again", action="store_false",
+                        help="the plain processes only before the platform, not again after it (A-B, not A-B-A)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--workdir", type=Path, default=None, help="kept after the run (default: a temporary one)")
     args = parser.parse_args(argv)
@@ -158,13 +162,19 @@ def main(argv: list[str] | None = None) -> int:
     processes = Settings.prompt_runs
     print(f"# night throughput: {args.frames} frames of {args.size}x{args.size}, in {root}; "
           f"{processes} processes / prompt runs; load average at start {os.getloadavg()[0]:.2f}", flush=True)
-    plain_seconds, plain_stages = plain(root / "plain", args.size, args.frames, processes)
-    print(f"  plain processes: {plain_seconds:.1f} s", flush=True)
+    before, plain_stages = plain(root / "plain", args.size, args.frames, processes)
+    print(f"  plain processes: {before:.1f} s", flush=True)
     platform_seconds, platform_stages, (requested, start) = platform(root / "platform", args.size, args.frames,
                                                                      args.timeout)
-    print(f"  platform (daemon): {platform_seconds:.1f} s", flush=True)
+    print(f"  platform: {platform_seconds:.1f} s", flush=True)
+    after, _ = plain(root / "plain-after", args.size, args.frames, processes) if args.again else (before, None)
+    print(f"  plain processes again: {after:.1f} s", flush=True)
+    # the yardstick on both sides of the platform (A-B-A): a change of the machine's speed during the run
+    # shows as a drift between them instead of going into the ratio unseen
+    plain_seconds = (before + after) / 2
     ratio = plain_seconds / platform_seconds
     figures = {"frames": args.frames, "size": args.size, "processes": processes, "plain_s": plain_seconds,
+               "plain_before_s": before, "plain_after_s": after, "yardstick_drift": after / before,
                "platform_s": platform_seconds, "throughput_ratio": ratio,
                "plain_frames_per_min": 60 * args.frames / plain_seconds,
                "platform_frames_per_min": 60 * args.frames / platform_seconds,
@@ -172,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                "load_average_end": os.getloadavg()[0]}
     print(f"\n| {args.frames} frames of {args.size} px landed at once | landed -> last candidates | frames/min |")
     print("|---|---|---|")
-    print(f"| plain processes ({processes}), no Dagster (yardstick) | {plain_seconds:.1f} s | "
-          f"{figures['plain_frames_per_min']:.1f} |")
+    print(f"| plain processes ({processes}), no Dagster (yardstick: mean of {before:.1f} s before and {after:.1f} s "
+          f"after the platform, drift {after / before:.2f}) | {plain_seconds:.1f} s | {figures['plain_frames_per_min']:.1f} |")
     print(f"| the platform's daemon | {platform_seconds:.1f} s | {figures['platform_frames_per_min']:.1f} |")
     print(f"throughput of the platform / plain: {ratio:.2f} (Dagster's share {100 * (1 - ratio):.0f} %; goal >= 0.85)")
     print(f"median seconds a frame's calibration / difference took (as the builds record them): plain "

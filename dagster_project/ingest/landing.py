@@ -585,6 +585,8 @@ class ScanResult:
     waiting: dict[str, SeenFile]  # path -> how it looked, for the next scan
     #: files that could not even be quarantined this time (left in place for the next scan), with why
     errors: list[str] = field(default_factory=list)
+    #: what else a person should know of the pass (its files taken one by one, and why)
+    notes: list[str] = field(default_factory=list)
 
 
 #: the catalog itself is unreachable: no file is at fault, the whole scan is retried at the next tick
@@ -698,8 +700,9 @@ def _take_into(scan: _Scan, entry: LandingEntry, seen: SeenFile | None, now: flo
 
 
 def _guarded(scan: _Scan, path: Path, step):
-    """``step()``; a file that vanished gives None, any other failure quarantines the file (its outcome, or None
-    when even that failed, said in the scan's errors). Only an unreachable catalog stops the scan."""
+    """What ``step()`` returns; None when it failed: a file that vanished is left alone, any other failure
+    quarantines the file (its outcome put in the scan's result, or, when even that failed, said in its errors).
+    Only an unreachable catalog stops the scan."""
     try:
         return step()
     except FileNotFoundError:
@@ -707,31 +710,36 @@ def _guarded(scan: _Scan, path: Path, step):
     except CATALOG_UNREACHABLE:
         raise
     except Exception as exc:
-        return _quarantine_or_note(scan.config, scan.catalog, path, exc, scan.result), None, False
+        outcome = _quarantine_or_note(scan.config, scan.catalog, path, exc, scan.result)
+        if outcome is not None:
+            scan.result.outcomes.append(outcome)
+        return None
 
 
 def _register_pending(scan: _Scan) -> None:
     """The described files registered together, then each archived; when they cannot be registered together
-    (a concurrent scan took one, two hold the same bytes, the database refuses a row), each on its own, as a
-    scan of that file alone would."""
+    (a concurrent scan took one, two hold the same bytes, the database refuses a row, a file vanished), each
+    on its own, as a scan of that file alone would."""
     if not scan.pending:
         return
     try:
         rows = register_together(scan.config, scan.catalog, scan.pending, scan.survey_ids)
     except CATALOG_UNREACHABLE:
         raise
-    except Exception:
+    except Exception as exc:  # any reason: the files taken one by one each meet it, or not, on their own
+        scan.result.notes.append(f"{len(scan.pending)} files could not be registered together "
+                                 f"({type(exc).__name__}: {printable(str(exc))[:500]}): taken one by one")
         rows = None
     for index, registration in enumerate(scan.pending):
         if rows is None:
-            step = (lambda r=registration: (ingest_file(scan.config, scan.catalog, scan.registry, r.path,
-                                                        r.readiness, scan.survey_ids), None, False))
+            step = (lambda r=registration: ingest_file(scan.config, scan.catalog, scan.registry, r.path,
+                                                       r.readiness, scan.survey_ids))
         else:
-            step = (lambda r=registration, row=rows[index]: (
-                _archive(scan.config, scan.catalog, r, *row, scan.survey_ids), None, False))
-        taken = _guarded(scan, registration.path, step)
-        if taken is not None and taken[0] is not None:
-            scan.result.outcomes.append(taken[0])
+            step = (lambda r=registration, row=rows[index]: _archive(scan.config, scan.catalog, r, *row,
+                                                                     scan.survey_ids))
+        outcome = _guarded(scan, registration.path, step)
+        if outcome is not None:
+            scan.result.outcomes.append(outcome)
     scan.pending.clear()
 
 

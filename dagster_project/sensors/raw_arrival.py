@@ -94,6 +94,8 @@ def evaluate_raw_arrival(context: SensorEvaluationContext, catalog: CatalogResou
     for outcome in scan.outcomes:
         if outcome.status in ("quarantined", "duplicate"):
             context.log.warning(f"{printable(outcome.path)}: {outcome.status}: {printable(outcome.reason or '')}")
+    for note in scan.notes:
+        context.log.warning(note)
     for error in scan.errors:
         context.log.error(f"left in the landing folder for the next scan: {error}")
     with catalog.catalog().session() as session:

@@ -455,7 +455,7 @@ def test_a_scan_registers_the_files_it_took_in_one_transaction(landing, tmp_path
     for i, data in enumerate(_frames_of_a_night(tmp_path, 5)):
         landing.put(f"f{i}.fits", data)
     result = landing.scan()
-    assert [o.status for o in result.outcomes] == ["accepted"] * 5
+    assert [o.status for o in result.outcomes] == ["accepted"] * 5 and result.notes == []
     assert writes.count(True) == 1
     with landing.catalog.session() as session:
         observations = session.scalars(select(Observation)).all()
@@ -473,6 +473,8 @@ def test_identical_files_in_one_scan_are_registered_one_by_one(landing, frames):
     assert sorted(o.status for o in result.outcomes) == ["accepted", "accepted", "duplicate"]
     duplicate = next(o for o in result.outcomes if o.status == "duplicate")
     assert duplicate.path.endswith("copy.fits") and "frame.fits" in duplicate.reason
+    [note] = result.notes  # the sensor logs it: why this tick took its files one by one
+    assert "3 files could not be registered together (IntegrityError" in note
 
 
 def test_a_scan_killed_while_archiving_its_registered_files_is_finished_by_the_next(landing, tmp_path, monkeypatch):

@@ -107,13 +107,15 @@ def next_raw_file_version(session: Session, original_name: str) -> int:
 
 
 def _insert_raw_file(session: Session, status: RawFileStatus, original_name: str, *, version: int | None = None,
-                     **fields: Any) -> RawDataFile:
-    """Insert the next version of ``original_name`` (``version``: that number, if the caller just read it)."""
+                     flush: bool = True, **fields: Any) -> RawDataFile:
+    """Insert the next version of ``original_name`` (``version``: that number, if the caller just read it;
+    ``flush=False``: at the session's next flush)."""
     if version is None:
         version = next_raw_file_version(session, original_name)
     raw = RawDataFile(original_name=original_name, version=version, status=status, **fields)
     session.add(raw)
-    session.flush()
+    if flush:
+        session.flush()
     return raw
 
 
@@ -150,9 +152,8 @@ def register_raw_file(session: Session, *, original_name: str, sha256: str,
     version = max((r.version for r in named), default=0) + 1
     if callable(stored_path):
         stored_path = stored_path(version)
-    raw = RawDataFile(original_name=original_name, version=version, status=RawFileStatus.ACCEPTED, sha256=sha256,
-                      stored_path=stored_path, **fields)
-    session.add(raw)
+    raw = _insert_raw_file(session, RawFileStatus.ACCEPTED, original_name, version=version, flush=False,
+                           sha256=sha256, stored_path=stored_path, **fields)
     for old in previous:
         transition(old, RawFileStatus.SUPERSEDED)
         if old.observation is not None and old.observation.status != ObservationStatus.ARCHIVED:

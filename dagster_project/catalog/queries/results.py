@@ -276,18 +276,15 @@ def match_observation(session: Session, observation: Observation, cards: dict[st
     otherwise by target position (within the request's ``match_radius_deg`` of the
     frame centre), band, observing window and ``not_before``.
     """
-    now = now or utcnow()
-    if not _any_open_result(session):  # nothing to fulfil (no survey has requests): no frame can match
-        return None
-    return _match(session, observation, cards, now)
+    return match_observations(session, [(observation, cards)], now)[0]
 
 
 def match_observations(session: Session, frames: list[tuple[Observation, dict[str, Any]]],
                        now: datetime | None = None) -> list[ObservationResult | None]:
     """:func:`match_observation` for each (observation, cards) of frames registered together, in order; whether
-    any result waits at all is asked once."""
+    any result waits at all is asked once (one indexed EXISTS: unrequested frames cost little)."""
     now = now or utcnow()
-    if not frames or not _any_open_result(session):
+    if not frames or not _any_open_result(session):  # no survey has requests: no frame can match
         return [None] * len(frames)
     return [_match(session, observation, cards, now) for observation, cards in frames]
 
