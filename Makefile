@@ -11,7 +11,7 @@ DEMO_SIZE ?= 2048
 DEMO_FIELDS ?= 2
 DEMO_EPOCHS ?= 3
 
-.PHONY: install demo test ui bench clean dagster-home workers workers-stop
+.PHONY: install demo test ui daemon bench clean dagster-home workers workers-stop
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,18 @@ test: install
 
 ui: install dagster-home
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# Headless (an observatory's server, no web UI): one long-lived code server and the daemon connected to it.
+# The daemon reloads its workspace every minute; pointed at workspace.yaml's python_module it would start a
+# code server of its own and replace it at each reload, importing the code location again (`dagster dev`,
+# `make ui`, already runs one code server for its daemon and webserver). Stop both with Ctrl-C.
+CODE_SERVER_PORT ?= 4266
+daemon: install dagster-home
+	@$(BIN)/dagster code-server start -m dagster_project.definitions -h 127.0.0.1 -p $(CODE_SERVER_PORT) & server=$$!; \
+	trap 'kill $$server 2>/dev/null; wait $$server' EXIT; \
+	until $(BIN)/dagster api grpc-health-check -h 127.0.0.1 -p $(CODE_SERVER_PORT) >/dev/null 2>&1; do \
+	  kill -0 $$server 2>/dev/null || { echo "the code server did not start" >&2; exit 1; }; sleep 1; done; \
+	$(BIN)/dagster-daemon run --grpc-host 127.0.0.1 --grpc-port $(CODE_SERVER_PORT)
 
 bench: install
 	$(BIN)/python benchmarks/stage_timings.py --size 2048

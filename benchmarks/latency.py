@@ -22,6 +22,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -124,7 +125,22 @@ def start_platform(env: dict[str, str], log: Path) -> subprocess.Popen:
         port = free.getsockname()[1]
     return subprocess.Popen([str(BIN / "dagster"), "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1",
                              "-p", str(port)], cwd=REPO, env={**os.environ, **env}, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_platform(platform: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Ctrl-C, as a user stops ``make ui`` (its daemon and webserver are given a minute each to shut down);
+    whatever of its session is left after ``timeout`` is killed."""
+    platform.send_signal(signal.SIGINT)
+    try:
+        platform.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(platform.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    platform.wait()
 
 
 def wait_for_first_tick(log: Path, timeout: float) -> None:
@@ -235,8 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_for_first_tick(root / "daemon.log", args.timeout)  # a daemon starting is not what a frame waits for
         singles, bursts, landed_at = _measure(frames, settings.landing_dir, catalog, args)
     finally:
-        daemon.terminate()
-        daemon.wait(60)
+        stop_platform(daemon)
     figures = _report(singles, bursts, science_seconds(catalog, [p.name for p in frames[:len(singles) + len(bursts)]]),
                       args)
     figures["single_phases_s"] = phases = single_phases(catalog, landed_at)

@@ -138,8 +138,7 @@ def platform(root: Path, size: int, n_frames: int, timeout: float) -> tuple[floa
         started = _land_all(frames, settings.landing_dir)
         done = latency.wait_done(catalog, [f.name for f in frames], timeout)
     finally:
-        daemon.terminate()
-        daemon.wait(60)
+        latency.stop_platform(daemon)
     return max(done.values()) - started, _stages(catalog, frames), _run_starts(started)
 
 

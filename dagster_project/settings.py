@@ -16,6 +16,11 @@ variable                       meaning                                     defau
                                (the daemon's loop comes round every 5 s;   the daemon (every 5 s)
                                at 5 a tick that comes a moment early is
                                skipped and sensors tick every 10 s)
+``ASTRO_BOOKKEEPING_INTERVAL`` least seconds between two ticks of the      ``15``: every third loop
+                               ledger and product-rebuild sensors (what     of the daemon
+                               they do waits for runs or a debounce, not
+                               for a frame: ticking them less often leaves
+                               the cores to the frames)
 ``ASTRO_SETTLE_SECONDS``       a file must be unchanged this long          ``1``
 ``ASTRO_TRUNCATED_AFTER``      an incomplete file unchanged this long is   ``300``
                                quarantined as truncated (seconds)
@@ -100,6 +105,9 @@ DIFFERENCE_PARAMS_VARIABLE = "ASTRO_DIFFERENCE_PARAMS"
 #: ASTRO_SENSOR_INTERVAL's default: a tick on every loop of the daemon, which comes round every 5 s (at 5, a
 #: tick that came a moment early was skipped, and sensors ticked every 10 s: benchmarks/latency.py)
 SENSOR_INTERVAL = 1
+#: ASTRO_BOOKKEEPING_INTERVAL's default: the ledger and product-rebuild sensors every third loop of the daemon
+#: (each tick of a sensor costs the daemon and the code server 50-150 ms of CPU even when there is nothing to do)
+BOOKKEEPING_INTERVAL = 15
 
 #: ASTRO_EXECUTOR's values: where a run's steps execute (pipeline/jobs.py)
 EXECUTORS = ("in_process", "multiprocess", "celery")
@@ -217,6 +225,8 @@ class Settings:
     instruments_file: Path | None
     #: the sensors' minimum_interval_seconds (ASTRO_SENSOR_INTERVAL)
     sensor_interval_seconds: int
+    #: the ledger and product-rebuild sensors' minimum_interval_seconds (ASTRO_BOOKKEEPING_INTERVAL)
+    bookkeeping_interval_seconds: int
     settle_seconds: float
     truncated_after_seconds: float
     max_file_bytes: int
@@ -311,6 +321,7 @@ class Settings:
             survey=os.environ.get("ASTRO_SURVEY", "local"),
             instruments_file=Path(instruments).expanduser() if instruments else None,
             sensor_interval_seconds=_positive_int("ASTRO_SENSOR_INTERVAL", SENSOR_INTERVAL),
+            bookkeeping_interval_seconds=_positive_int("ASTRO_BOOKKEEPING_INTERVAL", BOOKKEEPING_INTERVAL),
             settle_seconds=_number("ASTRO_SETTLE_SECONDS", 1, minimum=0),
             truncated_after_seconds=_number("ASTRO_TRUNCATED_AFTER", 300, minimum=0),
             max_file_bytes=int(_number("ASTRO_MAX_FILE_MB", 4096, minimum=0) * 2**20),

@@ -44,7 +44,7 @@ def make_settings(root: Path, database_url: str, **overrides) -> Settings:
     settings = Settings(
         home=root, landing_dir=root / "landing", store_dir=root / "store", quarantine_dir=root / "quarantine",
         database_url=database_url, dagster_home=root / "dagster", survey="test", instruments_file=None,
-        sensor_interval_seconds=1, settle_seconds=0.0, truncated_after_seconds=30.0,
+        sensor_interval_seconds=1, bookkeeping_interval_seconds=1, settle_seconds=0.0, truncated_after_seconds=30.0,
         max_file_bytes=512 * 2**20, max_hdus=16, detection_threshold=5.0,
         product_quiet_seconds=0.0, product_max_delay_seconds=60.0,
         # the tests of the pipeline's other stages were written for one-frame references (their figures, the

@@ -102,10 +102,22 @@ def test_the_other_science_parameters_come_from_the_settings(tmp_path, monkeypat
 
 
 def test_the_sensors_are_built_from_the_settings(tmp_path, sqlite_url):
-    settings = make_settings(tmp_path, sqlite_url, sensor_interval_seconds=7)
+    settings = make_settings(tmp_path, sqlite_url, sensor_interval_seconds=7, bookkeeping_interval_seconds=20)
     sensors = build_sensors(settings, build_jobs(settings))
     assert sorted(s.name for s in sensors) == sorted(s.name for s in defs.sensors)
-    assert {s.minimum_interval_seconds for s in sensors} == {7}
+    # what a frame waits for ticks often; what waits for runs or a debounce (the ledger, product rebuilds) less
+    assert {s.name: s.minimum_interval_seconds for s in sensors} == {
+        "raw_arrival_sensor": 7, "reference_and_difference_sensor": 7,
+        "operations_ledger_sensor": 20, "product_rebuild_sensor": 20}
+
+
+def test_the_bookkeeping_sensors_tick_every_third_loop_by_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("ASTRO_HOME", str(tmp_path))
+    monkeypatch.delenv("ASTRO_BOOKKEEPING_INTERVAL", raising=False)
+    assert Settings.from_env().bookkeeping_interval_seconds == 15
+    monkeypatch.setenv("ASTRO_BOOKKEEPING_INTERVAL", "0")
+    with pytest.raises(ValueError, match="ASTRO_BOOKKEEPING_INTERVAL"):
+        Settings.from_env()
 
 
 @pytest.mark.parametrize("module", ["sensors/builder.py", "sensors/raw_arrival.py",

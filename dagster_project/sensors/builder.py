@@ -8,7 +8,8 @@ names as parameters, as for Dagster's ``@sensor``) and turns it into a builder::
 
 ``definitions.py`` reads the settings once, builds the jobs from them (``pipeline.build_jobs``) and
 calls each builder with both: every sensor is on by default and ticks every ``ASTRO_SENSOR_INTERVAL``
-seconds, requesting runs of the jobs it names. Nothing is read at import.
+seconds (a ``bookkeeping`` one, whose work waits for runs or a debounce rather than for a frame, every
+``ASTRO_BOOKKEEPING_INTERVAL``), requesting runs of the jobs it names. Nothing is read at import.
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -25,14 +26,15 @@ SensorBuilder = Callable[[Settings, Mapping[str, Any]], SensorDefinition]
 
 
 def sensor_builder(evaluate: Callable[..., Any], *, name: str, description: str,
-                   jobs: Sequence[str] = ()) -> SensorBuilder:
+                   jobs: Sequence[str] = (), bookkeeping: bool = False) -> SensorBuilder:
     """A builder of the sensor ``name``: ``evaluate`` at every tick, requesting runs of the jobs named ``jobs``
-    (none: it only observes)."""
+    (none: it only observes); ``bookkeeping``: it ticks every ``ASTRO_BOOKKEEPING_INTERVAL`` seconds."""
     def build(settings: Settings, built_jobs: Mapping[str, Any]) -> SensorDefinition:
-        return sensor(name=name, jobs=[built_jobs[job] for job in jobs] or None,
-                      minimum_interval_seconds=settings.sensor_interval_seconds,
+        interval = settings.bookkeeping_interval_seconds if bookkeeping else settings.sensor_interval_seconds
+        return sensor(name=name, jobs=[built_jobs[job] for job in jobs] or None, minimum_interval_seconds=interval,
                       default_status=DefaultSensorStatus.RUNNING, description=description)(evaluate)
 
+    variable = "ASTRO_BOOKKEEPING_INTERVAL" if bookkeeping else "ASTRO_SENSOR_INTERVAL"
     build.__name__ = build.__qualname__ = f"build_{name}"
-    build.__doc__ = f"The {name}, made from the settings (its tick interval: ASTRO_SENSOR_INTERVAL)."
+    build.__doc__ = f"The {name}, made from the settings (its tick interval: {variable})."
     return build

@@ -31,7 +31,7 @@ def evaluate_ledger(context: SensorEvaluationContext, catalog: CatalogResource, 
 
 
 build_ledger_sensor = sensor_builder(
-    evaluate_ledger, name="operations_ledger_sensor",
+    evaluate_ledger, name="operations_ledger_sensor", bookkeeping=True,
     description="Mirrors every run's steps, materializations and files into the catalog's provenance tables, "
     "and keeps the operations ledger true when runs finish, fail, are canceled or their process dies.",
 )

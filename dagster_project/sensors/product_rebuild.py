@@ -67,7 +67,7 @@ def evaluate_product_rebuild(context: SensorEvaluationContext, catalog: CatalogR
 
 
 build_product_rebuild_sensor = sensor_builder(
-    evaluate_product_rebuild, name="product_rebuild_sensor", jobs=[PRODUCTS_JOB],
+    evaluate_product_rebuild, name="product_rebuild_sensor", jobs=[PRODUCTS_JOB], bookkeeping=True,
     description="Rebuilds ObservationResult products whose assets_revision moved past last_built_revision, "
     "once the debounce has passed; re-queues builds whose run died.",
 )

@@ -49,6 +49,7 @@ def platform(tmp_path, monkeypatch):
     for name, value in {"ASTRO_HOME": str(tmp_path), "DAGSTER_HOME": str(home), "ASTRO_SURVEY": "test",
                         "DATABASE_URL": f"sqlite:///{tmp_path / 'catalog.sqlite'}", "ASTRO_SENSOR_INTERVAL": "1",
                         "ASTRO_SETTLE_SECONDS": "0", "ASTRO_PRODUCT_QUIET": "0",
+                        "ASTRO_BOOKKEEPING_INTERVAL": "1",  # the tests follow the backfill in the ledger
                         # one-frame references, as these backfill figures were written for
                         "ASTRO_REFERENCE_FRAMES": "1"}.items():
         monkeypatch.setenv(name, value)

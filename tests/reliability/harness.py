@@ -68,6 +68,8 @@ class Site:
             **os.environ, "ASTRO_HOME": str(self.root), "DAGSTER_HOME": str(self.dagster_home),
             "DATABASE_URL": self.database_url, "ASTRO_LANDING_DIR": str(self.landing), "ASTRO_SURVEY": "test",
             "ASTRO_SETTLE_SECONDS": "0", "ASTRO_SENSOR_INTERVAL": "1", "ASTRO_PRODUCT_QUIET": "0",
+            # the ledger and product rebuilds on every loop of the daemon too: the scenarios wait for both
+            "ASTRO_BOOKKEEPING_INTERVAL": "1",
             # retries soon and often enough for a test, through the same settings an operator uses
             "ASTRO_RETRY_BACKOFF": "2", "ASTRO_RETRY_ATTEMPTS": "6",
             # one-frame references: the crashes are about runs and rows, and a co-add's rebuilds would only
