@@ -11,7 +11,7 @@ DEMO_SIZE ?= 2048
 DEMO_FIELDS ?= 2
 DEMO_EPOCHS ?= 3
 
-.PHONY: install demo test ui daemon bench clean dagster-home workers workers-stop
+.PHONY: install demo test ui daemon api bench clean dagster-home workers workers-stop
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,13 @@ daemon: install dagster-home
 	until $(BIN)/dagster api grpc-health-check -h 127.0.0.1 -p $(CODE_SERVER_PORT) >/dev/null 2>&1; do \
 	  kill -0 $$server 2>/dev/null || { echo "the code server did not start" >&2; exit 1; }; sleep 1; done; \
 	$(BIN)/dagster-daemon run --grpc-host 127.0.0.1 --grpc-port $(CODE_SERVER_PORT)
+
+# The observatory operations API (docs/operations_api.md): 127.0.0.1:8000, OpenAPI at /openapi.json.
+# Its first admin token: ASTRO_API_ADMIN_TOKEN, or `.venv/bin/python -m dagster_project api token create NAME --scope admin`.
+API_HOST ?= 127.0.0.1
+API_PORT ?= 8000
+api: install
+	$(BIN)/python -m dagster_project api --host $(API_HOST) --port $(API_PORT)
 
 bench: install
 	$(BIN)/python benchmarks/stage_timings.py --size 2048

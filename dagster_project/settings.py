@@ -89,6 +89,15 @@ variable                       meaning                                     defau
                                listen on it: ``make workers``)
 ``ASTRO_STEP_RETRIES``         with multiprocess or celery: retries of a   ``2``
                                failed step within its run (RetryPolicy)
+``ASTRO_API_JOURNAL``          the operations API's durable journal of     ``$ASTRO_HOME/api/journal.sqlite``
+                               critical writes (and its clients' tokens)
+``ASTRO_API_ADMIN_TOKEN``      a bearer token with the admin scope (read   (none: make tokens with
+                               by the API at start, kept as its hash)      ``api token create``)
+``ASTRO_API_MAX_BODY_MB``      larger requests are refused (413)           ``8``
+``ASTRO_PACKAGE_MAX_GB``       most a raw data package may hold (declared  ``50``
+                               file sizes)
+``ASTRO_MISSING_AFTER``        a file registered through the API and not   ``3600``
+                               landed this many seconds later is missing
 =============================  ==========================================  =================================
 """
 
@@ -270,6 +279,12 @@ class Settings:
     celery_queue: str = "dagster"
     #: Dagster's retries of a failed step within its run (multiprocess and celery executors only)
     step_retries: int = 2
+    #: the operations API (dagster_project/api): its journal, request size limit, package size limit, and when a
+    #: registered file that has not landed is missing
+    api_journal: Path | None = None
+    api_max_body_bytes: int = 8 * 2**20
+    package_max_bytes: int = 50 * 10**9
+    missing_after_seconds: float = 3600.0
     #: how ``home`` was chosen, for messages that say where state was looked for
     home_source: str = "given"
 
@@ -356,5 +371,9 @@ class Settings:
             celery_backend=os.environ.get("ASTRO_CELERY_BACKEND") or cls.celery_backend,
             celery_queue=os.environ.get("ASTRO_CELERY_QUEUE") or cls.celery_queue,
             step_retries=int(_number("ASTRO_STEP_RETRIES", cls.step_retries, int, minimum=0)),
+            api_journal=_path("ASTRO_API_JOURNAL", home / "api" / "journal.sqlite"),
+            api_max_body_bytes=int(_number("ASTRO_API_MAX_BODY_MB", 8, minimum=0.001) * 2**20),
+            package_max_bytes=int(_number("ASTRO_PACKAGE_MAX_GB", 50, minimum=1e-9) * 10**9),
+            missing_after_seconds=_number("ASTRO_MISSING_AFTER", cls.missing_after_seconds, minimum=0),
             home_source=home_source,
         )

@@ -76,6 +76,12 @@ TaskState, ObservationTask.state (leaving for an end stamps ``finished_at`` and 
 ResultProcessingRunStatus, for ObservationResultProcessingRun (its end stamps ``finished_at``, ``error``)::
 
     running ──► succeeded | blocked | failed | skipped | abandoned
+
+The observatory domain (what the operations API records; ``status_reason`` says why)::
+
+    ExecutedObsUnitStatus:  started ──► succeeded | failed | aborted
+    PackageStatus:          building ──► complete      (only when every file arrived and was verified)
+    RegisteredFileStatus:   registered ──► arrived | mismatched | missing;   missing ──► arrived | mismatched
 """
 
 from collections.abc import Callable, Mapping
@@ -95,6 +101,14 @@ from dagster_project.catalog.schema.observations import (
     RawDataFile,
     RawFileStatus,
     RunStatus,
+)
+from dagster_project.catalog.schema.observatory import (
+    ExecutedObsUnit,
+    ExecutedObsUnitStatus,
+    PackageStatus,
+    RawDataPackage,
+    RegisteredFileStatus,
+    RegisteredRawFile,
 )
 from dagster_project.catalog.schema.operations import (
     OperationOutcome,
@@ -374,3 +388,30 @@ register(ObservationResult, Machine(DataProductStatus, PRODUCT_TRANSITIONS, "sta
 register(ObservationTask, Machine(TaskState, TASK_TRANSITIONS, "error", "state", _task_recorded))
 register(ObservationResultProcessingRun, Machine(ResultProcessingRunStatus, RESULT_PROCESSING_RUN_TRANSITIONS,
                                                  "error", effect=_run_end_recorded))
+
+
+# --- the observatory domain -----------------------------------------------------------------------------------------
+
+EU, PK, RF = ExecutedObsUnitStatus, PackageStatus, RegisteredFileStatus
+
+EXECUTED_OBS_UNIT_TRANSITIONS: dict[ExecutedObsUnitStatus, frozenset[ExecutedObsUnitStatus]] = {
+    EU.STARTED: frozenset({EU.SUCCEEDED, EU.FAILED, EU.ABORTED}),
+    **{s: frozenset() for s in EU if s is not EU.STARTED},
+}
+
+PACKAGE_TRANSITIONS: dict[PackageStatus, frozenset[PackageStatus]] = {
+    PK.BUILDING: frozenset({PK.COMPLETE}),
+    PK.COMPLETE: frozenset(),
+}
+
+_LANDED = frozenset({RF.ARRIVED, RF.MISMATCHED})
+REGISTERED_FILE_TRANSITIONS: dict[RegisteredFileStatus, frozenset[RegisteredFileStatus]] = {
+    RF.REGISTERED: _LANDED | {RF.MISSING},
+    RF.MISSING: _LANDED,
+    RF.ARRIVED: frozenset(),
+    RF.MISMATCHED: frozenset(),
+}
+
+register(ExecutedObsUnit, Machine(ExecutedObsUnitStatus, EXECUTED_OBS_UNIT_TRANSITIONS, "status_reason"))
+register(RawDataPackage, Machine(PackageStatus, PACKAGE_TRANSITIONS))
+register(RegisteredRawFile, Machine(RegisteredFileStatus, REGISTERED_FILE_TRANSITIONS, "status_reason"))

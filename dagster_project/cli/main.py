@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from dagster_project.cli import backfill as cli_backfill, candidates as cli_candidates
+from dagster_project.cli import api as cli_api, backfill as cli_backfill, candidates as cli_candidates
 from dagster_project.cli import operations as cli_operations, results as cli_results
 from dagster_project.cli.args import PROG, Parser, catalog_of, fail, image_size, iso_date, non_negative_float, non_negative_int, positive_int
 from dagster_project.settings import Settings
@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_results.add_subcommands(sub)
     cli_backfill.add_subcommands(sub)
     cli_operations.add_subcommands(sub)
+    cli_api.add_subcommands(sub)
     return parser
 
 
@@ -198,7 +199,7 @@ def ensure_dagster_home(settings: Settings) -> None:
 #: (command, action) that start from nothing or add to what is there; every other command reads existing state
 MAKES_STATE = {("process", None), ("demo", None), ("migrate", None), ("requests", "add")}
 #: commands that touch neither the catalog nor the Dagster instance
-NO_STATE = {("simulate-night", None)}
+NO_STATE = {("simulate-night", None), ("api", None), ("api", "token"), ("api", "journal")}
 
 
 def missing_state(settings: Settings) -> str | None:

@@ -31,13 +31,16 @@ import re
 import shutil
 import stat as stat_module
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
 
 from dagster_project.catalog import Catalog, queries
+from dagster_project.catalog.queries import observatory
 from dagster_project.catalog.schema import Observation, RawDataFile, RawFileStatus
 from dagster_project.ingest.fits_structure import (
     BLOCK,
@@ -278,6 +281,8 @@ class LandingConfig:
     limits: StructureLimits
     #: copy files instead of moving them (for folders that belong to someone, e.g. an archive night)
     keep_originals: bool = False
+    #: a file registered through the operations API that has not landed this long after is missing (seconds)
+    missing_after_seconds: float = 3600.0
 
 
 #: the catalog's column widths for names and paths (RawDataFile.original_name, .landing_path, .stored_path)
@@ -414,7 +419,8 @@ class Registration:
 
 def ingest_file(config: LandingConfig, catalog: Catalog, registry: InstrumentRegistry, path: Path,
                 readiness: Readiness, survey_ids: dict[str, object] | None = None, *,
-                register: bool = True) -> IngestOutcome | Registration | None:
+                register: bool = True, declared: observatory.WaitingRegistration | None = None
+                ) -> IngestOutcome | Registration | None:
     """Take one file that :func:`assess` found ready (or rejected) into the platform.
 
     Returns None when the file changed while it was read, or when a recently
@@ -424,10 +430,12 @@ def ingest_file(config: LandingConfig, catalog: Catalog, registry: InstrumentReg
     ``survey_ids``: a scan's memory of its survey's id (name -> id), so that its files do not look it up each.
     ``register=False``: a good file is returned described (a :class:`Registration`) for
     :func:`register_together`, and only refused, duplicate or recovered files get their outcome here.
+    ``declared``: what the telescope registered through the operations API under this file's name; a file of
+    another size or sha256 is quarantined with the difference as its reason.
     """
     for attempt in range(3):
         try:
-            return _ingest_once(config, catalog, registry, path, readiness, survey_ids, register)
+            return _ingest_once(config, catalog, registry, path, readiness, survey_ids, register, declared)
         except (sa.exc.IntegrityError, queries.ContentAlreadyStored):
             if attempt == 2:
                 raise
@@ -436,11 +444,15 @@ def ingest_file(config: LandingConfig, catalog: Catalog, registry: InstrumentReg
 
 def _ingest_once(config: LandingConfig, catalog: Catalog, registry: InstrumentRegistry, path: Path,
                  readiness: Readiness, survey_ids: dict[str, object] | None,
-                 register: bool = True) -> IngestOutcome | Registration | None:
+                 register: bool = True, declared: observatory.WaitingRegistration | None = None
+                 ) -> IngestOutcome | Registration | None:
     before = _signature(path)
     sha256 = sha256_of(path, max_bytes=config.limits.max_file_bytes)
     if _signature(path) != before:
         return None
+    mismatch = None if declared is None else observatory.declared_mismatch(declared, before[0], sha256)
+    if mismatch is not None:  # before anything else: the telescope said what this file must be
+        return quarantine(config, catalog, path, mismatch, sha256)
     landing_text = _clip(_text(path), PATH_CHARS)
     with catalog.session() as session:
         if config.keep_originals and queries.raw_file_arrived_from(session, sha256, landing_text):
@@ -609,7 +621,8 @@ def _quarantine_after_error(config: LandingConfig, catalog: Catalog, path: Path,
 
 def _take(config: LandingConfig, catalog: Catalog, registry: InstrumentRegistry, entry: LandingEntry,
           seen: SeenFile | None, now: float, settle_seconds: float, truncated_after: float,
-          survey_ids: dict[str, object], pending: list[Registration]
+          survey_ids: dict[str, object], pending: list[Registration],
+          declared: observatory.WaitingRegistration | None = None
           ) -> tuple[IngestOutcome | None, SeenFile | None, bool]:
     """One entry: (its outcome or None, how it looked if it must wait, whether it waits only to settle).
     A good file is described into ``pending``, to be registered with the others."""
@@ -618,7 +631,8 @@ def _take(config: LandingConfig, catalog: Catalog, registry: InstrumentRegistry,
     readiness, state = assess(entry.path, seen, now, settle_seconds, truncated_after, config.limits)
     if readiness.state == "wait":
         return None, state, readiness.reason == SETTLING
-    outcome = ingest_file(config, catalog, registry, entry.path, readiness, survey_ids, register=False)
+    outcome = ingest_file(config, catalog, registry, entry.path, readiness, survey_ids, register=False,
+                          declared=declared)
     if isinstance(outcome, Registration):
         pending.append(outcome)
         return None, None, False
@@ -644,6 +658,8 @@ class _Scan:
     survey_ids: dict[str, object] = field(default_factory=dict)
     #: good files described, registered together at the end of the pass
     pending: list[Registration] = field(default_factory=list)
+    #: what the operations API registered and waits to land, by name
+    declared: dict[str, observatory.WaitingRegistration] = field(default_factory=dict)
 
     @property
     def full(self) -> bool:
@@ -667,6 +683,7 @@ def scan_landing(config: LandingConfig, catalog: Catalog, registry: InstrumentRe
     """
     now = time.time() if now is None else now
     scan = _Scan(config, catalog, registry, settle_seconds, truncated_after, max_files)
+    scan.declared = _registrations_waiting(config, catalog)
     settling: list[LandingEntry] = []
     for entry in candidate_files(config.landing_dir):
         key = _text(entry.path)
@@ -679,7 +696,39 @@ def scan_landing(config: LandingConfig, catalog: Catalog, registry: InstrumentRe
     if settling and linger_seconds > 0:
         _look_again(scan, settling, linger_seconds)
     _register_pending(scan)
+    _settle_declared(scan)
     return scan.result
+
+
+def _registrations_waiting(config: LandingConfig, catalog: Catalog) -> dict[str, observatory.WaitingRegistration]:
+    """The files the operations API registered that have not landed, by name; those registered more than
+    ``missing_after_seconds`` ago are marked missing first (they still wait: a late file is taken)."""
+    with catalog.session() as session:
+        observatory.mark_missing_registrations(session, timedelta(seconds=config.missing_after_seconds))
+        return observatory.waiting_registrations(session)
+
+
+def _settle_declared(scan: _Scan) -> None:
+    """The registrations whose files this scan took: arrived, or mismatched (the file was quarantined for not
+    being what was declared)."""
+    landed = []
+    for outcome in scan.result.outcomes:
+        declared = scan.declared.get(catalog_name(scan.config, Path(outcome.path)))
+        if declared is None or not outcome.raw_file_id:
+            continue
+        mismatch = None if outcome.sha256 == declared.sha256 else (
+            outcome.reason or f"sha256 {outcome.sha256} where {declared.sha256} was declared")
+        landed.append((declared.id, uuid.UUID(outcome.raw_file_id), mismatch))
+    if not landed:
+        return
+    try:
+        with scan.catalog.session() as session:
+            observatory.settle_registrations(session, landed)
+    except CATALOG_UNREACHABLE:
+        raise
+    except Exception as exc:  # the files are taken; their registrations are settled by no later scan: say so
+        scan.result.errors.append(f"{len(landed)} registered files landed but their registrations could not be "
+                                  f"settled: {type(exc).__name__}: {printable(str(exc))[:500]}")
 
 
 def _take_into(scan: _Scan, entry: LandingEntry, seen: SeenFile | None, now: float) -> bool:
@@ -688,7 +737,7 @@ def _take_into(scan: _Scan, entry: LandingEntry, seen: SeenFile | None, now: flo
     scan.result.waiting.pop(key, None)
     taken = _guarded(scan, entry.path, lambda: _take(
         scan.config, scan.catalog, scan.registry, entry, seen, now, scan.settle_seconds, scan.truncated_after,
-        scan.survey_ids, scan.pending))
+        scan.survey_ids, scan.pending, scan.declared.get(catalog_name(scan.config, entry.path))))
     if taken is None:
         return False
     outcome, state, settling = taken

@@ -76,6 +76,8 @@ class LandingResource(ConfigurableResource):
     max_file_bytes: int = 4 * 2**30
     max_hdus: int = 16
     keep_originals: bool = False
+    #: a file registered through the operations API and not landed this long after is missing (seconds)
+    missing_after_seconds: float = 3600.0
 
     def config(self) -> LandingConfig:
         return LandingConfig(
@@ -85,6 +87,7 @@ class LandingResource(ConfigurableResource):
             survey=self.survey,
             limits=StructureLimits(max_file_bytes=self.max_file_bytes, max_hdus=self.max_hdus),
             keep_originals=self.keep_originals,
+            missing_after_seconds=self.missing_after_seconds,
         )
 
     def registry(self) -> InstrumentRegistry:
@@ -180,6 +183,7 @@ def resources_from_settings(settings: Settings, landing_dir: Path | None = None,
             truncated_after_seconds=settings.truncated_after_seconds,
             max_file_bytes=settings.max_file_bytes,
             max_hdus=settings.max_hdus,
+            missing_after_seconds=settings.missing_after_seconds,
         ),
         "pipeline": PipelineConfigResource(difference=difference_config(settings),
                                            detect_cosmic_rays=settings.detect_cosmic_rays,

@@ -1,7 +1,8 @@
 """The catalog's named queries, one module per domain: ``observations`` (raw files to candidates),
 ``calibration`` (calibration frames, masters, astrometric anchors), ``planning`` (what awaits which stage),
-``results`` (requests, fulfilment and product rebuilds), ``operations`` (the operations ledger) and
-``provenance`` (what each run made of what)."""
+``results`` (requests, fulfilment and product rebuilds), ``operations`` (the operations ledger),
+``provenance`` (what each run made of what) and ``observatory`` (what the telescopes report through the
+operations API; imported as a module: ``queries.observatory``)."""
 
 from dagster_project.catalog.queries.observations import (
     ContentAlreadyStored,
@@ -133,6 +134,7 @@ from dagster_project.catalog.queries.operations import (
     update_context,
 )
 
+from dagster_project.catalog.queries import observatory
 from dagster_project.catalog.queries.provenance import (
     ArtifactRecord,
     InputRecord,
@@ -238,6 +240,7 @@ __all__ = [
     "match_observations",
     "mirrored_up_to",
     "next_raw_file_version",
+    "observatory",
     "nights_with_calibration",
     "note_lost_attempt",
     "observation_materialized",

@@ -1,6 +1,7 @@
 """The catalog's schema, one module per domain: ``base`` (what every table shares), ``observations``
 (raw files, observations, calibration, references, differences, candidates), ``results`` (observation
-requests and ObservationResults), ``operations`` (the operations ledger and provenance)."""
+requests and ObservationResults), ``operations`` (the operations ledger and provenance), ``observatory`` (what
+the telescopes report through the operations API)."""
 
 from dagster_project.catalog.schema.base import (
     Base,
@@ -67,8 +68,25 @@ from dagster_project.catalog.schema.operations import (
     StepType,
 )
 
+from dagster_project.catalog.schema.observatory import (
+    AppliedWrite,
+    ExecutedObsUnit,
+    ExecutedObsUnitStatus,
+    PackageStatus,
+    RawDataPackage,
+    RegisteredFileStatus,
+    RegisteredRawFile,
+)
+
 
 __all__ = [
+    "AppliedWrite",
+    "ExecutedObsUnit",
+    "ExecutedObsUnitStatus",
+    "PackageStatus",
+    "RawDataPackage",
+    "RegisteredFileStatus",
+    "RegisteredRawFile",
     "ACTIVE",
     "Artifact",
     "Base",
