@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
-from dagster_project.ingest.landing import FITS_SUFFIXES
+from dagster_project.ingest.names import FITS_SUFFIXES
 
 #: one component of a landed file's name: what the store keeps unchanged (store.safe_path_component's set)
 _COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
@@ -31,7 +31,14 @@ def _landing_name(value: str) -> str:
 
 
 def _utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    """The time in UTC, between the years 1900 and 2200 (a time of an observatory, which a database stores)."""
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range") from None
+    if not 1900 <= value.year <= 2200:
+        raise ValueError("must lie between the years 1900 and 2200")
+    return value
 
 
 LandingName = Annotated[str, Field(min_length=6, max_length=255), AfterValidator(_landing_name)]

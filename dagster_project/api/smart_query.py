@@ -2,10 +2,10 @@
 writes whether or not they have reached the database.
 
 The journal is read first, then the catalog: a write replayed in between is then seen in the catalog, and
-laying it over the stored row again changes nothing (each overlay sets what its write set). While the
-catalog is reachable only the pending entries are laid over the stored rows (stored rows win once
-replayed); while it is away the applied entries are laid over nothing as well, so every write this API
-acknowledged stays visible through the outage. What reached the catalog by other ways (a file landing)
+laying it over the stored row again changes nothing (each overlay sets what its write set). When the
+catalog answers, only the pending entries are laid over its rows (stored rows win once replayed); when it
+does not, the applied entries are laid over nothing as well, so every write this API acknowledged stays
+visible through the outage. What reached the catalog by other ways (a file landing)
 shows only while the catalog is reachable.
 """
 
@@ -113,6 +113,11 @@ def _overlay_package(packages: dict[uuid.UUID, dict], entry: Entry) -> None:
                                     finalized_at=None, buffered=entry.state == PENDING)
 
 
+def _to_lay_over(entries: list[Entry], stored: object | None) -> list[Entry]:
+    """The pending entries over what the catalog returned; all of them when it returned nothing (it is away)."""
+    return entries if stored is None else [e for e in entries if e.state == PENDING]
+
+
 class SmartQuery:
     """Reads that merge the journal and the catalog (see the module's docstring)."""
 
@@ -133,7 +138,9 @@ class SmartQuery:
         return found
 
     def _touching(self, entity: str, *, entity_id: str | None = None, lookup: str | None = None) -> list[Entry]:
-        return self.journal.touching(entity, entity_id=entity_id, lookup=lookup, applied_too=not self.gate.reachable)
+        """The journal's entries of the entity, applied ones included: which of them to lay over is decided once
+        the catalog has answered or not (:func:`_to_lay_over`)."""
+        return self.journal.touching(entity, entity_id=entity_id, lookup=lookup, applied_too=True)
 
     # --- executed observation units --------------------------------------------------------------------------------
 
@@ -149,20 +156,21 @@ class SmartQuery:
                     observations=observatory.observations_of_unit(session, unit.id))
             return found
 
-        units = self._stored(read) or {}
-        for entry in entries:
+        stored = self._stored(read)
+        units = stored or {}
+        for entry in _to_lay_over(entries, stored):
             _overlay_unit(units, entry)
         for unit_id, unit in units.items():
-            for entry in self._touching(UNIT, entity_id=str(unit_id)):
+            for entry in _to_lay_over(self._touching(UNIT, entity_id=str(unit_id)), stored):
                 _overlay_unit(units, entry)
             unit.setdefault("raw_data_packages", [])
             unit.setdefault("raw_data_files", [])
             unit.setdefault("observations", [])
-            for entry in self._touching(PACKAGE, lookup=f"unit:{unit_id}"):
+            for entry in _to_lay_over(self._touching(PACKAGE, lookup=f"unit:{unit_id}"), stored):
                 if uuid.UUID(entry.payload["id"]) not in unit["raw_data_packages"]:
                     unit["raw_data_packages"].append(uuid.UUID(entry.payload["id"]))
             files: dict[uuid.UUID, dict] = dict.fromkeys(unit["raw_data_files"], {})
-            for entry in self._touching(FILE, lookup=f"unit:{unit_id}"):
+            for entry in _to_lay_over(self._touching(FILE, lookup=f"unit:{unit_id}"), stored):
                 _overlay_files(files, entry, lambda item: item["file"].get("executed_obs_unit_id") == str(unit_id))
             unit["raw_data_files"] = list(files)
         return [ExecutedObsUnitDetail.model_validate(u) for u in sorted(
@@ -177,16 +185,19 @@ class SmartQuery:
             registration = observatory.get_registered_file(session, file_id)
             return {} if registration is None else {file_id: _file_record(registration)}
 
-        files = self._stored(read) or {}
-        for entry in entries:
+        stored = self._stored(read)
+        files = stored or {}
+        for entry in _to_lay_over(entries, stored):
             _overlay_files(files, entry, lambda item: item["id"] == str(file_id))
         return RawDataFileRecord.model_validate(files[file_id]) if file_id in files else None
 
     def names_waiting(self, names: list[str]) -> set[str]:
         """Which of ``names`` a registration already waits for (journal and catalog)."""
-        waiting = {name for name in names for entry in self._touching(FILE, lookup=f"name:{name}")
-                   if any(item["file"]["name"] == name for item in entry.payload["files"])}
+        entries = self.journal.touching_any(FILE, [f"name:{name}" for name in names])
         stored = self._stored(lambda session: observatory.names_waiting(session, names))
+        asked = set(names)
+        waiting = {item["file"]["name"] for entry in _to_lay_over(entries, stored)
+                   for item in entry.payload["files"] if item["file"]["name"] in asked}
         return waiting | (stored or set())
 
     # --- packages --------------------------------------------------------------------------------------------------
@@ -203,12 +214,13 @@ class SmartQuery:
             return ({package_id: _package_record(package, declared)},
                     {f.id: _file_record(f) for f in package.files})
 
-        packages, files = self._stored(read) or ({}, {})
-        for entry in package_entries:
+        stored = self._stored(read)
+        packages, files = stored or ({}, {})
+        for entry in _to_lay_over(package_entries, stored):
             _overlay_package(packages, entry)
         if package_id not in packages:
             return None
-        for entry in file_entries:
+        for entry in _to_lay_over(file_entries, stored):
             _overlay_files(files, entry, lambda item: item["file"].get("raw_data_package_id") == str(package_id))
         record = packages[package_id]
         record["declared_bytes"] = sum(f["size_bytes"] for f in files.values())

@@ -54,11 +54,9 @@ from dagster_project.ingest.fits_structure import (
 )
 from dagster_project.ingest.frames import FrameInfo, describe_frame
 from dagster_project.ingest.instruments import InstrumentRegistry
+from dagster_project.ingest.names import COMPRESSED_SUFFIXES, FITS_SUFFIXES
 from dagster_project.store import quarantine_path, raw_archive_path
 
-FITS_SUFFIXES = (".fits", ".fit", ".fts")
-#: compressed FITS: recorded and quarantined with that reason rather than silently ignored
-COMPRESSED_SUFFIXES = tuple(f"{s}{c}" for s in FITS_SUFFIXES for c in (".gz", ".fz", ".bz2", ".xz", ".zip")) + (".fz",)
 #: bytes read at each of the sample points of a waiting file (its content, not only its size, must settle)
 SAMPLE_BYTES = 4096
 SAMPLE_POINTS = 16

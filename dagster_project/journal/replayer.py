@@ -1,10 +1,11 @@
 """The replayer: applies the journal's pending writes to the catalog, in order, exactly once.
 
 Each pass takes the oldest pending entries (up to ``batch``) and applies them in **one** catalog
-transaction, each inside its own savepoint together with its ``applied_writes`` row
-(``catalog.queries.observatory.record_applied_write``, idempotency key UNIQUE in the database). Then,
-only once that transaction has committed, the journal marks them applied. A crash between the two
-re-applies nothing: the second attempt finds the key applied with the same content and does nothing.
+transaction, each together with its ``applied_writes`` row (``catalog.queries.observatory.add_applied_write``,
+idempotency key UNIQUE in the database): first all in one flush, as nearly every batch goes; if anything in it
+fails, nothing of it is written and the batch is applied again one entry at a time, each in its own savepoint,
+to find which. Only once that transaction has committed does the journal mark them applied. A crash between the
+two re-applies nothing: the second attempt finds the key applied with the same content and does nothing.
 
 What happens to an entry that does not apply:
 
@@ -33,12 +34,16 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from dagster_project.catalog.db import Catalog
-from dagster_project.catalog.queries.observatory import WriteRefused, record_applied_write
+from dagster_project.catalog.queries import observatory
+from dagster_project.catalog.queries.observatory import WriteRefused
 from dagster_project.journal.store import Entry, Journal
 
 __all__ = ["OUTAGES", "Applier", "ReplayReport", "Replayer", "catalog_for_replay"]
 
 log = logging.getLogger(__name__)
+
+#: what a pass did: the entries applied, those dead-lettered (with why), and the one it stopped at (with what)
+_Applied = tuple[list[int], list[tuple[int, str]], "tuple[Entry, Exception] | None"]
 
 #: applies one entry's write to the catalog, in the session given (inside the entry's savepoint)
 Applier = Callable[[Session, Entry], None]
@@ -103,21 +108,9 @@ class Replayer:
         entries = self.journal.pending(limit=self.batch)
         if not entries:
             return False
-        applied: list[int] = []
-        dead: list[tuple[int, str]] = []
-        stopped_at: tuple[Entry, Exception] | None = None
         try:
             self._migrate()
-            with self.catalog.session() as session:
-                for entry in entries:
-                    outcome = self._apply(session, entry)
-                    if outcome is None:
-                        applied.append(entry.seq)
-                    elif isinstance(outcome, str):
-                        dead.append((entry.seq, outcome))
-                    else:
-                        stopped_at = (entry, outcome)
-                        break
+            applied, dead, stopped_at = self._apply_together(entries) or self._apply_one_by_one(entries)
         except OUTAGES as exc:
             report.outage = _one_line(exc)
             return False
@@ -132,19 +125,69 @@ class Replayer:
             return False
         return True
 
+    def _apply_together(self, entries: list[Entry]) -> _Applied | None:
+        """The batch in one transaction and one flush, as nearly every batch goes; None when any entry fails (then
+        nothing of it is written, and :meth:`_apply_one_by_one` finds which). An outage propagates."""
+        applied: list[int] = []
+        dead: list[tuple[int, str]] = []
+        try:
+            with self.catalog.session() as session:
+                before = observatory.applied_writes_by_key(session, [e.idempotency_key for e in entries])
+                for entry in entries:
+                    applier = self.appliers[entry.kind]
+                    try:
+                        fresh = observatory.check_not_applied(before.get(entry.idempotency_key),
+                                                              entry.idempotency_key, entry.content_sha256)
+                    except observatory.AppliedWriteConflict as exc:
+                        dead.append((entry.seq, f"{type(exc).__name__}: {_one_line(exc)}"))
+                        continue
+                    if fresh:
+                        self._record(session, entry)
+                        applier(session, entry)
+                    applied.append(entry.seq)
+                session.flush()
+        except OUTAGES:
+            raise
+        except Exception:  # a refusal or a bug somewhere in the batch: one by one, each in a savepoint
+            return None
+        return applied, dead, None
+
+    def _apply_one_by_one(self, entries: list[Entry]) -> _Applied:
+        applied: list[int] = []
+        dead: list[tuple[int, str]] = []
+        stopped_at: tuple[Entry, Exception] | None = None
+        with self.catalog.session() as session:
+            for entry in entries:
+                outcome = self._apply(session, entry)
+                if outcome is None:
+                    applied.append(entry.seq)
+                elif isinstance(outcome, str):
+                    dead.append((entry.seq, outcome))
+                else:
+                    stopped_at = (entry, outcome)
+                    break
+        return applied, dead, stopped_at
+
+    @staticmethod
+    def _record(session: Session, entry: Entry) -> None:
+        observatory.add_applied_write(session, write_id=uuid.UUID(entry.write_id),
+                                      idempotency_key=entry.idempotency_key, kind=entry.kind,
+                                      content_sha256=entry.content_sha256, client=entry.client,
+                                      received_at=entry.received_at, journal_seq=entry.seq)
+
     def _apply(self, session: Session, entry: Entry) -> str | Exception | None:
-        """None when applied (now or before); the reason when refused; the exception when it failed otherwise.
-        An outage propagates."""
+        """One entry in its own savepoint: None when applied (now or before); the reason when refused; the
+        exception when it failed otherwise. An outage propagates."""
         applier = self.appliers.get(entry.kind)
         if applier is None:
             return f"no applier for writes of kind {entry.kind!r}"
         try:
             with session.begin_nested():
-                if record_applied_write(session, write_id=uuid.UUID(entry.write_id),
-                                        idempotency_key=entry.idempotency_key, kind=entry.kind,
-                                        content_sha256=entry.content_sha256, client=entry.client,
-                                        received_at=entry.received_at, journal_seq=entry.seq):
+                if observatory.check_not_applied(observatory.applied_write(session, entry.idempotency_key),
+                                                 entry.idempotency_key, entry.content_sha256):
+                    self._record(session, entry)
                     applier(session, entry)
+                    session.flush()
         except OUTAGES:
             raise
         except _REFUSALS as exc:

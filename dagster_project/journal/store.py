@@ -133,6 +133,9 @@ class Journal:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        # Writers of this process take turns here: SQLite's own busy handler would have them sleep 1-100 ms
+        # between tries of its lock, and a burst of writes from a few threads would wait mostly on those sleeps.
+        self._write_lock = threading.Lock()
         self._connection().executescript(_SCHEMA)  # IF NOT EXISTS: safe for several processes opening it at once
 
     def _connection(self) -> sqlite3.Connection:
@@ -152,13 +155,14 @@ class Journal:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         connection = self._connection()
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            yield connection
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
+        with self._write_lock:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
 
     def close(self) -> None:
         connection = getattr(self._local, "connection", None)
@@ -232,6 +236,20 @@ class Journal:
             f"WHERE e.state IN {states} AND x.entity = ? AND x.{column} = ? ORDER BY e.seq",
             (entity, value)).fetchall()
         return [self._entry(connection, row) for row in rows]
+
+    def touching_any(self, entity: str, lookups: Sequence[str]) -> list[Entry]:
+        """Entries, pending or applied, that touch ``entity`` under any of ``lookups`` (a bulk's names), oldest
+        first, in one query per 500 lookups."""
+        connection = self._connection()
+        seqs: set[int] = set()
+        for start in range(0, len(lookups), 500):
+            chunk = list(lookups[start:start + 500])
+            seqs.update(row[0] for row in connection.execute(
+                f"SELECT DISTINCT seq FROM entry_entities WHERE entity = ? AND lookup IN ({','.join('?' * len(chunk))})",
+                (entity, *chunk)))
+        rows = [connection.execute("SELECT * FROM entries WHERE seq = ? AND state IN ('pending', 'applied')",
+                                   (seq,)).fetchone() for seq in sorted(seqs)]
+        return [self._entry(connection, row, with_entities=False) for row in rows if row is not None]
 
     def by_key(self, key: str) -> Entry | None:
         return self._by_key(self._connection(), key)

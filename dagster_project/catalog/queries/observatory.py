@@ -2,8 +2,8 @@
 registered before they land, and the critical writes applied by the operations API.
 
 Each write the API buffers is applied by one function here, inside the transaction that records it in
-``applied_writes`` (:func:`record_applied_write`): applying it and recording it commit together, so a write
-is applied exactly once however often the replayer tries. A write that can never apply raises
+``applied_writes`` (:func:`add_applied_write`, its key UNIQUE): applying it and recording it commit together, so
+a write is applied exactly once however often the replayer tries. A write that can never apply raises
 :class:`WriteRefused` with the reason; the replayer dead-letters it.
 """
 
@@ -33,7 +33,10 @@ __all__ = [
     "AppliedWriteConflict",
     "FileDeclaration",
     "WriteRefused",
+    "add_applied_write",
     "applied_write",
+    "applied_writes_by_key",
+    "check_not_applied",
     "create_package",
     "WaitingRegistration",
     "declared_mismatch",
@@ -49,7 +52,6 @@ __all__ = [
     "observations_of_unit",
     "package_declared_bytes",
     "packages_of_unit",
-    "record_applied_write",
     "register_files",
     "settle_registrations",
     "waiting_registrations",
@@ -87,22 +89,28 @@ def applied_write(session: Session, idempotency_key: str) -> AppliedWrite | None
     return session.scalar(sa.select(AppliedWrite).where(AppliedWrite.idempotency_key == idempotency_key))
 
 
-def record_applied_write(session: Session, *, write_id: uuid.UUID, idempotency_key: str, kind: str,
-                         content_sha256: str, client: str, received_at: datetime, journal_seq: int) -> bool:
-    """Record a write as applied; False if it already was (with the same content), and then nothing is to be done.
+def applied_writes_by_key(session: Session, keys: Sequence[str]) -> dict[str, AppliedWrite]:
+    """The writes among ``keys`` applied before, by key (one query)."""
+    return {w.idempotency_key: w for w in session.scalars(
+        sa.select(AppliedWrite).where(AppliedWrite.idempotency_key.in_(list(keys))))}
 
-    Raises :class:`AppliedWriteConflict` when the key was applied with other content.
-    """
-    before = applied_write(session, idempotency_key)
-    if before is not None:
-        if before.content_sha256 != content_sha256:
-            raise AppliedWriteConflict(f"idempotency key {idempotency_key!r} was applied before with other content "
-                                       f"(write {before.id})")
-        return False
+
+def check_not_applied(before: AppliedWrite | None, idempotency_key: str, content_sha256: str) -> bool:
+    """Whether a write is still to be applied: False if it was (with the same content); AppliedWriteConflict if the
+    key was applied with other content."""
+    if before is None:
+        return True
+    if before.content_sha256 != content_sha256:
+        raise AppliedWriteConflict(f"idempotency key {idempotency_key!r} was applied before with other content "
+                                   f"(write {before.id})")
+    return False
+
+
+def add_applied_write(session: Session, *, write_id: uuid.UUID, idempotency_key: str, kind: str,
+                      content_sha256: str, client: str, received_at: datetime, journal_seq: int) -> None:
+    """Record a write as applied (written at the next flush: its key is UNIQUE, so a second is refused there)."""
     session.add(AppliedWrite(id=write_id, idempotency_key=idempotency_key, kind=kind, content_sha256=content_sha256,
                              client=client, received_at=received_at, journal_seq=journal_seq))
-    session.flush()
-    return True
 
 
 # --- executed observation units -------------------------------------------------------------------------------------
@@ -110,13 +118,11 @@ def record_applied_write(session: Session, *, write_id: uuid.UUID, idempotency_k
 def start_executed_obs_unit(session: Session, *, id: uuid.UUID, obs_unit_id: int, instrument: str,
                             start_time: datetime, telescope: str | None = None, operator: str | None = None,
                             obs_metadata: dict[str, Any] | None = None) -> ExecutedObsUnit:
-    if session.get(ExecutedObsUnit, id) is not None:
-        raise WriteRefused(f"executed observation unit {id} exists already")
+    """A started unit, written at the next flush (its id is the primary key: a second is refused there)."""
     unit = ExecutedObsUnit(id=id, obs_unit_id=obs_unit_id, instrument=instrument, telescope=telescope,
                            operator=operator, start_time=start_time, status=ExecutedObsUnitStatus.STARTED,
                            obs_metadata=obs_metadata or {})
     session.add(unit)
-    session.flush()
     return unit
 
 
