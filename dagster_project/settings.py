@@ -98,6 +98,7 @@ variable                       meaning                                     defau
                                file sizes)
 ``ASTRO_MISSING_AFTER``        a file registered through the API and not   ``3600``
                                landed this many seconds later is missing
+``ASTRO_STAGING_DIR``          staging requests copy files below it        ``$ASTRO_HOME/staging``
 =============================  ==========================================  =================================
 """
 
@@ -285,6 +286,8 @@ class Settings:
     api_max_body_bytes: int = 8 * 2**20
     package_max_bytes: int = 50 * 10**9
     missing_after_seconds: float = 3600.0
+    #: where staging requests copy files to (each below it, in its destination folder)
+    staging_dir: Path | None = None
     #: how ``home`` was chosen, for messages that say where state was looked for
     home_source: str = "given"
 
@@ -375,5 +378,6 @@ class Settings:
             api_max_body_bytes=int(_number("ASTRO_API_MAX_BODY_MB", 8, minimum=0.001) * 2**20),
             package_max_bytes=int(_number("ASTRO_PACKAGE_MAX_GB", 50, minimum=1e-9) * 10**9),
             missing_after_seconds=_number("ASTRO_MISSING_AFTER", cls.missing_after_seconds, minimum=0),
+            staging_dir=_path("ASTRO_STAGING_DIR", home / "staging"),
             home_source=home_source,
         )

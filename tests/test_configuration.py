@@ -108,7 +108,7 @@ def test_the_sensors_are_built_from_the_settings(tmp_path, sqlite_url):
     # what a frame waits for ticks often; what waits for runs or a debounce (the ledger, product rebuilds) less
     assert {s.name: s.minimum_interval_seconds for s in sensors} == {
         "raw_arrival_sensor": 7, "reference_and_difference_sensor": 7,
-        "operations_ledger_sensor": 20, "product_rebuild_sensor": 20}
+        "operations_ledger_sensor": 20, "product_rebuild_sensor": 20, "staging_sensor": 20}
 
 
 def test_the_bookkeeping_sensors_tick_every_third_loop_by_default(tmp_path, monkeypatch):

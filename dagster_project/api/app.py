@@ -19,9 +19,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dagster_project.api.appliers import APPLIERS
 from dagster_project.api.auth import TokenRegistry
-from dagster_project.api.routers import executed_obs_units, raw_data_files, raw_data_package, service
+from dagster_project.api.routers import executed_obs_units, raw_data_files, raw_data_package, service, staging
 from dagster_project.api.smart_query import CatalogGate, SmartQuery
-from dagster_project.journal.replayer import ReplayReport, Replayer, catalog_for_replay
+from dagster_project.catalog.db import failing_fast_catalog
+from dagster_project.journal.replayer import ReplayReport, Replayer
 from dagster_project.journal.store import Journal
 from dagster_project.settings import Settings
 
@@ -125,12 +126,12 @@ def create_app(settings: Settings | None = None, *, replay: bool = True, admin_t
     app.state.journal = journal
     app.state.replayer = replayer
     app.state.gate = gate
-    app.state.catalog = catalog_for_replay(settings.database_url, connect_timeout_s=2)
+    app.state.catalog = failing_fast_catalog(settings.database_url, connect_timeout_s=2)
     app.state.smart = SmartQuery(app.state.catalog, journal, gate)
     app.state.tokens = TokenRegistry(journal, admin_token or os.environ.get(ADMIN_TOKEN_VARIABLE) or None)
     app.state.wake_replayer = replayer.wake.set
     app.add_exception_handler(RequestValidationError, _validation_error)
-    for module in (executed_obs_units, raw_data_files, raw_data_package, service):
+    for module in (executed_obs_units, raw_data_files, raw_data_package, staging, service):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
     return app

@@ -6,18 +6,19 @@ import uuid
 from sqlalchemy.orm import Session
 
 from dagster_project.api.schemas import ExecutedObsUnitFinish, ExecutedObsUnitStart, RawDataFileCreate, \
-    RawDataPackageCreate
+    RawDataPackageCreate, StagingCreate
 from dagster_project.catalog.queries import observatory
 from dagster_project.catalog.schema.observatory import ExecutedObsUnitStatus
 from dagster_project.journal.replayer import Applier
 from dagster_project.journal.store import Entry
 
-__all__ = ["APPLIERS", "FINISH_UNIT", "CREATE_PACKAGE", "REGISTER_FILES", "START_UNIT"]
+__all__ = ["APPLIERS", "FINISH_UNIT", "CREATE_PACKAGE", "REGISTER_FILES", "REQUEST_STAGING", "START_UNIT"]
 
 START_UNIT = "executed_obs_unit.start"
 FINISH_UNIT = "executed_obs_unit.finish"
 REGISTER_FILES = "raw_data_files.register"
 CREATE_PACKAGE = "raw_data_package.create"
+REQUEST_STAGING = "staging.request"
 
 
 def _start_unit(session: Session, entry: Entry) -> None:
@@ -46,10 +47,18 @@ def _create_package(session: Session, entry: Entry) -> None:
                                size_limit_bytes=int(entry.payload["size_limit_bytes"]))
 
 
+def _request_staging(session: Session, entry: Entry) -> None:
+    body = StagingCreate.model_validate(entry.payload["staging"])
+    observatory.request_staging(session, id=uuid.UUID(entry.payload["id"]), destination=body.destination,
+                                package_ids=body.raw_data_package_ids, file_ids=body.raw_data_file_ids,
+                                requested_at=entry.received_at)
+
+
 APPLIERS: dict[str, Applier] = {
     START_UNIT: _start_unit,
     FINISH_UNIT: _finish_unit,
     REGISTER_FILES: _register_files,
     CREATE_PACKAGE: _create_package,
+    REQUEST_STAGING: _request_staging,
 }
 

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from dagster_project.ingest.names import FITS_SUFFIXES
 
@@ -18,13 +18,22 @@ MAX_FILE_BYTES = 2**40
 MAX_BULK_FILES = 10_000
 
 
-def _landing_name(value: str) -> str:
-    """A file's name as the landing scan will know it: its path relative to the landing folder, made of plain
-    components (no ``..``, no hidden or absolute parts), ending in a FITS suffix."""
-    parts = value.split("/")
-    if any(not _COMPONENT.fullmatch(part) or part.endswith(".") for part in parts):
-        raise ValueError("must be a path relative to the landing folder made of letters, digits and _ . + - "
+def _relative_path(value: str, below: str) -> str:
+    """A path relative to ``below`` made of plain components (no ``..``, no hidden or absolute parts)."""
+    if any(not _COMPONENT.fullmatch(part) or part.endswith(".") for part in value.split("/")):
+        raise ValueError(f"must be a path relative to {below} made of letters, digits and _ . + - "
                          "(no empty, hidden, '..' or absolute parts)")
+    return value
+
+
+def _staging_folder(value: str) -> str:
+    return _relative_path(value, "the staging folder")
+
+
+def _landing_name(value: str) -> str:
+    """A file's name as the landing scan will know it: its path relative to the landing folder, ending in a FITS
+    suffix."""
+    _relative_path(value, "the landing folder")
     if not value.lower().endswith(FITS_SUFFIXES):
         raise ValueError(f"must end in one of {', '.join(FITS_SUFFIXES)}")
     return value
@@ -84,6 +93,19 @@ class RawDataFileBulk(Strict):
 class RawDataPackageCreate(Strict):
     name: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
     executed_obs_unit_id: uuid.UUID | None = None
+
+
+class StagingCreate(Strict):
+    destination: Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_staging_folder)] = Field(
+        description="a folder below the staging root (ASTRO_STAGING_DIR) to copy into")
+    raw_data_package_ids: list[uuid.UUID] = Field(default_factory=list, max_length=1000)
+    raw_data_file_ids: list[uuid.UUID] = Field(default_factory=list, max_length=MAX_BULK_FILES)
+
+    @model_validator(mode="after")
+    def _something_to_stage(self) -> "StagingCreate":
+        if not self.raw_data_package_ids and not self.raw_data_file_ids:
+            raise ValueError("give raw_data_package_ids or raw_data_file_ids (or both)")
+        return self
 
 
 class TokenCreate(Strict):
@@ -154,6 +176,25 @@ class RawDataPackageRecord(BaseModel):
     declared_bytes: int
     finalized_at: datetime | None
     files: list[RawDataFileRecord]
+    buffered: bool
+
+
+class StagingRecord(BaseModel):
+    id: uuid.UUID
+    destination: str
+    raw_data_package_ids: list[uuid.UUID]
+    raw_data_file_ids: list[uuid.UUID]
+    status: str
+    status_reason: str | None
+    cancel_requested: bool
+    files_done: int
+    files_total: int
+    bytes_done: int
+    bytes_total: int
+    dagster_run_id: str | None
+    requested_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
     buffered: bool
 
 

@@ -18,17 +18,19 @@ from typing import Any, TypeVar
 from sqlalchemy.orm import Session
 
 from dagster_project.api import appliers
-from dagster_project.api.schemas import ExecutedObsUnitDetail, RawDataFileRecord, RawDataPackageRecord
+from dagster_project.api.schemas import ExecutedObsUnitDetail, RawDataFileRecord, RawDataPackageRecord, \
+    StagingRecord
 from dagster_project.catalog.db import Catalog
 from dagster_project.catalog.queries import observatory
-from dagster_project.catalog.schema.observatory import ExecutedObsUnit, RawDataPackage, RegisteredRawFile
+from dagster_project.catalog.schema.observatory import ExecutedObsUnit, RawDataPackage, RegisteredRawFile, \
+    StagingRequest
 from dagster_project.journal.replayer import OUTAGES
 from dagster_project.journal.store import PENDING, Entry, Journal
 
 __all__ = ["CatalogGate", "SmartQuery"]
 
 T = TypeVar("T")
-UNIT, FILE, PACKAGE = "ExecutedObsUnit", "RawDataFile", "RawDataPackage"
+UNIT, FILE, PACKAGE, STAGING = "ExecutedObsUnit", "RawDataFile", "RawDataPackage", "StagingRequest"
 
 
 class CatalogGate:
@@ -81,6 +83,15 @@ def _package_record(package: RawDataPackage, declared_bytes: int) -> dict[str, A
                 finalized_at=package.finalized_at, buffered=False)
 
 
+def _staging_record(staging: StagingRequest) -> dict[str, Any]:
+    return dict(id=staging.id, destination=staging.destination, raw_data_package_ids=staging.package_ids,
+                raw_data_file_ids=staging.file_ids, status=staging.status.value, status_reason=staging.status_reason,
+                cancel_requested=staging.cancel_requested, files_done=staging.files_done,
+                files_total=staging.files_total, bytes_done=staging.bytes_done, bytes_total=staging.bytes_total,
+                dagster_run_id=staging.dagster_run_id, requested_at=staging.requested_at,
+                started_at=staging.started_at, finished_at=staging.finished_at, buffered=False)
+
+
 # --- laying a journal entry over records --------------------------------------------------------------------------
 
 def _overlay_unit(units: dict[uuid.UUID, dict], entry: Entry) -> None:
@@ -116,6 +127,15 @@ def _overlay_package(packages: dict[uuid.UUID, dict], entry: Entry) -> None:
 def _to_lay_over(entries: list[Entry], stored: object | None) -> list[Entry]:
     """The pending entries over what the catalog returned; all of them when it returned nothing (it is away)."""
     return entries if stored is None else [e for e in entries if e.state == PENDING]
+
+
+def _overlay_staging(stagings: dict[uuid.UUID, dict], entry: Entry) -> None:
+    staging_id = uuid.UUID(entry.payload["id"])
+    if staging_id not in stagings:
+        stagings[staging_id] = dict(id=staging_id, **entry.payload["staging"], status="requested", status_reason=None,
+                                    cancel_requested=False, files_done=0, files_total=0, bytes_done=0, bytes_total=0,
+                                    dagster_run_id=None, requested_at=entry.received_at, started_at=None,
+                                    finished_at=None, buffered=entry.state == PENDING)
 
 
 class SmartQuery:
@@ -227,3 +247,18 @@ class SmartQuery:
         record["buffered"] = record["buffered"] or any(f["buffered"] for f in files.values())
         record["files"] = sorted(files.values(), key=lambda f: f["name"])
         return RawDataPackageRecord.model_validate(record)
+
+    # --- staging ---------------------------------------------------------------------------------------------------
+
+    def staging(self, staging_id: uuid.UUID) -> StagingRecord | None:
+        entries = self._touching(STAGING, entity_id=str(staging_id))
+
+        def read(session: Session) -> dict[uuid.UUID, dict]:
+            staging = observatory.get_staging(session, staging_id)
+            return {} if staging is None else {staging_id: _staging_record(staging)}
+
+        stored = self._stored(read)
+        stagings = stored or {}
+        for entry in _to_lay_over(entries, stored):
+            _overlay_staging(stagings, entry)
+        return StagingRecord.model_validate(stagings[staging_id]) if staging_id in stagings else None

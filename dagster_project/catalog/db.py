@@ -156,3 +156,14 @@ def migrated_catalog(database_url: str) -> Catalog:
     catalog = Catalog(database_url)
     catalog.migrate()
     return catalog
+
+
+def failing_fast_catalog(database_url: str, connect_timeout_s: int = 5) -> Catalog:
+    """A catalog whose PostgreSQL connections give up after ``connect_timeout_s`` and notice a dead peer (TCP
+    keepalives), so that an outage is an error within seconds, not a hang (the operations API's replayer and
+    reads: they must answer, or say the catalog is away)."""
+    url = sa.make_url(database_url)
+    if url.get_backend_name() == "postgresql":
+        url = url.update_query_dict({"connect_timeout": str(connect_timeout_s), "keepalives": "1",
+                                     "keepalives_idle": "5", "keepalives_interval": "2", "keepalives_count": "2"})
+    return Catalog(url)

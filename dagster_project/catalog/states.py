@@ -82,6 +82,8 @@ The observatory domain (what the operations API records; ``status_reason`` says 
     ExecutedObsUnitStatus:  started ──► succeeded | failed | aborted
     PackageStatus:          building ──► complete      (only when every file arrived and was verified)
     RegisteredFileStatus:   registered ──► arrived | mismatched | missing;   missing ──► arrived | mismatched
+    StagingStatus:          requested ──► staging ──► completed | failed | cancelled;
+                            requested ──► cancelled | failed
 """
 
 from collections.abc import Callable, Mapping
@@ -109,6 +111,8 @@ from dagster_project.catalog.schema.observatory import (
     RawDataPackage,
     RegisteredFileStatus,
     RegisteredRawFile,
+    StagingRequest,
+    StagingStatus,
 )
 from dagster_project.catalog.schema.operations import (
     OperationOutcome,
@@ -412,6 +416,15 @@ REGISTERED_FILE_TRANSITIONS: dict[RegisteredFileStatus, frozenset[RegisteredFile
     RF.MISMATCHED: frozenset(),
 }
 
+ST = StagingStatus
+_STAGING_ENDS = frozenset({ST.COMPLETED, ST.FAILED, ST.CANCELLED})
+STAGING_TRANSITIONS: dict[StagingStatus, frozenset[StagingStatus]] = {
+    ST.REQUESTED: frozenset({ST.STAGING, ST.CANCELLED, ST.FAILED}),
+    ST.STAGING: _STAGING_ENDS,
+    **{s: frozenset() for s in _STAGING_ENDS},
+}
+
+register(StagingRequest, Machine(StagingStatus, STAGING_TRANSITIONS, "status_reason"))
 register(ExecutedObsUnit, Machine(ExecutedObsUnitStatus, EXECUTED_OBS_UNIT_TRANSITIONS, "status_reason"))
 register(RawDataPackage, Machine(PackageStatus, PACKAGE_TRANSITIONS))
 register(RegisteredRawFile, Machine(RegisteredFileStatus, REGISTERED_FILE_TRANSITIONS, "status_reason"))

@@ -33,12 +33,12 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from dagster_project.catalog.db import Catalog
+from dagster_project.catalog.db import failing_fast_catalog
 from dagster_project.catalog.queries import observatory
 from dagster_project.catalog.queries.observatory import WriteRefused
 from dagster_project.journal.store import Entry, Journal
 
-__all__ = ["OUTAGES", "Applier", "ReplayReport", "Replayer", "catalog_for_replay"]
+__all__ = ["OUTAGES", "Applier", "ReplayReport", "Replayer"]
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +65,6 @@ class ReplayReport:
     dead_reasons: list[str] = field(default_factory=list)
 
 
-def catalog_for_replay(database_url: str, connect_timeout_s: int = 5) -> Catalog:
-    """A catalog whose PostgreSQL connections give up after ``connect_timeout_s`` and notice a dead peer (TCP
-    keepalives), so an outage is an error within seconds, not a hang."""
-    url = sa.make_url(database_url)
-    if url.get_backend_name() == "postgresql":
-        url = url.update_query_dict({"connect_timeout": str(connect_timeout_s), "keepalives": "1",
-                                     "keepalives_idle": "5", "keepalives_interval": "2", "keepalives_count": "2"})
-    return Catalog(url)
-
-
 class Replayer:
     """Applies ``journal`` to the catalog at ``database_url`` with ``appliers`` (by entry kind)."""
 
@@ -82,7 +72,7 @@ class Replayer:
                  max_backoff: float = 30.0, max_attempts: int = 5) -> None:
         self.journal, self.appliers = journal, dict(appliers)
         self.batch, self.max_backoff, self.max_attempts = batch, max_backoff, max_attempts
-        self.catalog = catalog_for_replay(database_url)
+        self.catalog = failing_fast_catalog(database_url)
         self._migrated = False
         self._lock_path = Path(f"{journal.path}.replay-lock")
         self.wake = threading.Event()

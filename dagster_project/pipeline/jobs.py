@@ -122,9 +122,12 @@ def build_jobs(settings: Settings | None) -> dict[str, Any]:
         REFERENCE_JOB: "Choose and freeze the reference image of one field and band.",
         PRODUCTS_JOB: "Build one ObservationResult's products from its current revision.",
     }
-    return {name: define_asset_job(name, selection=AssetSelection.assets(*JOB_ASSETS[name]),
+    from dagster_project.pipeline.staging import STAGING_JOB, staging_job
+
+    jobs = {name: define_asset_job(name, selection=AssetSelection.assets(*JOB_ASSETS[name]),
                                    partitions_def=partitions.get(name, observations_partitions),
                                    config=dict(how.config), executor_def=how.executor_def,
                                    op_retry_policy=how.op_retry_policy, description=description)
             for name, description in descriptions.items()}
+    return {**jobs, STAGING_JOB: staging_job}
 

@@ -22,7 +22,7 @@ from dagster_project.settings import DIFFERENCE_PARAMS_VARIABLE, Settings
 from dagster_project.store import ProductStore
 
 __all__ = ["DATABASE_URL_VARIABLE", "CatalogResource", "LandingResource", "PipelineConfigResource", "RunPriorityResource",
-           "StoreResource", "catalog_url_config", "difference_config", "resources_from_settings"]
+           "StagingResource", "StoreResource", "catalog_url_config", "difference_config", "resources_from_settings"]
 
 
 #: the environment variable holding the catalog's URL (and so, on PostgreSQL, its password)
@@ -61,6 +61,12 @@ class StoreResource(ConfigurableResource):
 
     def store(self) -> ProductStore:
         return ProductStore(Path(self.root))
+
+
+class StagingResource(ConfigurableResource):
+    """The folder staging requests copy into (``ASTRO_STAGING_DIR``): each request's destination lies below it."""
+
+    root: str
 
 
 class LandingResource(ConfigurableResource):
@@ -172,6 +178,7 @@ def resources_from_settings(settings: Settings, landing_dir: Path | None = None,
         "catalog": CatalogResource(database_url=catalog_url_config(settings.database_url)),
         "run_priority": RunPriorityResource(background_niceness=settings.background_niceness, own_process=own_process),
         "store": StoreResource(root=str(settings.store_dir)),
+        "staging": StagingResource(root=str(settings.staging_dir or settings.home / "staging")),
         "landing": LandingResource(
             landing_dir=str(landing_dir or settings.landing_dir),
             keep_originals=keep_originals,

@@ -118,14 +118,17 @@ def write_through_kills(api: ApiProcess, headers: dict) -> dict[int, str]:
     acknowledged: dict[int, str] = {}
     lock = threading.Lock()
     done = threading.Event()
+    local = threading.local()  # a connection per client thread, as a telescope's client keeps one
 
     def write(n: int) -> None:
         body = {"obs_unit_id": n, "instrument": "cam", "start_time": "2026-12-07T01:00:00Z"}
         key = {**headers, "Idempotency-Key": f"start-{n}"}
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(base_url=api.url, timeout=10)
         for _ in range(1 + (n % 10 == 0)):
             while True:
                 try:
-                    answer = httpx.post(f"{api.url}/executed_obs_units/start", json=body, headers=key, timeout=10)
+                    answer = local.client.post("/executed_obs_units/start", json=body, headers=key)
                 except httpx.HTTPError:
                     time.sleep(0.2)  # the API is down: the telescope tries again with the same key
                     continue
@@ -135,6 +138,8 @@ def write_through_kills(api: ApiProcess, headers: dict) -> dict[int, str]:
                     assert acknowledged.setdefault(n, unit_id) == unit_id  # a retry gives the same id
                 break
 
+    restarts = []
+
     def killer() -> None:
         for restart in range(RESTARTS):
             target = (restart + 1) * WRITES // (RESTARTS + 1)
@@ -142,6 +147,7 @@ def write_through_kills(api: ApiProcess, headers: dict) -> dict[int, str]:
                 time.sleep(0.01)
             api.kill()
             api.start()
+            restarts.append(restart)
 
     kills = threading.Thread(target=killer, daemon=True)
     kills.start()
@@ -149,4 +155,5 @@ def write_through_kills(api: ApiProcess, headers: dict) -> dict[int, str]:
         list(pool.map(write, range(WRITES)))
     done.set()
     kills.join(120)
+    assert len(restarts) == RESTARTS
     return acknowledged

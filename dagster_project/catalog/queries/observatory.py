@@ -1,5 +1,5 @@
 """Named reads and writes of the observatory domain: executed observation units, raw data packages, files
-registered before they land, and the critical writes applied by the operations API.
+registered before they land, staging requests, and the critical writes applied by the operations API.
 
 Each write the API buffers is applied by one function here, inside the transaction that records it in
 ``applied_writes`` (:func:`add_applied_write`, its key UNIQUE): applying it and recording it commit together, so
@@ -26,11 +26,21 @@ from dagster_project.catalog.schema.observatory import (
     RawDataPackage,
     RegisteredFileStatus,
     RegisteredRawFile,
+    StagingRequest,
+    StagingStatus,
 )
 from dagster_project.catalog.states import transition
 
 __all__ = [
     "AppliedWriteConflict",
+    "StagedFile",
+    "cancel_staging",
+    "claim_staging",
+    "finish_staging",
+    "get_staging",
+    "record_staging_progress",
+    "request_staging",
+    "stagings_requested",
     "FileDeclaration",
     "WriteRefused",
     "add_applied_write",
@@ -327,3 +337,119 @@ def mark_missing_registrations(session: Session, older_than: timedelta, now: dat
                    reason=f"not landed within {older_than.total_seconds():g} s of its registration")
     session.flush()
     return [r.name for r in overdue]
+
+
+# --- staging --------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StagedFile:
+    """One file a staging copies: its name (the path it landed under), the archive copy, its size and sha256."""
+
+    name: str
+    source: str
+    size_bytes: int
+    sha256: str
+
+
+def request_staging(session: Session, *, id: uuid.UUID, destination: str, package_ids: Sequence[uuid.UUID],
+                    file_ids: Sequence[uuid.UUID], requested_at: datetime) -> StagingRequest:
+    """A staging request; WriteRefused naming a package or file that does not exist."""
+    for package_id in package_ids:
+        if session.get(RawDataPackage, package_id) is None:
+            raise WriteRefused(f"no raw data package {package_id}")
+    for file_id in file_ids:
+        if session.get(RegisteredRawFile, file_id) is None:
+            raise WriteRefused(f"no raw data file {file_id}")
+    staging = StagingRequest(id=id, destination=destination, package_ids=[str(p) for p in package_ids],
+                             file_ids=[str(f) for f in file_ids], status=StagingStatus.REQUESTED,
+                             requested_at=requested_at)
+    session.add(staging)
+    return staging
+
+
+def get_staging(session: Session, staging_id: uuid.UUID) -> StagingRequest | None:
+    return session.get(StagingRequest, staging_id)
+
+
+def stagings_requested(session: Session, limit: int = 100) -> list[uuid.UUID]:
+    """Requests not started yet, oldest first (the staging sensor launches a run for each)."""
+    return list(session.scalars(sa.select(StagingRequest.id).where(StagingRequest.status == StagingStatus.REQUESTED)
+                                .order_by(StagingRequest.requested_at, StagingRequest.id).limit(limit)))
+
+
+def _files_to_stage(session: Session, staging: StagingRequest) -> list[StagedFile] | str:
+    """The files of the request's packages and its files, each once, by name; or why they cannot be staged."""
+    package_ids = [uuid.UUID(p) for p in staging.package_ids]
+    file_ids = [uuid.UUID(f) for f in staging.file_ids]
+    registrations = list(session.scalars(sa.select(RegisteredRawFile).where(sa.or_(
+        RegisteredRawFile.raw_data_package_id.in_(package_ids), RegisteredRawFile.id.in_(file_ids)))
+        .order_by(RegisteredRawFile.name)))
+    not_arrived = [f"{r.name} ({r.status.value})" for r in registrations if r.status is not RegisteredFileStatus.ARRIVED]
+    if not_arrived:
+        return f"{len(not_arrived)} files have not arrived and been verified: {', '.join(not_arrived[:10])}"
+    files = []
+    for registration in registrations:
+        raw = registration.raw_file
+        if raw is None or not raw.stored_path:
+            return f"{registration.name} has no archived copy"
+        files.append(StagedFile(registration.name, raw.stored_path, raw.size_bytes, raw.sha256))
+    return files or "nothing to stage: the packages and files named hold no file"
+
+
+def claim_staging(session: Session, staging_id: uuid.UUID, dagster_run_id: str, operation_id: int | None = None,
+                  now: datetime | None = None) -> tuple[StagingRequest, list[StagedFile]]:
+    """requested → staging, with its totals; the files to copy. A request cancelled before its run started, or
+    whose files cannot be staged, ends here (cancelled, or failed with the reason) and has no files to copy.
+    WriteRefused for a request that is not waiting (staged already, by another run)."""
+    staging = session.get(StagingRequest, staging_id, with_for_update=True)
+    if staging is None:
+        raise WriteRefused(f"no staging request {staging_id}")
+    if staging.status is not StagingStatus.REQUESTED:
+        raise WriteRefused(f"staging request {staging_id} is {staging.status.value}, not requested")
+    now = now or utcnow()
+    staging.dagster_run_id, staging.operation_id = dagster_run_id, operation_id
+    if staging.cancel_requested:
+        finish_staging(session, staging, StagingStatus.CANCELLED, "cancelled before it started", now=now)
+        return staging, []
+    files = _files_to_stage(session, staging)
+    if isinstance(files, str):
+        finish_staging(session, staging, StagingStatus.FAILED, files, now=now)
+        return staging, []
+    transition(staging, StagingStatus.STAGING)
+    staging.started_at = now
+    staging.files_total, staging.bytes_total = len(files), sum(f.size_bytes for f in files)
+    session.flush()
+    return staging, files
+
+
+def record_staging_progress(session: Session, staging_id: uuid.UUID, files_done: int, bytes_done: int) -> bool:
+    """The copy's progress; whether it has been asked to stop."""
+    staging = session.get(StagingRequest, staging_id, with_for_update=True)
+    staging.files_done, staging.bytes_done = files_done, bytes_done
+    session.flush()
+    return staging.cancel_requested
+
+
+def finish_staging(session: Session, staging: StagingRequest | uuid.UUID, status: StagingStatus,
+                   reason: str | None = None, now: datetime | None = None) -> StagingRequest:
+    if not isinstance(staging, StagingRequest):
+        staging = session.get(StagingRequest, staging, with_for_update=True)
+    transition(staging, status, reason=reason)
+    staging.finished_at = now or utcnow()
+    session.flush()
+    return staging
+
+
+def cancel_staging(session: Session, staging_id: uuid.UUID, now: datetime | None = None) -> StagingRequest:
+    """A request not started is cancelled at once; one under way is asked to stop (its run stops between two
+    files, or two chunks of one, and ends cancelled). WriteRefused for one that has ended."""
+    staging = session.get(StagingRequest, staging_id, with_for_update=True)
+    if staging is None:
+        raise WriteRefused(f"no staging request {staging_id}")
+    if staging.status in (StagingStatus.COMPLETED, StagingStatus.FAILED, StagingStatus.CANCELLED):
+        raise WriteRefused(f"staging request {staging_id} is {staging.status.value} already")
+    staging.cancel_requested = True
+    if staging.status is StagingStatus.REQUESTED and staging.dagster_run_id is None:
+        finish_staging(session, staging, StagingStatus.CANCELLED, "cancelled before it started", now=now)
+    session.flush()
+    return staging

@@ -76,10 +76,14 @@ from dagster_project.catalog.schema.observatory import (
     RawDataPackage,
     RegisteredFileStatus,
     RegisteredRawFile,
+    StagingRequest,
+    StagingStatus,
 )
 
 
 __all__ = [
+    "StagingRequest",
+    "StagingStatus",
     "AppliedWrite",
     "ExecutedObsUnit",
     "ExecutedObsUnitStatus",

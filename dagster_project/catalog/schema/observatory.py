@@ -10,6 +10,8 @@ Adapted from the operations routers of the seed (``executed_obs_units``, ``raw_d
   was declared (``raw_data_file_id``), or quarantines it with the mismatch as its reason;
 * :class:`RawDataPackage`: files grouped for one executed unit, building → complete once every file is
   present and verified, held to a size limit;
+* :class:`StagingRequest`: a copy of packages or files to a destination folder, requested through the API and
+  executed as a Dagster job (``staging_job``) with its progress;
 * :class:`AppliedWrite`: every critical write the API accepted and the replayer applied, by its
   idempotency key (unique): the database's own proof that a write is applied exactly once.
 
@@ -36,6 +38,8 @@ __all__ = [
     "RawDataPackage",
     "RegisteredFileStatus",
     "RegisteredRawFile",
+    "StagingRequest",
+    "StagingStatus",
 ]
 
 
@@ -56,6 +60,14 @@ class RegisteredFileStatus(enum.StrEnum):
     ARRIVED = "arrived"  # landed with the declared size and sha256: raw_data_file_id says which file
     MISMATCHED = "mismatched"  # landed with another size or sha256: quarantined, status_reason says how
     MISSING = "missing"  # not landed within ASTRO_MISSING_AFTER of its registration
+
+
+class StagingStatus(enum.StrEnum):
+    REQUESTED = "requested"
+    STAGING = "staging"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class ExecutedObsUnit(StandardColumns, Base):
@@ -144,6 +156,40 @@ class RegisteredRawFile(StandardColumns, Base):
 
     def __repr__(self) -> str:
         return f"RegisteredRawFile({self.name!r}, {self.status})"
+
+
+class StagingRequest(StandardColumns, Base):
+    """A copy of raw data packages or files to a folder below the staging root (``POST /staging/stage``)."""
+
+    __tablename__ = "staging_requests"
+    __table_args__ = (
+        sa.CheckConstraint("files_done >= 0 AND files_done <= files_total", name="files_done_range"),
+        sa.CheckConstraint("bytes_done >= 0 AND bytes_done <= bytes_total", name="bytes_done_range"),
+        sa.CheckConstraint("status NOT IN ('failed') OR status_reason IS NOT NULL", name="failed_has_reason"),
+        sa.CheckConstraint("(status IN ('completed', 'failed', 'cancelled')) = (finished_at IS NOT NULL)",
+                           name="finished_at_iff_finished"),
+    )
+
+    #: a folder below the staging root (ASTRO_STAGING_DIR), relative, plain components only
+    destination: Mapped[str] = mapped_column(sa.String(255))
+    package_ids: Mapped[list[Any]] = mapped_column(default=list)
+    file_ids: Mapped[list[Any]] = mapped_column(default=list)
+    status: Mapped[StagingStatus] = mapped_column(enum_type(StagingStatus, "staging_status"), index=True)
+    status_reason: Mapped[str | None] = mapped_column(sa.Text)
+    cancel_requested: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    files_total: Mapped[int] = mapped_column(default=0, server_default="0")
+    files_done: Mapped[int] = mapped_column(default=0, server_default="0")
+    bytes_total: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    bytes_done: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    dagster_run_id: Mapped[str | None] = mapped_column(sa.String(64))
+    operation_id: Mapped[int | None] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"), sa.ForeignKey("operation_runs.id", ondelete="SET NULL"))
+    requested_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    def __repr__(self) -> str:
+        return f"StagingRequest({self.destination!r}, {self.status})"
 
 
 class AppliedWrite(StandardColumns, Base):

@@ -63,6 +63,7 @@ class OperationType(enum.StrEnum):
     REPROCESS_CAMPAIGN = "reprocess.campaign"  # re-running a stage over many observations
     REFERENCE_REBUILD = "reference.rebuild"  # new reference versions and the differences they invalidate
     PRODUCT_REBUILD_WAVE = "product.rebuild_wave"  # one wave of debounced product rebuilds
+    STAGING_COPY = "staging.copy"  # a copy of raw files to a staging folder (POST /staging/stage)
 
 
 ACTIVE = (OperationStatus.QUEUED, OperationStatus.RUNNING)

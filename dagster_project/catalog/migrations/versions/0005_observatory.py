@@ -1,5 +1,6 @@
 """The observatory domain, what the operations API records: executed_obs_units, raw_data_packages,
-registered_raw_files (files declared before they land) and applied_writes (each critical write of the
+registered_raw_files (files declared before they land), staging_requests (copies to a staging folder) and
+applied_writes (each critical write of the
 API applied once, by its idempotency key).
 
 Frozen on purpose (no imports from the models).
@@ -24,6 +25,7 @@ ENUMS = {
     "executed_obs_unit_status": ("started", "succeeded", "failed", "aborted"),
     "raw_data_package_status": ("building", "complete"),
     "registered_file_status": ("registered", "arrived", "mismatched", "missing"),
+    "staging_status": ("requested", "staging", "completed", "failed", "cancelled"),
 }
 JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 TIMESTAMP = sa.DateTime(timezone=True)
@@ -115,6 +117,33 @@ def upgrade() -> None:
                     sqlite_where=sa.text(WAITING), postgresql_where=sa.text(WAITING))
 
     op.create_table(
+        "staging_requests",
+        *standard_columns(),
+        sa.Column("destination", sa.String(255), nullable=False),
+        sa.Column("package_ids", JSON, nullable=False),
+        sa.Column("file_ids", JSON, nullable=False),
+        sa.Column("status", enum("staging_status"), nullable=False),
+        sa.Column("status_reason", sa.Text()),
+        sa.Column("cancel_requested", sa.Boolean(), server_default=sa.false(), nullable=False),
+        sa.Column("files_total", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("files_done", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("bytes_total", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("bytes_done", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("dagster_run_id", sa.String(64)),
+        sa.Column("operation_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+                  sa.ForeignKey("operation_runs.id", ondelete="SET NULL")),
+        sa.Column("requested_at", TIMESTAMP, nullable=False),
+        sa.Column("started_at", TIMESTAMP),
+        sa.Column("finished_at", TIMESTAMP),
+        sa.CheckConstraint("files_done >= 0 AND files_done <= files_total", name="files_done_range"),
+        sa.CheckConstraint("bytes_done >= 0 AND bytes_done <= bytes_total", name="bytes_done_range"),
+        sa.CheckConstraint("status NOT IN ('failed') OR status_reason IS NOT NULL", name="failed_has_reason"),
+        sa.CheckConstraint("(status IN ('completed', 'failed', 'cancelled')) = (finished_at IS NOT NULL)",
+                           name="finished_at_iff_finished"),
+    )
+    op.create_index(op.f("ix_staging_requests_status"), "staging_requests", ["status"])
+
+    op.create_table(
         "applied_writes",
         *standard_columns(),
         sa.Column("idempotency_key", sa.String(200), nullable=False, unique=True),
@@ -129,6 +158,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("applied_writes")
+    op.drop_table("staging_requests")
     op.drop_index("uq_registered_raw_files_waiting_name", table_name="registered_raw_files")
     op.drop_table("registered_raw_files")
     op.drop_table("raw_data_packages")
