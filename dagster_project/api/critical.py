@@ -24,9 +24,11 @@ from fastapi import Depends, Header, HTTPException, Request, status
 
 from dagster_project.api.auth import Client, require
 from dagster_project.api.schemas import Buffered
+from dagster_project.catalog.queries.observatory import WriteRefused
+from dagster_project.journal.replayer import OUTAGES
 from dagster_project.journal.store import Entity, IdempotencyConflict
 
-__all__ = ["PlannedWrite", "WriteContext", "critical_operation", "telescope_write"]
+__all__ = ["PlannedWrite", "WriteContext", "critical_operation", "found", "stored_record", "telescope_write", "write_directly"]
 
 #: the namespace of the UUIDs derived from idempotency keys
 _ID_NAMESPACE = uuid.UUID("5f0c6d3e-9a1b-4c53-8e0f-6a7b2d9c4e11")
@@ -126,3 +128,34 @@ def journal_write(request: Request, write: WriteContext, kind: str, planned: Pla
         request.app.state.wake_replayer()
     return Buffered(write_id=uuid.UUID(entry.write_id), idempotency_key=entry.idempotency_key.split(":", 1)[1],
                     ids=entry.response["ids"], new=new)
+
+
+def write_directly(request: Request, write: Callable[[Any], Any], what: str) -> None:
+    """A write that needs the catalog's present state (finalize a package, cancel a staging), done now in one
+    catalog transaction: 409 with the reason the catalog refuses it, 503 while the catalog is away (``what`` names
+    it in the message: try it again later)."""
+    try:
+        with request.app.state.catalog.session() as session:
+            write(session)
+    except WriteRefused as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    except OUTAGES:
+        request.app.state.gate.failed()
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"the catalog is unreachable: {what} again later",
+                            headers={"Retry-After": "5"}) from None
+
+
+def found(record: Any, what: str) -> Any:
+    """``record`` (from a smart read); 404 naming ``what`` when there is none."""
+    if record is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no {what}")
+    return record
+
+
+def stored_record(record: Any, what: str) -> Any:
+    """``record`` (from a smart read), once the catalog has all of it: 404 when there is none, 409 while writes of
+    it are still buffered (what needs its present state must wait for them)."""
+    if found(record, what).buffered:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"{what} has writes still buffered (the catalog has not got "
+                                                      "them yet): try again once they are applied")
+    return record

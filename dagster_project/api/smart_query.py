@@ -198,18 +198,29 @@ class SmartQuery:
 
     # --- files -----------------------------------------------------------------------------------------------------
 
-    def raw_data_file(self, file_id: uuid.UUID) -> RawDataFileRecord | None:
-        entries = self._touching(FILE, entity_id=str(file_id))
+    def _one(self, entity: str, entity_id: uuid.UUID, read_record: Callable[[Session], dict | None],
+             overlay: Callable[[dict[uuid.UUID, dict], Entry], None], model: type[T]) -> T | None:
+        """One entity by its id: its stored record (``read_record``) with the journal's entries laid over it."""
+        entries = self._touching(entity, entity_id=str(entity_id))
 
         def read(session: Session) -> dict[uuid.UUID, dict]:
-            registration = observatory.get_registered_file(session, file_id)
-            return {} if registration is None else {file_id: _file_record(registration)}
+            record = read_record(session)
+            return {} if record is None else {entity_id: record}
 
         stored = self._stored(read)
-        files = stored or {}
+        found = stored or {}
         for entry in _to_lay_over(entries, stored):
-            _overlay_files(files, entry, lambda item: item["id"] == str(file_id))
-        return RawDataFileRecord.model_validate(files[file_id]) if file_id in files else None
+            overlay(found, entry)
+        return model.model_validate(found[entity_id]) if entity_id in found else None
+
+    def raw_data_file(self, file_id: uuid.UUID) -> RawDataFileRecord | None:
+        def read_record(session: Session) -> dict | None:
+            registration = observatory.get_registered_file(session, file_id)
+            return None if registration is None else _file_record(registration)
+
+        return self._one(FILE, file_id, read_record,
+                         lambda files, entry: _overlay_files(files, entry, lambda item: item["id"] == str(file_id)),
+                         RawDataFileRecord)
 
     def names_waiting(self, names: list[str]) -> set[str]:
         """Which of ``names`` a registration already waits for (journal and catalog)."""
@@ -251,14 +262,8 @@ class SmartQuery:
     # --- staging ---------------------------------------------------------------------------------------------------
 
     def staging(self, staging_id: uuid.UUID) -> StagingRecord | None:
-        entries = self._touching(STAGING, entity_id=str(staging_id))
-
-        def read(session: Session) -> dict[uuid.UUID, dict]:
+        def read_record(session: Session) -> dict | None:
             staging = observatory.get_staging(session, staging_id)
-            return {} if staging is None else {staging_id: _staging_record(staging)}
+            return None if staging is None else _staging_record(staging)
 
-        stored = self._stored(read)
-        stagings = stored or {}
-        for entry in _to_lay_over(entries, stored):
-            _overlay_staging(stagings, entry)
-        return StagingRecord.model_validate(stagings[staging_id]) if staging_id in stagings else None
+        return self._one(STAGING, staging_id, read_record, _overlay_staging, StagingRecord)

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from dagster_project.api.app import create_app
 from dagster_project.catalog import Catalog
+from dagster_project.simulation.night import simulate_night
 from tests.platform import make_settings
 
 ADMIN = "admin-token-for-tests-0123456789"
@@ -55,6 +56,14 @@ def make_api(root: Path, database_url: str, replay: bool = True, **overrides) ->
             assert answer.status_code == 201, answer.text
             tokens[scope] = bearer(answer.json()["token"])
         yield Api(client, settings, tokens["telescope"], tokens["reader"], bearer(ADMIN))
+
+
+@pytest.fixture(scope="module")
+def science(tmp_path_factory) -> list[bytes]:
+    """The bytes of three simulated science frames of one field (128 px)."""
+    out = tmp_path_factory.mktemp("night")
+    simulate_night(out, n_fields=1, n_epochs=3, size=128, n_bias=0, n_flats=0, transients_per_frame=1, seed=8)
+    return [p.read_bytes() for p in sorted(out.glob("*_sci_*.fits"))]
 
 
 @pytest.fixture

@@ -5,21 +5,12 @@ registered file that does not land shows as missing, and is still taken when it 
 import dataclasses
 import hashlib
 
-import pytest
 
 from dagster_project.catalog.schema import RawFileStatus
-from dagster_project.simulation.night import simulate_night
 from tests.api.conftest import make_api
 from tests.ingest.test_hostile_landing import Landing
 
 START = {"obs_unit_id": 7, "instrument": "cam", "start_time": "2026-12-07T01:00:00Z"}
-
-
-@pytest.fixture(scope="module")
-def science(tmp_path_factory) -> list[bytes]:
-    out = tmp_path_factory.mktemp("night")
-    simulate_night(out, n_fields=1, n_epochs=3, size=128, n_bias=0, n_flats=0, transients_per_frame=1, seed=8)
-    return [p.read_bytes() for p in sorted(out.glob("*_sci_*.fits"))]
 
 
 def declared(name: str, data: bytes, **links) -> dict:

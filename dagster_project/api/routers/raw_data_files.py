@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 
 from dagster_project.api.appliers import REGISTER_FILES
 from dagster_project.api.auth import Client, require
-from dagster_project.api.critical import PlannedWrite, WriteContext, critical_operation, telescope_write
+from dagster_project.api.critical import PlannedWrite, WriteContext, critical_operation, found, telescope_write
 from dagster_project.api.schemas import Buffered, RawDataFileBulk, RawDataFileCreate, RawDataFileRecord
 from dagster_project.journal.store import Entity
 
@@ -87,7 +87,4 @@ def register_bulk(request: Request, body: RawDataFileBulk, write: WriteContext =
 @router.get("/{id}", response_model=RawDataFileRecord, summary="Get a registered file",
             description="Smart query: its registration, buffered or stored, and what became of it when it landed")
 def get(request: Request, id: uuid.UUID = Path(), client: Client = Depends(require("read"))) -> RawDataFileRecord:
-    found = request.app.state.smart.raw_data_file(id)
-    if found is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no raw data file {id}")
-    return found
+    return found(request.app.state.smart.raw_data_file(id), f"raw data file {id}")

@@ -4,14 +4,14 @@ says 503 while the catalog is away. A package holds at most ``ASTRO_PACKAGE_MAX_
 
 import uuid
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
+from fastapi import APIRouter, Depends, Path, Request
 
 from dagster_project.api.appliers import CREATE_PACKAGE
 from dagster_project.api.auth import Client, require
-from dagster_project.api.critical import PlannedWrite, WriteContext, critical_operation, telescope_write
+from dagster_project.api.critical import PlannedWrite, WriteContext, critical_operation, found, stored_record, \
+    telescope_write, write_directly
 from dagster_project.api.schemas import Buffered, RawDataPackageCreate, RawDataPackageRecord
 from dagster_project.catalog.queries import observatory
-from dagster_project.journal.replayer import OUTAGES
 from dagster_project.journal.store import Entity
 
 router = APIRouter(prefix="/raw_data_package", tags=["raw_data_package"])
@@ -30,10 +30,7 @@ def create(request: Request, body: RawDataPackageCreate, write: WriteContext = D
 
 @router.get("/{id}", response_model=RawDataPackageRecord, summary="Get a raw data package with its files")
 def get(request: Request, id: uuid.UUID = Path(), client: Client = Depends(require("read"))) -> RawDataPackageRecord:
-    found = request.app.state.smart.raw_data_package(id)
-    if found is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no raw data package {id}")
-    return found
+    return found(request.app.state.smart.raw_data_package(id), f"raw data package {id}")
 
 
 @router.put("/{id}/finalize", response_model=RawDataPackageRecord, summary="Mark a raw data package complete",
@@ -42,20 +39,6 @@ def get(request: Request, id: uuid.UUID = Path(), client: Client = Depends(requi
                         "the catalog is away")
 def finalize(request: Request, id: uuid.UUID = Path(), client: Client = Depends(require("write"))
              ) -> RawDataPackageRecord:
-    smart = request.app.state.smart
-    record = smart.raw_data_package(id)
-    if record is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no raw data package {id}")
-    if record.buffered:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"raw data package {id} has writes still buffered (the "
-                                                      "catalog has not got them yet): finalize it once they are applied")
-    try:
-        with request.app.state.catalog.session() as session:
-            observatory.finalize_package(session, id)
-    except observatory.WriteRefused as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    except OUTAGES:
-        request.app.state.gate.failed()
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the catalog is unreachable: finalize again later",
-                            headers={"Retry-After": "5"}) from None
-    return smart.raw_data_package(id)
+    stored_record(request.app.state.smart.raw_data_package(id), f"raw data package {id}")
+    write_directly(request, lambda session: observatory.finalize_package(session, id), "finalize")
+    return request.app.state.smart.raw_data_package(id)

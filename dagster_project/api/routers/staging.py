@@ -4,14 +4,14 @@ status shows; DELETE cancels it (at once if it has not started, else between two
 
 import uuid
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
+from fastapi import APIRouter, Depends, Path, Request
 
 from dagster_project.api.appliers import REQUEST_STAGING
 from dagster_project.api.auth import Client, require
-from dagster_project.api.critical import PlannedWrite, WriteContext, critical_operation, telescope_write
+from dagster_project.api.critical import PlannedWrite, WriteContext, critical_operation, found, stored_record, \
+    telescope_write, write_directly
 from dagster_project.api.schemas import Buffered, StagingCreate, StagingRecord
 from dagster_project.catalog.queries import observatory
-from dagster_project.journal.replayer import OUTAGES
 from dagster_project.journal.store import Entity
 
 router = APIRouter(prefix="/staging", tags=["staging"])
@@ -30,30 +30,13 @@ def stage(request: Request, body: StagingCreate, write: WriteContext = Depends(t
 @router.get("/status/{id}", response_model=StagingRecord, summary="A staging request's status and progress")
 def staging_status(request: Request, id: uuid.UUID = Path(), client: Client = Depends(require("read"))
                    ) -> StagingRecord:
-    found = request.app.state.smart.staging(id)
-    if found is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no staging request {id}")
-    return found
+    return found(request.app.state.smart.staging(id), f"staging request {id}")
 
 
 @router.delete("/{id}", response_model=StagingRecord, summary="Cancel a staging request",
                description="At once if its run has not started (cancelled), else its run stops between two chunks "
                            "(cancel_requested, then cancelled); 409 once it has ended; 503 while the catalog is away")
 def cancel(request: Request, id: uuid.UUID = Path(), client: Client = Depends(require("write"))) -> StagingRecord:
-    smart = request.app.state.smart
-    record = smart.staging(id)
-    if record is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no staging request {id}")
-    if record.buffered:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"staging request {id} is still buffered: cancel it once the "
-                                                      "catalog has it")
-    try:
-        with request.app.state.catalog.session() as session:
-            observatory.cancel_staging(session, id)
-    except observatory.WriteRefused as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    except OUTAGES:
-        request.app.state.gate.failed()
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the catalog is unreachable: cancel again later",
-                            headers={"Retry-After": "5"}) from None
-    return smart.staging(id)
+    stored_record(request.app.state.smart.staging(id), f"staging request {id}")
+    write_directly(request, lambda session: observatory.cancel_staging(session, id), "cancel")
+    return request.app.state.smart.staging(id)
