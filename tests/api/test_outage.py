@@ -1,6 +1,7 @@
 """No write is lost while the database is away: 10,000 critical writes (some retried by their clients with the
 same key) accepted while a TCP proxy between the API and PostgreSQL is cut, the API killed with SIGKILL and
-started again five times on the way; every acknowledged write readable throughout; once the proxy is restored
+started again five times on the way; every acknowledged write readable throughout (those applied before the
+outage too); once the proxy is restored
 the replayer applies them all, exactly once, with no manual step."""
 
 import os
@@ -78,6 +79,7 @@ def test_ten_thousand_writes_through_an_outage_and_five_kills_land_exactly_once(
             token = httpx.post(f"{api.url}/tokens", json={"name": "tel", "scopes": ["telescope"]},
                                headers={"Authorization": f"Bearer {ADMIN}"}).json()["token"]
             headers = {"Authorization": f"Bearer {token}"}
+            before = applied_before_the_outage(api, headers)
             proxy.cut()
             started = time.monotonic()
             acknowledged = write_through_kills(api, headers)
@@ -88,6 +90,9 @@ def test_ten_thousand_writes_through_an_outage_and_five_kills_land_exactly_once(
             for obs_unit_id in range(0, WRITES, 997):
                 units = httpx.get(f"{api.url}/executed_obs_units/{obs_unit_id}", headers=headers, timeout=10).json()
                 assert [u["id"] for u in units] == [acknowledged[obs_unit_id]]
+            for obs_unit_id, unit_id in before.items():  # and so is every write applied before it
+                units = httpx.get(f"{api.url}/executed_obs_units/{obs_unit_id}", headers=headers, timeout=10).json()
+                assert [u["id"] for u in units] == [unit_id]
             assert httpx.get(f"{api.url}/health").json()["journal"]["pending"] == WRITES
 
             proxy.restore()
@@ -97,7 +102,7 @@ def test_ten_thousand_writes_through_an_outage_and_five_kills_land_exactly_once(
                 time.sleep(0.5)
             counts = httpx.get(f"{api.url}/health").json()["journal"]
             print(f"replayed after the proxy was restored in {time.monotonic() - started:.1f} s")
-            assert counts == {"pending": 0, "applied": WRITES, "dead": 0}
+            assert counts == {"pending": 0, "applied": WRITES + len(before), "dead": 0}
             units = httpx.get(f"{api.url}/executed_obs_units/{WRITES - 1}", headers=headers).json()
             assert [(u["id"], u["buffered"]) for u in units] == [(acknowledged[WRITES - 1], False)]
         finally:
@@ -108,8 +113,21 @@ def test_ten_thousand_writes_through_an_outage_and_five_kills_land_exactly_once(
         rows = connection.execute(sa.text("SELECT obs_unit_id, id FROM executed_obs_units")).all()
         applied = connection.scalar(sa.text("SELECT count(*) FROM applied_writes"))
     engine.dispose()
-    assert len(rows) == WRITES and applied == WRITES
-    assert {obs_unit_id: str(unit_id) for obs_unit_id, unit_id in rows} == acknowledged
+    assert len(rows) == WRITES + len(before) and applied == WRITES + len(before)
+    assert {obs_unit_id: str(unit_id) for obs_unit_id, unit_id in rows} == {**acknowledged, **before}
+
+
+def applied_before_the_outage(api: ApiProcess, headers: dict, count: int = 20) -> dict[int, str]:
+    """``count`` units started and applied while the catalog is reachable; obs_unit_id -> unit id."""
+    ids = {}
+    for n in range(WRITES, WRITES + count):
+        body = {"obs_unit_id": n, "instrument": "cam", "start_time": "2026-12-07T00:00:00Z"}
+        ids[n] = httpx.post(f"{api.url}/executed_obs_units/start", json=body, headers=headers).json()["ids"]["id"]
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{api.url}/health").json()["journal"]["pending"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert httpx.get(f"{api.url}/health").json()["journal"] == {"pending": 0, "applied": count, "dead": 0}
+    return ids
 
 
 def write_through_kills(api: ApiProcess, headers: dict) -> dict[int, str]:
