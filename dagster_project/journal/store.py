@@ -28,7 +28,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -104,7 +104,6 @@ class Entry:
     state: str
     attempts: int = 0
     last_error: str | None = None
-    entities: tuple[Entity, ...] = field(default=())
 
 
 @dataclass(frozen=True)
@@ -202,18 +201,15 @@ class Journal:
 
     def _by_key(self, connection: sqlite3.Connection, key: str) -> Entry | None:
         row = connection.execute("SELECT * FROM entries WHERE idempotency_key = ?", (key,)).fetchone()
-        return None if row is None else self._entry(connection, row)
+        return None if row is None else self._entry(row)
 
-    def _entry(self, connection: sqlite3.Connection, row: sqlite3.Row, with_entities: bool = True) -> Entry:
-        entities = ()
-        if with_entities:
-            entities = tuple(Entity(r["entity"], r["entity_id"], r["lookup"]) for r in connection.execute(
-                "SELECT entity, entity_id, lookup FROM entry_entities WHERE seq = ? ORDER BY rowid", (row["seq"],)))
+    @staticmethod
+    def _entry(row: sqlite3.Row) -> Entry:
         return Entry(seq=row["seq"], write_id=row["write_id"], idempotency_key=row["idempotency_key"],
                      kind=row["kind"], payload=json.loads(row["payload"]), content_sha256=row["content_sha256"],
                      client=row["client"], received_at=datetime.fromisoformat(row["received_at"]),
                      response=json.loads(row["response"]), state=row["state"], attempts=row["attempts"],
-                     last_error=row["last_error"], entities=entities)
+                     last_error=row["last_error"])
 
     # --- reading ---------------------------------------------------------------------------------------------------
 
@@ -222,7 +218,7 @@ class Journal:
         connection = self._connection()
         rows = connection.execute("SELECT * FROM entries WHERE state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
                                   (after_seq, limit)).fetchall()
-        return [self._entry(connection, row, with_entities=False) for row in rows]
+        return [self._entry(row) for row in rows]
 
     def touching(self, entity: str, *, entity_id: str | None = None, lookup: str | None = None,
                  applied_too: bool = False) -> list[Entry]:
@@ -235,21 +231,21 @@ class Journal:
             "SELECT DISTINCT e.* FROM entries e JOIN entry_entities x ON x.seq = e.seq "
             f"WHERE e.state IN {states} AND x.entity = ? AND x.{column} = ? ORDER BY e.seq",
             (entity, value)).fetchall()
-        return [self._entry(connection, row) for row in rows]
+        return [self._entry(row) for row in rows]
 
     def touching_any(self, entity: str, lookups: Sequence[str]) -> list[Entry]:
         """Entries, pending or applied, that touch ``entity`` under any of ``lookups`` (a bulk's names), oldest
         first, in one query per 500 lookups."""
         connection = self._connection()
-        seqs: set[int] = set()
+        found: dict[int, Entry] = {}
         for start in range(0, len(lookups), 500):
             chunk = list(lookups[start:start + 500])
-            seqs.update(row[0] for row in connection.execute(
-                f"SELECT DISTINCT seq FROM entry_entities WHERE entity = ? AND lookup IN ({','.join('?' * len(chunk))})",
-                (entity, *chunk)))
-        rows = [connection.execute("SELECT * FROM entries WHERE seq = ? AND state IN ('pending', 'applied')",
-                                   (seq,)).fetchone() for seq in sorted(seqs)]
-        return [self._entry(connection, row, with_entities=False) for row in rows if row is not None]
+            for row in connection.execute(
+                    "SELECT DISTINCT e.* FROM entries e JOIN entry_entities x ON x.seq = e.seq WHERE "
+                    f"e.state IN ('pending', 'applied') AND x.entity = ? AND x.lookup IN ({','.join('?' * len(chunk))})",
+                    (entity, *chunk)):
+                found[row["seq"]] = self._entry(row)
+        return [found[seq] for seq in sorted(found)]
 
     def by_key(self, key: str) -> Entry | None:
         return self._by_key(self._connection(), key)
@@ -258,7 +254,7 @@ class Journal:
         connection = self._connection()
         rows = connection.execute("SELECT * FROM entries WHERE state = 'dead' ORDER BY seq DESC LIMIT ?",
                                   (limit,)).fetchall()
-        return [self._entry(connection, row) for row in rows]
+        return [self._entry(row) for row in rows]
 
     def counts(self) -> dict[str, int]:
         rows = self._connection().execute("SELECT state, count(*) FROM entries GROUP BY state").fetchall()

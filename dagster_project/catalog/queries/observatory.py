@@ -53,7 +53,6 @@ __all__ = [
     "executed_obs_units_of",
     "finalize_package",
     "finish_executed_obs_unit",
-    "get_executed_obs_unit",
     "get_package",
     "get_registered_file",
     "files_of_unit",
@@ -134,10 +133,6 @@ def start_executed_obs_unit(session: Session, *, id: uuid.UUID, obs_unit_id: int
                            obs_metadata=obs_metadata or {})
     session.add(unit)
     return unit
-
-
-def get_executed_obs_unit(session: Session, unit_id: uuid.UUID) -> ExecutedObsUnit | None:
-    return session.get(ExecutedObsUnit, unit_id)
 
 
 def finish_executed_obs_unit(session: Session, *, id: uuid.UUID, status: ExecutedObsUnitStatus, end_time: datetime,
