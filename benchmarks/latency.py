@@ -6,7 +6,7 @@ its calibration frames and first epoch are processed first (masters, calibrated 
 then the daemon is started and the later frames land one at a time (``--singles``), then several at
 once (``--burst``). For each frame the clock runs from the moment it appears in the landing folder
 (written elsewhere, then renamed in, as a telescope's writer should) to the moment the catalog holds
-its difference and candidates (one transaction; ``queries.difference_recorded_for_file``).
+its difference and candidates (one transaction; ``queries.differences_recorded_for_files``).
 
 Printed: per frame the latency; p50 / p95 / max of the singles; when the last of the burst was done;
 the yardstick, the science of a frame (calibration + difference processing times the assets record)
@@ -82,7 +82,8 @@ def land(path: Path, landing: Path) -> float:
 
 
 def wait_done(catalog, names: list[str], timeout: float) -> dict[str, float]:
-    """Poll the catalog until each file's difference is recorded; name -> time seen."""
+    """Poll the catalog until each file's difference is recorded; name -> time seen. One query a poll, however
+    many files wait (the poll shares the machine with the work it waits for)."""
     from dagster_project.catalog import queries
 
     done: dict[str, float] = {}
@@ -91,9 +92,8 @@ def wait_done(catalog, names: list[str], timeout: float) -> dict[str, float]:
         if time.monotonic() > deadline:
             raise SystemExit(f"timed out after {timeout:.0f} s; done: {sorted(done)} of {names}")
         with catalog.session() as session:
-            for name in names:
-                if name not in done and queries.difference_recorded_for_file(session, name) is not None:
-                    done[name] = time.time()
+            recorded = queries.differences_recorded_for_files(session, [n for n in names if n not in done])
+        done.update((name, time.time()) for name in recorded)
         time.sleep(0.2)
     return done
 

@@ -406,6 +406,22 @@ def test_difference_lifecycle_and_candidates(catalog):
         assert queries.get_observation(s, obs.observation_id).status is ObservationStatus.DIFFERENCED
 
 
+def test_which_files_have_their_difference_recorded(catalog):
+    """One query over many names: a file counts once its latest arrival's difference ended (completed or
+    skipped), not while it runs or failed, and not when a newer arrival of its name has not been differenced."""
+    names = [f"F001-r-{n}.fits" for n in (2, 3, 4, 5)]
+    with catalog.session() as s:
+        ref = queries.record_reference(s, "F001", "r", calibrated(s, 1), "/ref", 1.0, 21.0, "first", "d")
+        runs = [queries.start_difference_run(s, calibrated(s, n), ref, {}, f"d{n}") for n in (2, 3, 4, 5)]
+        assert queries.differences_recorded_for_files(s, names) == set()
+        queries.finish_difference_run(s, runs[0], status=RunStatus.COMPLETED)
+        queries.finish_difference_run(s, runs[1], status=RunStatus.SKIPPED)
+        queries.finish_difference_run(s, runs[2], status=RunStatus.FAILED, error_message="boom")
+        assert queries.differences_recorded_for_files(s, [*names, "unknown.fits"]) == set(names[:2])
+        raw_file(s, names[0], content="a newer version")  # arrived again: its new observation is not differenced
+        assert queries.differences_recorded_for_files(s, names) == {names[1]}
+
+
 def test_candidates_are_recorded_only_for_a_finished_difference(catalog):
     with catalog.session() as s:
         ref_obs, obs = calibrated(s, 1), calibrated(s, 2)

@@ -92,12 +92,19 @@ def latest_raw_file_version(session: Session, original_name: str) -> RawDataFile
                           .order_by(RawDataFile.version.desc()).limit(1))
 
 
-def difference_recorded_for_file(session: Session, original_name: str) -> DifferenceRun | None:
-    """The ended difference (with its candidates, recorded in the same transaction) of the observation the
-    latest arrival of ``original_name`` became; None while there is none (still landing, calibrating, ...)."""
-    raw = latest_raw_file_version(session, original_name)
-    run = raw.observation.difference_run if raw is not None and raw.observation is not None else None
-    return run if run is not None and run.status in (RunStatus.COMPLETED, RunStatus.SKIPPED) else None
+def differences_recorded_for_files(session: Session, original_names: Sequence[str]) -> set[str]:
+    """Those of ``original_names`` whose latest arrival became an observation with an ended difference (with
+    its candidates, recorded in the same transaction); one query, however many names (a watcher polling a
+    night's frames must not load the catalog it watches)."""
+    latest = (sa.select(RawDataFile.original_name, sa.func.max(RawDataFile.version).label("version"))
+              .where(RawDataFile.original_name.in_(original_names))
+              .group_by(RawDataFile.original_name).subquery())
+    return set(session.scalars(
+        sa.select(RawDataFile.original_name)
+        .join(latest, sa.and_(RawDataFile.original_name == latest.c.original_name,
+                              RawDataFile.version == latest.c.version))
+        .join(DifferenceRun, DifferenceRun.observation_id == RawDataFile.observation_id)
+        .where(DifferenceRun.status.in_((RunStatus.COMPLETED, RunStatus.SKIPPED)))))
 
 
 def next_raw_file_version(session: Session, original_name: str) -> int:
