@@ -84,6 +84,44 @@ The observatory domain (what the operations API records; ``status_reason`` says 
     RegisteredFileStatus:   registered ──► arrived | mismatched | missing;   missing ──► arrived | mismatched
     StagingStatus:          requested ──► staging ──► completed | failed | cancelled;
                             requested ──► cancelled | failed
+
+The detection domain (real/bogus scoring and its human vetting).
+
+ModelRunStatus, for ModelRun (``error_message`` says why it failed)::
+
+    pending ──► running ──► completed | failed ──► pending
+                                               (a retry after a failure, a re-score of the same version)
+
+    pending    -> running
+    running    -> completed | failed        (failed too when a new attempt finds it abandoned)
+    completed  -> pending                   (a re-score: the candidates changed, or scoring is asked for again)
+    failed     -> pending                   (a retry)
+
+``completed -> pending`` is this platform's addition: a run is one row per (model version, observation), so
+scoring the same version again (after a re-difference made new candidates) restarts that row; its detections
+are replaced in place when it completes.
+
+DetectionStatus, for Detection (no reason field: the verdict is ``is_validated``, ``human_label``,
+``validation_confidence``)::
+
+    pending ──► validating ──► validated | rejected;   validated ──► confirmed
+                    │  ▲
+                    │  └── rejected | validated      (a second opinion)
+                    └──► pending                     (a reviewer's lease that lapsed)
+    validated ──► rejected                           (the verdict overturned)
+    pending, validated, rejected, confirmed ──► archived   (archived is terminal)
+
+    pending     -> validating | archived
+    validating  -> validated | rejected | pending      (pending: a reviewer's lease that lapsed)
+    validated   -> confirmed | rejected | archived | validating
+    rejected    -> validating | archived              (validating: a second opinion)
+    confirmed   -> archived
+    archived    (terminal)
+
+``validated -> validating`` is this platform's addition: a second opinion on a validated detection before it
+is confirmed, as ``rejected -> validating`` gives one on a rejected detection. Without it a reviewer who
+doubts a validated detection could only reject it outright; with it the doubt is a review like any other, and
+the new verdict replaces the label (``is_validated`` stays True: a verdict was recorded).
 """
 
 from collections.abc import Callable, Mapping
@@ -104,6 +142,7 @@ from dagster_project.catalog.schema.observations import (
     RawFileStatus,
     RunStatus,
 )
+from dagster_project.catalog.schema.detection import Detection, DetectionStatus, ModelRun, ModelRunStatus
 from dagster_project.catalog.schema.observatory import (
     ExecutedObsUnit,
     ExecutedObsUnitStatus,
@@ -428,3 +467,27 @@ register(StagingRequest, Machine(StagingStatus, STAGING_TRANSITIONS, "status_rea
 register(ExecutedObsUnit, Machine(ExecutedObsUnitStatus, EXECUTED_OBS_UNIT_TRANSITIONS, "status_reason"))
 register(RawDataPackage, Machine(PackageStatus, PACKAGE_TRANSITIONS))
 register(RegisteredRawFile, Machine(RegisteredFileStatus, REGISTERED_FILE_TRANSITIONS, "status_reason"))
+
+
+# --- the detection domain -------------------------------------------------------------------------------------------
+
+MR, D = ModelRunStatus, DetectionStatus
+
+MODEL_RUN_TRANSITIONS: dict[ModelRunStatus, frozenset[ModelRunStatus]] = {
+    MR.PENDING: frozenset({MR.RUNNING}),
+    MR.RUNNING: frozenset({MR.COMPLETED, MR.FAILED}),
+    MR.COMPLETED: frozenset({MR.PENDING}),
+    MR.FAILED: frozenset({MR.PENDING}),
+}
+
+DETECTION_TRANSITIONS: dict[DetectionStatus, frozenset[DetectionStatus]] = {
+    D.PENDING: frozenset({D.VALIDATING, D.ARCHIVED}),
+    D.VALIDATING: frozenset({D.VALIDATED, D.REJECTED, D.PENDING}),
+    D.VALIDATED: frozenset({D.CONFIRMED, D.REJECTED, D.ARCHIVED, D.VALIDATING}),
+    D.REJECTED: frozenset({D.VALIDATING, D.ARCHIVED}),
+    D.CONFIRMED: frozenset({D.ARCHIVED}),
+    D.ARCHIVED: frozenset(),
+}
+
+register(ModelRun, Machine(ModelRunStatus, MODEL_RUN_TRANSITIONS, "error_message"))
+register(Detection, Machine(DetectionStatus, DETECTION_TRANSITIONS))

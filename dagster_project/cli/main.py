@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from dagster_project.cli import api as cli_api, backfill as cli_backfill, candidates as cli_candidates
-from dagster_project.cli import operations as cli_operations, results as cli_results
+from dagster_project.cli import models as cli_models, operations as cli_operations, results as cli_results
 from dagster_project.cli.args import PROG, Parser, catalog_of, fail, image_size, iso_date, non_negative_float, non_negative_int, positive_int
 from dagster_project.settings import Settings
 
@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_backfill.add_subcommands(sub)
     cli_operations.add_subcommands(sub)
     cli_api.add_subcommands(sub)
+    cli_models.add_subcommands(sub)
     return parser
 
 

@@ -1,8 +1,9 @@
 """The catalog's named queries, one module per domain: ``observations`` (raw files to candidates),
 ``calibration`` (calibration frames, masters, astrometric anchors), ``planning`` (what awaits which stage),
 ``results`` (requests, fulfilment and product rebuilds), ``operations`` (the operations ledger),
-``provenance`` (what each run made of what) and ``observatory`` (what the telescopes report through the
-operations API; imported as a module: ``queries.observatory``)."""
+``provenance`` (what each run made of what), ``observatory`` (what the telescopes report through the
+operations API; imported as a module: ``queries.observatory``) and ``detection`` (the real/bogus model registry,
+model runs, detections and their vetting; imported as a module: ``queries.detection``)."""
 
 from dagster_project.catalog.queries.observations import (
     ContentAlreadyStored,
@@ -134,7 +135,7 @@ from dagster_project.catalog.queries.operations import (
     update_context,
 )
 
-from dagster_project.catalog.queries import observatory
+from dagster_project.catalog.queries import detection, observatory
 from dagster_project.catalog.queries.provenance import (
     ArtifactRecord,
     InputRecord,
@@ -205,6 +206,7 @@ __all__ = [
     "current_reference",
     "current_references",
     "derived_artifacts",
+    "detection",
     "differences_recorded_for_files",
     "dispatch_due",
     "due_for_rebuild",

@@ -1,7 +1,8 @@
 """The catalog's schema, one module per domain: ``base`` (what every table shares), ``observations``
 (raw files, observations, calibration, references, differences, candidates), ``results`` (observation
 requests and ObservationResults), ``operations`` (the operations ledger and provenance), ``observatory`` (what
-the telescopes report through the operations API)."""
+the telescopes report through the operations API), ``detection`` (the real/bogus model registry, model runs
+and their detections)."""
 
 from dagster_project.catalog.schema.base import (
     Base,
@@ -80,8 +81,25 @@ from dagster_project.catalog.schema.observatory import (
     StagingStatus,
 )
 
+from dagster_project.catalog.schema.detection import (
+    Detection,
+    DetectionStatus,
+    DetectionType,
+    Model,
+    ModelRun,
+    ModelRunStatus,
+    ModelType,
+)
+
 
 __all__ = [
+    "Detection",
+    "DetectionStatus",
+    "DetectionType",
+    "Model",
+    "ModelRun",
+    "ModelRunStatus",
+    "ModelType",
     "StagingRequest",
     "StagingStatus",
     "AppliedWrite",
