@@ -21,12 +21,24 @@ is often a watched landing folder, which is for raw frames only. It lists the in
 ``band``, ``epoch``, ``ra``, ``dec`` (deg), ``x``, ``y`` (true 0-based position
 in the trimmed data section), ``flux_e`` (electrons before the flat field) and
 ``snr_optimal``.
+
+With ``artifacts`` (an :class:`~dagster_project.simulation.artifacts.ArtifactRates`),
+a second truth file lists every artifact of every science frame, so a benchmark can
+tell an artifact's candidates from the transients': ``artifacts.csv`` beside
+``truth.csv`` (``<stem>-artifacts.csv`` beside a truth file of another name, see
+:func:`artifacts_path_for`), with ``file``, ``field``, ``band``, ``epoch``, ``kind``,
+``x0``, ``y0``, ``x1``, ``y1`` (0-based pixels of the trimmed data section),
+``ra0``, ``dec0``, ``ra1``, ``dec1`` (the same points through the frame's true WCS),
+``width_px``, ``amplitude`` and ``detail``; the meaning of each by kind is in
+:mod:`dagster_project.simulation.artifacts`. ``truth.csv`` itself is unchanged.
 """
 
 import csv
+import dataclasses
 import io
 import itertools
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -37,6 +49,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.time import Time
 
+from dagster_project.simulation.artifacts import ArtifactRates
 from dagster_project.simulation.telescope import (
     DetectorSpec,
     EpochConditions,
@@ -53,6 +66,14 @@ from dagster_project.simulation.telescope import (
 
 TRUTH_COLUMNS = ("file", "field", "band", "epoch", "ra", "dec", "x", "y", "flux_e", "snr_optimal")
 _TRUTH_TYPES = {"epoch": int, **{k: float for k in ("ra", "dec", "x", "y", "flux_e", "snr_optimal")}}
+_TRUTH_FORMATS = {"ra": "{:.8f}", "dec": "{:.8f}", "x": "{:.4f}", "y": "{:.4f}", "flux_e": "{:.3f}",
+                  "snr_optimal": "{:.4f}"}
+
+_ARTIFACT_POINTS = ("x0", "y0", "x1", "y1", "ra0", "dec0", "ra1", "dec1")
+ARTIFACT_COLUMNS = ("file", "field", "band", "epoch", "kind", *_ARTIFACT_POINTS, "width_px", "amplitude", "detail")
+_ARTIFACT_TYPES = {"epoch": int, **{k: float for k in (*_ARTIFACT_POINTS, "width_px", "amplitude")}}
+_ARTIFACT_FORMATS = {**{k: "{:.4f}" for k in ("x0", "y0", "x1", "y1", "width_px")},
+                     **{k: "{:.8f}" for k in ("ra0", "dec0", "ra1", "dec1")}, "amplitude": "{:.6g}"}
 
 #: Independent random streams, so changing one part (e.g. n_flats) leaves the others unchanged.
 _DETECTOR, _FIELDS, _SKY, _CONDITIONS, _BIAS, _FLAT, _SCIENCE = range(7)
@@ -79,6 +100,10 @@ class SimulatedNight:
         Conditions of each science frame by file name (seeing, WCS error...).
     summary : dict
         Short JSON-safe overview.
+    artifacts : list of dict
+        Rows of the artifacts truth file (typed values); empty without ``artifacts``.
+    artifacts_path : Path or None
+        Where they were written; None when the night was simulated without ``artifacts``.
     """
 
     out_dir: Path
@@ -87,6 +112,8 @@ class SimulatedNight:
     truth_path: Path
     conditions: dict[str, EpochConditions]
     summary: dict
+    artifacts: list[dict] = dataclasses.field(default_factory=list)
+    artifacts_path: Path | None = None
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
@@ -110,25 +137,49 @@ def write_raw_frame(path: Path, frame: RawFrame) -> None:
     write_atomically(path, hdu.writeto)
 
 
-def load_truth(path: Path) -> list[dict]:
-    """Read ``truth.csv`` back into dicts with typed values (``epoch`` int, numbers float)."""
+def _load_table(path: Path, columns: tuple[str, ...], types: dict, what: str) -> list[dict]:
+    """Rows of the CSV at ``path`` typed by ``types`` (str otherwise); ValueError if one of ``columns`` is missing."""
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
-        missing = set(TRUTH_COLUMNS) - set(reader.fieldnames or ())
+        missing = set(columns) - set(reader.fieldnames or ())
         if missing:
-            raise ValueError(f"{path}: missing truth columns {sorted(missing)}")
-        return [{k: _TRUTH_TYPES.get(k, str)(v) for k, v in row.items()} for row in reader]
+            raise ValueError(f"{path}: missing {what} columns {sorted(missing)}")
+        return [{k: types.get(k, str)(v) for k, v in row.items()} for row in reader]
 
 
-def _truth_csv(rows: list[dict]) -> bytes:
+def load_truth(path: Path) -> list[dict]:
+    """Read ``truth.csv`` back into dicts with typed values (``epoch`` int, numbers float)."""
+    return _load_table(path, TRUTH_COLUMNS, _TRUTH_TYPES, "truth")
+
+
+def load_artifacts(path: Path) -> list[dict]:
+    """Read an artifacts truth file back into dicts with typed values (``epoch`` int, numbers float)."""
+    return _load_table(path, ARTIFACT_COLUMNS, _ARTIFACT_TYPES, "artifact")
+
+
+def artifacts_path_for(truth_path: Path) -> Path:
+    """The artifacts truth beside ``truth_path``: ``artifacts.csv`` by ``truth.csv``, else ``<stem>-artifacts.csv``."""
+    truth_path = Path(truth_path)
+    name = "artifacts.csv" if truth_path.name == "truth.csv" else f"{truth_path.stem}-artifacts.csv"
+    return truth_path.with_name(name)
+
+
+def _table_csv(rows: list[dict], columns: tuple[str, ...], formats: dict) -> bytes:
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=TRUTH_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    formats = {"ra": "{:.8f}", "dec": "{:.8f}", "x": "{:.4f}", "y": "{:.4f}", "flux_e": "{:.3f}",
-               "snr_optimal": "{:.4f}"}
     for row in rows:
         writer.writerow({k: formats.get(k, "{}").format(v) for k, v in row.items()})
     return text.getvalue().encode()
+
+
+def _truth_csv(rows: list[dict]) -> bytes:
+    return _table_csv(rows, TRUTH_COLUMNS, _TRUTH_FORMATS)
+
+
+def _write_table(path: Path, payload: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, lambda fh: fh.write(payload))
 
 
 def frame_name(instrument: str, night: date, seq: int, kind: str, band: str, field: str | None = None) -> str:
@@ -185,6 +236,8 @@ def simulate_night(
     seed: int = 42,
     night: str = "2026-11-21",
     truth_path: Path | str | None = None,
+    artifacts: ArtifactRates | None = None,
+    artifacts_path: Path | str | None = None,
 ) -> SimulatedNight:
     """Simulate and write one night of raw frames into ``out_dir``.
 
@@ -212,6 +265,14 @@ def simulate_night(
         ``YYYY-MM-DD``, local date at the start of the night.
     truth_path : path-like, optional
         Where ``truth.csv`` goes (its folder is created); default ``out_dir / "truth.csv"``.
+    artifacts : ArtifactRates, optional
+        Artifacts added to every science frame (e.g.
+        :data:`~dagster_project.simulation.artifacts.ARTIFACT_RICH`); with it, and only
+        then, the artifacts truth file is written. ``ArtifactRates()`` writes the same
+        frames as None, with the truth of the cosmic rays, saturated regions and fixed
+        bad columns they always have.
+    artifacts_path : path-like, optional
+        Where that file goes; default :func:`artifacts_path_for` of the truth path.
     """
     _check_arguments(n_fields, n_epochs, n_bias, n_flats, transients_per_frame, bands)
     night_date = date.fromisoformat(night)
@@ -224,13 +285,14 @@ def simulate_night(
     midnight = Time(night_date.isoformat(), scale="utc").mjd
     frames = _FrameWriter(out_dir, spec.instrument, night_date)
     _write_calibration(frames, detector, bands, n_bias, n_flats, midnight, seed)
-    truth, conditions = _write_science(frames, detector, spec, fields, bands, n_epochs, transients_per_frame,
-                                       midnight, seed)
+    truth, found, conditions = _write_science(frames, detector, spec, fields, bands, n_epochs, transients_per_frame,
+                                              midnight, seed, artifacts)
 
     truth_path = out_dir / "truth.csv" if truth_path is None else Path(truth_path)
-    truth_path.parent.mkdir(parents=True, exist_ok=True)
-    payload = _truth_csv(truth)
-    write_atomically(truth_path, lambda fh: fh.write(payload))
+    _write_table(truth_path, _truth_csv(truth))
+    if artifacts is not None:
+        artifacts_path = artifacts_path_for(truth_path) if artifacts_path is None else Path(artifacts_path)
+        _write_table(artifacts_path, _table_csv(found, ARTIFACT_COLUMNS, _ARTIFACT_FORMATS))
     summary = {
         "night": night,
         "out_dir": str(out_dir),
@@ -243,6 +305,9 @@ def simulate_night(
         "transients": len(truth),
         "seed": seed,
     }
+    if artifacts is not None:
+        summary["artifacts"] = dict(Counter(row["kind"] for row in found))
+        return SimulatedNight(out_dir, frames.paths, truth, truth_path, conditions, summary, found, artifacts_path)
     return SimulatedNight(out_dir, frames.paths, truth, truth_path, conditions, summary)
 
 
@@ -297,18 +362,26 @@ def _write_calibration(frames: _FrameWriter, detector, bands: tuple[str, ...], n
             frames.write(frame, "flat", band)
 
 
+def _artifact_rows(frame: RawFrame, identity: dict) -> list[dict]:
+    """The frame's artifacts as truth rows, each with the frame's ``file, field, band, epoch``."""
+    names = ARTIFACT_COLUMNS[len(identity):]
+    return [{**identity, **{name: getattr(artifact, name) for name in names}} for artifact in frame.artifacts]
+
+
 def _write_science(frames: _FrameWriter, detector, spec: DetectorSpec, fields: list[FieldSpec],
                    bands: tuple[str, ...], n_epochs: int, transients_per_frame: int, midnight: float,
-                   seed: int) -> tuple[list[dict], dict[str, EpochConditions]]:
-    """The science exposures in time order; the truth rows of their injected transients, and each one's conditions."""
+                   seed: int, artifacts: ArtifactRates | None = None,
+                   ) -> tuple[list[dict], list[dict], dict[str, EpochConditions]]:
+    """The science exposures in time order: their transients' and artifacts' truth rows, and each one's conditions."""
     skies = [make_sky_model(fld, spec, np.random.default_rng([seed, _SKY, f])) for f, fld in enumerate(fields)]
     truth: list[dict] = []
+    found: list[dict] = []
     conditions: dict[str, EpochConditions] = {}
     for f, b, epoch, cond in _science_schedule(len(fields), bands, n_epochs, midnight, spec, seed):
         field, band = fields[f], bands[b]
         frame = simulate_science_frame(
             detector, field, skies[f], cond, band, np.random.default_rng([seed, _SCIENCE, f, b, epoch]),
-            n_transients=transients_per_frame if epoch >= 1 else 0,
+            n_transients=transients_per_frame if epoch >= 1 else 0, artifacts=artifacts,
         )
         path = frames.write(frame, "sci", band, field.name)
         conditions[path.name] = cond
@@ -317,4 +390,5 @@ def _write_science(frames: _FrameWriter, detector, spec: DetectorSpec, fields: l
                  flux_e=t.flux_e, snr_optimal=t.snr_optimal)
             for t in frame.transients
         ]
-    return truth, conditions
+        found += _artifact_rows(frame, dict(file=path.name, field=field.name, band=band, epoch=epoch))
+    return truth, found, conditions

@@ -11,6 +11,10 @@ A night of data is built from a few self-contained ingredients:
 * :class:`EpochConditions` -- seeing, sky, pointing and WCS error of one
   exposure (:func:`draw_epoch_conditions`).
 * :class:`Transient` -- point sources injected into one science frame.
+* :class:`~.artifacts.ArtifactRates` -- optional artifacts of a science frame
+  beyond the cosmic rays, bleeds and fixed bad columns every frame has
+  (trails, flickering columns, hot pixels, odd bright-star PSFs, local
+  distortion, ghosts; :mod:`dagster_project.simulation.artifacts`).
 
 :func:`simulate_bias_frame`, :func:`simulate_flat_frame` and
 :func:`simulate_science_frame` return a :class:`RawFrame`; every random number
@@ -56,6 +60,26 @@ from dagster_project.science.psf_models import (
     moffat_stamps,
     pixel_means,
     subpixel_grid,
+)
+from dagster_project.simulation.artifacts import (
+    Artifact,
+    ArtifactRates,
+    CosmicRays,
+    Distortion,
+    OddPsfs,
+    add_clipped,
+    add_dark_charge,
+    displaced,
+    draw_distortions,
+    draw_flicker_columns,
+    draw_hot_pixels,
+    draw_odd_psfs,
+    draw_trails,
+    find_ghosts,
+    render_ghost,
+    render_trail,
+    saturation_artifacts,
+    with_sky_positions,
 )
 
 #: Largest value a 16-bit ADC can produce.
@@ -547,6 +571,16 @@ def _batches(n_items: int, pixels_per_item: int, max_pixels: int = 4_000_000):
         yield slice(start, start + step)
 
 
+def _stamp_half_widths(flux: np.ndarray, fwhm: float, beta: float, ellipticity: float, floor_e: float,
+                       max_half: int) -> np.ndarray:
+    """Stamp half-widths at which each source's truncated Moffat wing is below ``floor_e`` (size classes)."""
+    base = psf_half_width(fwhm)
+    alpha = moffat_alpha(fwhm, beta) / np.sqrt(1.0 - ellipticity)  # major axis
+    # central surface brightness over floor_e; the wing falls as (r/alpha)**(-2 beta)
+    contrast = np.maximum(flux, 0.0) * (beta - 1.0) / (np.pi * alpha**2 * (1.0 - ellipticity) * floor_e)
+    return _size_classes(alpha * contrast ** (1.0 / (2.0 * beta)), base, max_half)
+
+
 def render_moffat_sources(
     shape: tuple[int, int],
     x: np.ndarray,
@@ -583,11 +617,7 @@ def render_moffat_sources(
     """
     x, y, flux = (np.atleast_1d(np.asarray(v, dtype=float)) for v in np.broadcast_arrays(x, y, flux))
     image = np.zeros(shape, dtype=np.float64)
-    base = psf_half_width(fwhm)
-    alpha = moffat_alpha(fwhm, beta) / np.sqrt(1.0 - ellipticity)  # major axis
-    # central surface brightness over floor_e; the wing falls as (r/alpha)**(-2 beta)
-    contrast = np.maximum(flux, 0.0) * (beta - 1.0) / (np.pi * alpha**2 * (1.0 - ellipticity) * floor_e)
-    half = _size_classes(alpha * contrast ** (1.0 / (2.0 * beta)), base, max_half)
+    half = _stamp_half_widths(flux, fwhm, beta, ellipticity, floor_e, max_half)
     cx, cy = np.rint(x).astype(int), np.rint(y).astype(int)
     ny, nx = shape
     visible = (cx + half >= 0) & (cy + half >= 0) & (cx - half < nx) & (cy - half < ny) & (flux != 0)
@@ -653,21 +683,51 @@ def sky_background(shape: tuple[int, int], sky_e: float, gradient: tuple[float, 
     return sky_e * (1.0 + gx + gy)
 
 
+def star_pixels(sky: SkyModel, wcs: WCS, distortions: tuple[Distortion, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """0-based pixel positions of the stars of ``sky`` through the true ``wcs``, moved by ``distortions``."""
+    return displaced(*wcs.world_to_pixel_values(sky.star_ra, sky.star_dec), distortions)
+
+
+def _render_stars(
+    image: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.ndarray, conditions: EpochConditions,
+    odd_psfs: OddPsfs | None,
+) -> None:
+    """Add the stars to ``image``: all with the frame's PSF, except the ``odd_psfs`` ones with their own."""
+    if odd_psfs is None or not odd_psfs.index.size:
+        image += render_moffat_sources(image.shape, x, y, flux, **conditions.psf)
+        return
+    normal = np.ones(x.size, dtype=bool)
+    normal[odd_psfs.index] = False
+    image += render_moffat_sources(image.shape, x[normal], y[normal], flux[normal], **conditions.psf)
+    for k, star in enumerate(odd_psfs.index):
+        psf = dict(conditions.psf, ellipticity=float(odd_psfs.ellipticity[k]), theta_deg=float(odd_psfs.theta_deg[k]))
+        sx, sy = x[star] + odd_psfs.shift_x[k], y[star] + odd_psfs.shift_y[k]
+        cx, cy = int(np.rint(sx)), int(np.rint(sy))
+        half = int(_stamp_half_widths(flux[star : star + 1], psf["fwhm"], psf["beta"], psf["ellipticity"],
+                                      floor_e=0.5, max_half=256)[0])
+        # one star's stamp on its own pixels: a full-frame render per odd star would dominate the cost
+        stamp = moffat_stamps(half, [sx - cx], [sy - cy], **psf)[0] * flux[star]
+        add_clipped(image, stamp, cx - half, cy - half)
+
+
 def render_scene(
-    sky: SkyModel, wcs: WCS, shape: tuple[int, int], conditions: EpochConditions, band: str
+    sky: SkyModel, wcs: WCS, shape: tuple[int, int], conditions: EpochConditions, band: str, *,
+    distortions: tuple[Distortion, ...] = (), odd_psfs: OddPsfs | None = None,
 ) -> np.ndarray:
     """Noiseless electrons per pixel (before the flat field): sky + stars + galaxies.
 
-    ``wcs`` must be the frame's true WCS; sources are placed where it maps them.
+    ``wcs`` must be the frame's true WCS; sources are placed where it maps them,
+    moved by the local ``distortions`` (which that WCS does not describe). The
+    ``odd_psfs`` stars are drawn with their own PSF instead of the frame's.
     """
     star_rate, galaxy_rate = sky.rates(band)
     exptime = conditions.exptime
     image = sky_background(shape, conditions.sky_e, conditions.sky_gradient)
     if sky.star_ra.size:
-        x, y = wcs.world_to_pixel_values(sky.star_ra, sky.star_dec)
-        image += render_moffat_sources(shape, x, y, star_rate * exptime, **conditions.psf)
+        x, y = star_pixels(sky, wcs, distortions)
+        _render_stars(image, x, y, star_rate * exptime, conditions, odd_psfs)
     if sky.galaxy_ra.size:
-        x, y = wcs.world_to_pixel_values(sky.galaxy_ra, sky.galaxy_dec)
+        x, y = displaced(*wcs.world_to_pixel_values(sky.galaxy_ra, sky.galaxy_dec), distortions)
         psf = moffat_stamp(2 * psf_half_width(conditions.seeing_fwhm_px) + 1, **conditions.psf)
         image += render_galaxies(
             shape, x, y, galaxy_rate * exptime,
@@ -820,14 +880,37 @@ def cosmic_ray_image(
     deposits a log-normal charge (median ``median_charge_e``, 0.5 dex-ish
     spread) per pixel of track, so a head-on hit is a single hot pixel.
     """
+    return render_cosmic_rays(shape, draw_cosmic_rays(shape, n, rng, mean_length_px=mean_length_px,
+                                                      median_charge_e=median_charge_e))
+
+
+def draw_cosmic_rays(
+    shape: tuple[int, int],
+    n: int,
+    rng: np.random.Generator,
+    *,
+    mean_length_px: float = 2.0,
+    median_charge_e: float = 1200.0,
+) -> CosmicRays:
+    """The tracks of ``n`` cosmic rays as :func:`cosmic_ray_image` draws them (no draw for ``n <= 0``)."""
     ny, nx = shape
-    image = np.zeros(shape, dtype=np.float64)
     if n <= 0:
-        return image
+        return CosmicRays(*(np.zeros(0) for _ in range(5)))
     x0, y0 = rng.uniform(-0.5, nx - 0.5, n), rng.uniform(-0.5, ny - 0.5, n)
     length = rng.exponential(mean_length_px, n)
     angle = rng.uniform(0.0, 2 * np.pi, n)
     charge = rng.lognormal(np.log(median_charge_e), 0.5, n) * np.maximum(length, 1.0)
+    return CosmicRays(x0, y0, length, angle, charge)
+
+
+def render_cosmic_rays(shape: tuple[int, int], rays: CosmicRays) -> np.ndarray:
+    """Electrons of the ``rays`` tracks, sampled every quarter pixel, each pixel of track its share of the charge."""
+    ny, nx = shape
+    image = np.zeros(shape, dtype=np.float64)
+    n = rays.x0.size
+    if n == 0:
+        return image
+    x0, y0, length, angle, charge = rays.x0, rays.y0, rays.length, rays.angle, rays.charge
     steps = np.ceil(length / 0.25).astype(int) + 1  # quarter-pixel sampling of the track
     track = np.repeat(np.arange(n), steps)
     t = (np.arange(steps.sum()) - np.repeat(np.cumsum(steps) - steps, steps)) / np.maximum(steps[track] - 1, 1)
@@ -871,11 +954,19 @@ def bleed_full_wells(electrons: np.ndarray, full_well_e: float) -> np.ndarray:
 
 def expose(expected_e: np.ndarray, exptime: float, detector: DetectorModel, rng: np.random.Generator) -> np.ndarray:
     """Detected electrons: Poisson draw of ``expected_e``, plus cosmic rays, then bleeding."""
+    return _expose_tracked(expected_e, exptime, detector, rng)[0]
+
+
+def _expose_tracked(
+    expected_e: np.ndarray, exptime: float, detector: DetectorModel, rng: np.random.Generator
+) -> tuple[np.ndarray, CosmicRays]:
+    """:func:`expose`, and the cosmic rays it added."""
     spec = detector.spec
     electrons = rng.poisson(expected_e).astype(np.float64)
     n_hits = rng.poisson(spec.cosmic_ray_rate * electrons.size / 1e6 * exptime)
-    electrons += cosmic_ray_image(electrons.shape, n_hits, rng)
-    return bleed_full_wells(electrons, spec.full_well_e)
+    rays = draw_cosmic_rays(electrons.shape, n_hits, rng)
+    electrons += render_cosmic_rays(electrons.shape, rays)
+    return bleed_full_wells(electrons, spec.full_well_e), rays
 
 
 def read_out(detector: DetectorModel, electrons: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
@@ -903,11 +994,15 @@ class RawFrame:
         Observing keywords (and the header WCS for science frames).
     transients : tuple of Transient
         Sources injected into this frame (science frames only).
+    artifacts : tuple of Artifact
+        Truth of the frame's artifacts, when the science frame was simulated
+        with :class:`~.artifacts.ArtifactRates` (empty otherwise).
     """
 
     data: np.ndarray
     header: fits.Header
     transients: tuple[Transient, ...] = ()
+    artifacts: tuple[Artifact, ...] = ()
 
 
 def raw_header(
@@ -971,6 +1066,73 @@ def simulate_flat_frame(
     return RawFrame(read_out(detector, electrons, rng), header)
 
 
+@dataclass(frozen=True)
+class _SkyPlan:
+    """The artifacts drawn before the scene is rendered, since they change where and how stars land."""
+
+    distortions: tuple[Distortion, ...] = ()
+    odd_psfs: OddPsfs | None = None
+
+
+def _draw_sky_plan(rates: ArtifactRates, sky: SkyModel, band: str, conditions: EpochConditions,
+                   shape: tuple[int, int], rng: np.random.Generator) -> _SkyPlan:
+    """Local distortions, then the bright stars with an odd PSF (nothing drawn for a zero rate)."""
+    distortions = draw_distortions(rates, shape, rng)
+    star_flux = sky.rates(band)[0] * conditions.exptime
+    return _SkyPlan(distortions, draw_odd_psfs(rates, star_flux, conditions.psf_ellipticity, rng))
+
+
+def _displace_transients(transients: tuple[Transient, ...], distortions: tuple[Distortion, ...]):
+    """Transients moved by the local distortion like every source: ``x, y`` where they land, RA/Dec unchanged."""
+    if not transients or not distortions:
+        return transients
+    x, y = displaced(np.array([t.x for t in transients]), np.array([t.y for t in transients]), distortions)
+    return tuple(dataclasses.replace(t, x=float(x[k]), y=float(y[k])) for k, t in enumerate(transients))
+
+
+def _fixed_column_artifacts(detector: DetectorModel) -> list[Artifact]:
+    """Rows of the detector's fixed hot and dead columns (the master bias and flat remove them)."""
+    ny, bias = detector.spec.ny, detector.bias_structure_adu
+    # columns are drawn at least 8 px from the edges, so both neighbours exist
+    excess = [float(bias[:, c].mean() - bias[:, [c - 1, c + 1]].mean()) for c in detector.hot_columns]
+    hot = [Artifact("hot_column", float(c), 0.0, float(c), ny - 1.0, 1.0, e)
+           for c, e in zip(detector.hot_columns, excess)]
+    dead = [Artifact("dead_column", float(c), 0.0, float(c), ny - 1.0, 1.0, float(np.median(detector.flat[:, c])))
+            for c in detector.dead_columns]
+    return hot + dead
+
+
+def _expose_with_artifacts(
+    scene: np.ndarray, rates: ArtifactRates, plan: _SkyPlan, detector: DetectorModel, sky: SkyModel, band: str,
+    conditions: EpochConditions, wcs: WCS, rng: np.random.Generator,
+) -> tuple[np.ndarray, tuple[Artifact, ...]]:
+    """Trails and ghosts added to the light, flickering columns and hot pixels to the charge, then exposed.
+
+    Returns the detected electrons and the truth of every artifact in them,
+    the ones every frame has (cosmic rays, saturation, fixed columns) included.
+    """
+    spec, shape = detector.spec, detector.spec.data_shape
+    x, y = star_pixels(sky, wcs, plan.distortions) if sky.star_ra.size else (np.zeros(0), np.zeros(0))
+    flux = sky.rates(band)[0] * conditions.exptime
+    noise_e = float(np.sqrt(conditions.sky_e + spec.read_noise_e**2))
+    trails = draw_trails(rates, shape, conditions.seeing_fwhm_px, noise_e, rng)
+    ghosts = find_ghosts(rates, x, y, flux, shape)
+    for trail in trails:
+        render_trail(scene, trail)
+    for ghost in ghosts:
+        render_ghost(scene, ghost)
+    expected = scene * detector.flat
+    columns, hot = draw_flicker_columns(rates, shape, rng), draw_hot_pixels(rates, shape, rng)
+    add_dark_charge(expected, columns, hot)
+    electrons, rays = _expose_tracked(expected, conditions.exptime, detector, rng)
+    rows = [t.artifact() for t in trails] + [c.artifact(spec.ny) for c in columns]
+    rows += hot.artifacts() if hot is not None else []
+    rows += plan.odd_psfs.artifacts(x, y, flux, shape) if plan.odd_psfs is not None else []
+    rows += [d.artifact() for d in plan.distortions] + [g.artifact() for g in ghosts] + rays.artifacts()
+    rows += saturation_artifacts(electrons, spec.full_well_e) + _fixed_column_artifacts(detector)
+    return electrons, with_sky_positions(rows, wcs)
+
+
 def simulate_science_frame(
     detector: DetectorModel,
     field: FieldSpec,
@@ -983,6 +1145,7 @@ def simulate_science_frame(
     edge_px: int = 30,
     snr_range: tuple[float, float] = (5.0, 100.0),
     host_fraction: float = 0.3,
+    artifacts: ArtifactRates | None = None,
 ) -> RawFrame:
     """A raw science frame of ``field`` under ``conditions``, with ``n_transients`` injected sources.
 
@@ -990,18 +1153,35 @@ def simulate_science_frame(
     PSF, transients) x flat field -> Poisson -> cosmic rays -> bleeding ->
     bias, read noise, overscan -> ADC. The header carries the observing
     keywords and the TAN WCS with the documented ``wcs_error_px`` applied.
+
+    With ``artifacts`` (:class:`~.artifacts.ArtifactRates`) the frame also
+    gets the artifacts it asks for, and ``RawFrame.artifacts`` the truth of
+    all of them, the cosmic rays, saturated regions and fixed columns every
+    frame has included. Random numbers are drawn for an artifact only when its
+    rate is not zero, so ``ArtifactRates()`` renders the same frame as None.
+    A local distortion moves the transients too: their ``x, y`` are where
+    they land, their RA/Dec their position on the sky. Transient fluxes are
+    set for their S/N before trails and ghosts are added (a transient on a
+    trail is a little fainter than its ``snr_optimal``).
     """
     spec = detector.spec
     true_wcs = WCS(wcs_header(field, spec, conditions.offset_px, conditions.rotation_deg))
-    scene = render_scene(sky, true_wcs, spec.data_shape, conditions, band)
+    plan = _SkyPlan() if artifacts is None else _draw_sky_plan(artifacts, sky, band, conditions, spec.data_shape, rng)
+    scene = render_scene(sky, true_wcs, spec.data_shape, conditions, band, distortions=plan.distortions,
+                         odd_psfs=plan.odd_psfs)
     transients = draw_transients(
         n_transients, scene, detector.flat, true_wcs, sky, conditions, spec.read_noise_e, rng,
         edge_px=edge_px, snr_range=snr_range, host_fraction=host_fraction,
     )
+    transients = _displace_transients(transients, plan.distortions)
     if transients:
         x, y, flux = np.array([(t.x, t.y, t.flux_e) for t in transients]).T
         scene += render_moffat_sources(spec.data_shape, x, y, flux, **conditions.psf)
-    electrons = expose(scene * detector.flat, conditions.exptime, detector, rng)
+    if artifacts is None:
+        electrons, found = expose(scene * detector.flat, conditions.exptime, detector, rng), ()
+    else:
+        electrons, found = _expose_with_artifacts(scene, artifacts, plan, detector, sky, band, conditions, true_wcs,
+                                                  rng)
     header = raw_header(
         spec, imagetyp="object", object_name=field.name, band=band, mjd=conditions.mjd,
         exptime=conditions.exptime, airmass=conditions.airmass,
@@ -1009,4 +1189,4 @@ def simulate_science_frame(
     error = conditions.wcs_error_px
     offset = (conditions.offset_px[0] + error[0], conditions.offset_px[1] + error[1])
     header.update(wcs_header(field, spec, offset, conditions.rotation_deg))
-    return RawFrame(read_out(detector, electrons, rng), header, transients)
+    return RawFrame(read_out(detector, electrons, rng), header, transients, found)
