@@ -68,7 +68,7 @@ messages say which image and why.
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from astropy.table import Table
@@ -95,6 +95,7 @@ __all__ = [
     "characterize_for_difference",
     "default_psf_tiles",
     "difference_images",
+    "difference_with_added_flux",
     "hidden_flux",
     "saturation_halo",
     "subtract_background",
@@ -221,6 +222,9 @@ class DifferenceResult:
         ``is_good``).
     timings : dict
         Seconds spent per step.
+    steps_10_11 : object
+        What steps 10-11 read (the common grid, both characterizations, flux scale, registration), for
+        :func:`difference_with_added_flux`.
     """
 
     zogy: ZogyResult
@@ -233,6 +237,7 @@ class DifferenceResult:
     mask: np.ndarray
     quality: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    steps_10_11: "_Steps10And11 | None" = field(default=None, repr=False)
 
 
 def default_psf_tiles(shape: tuple[int, int]) -> int:
@@ -635,7 +640,84 @@ def difference_images(
         zogy=subtraction.result, candidates=candidates, psf_new=grid.psf_new, psf_ref=grid.psf_ref,
         registration=registration, flux_scale=flux_scale, ref_resampled=grid.ref, mask=grid.mask, quality=quality,
         timings=timer.timings,
+        steps_10_11=_Steps10And11(new, grid, char_new, char_ref, flux_scale, registration, spreads, n_tiles),
     )
+
+
+@dataclass
+class _Steps10And11:
+    """What the subtraction and the detection read, kept with a result so that both can be redone on the new
+    image with flux added (:func:`difference_with_added_flux`) without steps 1-9."""
+
+    new: ImagePlanes
+    grid: "_CommonGrid"
+    char_new: ImageCharacterization
+    char_ref: ImageCharacterization
+    flux_scale: FluxScale
+    registration: Registration
+    spreads: dict
+    n_tiles: int
+
+
+def difference_with_added_flux(result: DifferenceResult, added: np.ndarray, added_variance: np.ndarray,
+                               params: DifferenceParams | None = None, threshold: float | None = None
+                               ) -> tuple[ZogyResult, Table]:
+    """Steps 10-11 of :func:`difference_images` again, on the new image of ``result`` plus ``added``.
+
+    Everything before the subtraction (backgrounds, PSFs, registration, the resampled reference, the flux
+    scale, the masks) stays as ``result`` measured it, which is what an injection-recovery test needs: fake
+    sources added to the new image (e-, with their Poisson variance in ``added_variance``) go through the very
+    subtraction and detection the frame went through, at the cost of those two steps only.
+
+    Parameters
+    ----------
+    result : DifferenceResult
+        Of :func:`difference_images` (it keeps what steps 10-11 read).
+    added, added_variance : ndarray, shape of the new image
+        Flux (e-) added to the new image, and the variance it adds.
+    params : DifferenceParams, optional
+        Those ``result`` was made with.
+    threshold : float, optional
+        Detection threshold (S_corr sigma) instead of ``params.threshold``, e.g. lower for a training set.
+
+    Returns
+    -------
+    (ZogyResult, astropy.table.Table)
+        The subtraction of the new image with the flux added, and its candidates.
+
+    Examples
+    --------
+    >>> from dagster_project.science.astrometry import nominal_wcs_header
+    >>> from dagster_project.science.masks import empty_mask
+    >>> from dagster_project.science.psf_models import render_point_sources
+    >>> rng = np.random.default_rng(2)
+    >>> yy, xx = np.mgrid[20:160:30, 20:160:30] + rng.uniform(-5, 5, (2, 5, 5))
+    >>> x, y, f = xx.ravel(), yy.ravel(), 10 ** rng.uniform(4, 5, 25)
+    >>> def planes(fwhm):
+    ...     sky = render_point_sources((160, 160), x, y, f, fwhm) + 300
+    ...     data = (sky + rng.normal(size=sky.shape) * np.sqrt(sky)).astype(np.float32)
+    ...     return ImagePlanes(data, sky.astype(np.float32), empty_mask(sky.shape),
+    ...                        nominal_wcs_header(150.0, 2.0, 0.6, (80.5, 80.5)))
+    >>> result = difference_images(planes(2.5), planes(3.2))
+    >>> fake = render_point_sources((160, 160), [95.0], [65.0], [1e4], 2.5).astype(np.float32)
+    >>> _, found = difference_with_added_flux(result, fake, fake)
+    >>> [round(float(found[c][0])) for c in ("x", "y")]
+    [95, 65]
+    """
+    params = DifferenceParams() if params is None else params
+    kept = result.steps_10_11
+    if kept is None:
+        raise ValueError("this DifferenceResult keeps nothing to redo its subtraction with (made by an older version)")
+    if added.shape != kept.new.shape or added_variance.shape != kept.new.shape:
+        raise ValueError(f"the added flux must have the new image's shape {kept.new.shape}, not {added.shape}")
+    new = replace(kept.new, data=kept.new.data + added, variance=kept.new.variance + added_variance)
+    grid = replace(kept.grid, new=replace(kept.grid.new, data=kept.grid.new.data + added,
+                                          variance=new.variance))
+    subtraction = _subtract(grid, new, kept.char_new, kept.char_ref, kept.flux_scale, kept.registration,
+                            kept.spreads, kept.n_tiles, params)
+    at = params if threshold is None else replace(params, threshold=threshold)
+    return subtraction.result, _candidates(subtraction.result, grid.mask, kept.char_ref.stars, kept.registration,
+                                           new, at)
 
 
 def _check_inputs(new: ImagePlanes, ref: ImagePlanes, params: DifferenceParams,

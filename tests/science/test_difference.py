@@ -12,6 +12,7 @@ from dagster_project.science.difference import (
     DifferenceParams,
     characterize_for_difference,
     difference_images,
+    difference_with_added_flux,
     hidden_flux,
     saturation_halo,
     tile_psfs,
@@ -43,6 +44,33 @@ def test_finds_the_transient_and_little_else(result, synthetic_pair):
     assert row["significance"] > 20
     assert len(cands) <= 3  # false positives: at most a couple of noise peaks
     assert result.quality["n_candidates"] == len(cands)
+
+
+def test_the_subtraction_redone_with_nothing_added_is_the_same(result):
+    zogy, candidates = difference_with_added_flux(result, np.zeros(result.mask.shape, np.float32),
+                                                  np.zeros(result.mask.shape, np.float32))
+    np.testing.assert_array_equal(np.nan_to_num(zogy.S_corr), np.nan_to_num(result.zogy.S_corr))
+    assert len(candidates) == len(result.candidates)
+    np.testing.assert_allclose(candidates["x"], result.candidates["x"])
+
+
+def test_fakes_added_to_the_new_image_are_found_where_they_were_put(result, synthetic_pair):
+    """Injection through steps 10-11 only: a fake of S/N 30 by ZOGY's own flux error is found at its place with
+    its flux, and a lowered threshold finds at least what the default one does."""
+    x, y = 150.3, 320.6
+    snr = 30.0
+    flux = snr * float(result.zogy.flux_err[int(round(y)), int(round(x))])
+    fake = render_point_sources(result.mask.shape, [x], [y], [flux], result.psf_new.fwhm_px).astype(np.float32)
+    _, found = difference_with_added_flux(result, fake, fake)
+    d = np.hypot(found["x"] - x, found["y"] - y)
+    row = found[int(np.argmin(d))]
+    assert d.min() < 0.5 and not row["is_negative"]
+    assert abs(row["flux"] - flux) < 4 * row["flux_err"]
+    assert 0.7 * snr < row["snr"] < 1.3 * snr
+    _, lowered = difference_with_added_flux(result, fake, fake, threshold=3.5)
+    assert len(lowered) >= len(found)
+    with pytest.raises(ValueError, match="shape"):
+        difference_with_added_flux(result, fake[:10], fake[:10])
 
 
 def test_registration_flux_scale_and_psfs(result, synthetic_pair):
