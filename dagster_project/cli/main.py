@@ -21,6 +21,7 @@ def cmd_simulate_night(args, settings: Settings) -> int:
     in the folder or the raw archive, and a seed from the clock; the truth table goes beside the folder."""
     from datetime import date
 
+    from dagster_project.simulation.artifacts import ARTIFACT_RICH
     from dagster_project.simulation.night import free_night, simulate_night
     from dagster_project.store import raw_dir
 
@@ -32,9 +33,10 @@ def cmd_simulate_night(args, settings: Settings) -> int:
         simulated = simulate_night(
             out, n_fields=args.fields, n_epochs=args.epochs, size=args.size, bands=tuple(args.bands),
             n_bias=args.bias, n_flats=args.flats, transients_per_frame=args.transients, seed=seed,
-            night=night, truth_path=truth,
+            night=night, truth_path=truth, artifacts=ARTIFACT_RICH if args.artifacts == "rich" else None,
+            variable_fraction=args.variable_fraction,
         )
-    except ValueError as exc:  # e.g. an unknown band (checked before anything is written)
+    except ValueError as exc:  # e.g. an unknown band or a fraction over 1 (checked before anything is written)
         return fail(exc)
     print(json.dumps(simulated.summary, indent=2, default=str))
     return 0
@@ -160,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "the first from today on with no frames in --out or in the raw archive)")
     sim.add_argument("--truth", help="where the table of injected transients goes "
                      "(default: <out>/../truth/<out name>-<night>-seed<seed>.csv, outside the landing folder)")
+    sim.add_argument("--artifacts", choices=["none", "rich"], default="none", help="rich: trails, flickering "
+                     "columns, hot pixels, odd PSFs, distortions, ghosts, with their truth beside the truth table")
+    sim.add_argument("--variable-fraction", type=non_negative_float, default=0.0, metavar="F",
+                     help="share (0-1) of the transients that are variable stars on stars of the field")
     sim.set_defaults(func=cmd_simulate_night)
 
     proc = sub.add_parser("process", help="ingest a folder of raw FITS frames and run the pipeline to completion")

@@ -19,8 +19,13 @@ watching the folder never sees a partial ``.fits`` file.
 command line puts it outside the folder (``<out>/../truth/``), since the folder
 is often a watched landing folder, which is for raw frames only. It lists the injected transients: ``file`` (base name), ``field``,
 ``band``, ``epoch``, ``ra``, ``dec`` (deg), ``x``, ``y`` (true 0-based position
-in the trimmed data section), ``flux_e`` (electrons before the flat field) and
-``snr_optimal``.
+in the trimmed data section), ``flux_e`` (electrons before the flat field),
+``snr_optimal``, then the class of each: ``kind`` (``supernova`` on a galaxy,
+``variable`` on a star that brightened by ``flux_e``, ``transient`` hostless),
+``host_index`` (index of the host galaxy or star in the field's sky model, -1
+without one) and ``host_ra``, ``host_dec`` (the host's catalogue position, empty
+without one). :func:`load_truth` reads files written before those four columns
+existed with ``kind`` ``unknown``, ``host_index`` -1 and NaN host positions.
 
 With ``artifacts`` (an :class:`~dagster_project.simulation.artifacts.ArtifactRates`),
 a second truth file lists every artifact of every science frame, so a benchmark can
@@ -55,6 +60,7 @@ from dagster_project.simulation.telescope import (
     EpochConditions,
     FieldSpec,
     RawFrame,
+    Transient,
     band_response,
     draw_epoch_conditions,
     make_detector,
@@ -64,8 +70,19 @@ from dagster_project.simulation.telescope import (
     simulate_science_frame,
 )
 
-TRUTH_COLUMNS = ("file", "field", "band", "epoch", "ra", "dec", "x", "y", "flux_e", "snr_optimal")
-_TRUTH_TYPES = {"epoch": int, **{k: float for k in ("ra", "dec", "x", "y", "flux_e", "snr_optimal")}}
+
+def _optional_float(text: str) -> float:
+    """A number of a truth column that may be empty (no host): NaN for ``""``."""
+    return float(text) if text else float("nan")
+
+
+#: The columns of a truth file written before transients had a class; :func:`load_truth` needs these.
+_TRUTH_REQUIRED = ("file", "field", "band", "epoch", "ra", "dec", "x", "y", "flux_e", "snr_optimal")
+#: The class columns, and what an older file without them reads as.
+_TRUTH_CLASS_DEFAULTS = {"kind": "unknown", "host_index": -1, "host_ra": float("nan"), "host_dec": float("nan")}
+TRUTH_COLUMNS = (*_TRUTH_REQUIRED, *_TRUTH_CLASS_DEFAULTS)
+_TRUTH_TYPES = {"epoch": int, "host_index": int, "host_ra": _optional_float, "host_dec": _optional_float,
+                **{k: float for k in ("ra", "dec", "x", "y", "flux_e", "snr_optimal")}}
 _TRUTH_FORMATS = {"ra": "{:.8f}", "dec": "{:.8f}", "x": "{:.4f}", "y": "{:.4f}", "flux_e": "{:.3f}",
                   "snr_optimal": "{:.4f}"}
 
@@ -148,8 +165,13 @@ def _load_table(path: Path, columns: tuple[str, ...], types: dict, what: str) ->
 
 
 def load_truth(path: Path) -> list[dict]:
-    """Read ``truth.csv`` back into dicts with typed values (``epoch`` int, numbers float)."""
-    return _load_table(path, TRUTH_COLUMNS, _TRUTH_TYPES, "truth")
+    """Read ``truth.csv`` back into dicts with typed values (``epoch``, ``host_index`` int, numbers float).
+
+    Every row has the keys of :data:`TRUTH_COLUMNS` in that order; a file
+    written before transients had a class reads with ``kind`` ``"unknown"``.
+    """
+    rows = _load_table(path, _TRUTH_REQUIRED, _TRUTH_TYPES, "truth")
+    return [{**row, **{k: default for k, default in _TRUTH_CLASS_DEFAULTS.items() if k not in row}} for row in rows]
 
 
 def load_artifacts(path: Path) -> list[dict]:
@@ -173,8 +195,14 @@ def _table_csv(rows: list[dict], columns: tuple[str, ...], formats: dict) -> byt
     return text.getvalue().encode()
 
 
+def _host_cell(value: float) -> str:
+    """A host position on disk: NaN in memory (no host) is an empty cell, which spreadsheets read as missing."""
+    return "" if np.isnan(value) else f"{value:.8f}"
+
+
 def _truth_csv(rows: list[dict]) -> bytes:
-    return _table_csv(rows, TRUTH_COLUMNS, _TRUTH_FORMATS)
+    cells = [{**row, "host_ra": _host_cell(row["host_ra"]), "host_dec": _host_cell(row["host_dec"])} for row in rows]
+    return _table_csv(cells, TRUTH_COLUMNS, _TRUTH_FORMATS)
 
 
 def _write_table(path: Path, payload: bytes) -> None:
@@ -238,6 +266,7 @@ def simulate_night(
     truth_path: Path | str | None = None,
     artifacts: ArtifactRates | None = None,
     artifacts_path: Path | str | None = None,
+    variable_fraction: float = 0.0,
 ) -> SimulatedNight:
     """Simulate and write one night of raw frames into ``out_dir``.
 
@@ -273,8 +302,14 @@ def simulate_night(
         bad columns they always have.
     artifacts_path : path-like, optional
         Where that file goes; default :func:`artifacts_path_for` of the truth path.
+    variable_fraction : float
+        Share (0-1) of each frame's transients that are variable stars: stars of the
+        field brightening by the transient's flux (kind ``variable`` in the truth). The
+        default 0 writes the frames a night without variables always had.
     """
     _check_arguments(n_fields, n_epochs, n_bias, n_flats, transients_per_frame, bands)
+    if not 0 <= variable_fraction <= 1:
+        raise ValueError(f"variable_fraction must be between 0 and 1, got {variable_fraction}")
     night_date = date.fromisoformat(night)
     spec = DetectorSpec(nx=size, ny=size, overscan=overscan)
     out_dir = Path(out_dir)
@@ -286,7 +321,7 @@ def simulate_night(
     frames = _FrameWriter(out_dir, spec.instrument, night_date)
     _write_calibration(frames, detector, bands, n_bias, n_flats, midnight, seed)
     truth, found, conditions = _write_science(frames, detector, spec, fields, bands, n_epochs, transients_per_frame,
-                                              midnight, seed, artifacts)
+                                              midnight, seed, artifacts, variable_fraction)
 
     truth_path = out_dir / "truth.csv" if truth_path is None else Path(truth_path)
     _write_table(truth_path, _truth_csv(truth))
@@ -303,6 +338,7 @@ def simulate_night(
         "epochs": n_epochs,
         "size": size,
         "transients": len(truth),
+        "transient_kinds": dict(Counter(row["kind"] for row in truth)),
         "seed": seed,
     }
     if artifacts is not None:
@@ -368,9 +404,18 @@ def _artifact_rows(frame: RawFrame, identity: dict) -> list[dict]:
     return [{**identity, **{name: getattr(artifact, name) for name in names}} for artifact in frame.artifacts]
 
 
+def _truth_row(transient: Transient, identity: dict) -> dict:
+    """The truth row of ``transient``, after the frame's ``file, field, band, epoch`` (NaN host position: no host)."""
+    t = transient
+    no_host = float("nan")
+    return dict(**identity, ra=t.ra, dec=t.dec, x=t.x, y=t.y, flux_e=t.flux_e, snr_optimal=t.snr_optimal,
+                kind=t.kind, host_index=t.host_index, host_ra=no_host if t.host_ra is None else t.host_ra,
+                host_dec=no_host if t.host_dec is None else t.host_dec)
+
+
 def _write_science(frames: _FrameWriter, detector, spec: DetectorSpec, fields: list[FieldSpec],
                    bands: tuple[str, ...], n_epochs: int, transients_per_frame: int, midnight: float,
-                   seed: int, artifacts: ArtifactRates | None = None,
+                   seed: int, artifacts: ArtifactRates | None = None, variable_fraction: float = 0.0,
                    ) -> tuple[list[dict], list[dict], dict[str, EpochConditions]]:
     """The science exposures in time order: their transients' and artifacts' truth rows, and each one's conditions."""
     skies = [make_sky_model(fld, spec, np.random.default_rng([seed, _SKY, f])) for f, fld in enumerate(fields)]
@@ -382,13 +427,11 @@ def _write_science(frames: _FrameWriter, detector, spec: DetectorSpec, fields: l
         frame = simulate_science_frame(
             detector, field, skies[f], cond, band, np.random.default_rng([seed, _SCIENCE, f, b, epoch]),
             n_transients=transients_per_frame if epoch >= 1 else 0, artifacts=artifacts,
+            variable_fraction=variable_fraction,
         )
         path = frames.write(frame, "sci", band, field.name)
         conditions[path.name] = cond
-        truth += [
-            dict(file=path.name, field=field.name, band=band, epoch=epoch, ra=t.ra, dec=t.dec, x=t.x, y=t.y,
-                 flux_e=t.flux_e, snr_optimal=t.snr_optimal)
-            for t in frame.transients
-        ]
+        truth += [_truth_row(t, dict(file=path.name, field=field.name, band=band, epoch=epoch))
+                  for t in frame.transients]
         found += _artifact_rows(frame, dict(file=path.name, field=field.name, band=band, epoch=epoch))
     return truth, found, conditions

@@ -10,7 +10,9 @@ A night of data is built from a few self-contained ingredients:
   it through its own WCS.
 * :class:`EpochConditions` -- seeing, sky, pointing and WCS error of one
   exposure (:func:`draw_epoch_conditions`).
-* :class:`Transient` -- point sources injected into one science frame.
+* :class:`Transient` -- point sources injected into one science frame, each of
+  a kind: a supernova on a galaxy, a variable star (a star of the sky model
+  that brightens) or a hostless transient.
 * :class:`~.artifacts.ArtifactRates` -- optional artifacts of a science frame
   beyond the cosmic rays, bleeds and fixed bad columns every frame has
   (trails, flickering columns, hot pixels, odd bright-star PSFs, local
@@ -741,6 +743,18 @@ def render_scene(
 # --------------------------------------------------------------------------- transients
 
 
+#: The classes of :attr:`Transient.kind`: on a galaxy, on a star, or hostless.
+TRANSIENT_KINDS = ("supernova", "variable", "transient")
+
+#: A star may carry a variable when its optimal S/N in the frame is at least this: the reference,
+#: deeper than one frame, then lists it even if the reference epoch had somewhat worse seeing.
+VARIABLE_MIN_SNR = 20.0
+
+#: ... and when its peak pixel (sky included) stays below this fraction of the full well, so the
+#: brightened star is still unsaturated: S/N 100 on such a star adds ~10 % to its flux at most.
+VARIABLE_MAX_FILL = 0.5
+
+
 @dataclass(frozen=True)
 class Transient:
     """Truth of a point source injected into one science frame.
@@ -755,6 +769,16 @@ class Transient:
         Electrons collected before the flat-field response.
     snr_optimal : float
         Optimal PSF-weighted S/N in that frame (see :func:`optimal_snr`).
+    kind : str
+        One of :data:`TRANSIENT_KINDS`: ``"supernova"`` (placed on a galaxy),
+        ``"variable"`` (on a star of the sky model, which brightens by
+        ``flux_e``) or ``"transient"`` (hostless).
+    host_index : int
+        Index of the host in the :class:`SkyModel`: into the ``galaxy_*``
+        arrays for a supernova, the ``star_*`` arrays for a variable; -1 for
+        a hostless transient.
+    host_ra, host_dec : float or None
+        The host's catalogue position (deg); None without a host.
     """
 
     x: float
@@ -763,6 +787,10 @@ class Transient:
     dec: float
     flux_e: float
     snr_optimal: float
+    kind: str = "transient"
+    host_index: int = -1
+    host_ra: float | None = None
+    host_dec: float | None = None
 
 
 def optimal_snr(flux_e: float, psf: np.ndarray, background_e, read_noise_e: float, response=1.0) -> float:
@@ -806,6 +834,117 @@ def flux_for_snr(snr: float, psf: np.ndarray, background_e, read_noise_e: float,
     return float(brentq(excess, 0.0, high, rtol=1e-10))
 
 
+@dataclass
+class _Placement:
+    """Positions of a frame's transients while they are drawn, and what each one sits on."""
+
+    x: np.ndarray
+    y: np.ndarray
+    kind: list[str]
+    host: np.ndarray
+
+    def assign(self, start: int, kind: str, host: np.ndarray, x: np.ndarray, y: np.ndarray) -> int:
+        """Put transients ``start, start + 1, ...`` on ``host`` at ``(x, y)``; returns the next free index."""
+        stop = start + host.size
+        self.x[start:stop], self.y[start:stop], self.host[start:stop] = x, y, host
+        self.kind[start:stop] = [kind] * host.size
+        return stop
+
+
+def _inside(x: np.ndarray, y: np.ndarray, shape: tuple[int, int], edge: int) -> np.ndarray:
+    """Indices of the points ``(x, y)`` at least ``edge`` px from the edges of ``shape``."""
+    ny, nx = shape
+    return np.flatnonzero((x >= edge) & (x <= nx - 1 - edge) & (y >= edge) & (y <= ny - 1 - edge))
+
+
+def _place_on_galaxies(place: _Placement, sky: SkyModel, wcs: WCS, shape: tuple[int, int], edge: int,
+                       fraction: float, rng: np.random.Generator) -> tuple[int, bool]:
+    """Move a binomial ``fraction`` of the transients onto galaxies (~half a half-light radius off).
+
+    Returns how many, and whether any galaxy could host one. The draws are
+    those the simulator has always made, so frames without variables stay
+    the same bit for bit.
+    """
+    ny, nx = shape
+    gx, gy = wcs.world_to_pixel_values(sky.galaxy_ra, sky.galaxy_dec)
+    candidates = _inside(gx, gy, shape, edge)
+    n_hosted = rng.binomial(place.x.size, fraction) if candidates.size else 0
+    if not n_hosted:
+        return 0, bool(candidates.size)
+    host = rng.choice(candidates, n_hosted)
+    spread = 0.5 * sky.galaxy_r_eff_arcsec[host] / (3600.0 * np.mean(proj_plane_pixel_scales(wcs)))
+    x = np.clip(gx[host] + rng.normal(0.0, 1.0, n_hosted) * spread, edge, nx - 1 - edge)
+    y = np.clip(gy[host] + rng.normal(0.0, 1.0, n_hosted) * spread, edge, ny - 1 - edge)
+    return place.assign(0, "supernova", host, x, y), True
+
+
+def _place_on_stars(place: _Placement, start: int, sky: SkyModel, wcs: WCS, shape: tuple[int, int], edge: int,
+                    probability: float, stars: np.ndarray | None, rng: np.random.Generator) -> None:
+    """Move a binomial ``probability`` of the transients from ``start`` on onto distinct ``stars``, exactly."""
+    sx, sy = wcs.world_to_pixel_values(sky.star_ra, sky.star_dec)
+    candidates = _inside(sx, sy, shape, edge)
+    if stars is not None:
+        candidates = np.intersect1d(candidates, stars)
+    if not candidates.size:
+        return
+    n_variable = min(int(rng.binomial(place.x.size - start, min(probability, 1.0))), candidates.size)
+    # distinct stars: two variables on one star would be one brightening in the difference
+    host = rng.choice(candidates, n_variable, replace=False)
+    place.assign(start, "variable", host, sx[host], sy[host])
+
+
+def _host_position(sky: SkyModel, kind: str, index: int) -> tuple[float | None, float | None]:
+    """Catalogue RA/Dec of a transient's host (None, None for a hostless one)."""
+    if kind == "supernova":
+        return float(sky.galaxy_ra[index]) % 360.0, float(sky.galaxy_dec[index])
+    if kind == "variable":
+        return float(sky.star_ra[index]) % 360.0, float(sky.star_dec[index])
+    return None, None
+
+
+def _measured_transient(place: _Placement, i: int, radec: tuple[float, float], target_snr: float,
+                        scene_e: np.ndarray, response: np.ndarray, sky: SkyModel, conditions: EpochConditions,
+                        read_noise_e: float, half: int) -> Transient:
+    """Transient ``i`` of ``place``, at ``radec``, with the flux that gives it ``target_snr`` over the frame's scene."""
+    x, y = float(place.x[i]), float(place.y[i])
+    cx, cy = int(np.rint(x)), int(np.rint(y))
+    psf = moffat_stamp(2 * half + 1, offset=(x - cx, y - cy), **conditions.psf)
+    window = np.s_[cy - half : cy + half + 1, cx - half : cx + half + 1]
+    background = scene_e[window] * response[window]
+    flux = flux_for_snr(target_snr, psf, background, read_noise_e, response[window])
+    snr = optimal_snr(flux, psf, background, read_noise_e, response[window])
+    kind, host = place.kind[i], int(place.host[i])
+    return Transient(x, y, radec[0] % 360.0, radec[1], flux, snr, kind, host, *_host_position(sky, kind, host))
+
+
+def variable_star_candidates(sky: SkyModel, band: str, conditions: EpochConditions, read_noise_e: float,
+                             full_well_e: float, *, exclude=()) -> np.ndarray:
+    """Indices of the stars of ``sky`` a variable may sit on in this exposure.
+
+    Those bright enough to be in the reference (optimal S/N of at least
+    :data:`VARIABLE_MIN_SNR` over the sky) and far from saturation (peak pixel
+    with sky below :data:`VARIABLE_MAX_FILL` of ``full_well_e``), less the
+    ``exclude`` ones (e.g. the stars drawn with an odd PSF: the brightening is
+    rendered with the frame's PSF).
+    """
+    flux = sky.rates(band)[0] * conditions.exptime
+    half = psf_half_width(conditions.seeing_fwhm_px)
+    psf = moffat_stamp(2 * half + 1, **conditions.psf).ravel()
+    signal = flux[:, None] * psf[None, :]
+    snr = np.sqrt(np.sum(signal**2 / (conditions.sky_e + read_noise_e**2 + signal), axis=1))
+    brightest_sky = conditions.sky_e * (1.0 + np.abs(conditions.sky_gradient).sum())  # at a corner
+    unsaturated = flux * psf.max() + brightest_sky < VARIABLE_MAX_FILL * full_well_e
+    return np.setdiff1d(np.flatnonzero((snr >= VARIABLE_MIN_SNR) & unsaturated), np.asarray(exclude, dtype=int))
+
+
+def _check_transient_arguments(n: int, host_fraction: float, variable_fraction: float,
+                               snr_range: tuple[float, float]) -> None:
+    if n < 0 or not 0 <= host_fraction <= 1 or not 0 < snr_range[0] <= snr_range[1]:
+        raise ValueError("need n >= 0, 0 <= host_fraction <= 1 and 0 < snr_range[0] <= snr_range[1]")
+    if not 0 <= variable_fraction <= 1:
+        raise ValueError(f"variable_fraction must be between 0 and 1, got {variable_fraction}")
+
+
 def draw_transients(
     n: int,
     scene_e: np.ndarray,
@@ -819,18 +958,33 @@ def draw_transients(
     edge_px: int = 30,
     snr_range: tuple[float, float] = (5.0, 100.0),
     host_fraction: float = 0.3,
+    variable_fraction: float = 0.0,
+    variable_stars: np.ndarray | None = None,
 ) -> tuple[Transient, ...]:
     """Choose positions and fluxes of ``n`` transients for one frame.
 
     Positions are uniform at least ``edge_px`` from the edges, except a
     ``host_fraction`` of them placed on galaxies of the field (offset from the
-    nucleus by ~half a half-light radius). Target S/N values are log-uniform in
+    nucleus by ~half a half-light radius; kind ``"supernova"``) and a
+    ``variable_fraction`` put exactly on stars of ``sky`` (kind
+    ``"variable"``: the star brightens by the transient's flux), at most one
+    per star. When the two fractions add up to more than 1 the galaxies get
+    ``1 - variable_fraction``. Target S/N values are log-uniform in
     ``snr_range`` and converted to fluxes with :func:`flux_for_snr` against the
     frame's own noiseless ``scene_e`` (pre-flat e-) times ``response``, so
-    host-galaxy light and neighbouring stars count as background.
+    host-galaxy light, the variable's own star and neighbouring stars count as
+    background.
+
+    Parameters
+    ----------
+    variable_fraction : float
+        0 (the default) draws no random number for variables, so the
+        transients are those of a call without it.
+    variable_stars : ndarray of int, optional
+        Indices of the stars a variable may sit on (:func:`variable_star_candidates`);
+        default: any star inside the edges.
     """
-    if n < 0 or not 0 <= host_fraction <= 1 or not 0 < snr_range[0] <= snr_range[1]:
-        raise ValueError("need n >= 0, 0 <= host_fraction <= 1 and 0 < snr_range[0] <= snr_range[1]")
+    _check_transient_arguments(n, host_fraction, variable_fraction, snr_range)
     if n == 0:
         return ()
     ny, nx = scene_e.shape
@@ -838,28 +992,22 @@ def draw_transients(
     edge = max(edge_px, half)
     if nx <= 2 * edge + 1 or ny <= 2 * edge + 1:
         raise ValueError(f"a {nx}x{ny} frame is too small for transients {edge} px from the edges")
-    x = rng.uniform(edge, nx - 1 - edge, n)
-    y = rng.uniform(edge, ny - 1 - edge, n)
-    gx, gy = wcs.world_to_pixel_values(sky.galaxy_ra, sky.galaxy_dec)
-    candidates = np.flatnonzero((gx >= edge) & (gx <= nx - 1 - edge) & (gy >= edge) & (gy <= ny - 1 - edge))
-    n_hosted = rng.binomial(n, host_fraction) if candidates.size else 0
-    if n_hosted:
-        host = rng.choice(candidates, n_hosted)
-        spread = 0.5 * sky.galaxy_r_eff_arcsec[host] / (3600.0 * np.mean(proj_plane_pixel_scales(wcs)))
-        x[:n_hosted] = np.clip(gx[host] + rng.normal(0.0, 1.0, n_hosted) * spread, edge, nx - 1 - edge)
-        y[:n_hosted] = np.clip(gy[host] + rng.normal(0.0, 1.0, n_hosted) * spread, edge, ny - 1 - edge)
+    place = _Placement(rng.uniform(edge, nx - 1 - edge, n), rng.uniform(edge, ny - 1 - edge, n),
+                       ["transient"] * n, np.full(n, -1))
+    # both fractions are of all n; over 1 together, the galaxies yield to the share of variables asked for
+    galaxy_share = min(host_fraction, 1.0 - variable_fraction)
+    n_hosted, had_galaxies = _place_on_galaxies(place, sky, wcs, scene_e.shape, edge, galaxy_share, rng)
+    if variable_fraction > 0:
+        # drawn among the transients left off the galaxies, so variable_fraction is of all n on average
+        probability = variable_fraction / (1.0 - galaxy_share) if had_galaxies else variable_fraction
+        _place_on_stars(place, n_hosted, sky, wcs, scene_e.shape, edge, probability, variable_stars, rng)
     target = np.exp(rng.uniform(*np.log(snr_range), n))
-    ra, dec = wcs.pixel_to_world_values(x, y)
-    transients = []
-    for i in range(n):
-        cx, cy = int(np.rint(x[i])), int(np.rint(y[i]))
-        psf = moffat_stamp(2 * half + 1, offset=(x[i] - cx, y[i] - cy), **conditions.psf)
-        window = np.s_[cy - half : cy + half + 1, cx - half : cx + half + 1]
-        background = scene_e[window] * response[window]
-        flux = flux_for_snr(target[i], psf, background, read_noise_e, response[window])
-        snr = optimal_snr(flux, psf, background, read_noise_e, response[window])
-        transients.append(Transient(float(x[i]), float(y[i]), float(ra[i]) % 360.0, float(dec[i]), flux, snr))
-    return tuple(transients)
+    ra, dec = wcs.pixel_to_world_values(place.x, place.y)
+    return tuple(
+        _measured_transient(place, i, (float(ra[i]), float(dec[i])), target[i], scene_e, response, sky, conditions,
+                            read_noise_e, half)
+        for i in range(n)
+    )
 
 
 # --------------------------------------------------------------------------- detector effects
@@ -1145,6 +1293,7 @@ def simulate_science_frame(
     edge_px: int = 30,
     snr_range: tuple[float, float] = (5.0, 100.0),
     host_fraction: float = 0.3,
+    variable_fraction: float = 0.0,
     artifacts: ArtifactRates | None = None,
 ) -> RawFrame:
     """A raw science frame of ``field`` under ``conditions``, with ``n_transients`` injected sources.
@@ -1163,15 +1312,27 @@ def simulate_science_frame(
     they land, their RA/Dec their position on the sky. Transient fluxes are
     set for their S/N before trails and ghosts are added (a transient on a
     trail is a little fainter than its ``snr_optimal``).
+
+    A ``variable_fraction`` of the transients are variable stars: the
+    brightening of a star of ``sky`` bright enough for the reference and far
+    from saturation (:func:`variable_star_candidates`; not one with an odd
+    PSF), by the transient's ``flux_e``. ``host_fraction`` is the share of
+    supernovae, on galaxies (see :func:`draw_transients`). A zero
+    ``variable_fraction`` draws no random number for it.
     """
     spec = detector.spec
     true_wcs = WCS(wcs_header(field, spec, conditions.offset_px, conditions.rotation_deg))
     plan = _SkyPlan() if artifacts is None else _draw_sky_plan(artifacts, sky, band, conditions, spec.data_shape, rng)
     scene = render_scene(sky, true_wcs, spec.data_shape, conditions, band, distortions=plan.distortions,
                          odd_psfs=plan.odd_psfs)
+    stars = None
+    if variable_fraction > 0:
+        odd = plan.odd_psfs.index if plan.odd_psfs is not None else ()
+        stars = variable_star_candidates(sky, band, conditions, spec.read_noise_e, spec.full_well_e, exclude=odd)
     transients = draw_transients(
         n_transients, scene, detector.flat, true_wcs, sky, conditions, spec.read_noise_e, rng,
-        edge_px=edge_px, snr_range=snr_range, host_fraction=host_fraction,
+        edge_px=edge_px, snr_range=snr_range, host_fraction=host_fraction, variable_fraction=variable_fraction,
+        variable_stars=stars,
     )
     transients = _displace_transients(transients, plan.distortions)
     if transients:
