@@ -14,6 +14,12 @@ The catalog row is committed before the file moves, so a crash in between is
 repaired by the next scan: it finds the file still in the landing folder, sees
 its hash already registered, and finishes the move.
 
+A pass (:func:`scan_landing`) reads the ready files first (structure, sha256),
+then asks the catalog once what it holds of their contents (duplicates, files
+taken before, files to recover), describes the good ones, and registers them
+together with one look-up of their names' earlier versions: a tick of a
+thousand files asks a few questions, not a thousand.
+
 Hostile entries (see ``docs/reliability.md``): only regular files are read,
 through :func:`~dagster_project.ingest.fits_structure.open_regular` (no link is
 followed, a FIFO never blocks); a link, FIFO or device is quarantined without
@@ -415,10 +421,20 @@ class Registration:
     sha256: str
 
 
+@dataclass(frozen=True)
+class Hashed:
+    """A file read whole once: its signature before the read, its sha256, and what the catalog holds of that
+    content (looked up for a scan's files together: :func:`_look_up_hashed`)."""
+
+    signature: tuple[int, int, int]
+    sha256: str
+    known: queries.KnownContent
+
+
 def ingest_file(config: LandingConfig, catalog: Catalog, registry: InstrumentRegistry, path: Path,
                 readiness: Readiness, survey_ids: dict[str, object] | None = None, *,
-                register: bool = True, declared: observatory.WaitingRegistration | None = None
-                ) -> IngestOutcome | Registration | None:
+                register: bool = True, declared: observatory.WaitingRegistration | None = None,
+                hashed: Hashed | None = None) -> IngestOutcome | Registration | None:
     """Take one file that :func:`assess` found ready (or rejected) into the platform.
 
     Returns None when the file changed while it was read, or when a recently
@@ -430,47 +446,48 @@ def ingest_file(config: LandingConfig, catalog: Catalog, registry: InstrumentReg
     :func:`register_together`, and only refused, duplicate or recovered files get their outcome here.
     ``declared``: what the telescope registered through the operations API under this file's name; a file of
     another size or sha256 is quarantined with the difference as its reason.
+    ``hashed``: the file's sha256 and what the catalog held of it, read by the scan (a second attempt after a
+    race reads both again).
     """
     for attempt in range(3):
         try:
-            return _ingest_once(config, catalog, registry, path, readiness, survey_ids, register, declared)
+            return _ingest_once(config, catalog, registry, path, readiness, survey_ids, register, declared,
+                                hashed if attempt == 0 else None)
         except (sa.exc.IntegrityError, queries.ContentAlreadyStored):
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
 
 
-def _ingest_once(config: LandingConfig, catalog: Catalog, registry: InstrumentRegistry, path: Path,
-                 readiness: Readiness, survey_ids: dict[str, object] | None,
-                 register: bool = True, declared: observatory.WaitingRegistration | None = None
-                 ) -> IngestOutcome | Registration | None:
+def hash_unchanged(config: LandingConfig, path: Path) -> tuple[tuple[int, int, int], str] | None:
+    """(the file's signature, its sha256), or None when it changed while it was read."""
     before = _signature(path)
     sha256 = sha256_of(path, max_bytes=config.limits.max_file_bytes)
-    if _signature(path) != before:
+    return None if _signature(path) != before else (before, sha256)
+
+
+def _ingest_once(config: LandingConfig, catalog: Catalog, registry: InstrumentRegistry, path: Path,
+                 readiness: Readiness, survey_ids: dict[str, object] | None,
+                 register: bool = True, declared: observatory.WaitingRegistration | None = None,
+                 hashed: Hashed | None = None) -> IngestOutcome | Registration | None:
+    if hashed is None:
+        read = hash_unchanged(config, path)
+        if read is None:
+            return None
+        hashed = Hashed(*read, known=None)
+    elif _signature(path) != hashed.signature:
         return None
+    before, sha256 = hashed.signature, hashed.sha256
     mismatch = None if declared is None else observatory.declared_mismatch(declared, before[0], sha256)
     if mismatch is not None:  # before anything else: the telescope said what this file must be
         return quarantine(config, catalog, path, mismatch, sha256)
-    landing_text = _clip(_text(path), PATH_CHARS)
-    with catalog.session() as session:
-        if config.keep_originals and queries.raw_file_arrived_from(session, sha256, landing_text):
-            return IngestOutcome(_text(path), "known", "", sha256=sha256)  # taken by an earlier run
-        known = queries.find_raw_file_by_sha256(session, sha256)
-        if known is not None:
-            known_path, known_id = Path(known.stored_path or ""), str(known.id)
-            recovering = known.landing_path == landing_text and bool(known.stored_path) and not known_path.exists()
-            known_info = (known.frame_type.value if known.frame_type else None,
-                          known.observation.observation_id if known.observation else None,
-                          known.quarantine_reason if known.status == RawFileStatus.QUARANTINED else None)
-    if known is not None:
-        if recovering:  # registered by a scan that stopped before moving the file
-            if known_info[2] is not None:
-                _write_reason(known_path, known_info[2])
-            _transfer(config, path, known_path)
-            return IngestOutcome(_text(path), "recovered", known_id, frame_type=known_info[0],
-                                 observation_key=known_info[1], sha256=sha256)
-        return quarantine(config, catalog, path, f"duplicate of {known_path.name} (same sha256)", sha256,
-                          duplicate_of=known_id)
+    known = hashed.known
+    if known is None:
+        with catalog.session() as session:
+            known = queries.known_contents(session, [sha256]).get(sha256, queries.KnownContent())
+    taken = _known_outcome(config, catalog, path, sha256, known)
+    if taken is not None:
+        return taken
     if readiness.state == "reject":
         return quarantine(config, catalog, path, readiness.reason, sha256)
     try:
@@ -484,6 +501,28 @@ def _ingest_once(config: LandingConfig, catalog: Catalog, registry: InstrumentRe
         return quarantine(config, catalog, path, exc.reason, sha256)
     registration = Registration(path, readiness, info, sha256)
     return _register_accepted(config, catalog, registration, survey_ids) if register else registration
+
+
+def _known_outcome(config: LandingConfig, catalog: Catalog, path: Path, sha256: str,
+                   known: queries.KnownContent) -> IngestOutcome | None:
+    """The outcome of a content the catalog holds already: taken by an earlier run (copy mode), recovered (a
+    scan registered it and stopped before moving it), or a duplicate; None for a new content."""
+    landing_text = _clip(_text(path), PATH_CHARS)
+    if config.keep_originals and known.arrived_from(landing_text):
+        return IngestOutcome(_text(path), "known", "", sha256=sha256)  # taken by an earlier run
+    stored = known.stored
+    if stored is None:
+        return None
+    stored_path = Path(stored.stored_path or "")
+    if stored.landing_path == landing_text and stored.stored_path and not stored_path.exists():
+        if stored.status == RawFileStatus.QUARANTINED and stored.quarantine_reason is not None:
+            _write_reason(stored_path, stored.quarantine_reason)
+        _transfer(config, path, stored_path)
+        return IngestOutcome(_text(path), "recovered", str(stored.id),
+                             frame_type=stored.frame_type.value if stored.frame_type else None,
+                             observation_key=stored.observation_key, sha256=sha256)
+    return quarantine(config, catalog, path, f"duplicate of {stored_path.name} (same sha256)", sha256,
+                      duplicate_of=str(stored.id))
 
 
 def _survey_of(session, config: LandingConfig, survey_ids: dict[str, object] | None) -> dict[str, object]:
@@ -504,8 +543,8 @@ def _register_accepted(config: LandingConfig, catalog: Catalog, registration: Re
     return _archive(config, catalog, registration, raw, target, survey_ids)
 
 
-def _add_rows(session, config: LandingConfig, registration: Registration, size: int, survey: dict
-              ) -> tuple[RawDataFile, Observation | None, Path]:
+def _add_rows(session, config: LandingConfig, registration: Registration, size: int, survey: dict,
+              arrivals: list[RawDataFile] | None = None) -> tuple[RawDataFile, Observation | None, Path]:
     """A good file's raw-file row, and its observation if a science frame, added (written at the next flush);
     and where it is to be archived."""
     info, path = registration.info, registration.path
@@ -518,7 +557,7 @@ def _add_rows(session, config: LandingConfig, registration: Registration, size: 
 
     raw = queries.register_raw_file(
         session, original_name=name, landing_path=_clip(_text(path), PATH_CHARS),
-        stored_path=stored_path, size_bytes=size, sha256=registration.sha256, flush=False,
+        stored_path=stored_path, size_bytes=size, sha256=registration.sha256, flush=False, arrivals=arrivals,
         frame_type=info.frame_type, instrument=info.instrument, filter_band=info.filter_band, night=info.night,
         observation_time=info.observation_time, header=info.cards, **survey)
     observation = None
@@ -560,10 +599,13 @@ def register_together(config: LandingConfig, catalog: Catalog, registrations: li
     concurrent scan took one of these files, or two of them hold the same bytes.
     """
     sizes = [os.lstat(r.path).st_size for r in registrations]
+    names = [(catalog_name(config, r.path), r.sha256) for r in registrations]
     with catalog.session() as session:
         survey = _survey_of(session, config, survey_ids)
-        with session.no_autoflush:  # the registration queries need not see each other's rows: one flush after
-            rows = [_add_rows(session, config, r, size, survey) for r, size in zip(registrations, sizes)]
+        arrivals = queries.arrivals_of(session, names)
+        with session.no_autoflush:  # the registrations need not see each other's rows: one flush after
+            rows = [_add_rows(session, config, r, size, survey, arrivals[name])
+                    for r, size, name in zip(registrations, sizes, names, strict=True)]
         session.flush()
         queries.match_observations(session, [(observation, r.info.cards) for r, (_, observation, _) in
                                              zip(registrations, rows) if observation is not None])
@@ -617,28 +659,65 @@ def _quarantine_after_error(config: LandingConfig, catalog: Catalog, path: Path,
     return quarantine(config, catalog, path, reason, sha256, duplicate_of=known_id)
 
 
-def _take(config: LandingConfig, catalog: Catalog, registry: InstrumentRegistry, entry: LandingEntry,
-          seen: SeenFile | None, now: float, settle_seconds: float, truncated_after: float,
-          survey_ids: dict[str, object], pending: list[Registration],
-          declared: observatory.WaitingRegistration | None = None
+@dataclass(frozen=True)
+class _Read:
+    """A ready (or rejected) file of the scan, read whole: what it looked like and its content's sha256."""
+
+    entry: LandingEntry
+    readiness: Readiness
+    state: SeenFile
+    signature: tuple[int, int, int]
+    sha256: str
+    now: float  # when the pass looked at it
+
+
+def _take(scan: "_Scan", entry: LandingEntry, seen: SeenFile | None, now: float
           ) -> tuple[IngestOutcome | None, SeenFile | None, bool]:
-    """One entry: (its outcome or None, how it looked if it must wait, whether it waits only to settle).
-    A good file is described into ``pending``, to be registered with the others."""
+    """One entry: (its outcome or None, how it looked if it must wait, whether it waits only to settle). A file
+    to take is read (hashed) into ``scan.read``; what the catalog holds of the contents is asked for all of them
+    together afterwards (:func:`_take_read_files`)."""
     if entry.refusal is not None:
-        return refuse_entry(config, catalog, entry), None, False
-    readiness, state = assess(entry.path, seen, now, settle_seconds, truncated_after, config.limits)
+        return refuse_entry(scan.config, scan.catalog, entry), None, False
+    readiness, state = assess(entry.path, seen, now, scan.settle_seconds, scan.truncated_after, scan.config.limits)
     if readiness.state == "wait":
         return None, state, readiness.reason == SETTLING
-    outcome = ingest_file(config, catalog, registry, entry.path, readiness, survey_ids, register=False,
-                          declared=declared)
+    read = hash_unchanged(scan.config, entry.path)
+    if read is None:  # it changed while it was read
+        return None, _looked_again(entry.path, state, now), False
+    scan.read.append(_Read(entry, readiness, state, *read, now))
+    return None, None, False
+
+
+def _looked_again(path: Path, state: SeenFile, now: float) -> SeenFile:
+    """How a file not taken this time looked: unchanged since now if it changed since it was assessed."""
+    if _signature(path) != (state.size, state.mtime_ns, state.ctime_ns):
+        state.unchanged_since = now
+    return state
+
+
+def _take_read_files(scan: "_Scan") -> None:
+    """The files read this pass, taken: the catalog asked once what it holds of their contents (duplicates,
+    files taken before), then each described into ``scan.pending`` or given its outcome."""
+    if not scan.read:
+        return
+    with scan.catalog.session() as session:
+        known = queries.known_contents(session, [read.sha256 for read in scan.read])
+    for read in scan.read:
+        _guarded(scan, read.entry.path, lambda r=read: _take_read(scan, r, known.get(r.sha256)))
+    scan.read.clear()
+
+
+def _take_read(scan: "_Scan", read: _Read, known: queries.KnownContent | None) -> None:
+    config, path = scan.config, read.entry.path
+    outcome = ingest_file(config, scan.catalog, scan.registry, path, read.readiness, scan.survey_ids,
+                          register=False, declared=scan.declared.get(catalog_name(config, path)),
+                          hashed=Hashed(read.signature, read.sha256, known or queries.KnownContent()))
     if isinstance(outcome, Registration):
-        pending.append(outcome)
-        return None, None, False
-    if outcome is None:  # not taken this time: it changed while it was read, or its checksums do not hold yet
-        if _signature(entry.path) != (state.size, state.mtime_ns, state.ctime_ns):
-            state.unchanged_since = now
-        return None, state, False
-    return outcome, None, False
+        scan.pending.append(outcome)
+    elif outcome is None:  # not taken this time: it changed since it was read, or its checksums do not hold yet
+        scan.result.waiting[_text(path)] = _looked_again(path, read.state, read.now)
+    else:
+        scan.result.outcomes.append(outcome)
 
 
 @dataclass
@@ -654,6 +733,8 @@ class _Scan:
     result: ScanResult = field(default_factory=lambda: ScanResult([], {}))
     #: the survey's id, once a file of this scan has been registered under it
     survey_ids: dict[str, object] = field(default_factory=dict)
+    #: files read (hashed) this pass, taken together once the pass has looked at every entry
+    read: list[_Read] = field(default_factory=list)
     #: good files described, registered together at the end of the pass
     pending: list[Registration] = field(default_factory=list)
     #: what the operations API registered and waits to land, by name
@@ -661,7 +742,8 @@ class _Scan:
 
     @property
     def full(self) -> bool:
-        return self.max_files is not None and len(self.result.outcomes) + len(self.pending) >= self.max_files
+        taken = len(self.result.outcomes) + len(self.read) + len(self.pending)
+        return self.max_files is not None and taken >= self.max_files
 
 
 def scan_landing(config: LandingConfig, catalog: Catalog, registry: InstrumentRegistry,
@@ -693,6 +775,7 @@ def scan_landing(config: LandingConfig, catalog: Catalog, registry: InstrumentRe
             settling.append(entry)
     if settling and linger_seconds > 0:
         _look_again(scan, settling, linger_seconds)
+    _take_read_files(scan)
     _register_pending(scan)
     _settle_declared(scan)
     return scan.result
@@ -733,9 +816,7 @@ def _take_into(scan: _Scan, entry: LandingEntry, seen: SeenFile | None, now: flo
     """Take one entry into the scan's result; whether it waits only to settle."""
     key = _text(entry.path)
     scan.result.waiting.pop(key, None)
-    taken = _guarded(scan, entry.path, lambda: _take(
-        scan.config, scan.catalog, scan.registry, entry, seen, now, scan.settle_seconds, scan.truncated_after,
-        scan.survey_ids, scan.pending, scan.declared.get(catalog_name(scan.config, entry.path))))
+    taken = _guarded(scan, entry.path, lambda: _take(scan, entry, seen, now))
     if taken is None:
         return False
     outcome, state, settling = taken

@@ -22,8 +22,10 @@ Modules
 ``astrometry`` (a WCS from an anchor frame), ``registration`` (and resampling),
 ``photometric_scaling``, ``zogy`` and ``zogy_tiles`` (proper subtraction),
 ``detection``, ``difference`` (the whole difference step), ``forced_photometry``,
-``magnitudes``, ``reference_selection`` and ``coadd`` (references), with the shared
-``images``, ``masks`` and ``parallel``.
+``magnitudes``, ``reference_selection`` and ``coadd`` (references), ``injection`` (fake sources and the
+completeness they measure), ``depth`` (a frame's depth by injection, and the labelled examples), ``realbogus`` (candidate features, gradient boosting, its metrics),
+``realbogus_cnn`` (a CNN on cutout triplets), ``scene`` (the detection type from the reference light), with the
+shared ``images``, ``masks`` and ``parallel``.
 """
 
 __all__ = [
@@ -31,18 +33,23 @@ __all__ = [
     "background",
     "calibration",
     "coadd",
+    "depth",
     "detection",
     "difference",
     "forced_photometry",
     "images",
+    "injection",
     "magnitudes",
     "masks",
     "parallel",
     "photometric_scaling",
     "psf",
     "psf_models",
+    "realbogus",
+    "realbogus_cnn",
     "reference_selection",
     "registration",
+    "scene",
     "zogy",
     "zogy_tiles",
 ]

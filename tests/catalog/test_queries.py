@@ -422,6 +422,34 @@ def test_which_files_have_their_difference_recorded(catalog):
         assert queries.differences_recorded_for_files(s, names) == {names[1]}
 
 
+def test_a_finished_difference_records_its_measured_depth(catalog):
+    with catalog.session() as s:
+        ref = queries.record_reference(s, "F001", "r", calibrated(s, 1), "/ref", 1.0, 21.0, "first", "d")
+        run = queries.start_difference_run(s, calibrated(s, 2), ref, {}, "d2")
+        with pytest.raises(ValueError, match="not completed"):
+            queries.record_frame_depth(s, run, depth_snr50=5.1)
+        run = queries.finish_difference_run(s, run, status=RunStatus.COMPLETED)
+        queries.record_frame_depth(s, run, depth_snr50=5.1, depth_snr50_err=0.1, depth_mag50=21.3,
+                                   depth_mag_system="instrumental", depth_n_fakes=200)
+        with pytest.raises(TypeError, match="depth_snr"):
+            queries.record_frame_depth(s, run, depth_snr=5.0)
+    with catalog.session() as s:
+        run = queries.get_difference_run(s, run.id)
+        assert (run.depth_snr50, run.depth_mag50, run.depth_mag_system, run.depth_n_fakes) == (
+            5.1, 21.3, "instrumental", 200)
+
+
+@pytest.mark.parametrize("depth", [{"depth_snr50": -1.0}, {"depth_mag_system": "vega"}, {"depth_n_fakes": -3}])
+def test_the_database_refuses_an_impossible_depth(catalog, depth):
+    with pytest.raises(IntegrityError), catalog.session() as s:
+        ref = queries.record_reference(s, "F001", "r", calibrated(s, 1), "/ref", 1.0, 21.0, "first", "d")
+        run = queries.start_difference_run(s, calibrated(s, 2), ref, {}, "d2")
+        run = queries.finish_difference_run(s, run, status=RunStatus.COMPLETED)
+        for name, value in depth.items():
+            setattr(run, name, value)
+        s.flush()
+
+
 def test_candidates_are_recorded_only_for_a_finished_difference(catalog):
     with catalog.session() as s:
         ref_obs, obs = calibrated(s, 1), calibrated(s, 2)

@@ -463,6 +463,28 @@ def test_a_scan_registers_the_files_it_took_in_one_transaction(landing, tmp_path
     assert all(Path(r.stored_path).exists() for r in landing.rows()) and not list(landing.dir.iterdir())
 
 
+def test_a_scan_asks_about_its_files_contents_and_names_once_not_once_a_file(landing, tmp_path):
+    """Five files: one query for what the catalog holds of their contents (duplicates, files taken before) and one
+    for their names' arrivals, however many files; a file met again after that is still a duplicate."""
+    selects = []
+
+    def on_statement(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("SELECT") and "FROM raw_data_files" in statement:
+            selects.append(statement)
+
+    frames = _frames_of_a_night(tmp_path, 5)
+    for i, data in enumerate(frames):
+        landing.put(f"f{i}.fits", data)
+    sa.event.listen(landing.catalog.engine, "before_cursor_execute", on_statement)
+    result = landing.scan()
+    sa.event.remove(landing.catalog.engine, "before_cursor_execute", on_statement)
+    assert [o.status for o in result.outcomes] == ["accepted"] * 5
+    assert len([q for q in selects if "sha256 IN" in q]) == 2 and len(selects) <= 3, selects
+    landing.put("again.fits", frames[2])
+    [again] = landing.scan().outcomes
+    assert again.status == "duplicate" and "f2.fits" in again.reason
+
+
 def test_identical_files_in_one_scan_are_registered_one_by_one(landing, frames):
     """Registered together they break the unique content index: each is then taken alone, as a scan of it would."""
     data = science_frames(frames)[0]

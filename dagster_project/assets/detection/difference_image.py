@@ -21,9 +21,10 @@ from dagster_project.store import ProductStore
 
 #: a good subtraction leaves S_corr with unit noise; outside this band something is mis-modelled
 SCORR_CHECK = "scorr_noise_near_unity"
-#: detection columns kept as real/bogus features on each Candidate row
+#: detection columns kept as real/bogus features on each Candidate row (the candidates are scored from these:
+#: science.realbogus.feature_matrix reads the same names from the detection table its training examples come from)
 FEATURE_COLUMNS = ("scorr_peak", "sharpness", "n_opposite_pixels", "ref_distance_px", "masked_fraction", "is_sharp",
-                   "is_good", "id")
+                   "is_good", "id", "area")
 
 
 def candidate_rows(detections: Table) -> list[dict]:

@@ -130,9 +130,27 @@ class ContentAlreadyStored(ValueError):
     """The bytes are already in the archive (another scan took them first): they are a duplicate."""
 
 
+def arrivals_of(session: Session, names_and_contents: Sequence[tuple[str, str]]) -> dict[tuple[str, str],
+                                                                                      list[RawDataFile]]:
+    """For each (original_name, sha256): every arrival of the name and the stored rows of the content, what
+    :func:`register_raw_file` reads before it inserts; one query per 500 pairs (a scan registers its files
+    together)."""
+    found: dict[tuple[str, str], list[RawDataFile]] = {pair: [] for pair in names_and_contents}
+    pairs = list(found)
+    for start in range(0, len(pairs), 500):
+        names, contents = zip(*pairs[start:start + 500], strict=True)
+        rows = session.scalars(sa.select(RawDataFile).where(sa.or_(
+            RawDataFile.original_name.in_(names),
+            sa.and_(RawDataFile.sha256.in_(contents), RawDataFile.status != RawFileStatus.DUPLICATE)))).all()
+        for pair in pairs[start:start + 500]:
+            found[pair] = [r for r in rows if r.original_name == pair[0] or (
+                r.sha256 == pair[1] and r.status != RawFileStatus.DUPLICATE)]
+    return found
+
+
 def register_raw_file(session: Session, *, original_name: str, sha256: str,
                       stored_path: str | Callable[[int], str] | None = None, flush: bool = True,
-                      **fields: Any) -> RawDataFile:
+                      arrivals: Sequence[RawDataFile] | None = None, **fields: Any) -> RawDataFile:
     """Record an accepted file as the next version of its name.
 
     The previously accepted version of that name (different content, necessarily:
@@ -145,9 +163,10 @@ def register_raw_file(session: Session, *, original_name: str, sha256: str,
     ``flush=False`` leaves the insert to the session's next flush (its next query, or the commit): a science
     frame's observation (:func:`create_observation`, also ``flush=False``) added meanwhile is then inserted
     first, and the file's row written with its link, instead of inserted and then updated.
+    ``arrivals``: what :func:`arrivals_of` read for it, if the caller just read it for several files.
     """
     # one query for both: every arrival of the name (its versions, the accepted ones) and the stored content
-    rows = session.scalars(sa.select(RawDataFile).where(sa.or_(
+    rows = arrivals if arrivals is not None else session.scalars(sa.select(RawDataFile).where(sa.or_(
         RawDataFile.original_name == original_name,
         sa.and_(RawDataFile.sha256 == sha256, RawDataFile.status != RawFileStatus.DUPLICATE)))).all()
     known = next((r for r in rows if r.sha256 == sha256 and r.status != RawFileStatus.DUPLICATE), None)
@@ -533,6 +552,24 @@ def record_registration_quality(session: Session, difference_run: DifferenceRun,
     if rms_px is not None and run.observation.preprocess_run is not None:
         run.observation.preprocess_run.registration_quality = float(rms_px)
         session.flush()
+
+
+#: the depth columns of a DifferenceRun (:func:`record_frame_depth`)
+DEPTH_FIELDS = ("depth_snr50", "depth_snr50_err", "depth_mag50", "depth_mag_system", "depth_n_fakes")
+
+
+def record_frame_depth(session: Session, difference_run: DifferenceRun, **depth: Any) -> DifferenceRun:
+    """A completed difference's depth measured by injected fakes (:data:`DEPTH_FIELDS`; None: not measured)."""
+    unknown = set(depth) - set(DEPTH_FIELDS)
+    if unknown:
+        raise TypeError(f"a difference's depth has no field(s) {sorted(unknown)}")
+    run = _current(session, difference_run)
+    if run.status is not RunStatus.COMPLETED:
+        raise ValueError(f"{run!r} is not completed: a depth is measured on a finished difference")
+    for name, value in depth.items():
+        setattr(run, name, value)
+    session.flush()
+    return run
 
 
 def candidates_of_run(session: Session, difference_run: DifferenceRun) -> list[Candidate]:

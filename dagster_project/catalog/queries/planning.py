@@ -7,6 +7,8 @@ failed or killed run left unfinished is asked for again, with backoff, under a n
 (:meth:`RetryPolicy.attempt_key`), up to :attr:`RetryPolicy.max_attempts` attempts.
 """
 
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,10 +18,12 @@ from sqlalchemy.orm import Session, selectinload
 
 from dagster_project.catalog.schema.observations import (
     DifferenceRun,
+    FrameType,
     Observation,
     ObservationStatus,
     PreprocessRun,
     RawDataFile,
+    RawFileStatus,
     ReferenceImage,
     RunStatus,
 )
@@ -208,8 +212,52 @@ def calibrated_frames_of_field_band(session: Session, field_band: str) -> list[C
     ]
 
 
-def raw_file_arrived_from(session: Session, sha256: str, landing_path: str) -> bool:
-    """Whether this content was already taken from this path (and its stored copy still exists)."""
-    rows = session.scalars(select(RawDataFile).where(RawDataFile.sha256 == sha256,
-                                                     RawDataFile.landing_path == landing_path))
-    return any(row.stored_path and Path(row.stored_path).exists() for row in rows)
+@dataclass(frozen=True)
+class StoredContent:
+    """One catalog row of a content (a sha256), as a landing scan needs it."""
+
+    id: uuid.UUID
+    landing_path: str
+    stored_path: str | None
+    status: RawFileStatus
+    frame_type: FrameType | None
+    observation_key: str | None
+    quarantine_reason: str | None
+
+
+@dataclass(frozen=True)
+class KnownContent:
+    """Every catalog row of one content: the stored one and the duplicates pointing at it."""
+
+    rows: tuple[StoredContent, ...] = ()
+
+    @property
+    def stored(self) -> StoredContent | None:
+        """The row of the stored bytes (duplicate rows only point at it)."""
+        return next((row for row in self.rows if row.status != RawFileStatus.DUPLICATE), None)
+
+    def arrived_from(self, landing_path: str) -> bool:
+        """Whether this content was already taken from this path (and its stored copy still exists)."""
+        return any(row.landing_path == landing_path and row.stored_path and Path(row.stored_path).exists()
+                   for row in self.rows)
+
+
+#: contents looked up per query by :func:`known_contents`
+CONTENTS_PER_QUERY = 500
+
+
+def known_contents(session: Session, sha256s: Sequence[str]) -> dict[str, KnownContent]:
+    """What the catalog holds of each content (a content it does not hold is missing from the answer): one
+    query per :data:`CONTENTS_PER_QUERY`, so that a scan of a thousand files asks twice, not a thousand times."""
+    unique = sorted(set(sha256s))
+    rows: dict[str, list[StoredContent]] = {}
+    for start in range(0, len(unique), CONTENTS_PER_QUERY):
+        chunk = unique[start:start + CONTENTS_PER_QUERY]
+        for raw, observation_key in session.execute(
+                select(RawDataFile, Observation.observation_id)
+                .outerjoin(Observation, RawDataFile.observation_id == Observation.id)
+                .where(RawDataFile.sha256.in_(chunk))):
+            rows.setdefault(raw.sha256, []).append(StoredContent(
+                raw.id, raw.landing_path, raw.stored_path, raw.status, raw.frame_type, observation_key,
+                raw.quarantine_reason))
+    return {sha256: KnownContent(tuple(found)) for sha256, found in rows.items()}

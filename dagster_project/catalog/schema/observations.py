@@ -354,6 +354,10 @@ class DifferenceRun(RunFields, StandardColumns, Base):
         *run_checks(),
         sa.CheckConstraint("reference_version IS NULL OR reference_version >= 1", name="reference_version_positive"),
         sa.CheckConstraint("candidates_found >= 0", name="candidates_found_non_negative"),
+        sa.CheckConstraint("depth_snr50 IS NULL OR depth_snr50 > 0", name="depth_snr50_positive"),
+        sa.CheckConstraint("depth_n_fakes IS NULL OR depth_n_fakes >= 0", name="depth_n_fakes_non_negative"),
+        sa.CheckConstraint("depth_mag_system IS NULL OR depth_mag_system IN ('instrumental', 'calibrated')",
+                           name="depth_mag_system_known"),
     )
 
     observation_id: Mapped[uuid.UUID] = mapped_column(
@@ -370,6 +374,14 @@ class DifferenceRun(RunFields, StandardColumns, Base):
     noise_level: Mapped[float | None] = mapped_column(sa.Double)
     detection_threshold: Mapped[float | None] = mapped_column(sa.Double)
     candidates_found: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
+    #: the frame's depth, measured by fakes injected into the new frame and put through the same subtraction and
+    #: detection (science/depth.py): the ideal-difference S/N at which half of them are found (5 for the ideal
+    #: detector), its standard error, that S/N's flux as a magnitude in ``depth_mag_system``, and the fakes used
+    depth_snr50: Mapped[float | None] = mapped_column(sa.Double)
+    depth_snr50_err: Mapped[float | None] = mapped_column(sa.Double)
+    depth_mag50: Mapped[float | None] = mapped_column(sa.Double)
+    depth_mag_system: Mapped[str | None] = mapped_column(sa.String(16))
+    depth_n_fakes: Mapped[int | None]
 
     observation: Mapped[Observation] = relationship(back_populates="difference_run", foreign_keys=[observation_id])
     reference_observation: Mapped[Observation | None] = relationship(foreign_keys=[reference_observation_id])

@@ -1,6 +1,7 @@
-"""The detection domain: models (the real/bogus model registry, one active version per name), model_runs (one
+"""The detection domain, and each frame's measured depth: models (the real/bogus model registry, one active version per name), model_runs (one
 model version applied to one observation) and detections (the score of one candidate by one run, and its human
-vetting).
+vetting); difference_runs gain the depth measured by injected fakes (depth_snr50, its error, depth_mag50 in
+depth_mag_system, depth_n_fakes).
 
 Frozen on purpose (no imports from the models).
 
@@ -147,6 +148,23 @@ def create_detections() -> None:
         op.create_index(op.f(f"ix_detections_{column}"), "detections", [column])
 
 
+DEPTH_COLUMNS = (("depth_snr50", sa.Double()), ("depth_snr50_err", sa.Double()), ("depth_mag50", sa.Double()),
+                 ("depth_mag_system", sa.String(16)), ("depth_n_fakes", sa.Integer()))
+DEPTH_CHECKS = {
+    "depth_snr50_positive": "depth_snr50 IS NULL OR depth_snr50 > 0",
+    "depth_n_fakes_non_negative": "depth_n_fakes IS NULL OR depth_n_fakes >= 0",
+    "depth_mag_system_known": "depth_mag_system IS NULL OR depth_mag_system IN ('instrumental', 'calibrated')",
+}
+
+
+def add_depth_columns() -> None:
+    with op.batch_alter_table("difference_runs", recreate="auto") as batch:
+        for column, kind in DEPTH_COLUMNS:
+            batch.add_column(sa.Column(column, kind, nullable=True))
+        for name, condition in DEPTH_CHECKS.items():
+            batch.create_check_constraint(op.f(f"ck_difference_runs_{name}"), condition)
+
+
 def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         for name, values in ENUMS.items():
@@ -154,9 +172,15 @@ def upgrade() -> None:
     create_models()
     create_model_runs()
     create_detections()
+    add_depth_columns()
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("difference_runs", recreate="auto") as batch:
+        for name in DEPTH_CHECKS:
+            batch.drop_constraint(op.f(f"ck_difference_runs_{name}"), type_="check")
+        for column, _ in DEPTH_COLUMNS:
+            batch.drop_column(column)
     # Dropping a table drops its indexes and constraints with it.
     for table in ("detections", "model_runs", "models"):
         op.drop_table(table)
