@@ -10,12 +10,12 @@ per name, scores and metrics between 0 and 1, consistent counts) and the state m
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from dagster_project.catalog.queries.observations import NotFound, set_status
+from dagster_project.catalog.queries.observations import NotFound, current_row, set_status
 from dagster_project.catalog.schema.base import utcnow
 from dagster_project.catalog.schema.detection import (
     Detection,
@@ -48,8 +48,6 @@ __all__ = [
     "start_validation",
 ]
 
-T = TypeVar("T")
-
 #: what a detection row given to :func:`finish_model_run` may hold (``candidate_id`` and ``confidence_score``
 #: are required; position defaults to the candidate's, ``detection_type`` to unknown)
 DETECTION_FIELDS = frozenset({"candidate_id", "confidence_score", "detection_type", "ra", "dec", "pixel_x",
@@ -58,15 +56,6 @@ DETECTION_FIELDS = frozenset({"candidate_id", "confidence_score", "detection_typ
 
 class DuplicateModelVersion(ValueError):
     """A model version registered twice."""
-
-
-def _locked(session: Session, entity: T) -> T:
-    """The entity's row as it is now, in this session, locked for update on PostgreSQL."""
-    session.flush()
-    found = session.get(type(entity), entity.id, populate_existing=True, with_for_update=True)
-    if found is None:
-        raise NotFound(f"{entity!r} is not in the catalog (id {entity.id})")
-    return found
 
 
 # --- the model registry ---------------------------------------------------------------------------------------------
@@ -179,7 +168,7 @@ def finish_model_run(session: Session, run: ModelRun, detections: Sequence[Mappi
     Replaced in place: the detection of a candidate scored before is updated (its id and human vetting kept),
     a new candidate's is added, and one whose candidate is no longer scored is deleted.
     """
-    run = _locked(session, run)
+    run = current_row(session, run)
     check_transition(run, ModelRunStatus.COMPLETED)
     _replace_detections(session, run, detections)
     run.total_predictions = len(run.detections)
@@ -232,7 +221,7 @@ def _score(row: Mapping[str, Any], candidate: Candidate, version: str) -> dict[s
 
 def fail_model_run(session: Session, run: ModelRun, reason: str, *, now: datetime | None = None) -> ModelRun:
     """running → failed with its reason; the detections of an earlier completed attempt stay."""
-    run = _locked(session, run)
+    run = current_row(session, run)
     transition(run, ModelRunStatus.FAILED, reason=reason)
     run.finished_at = now or utcnow()
     session.flush()
@@ -265,7 +254,7 @@ def record_validation(session: Session, detection: Detection, is_valid: bool, la
                       confidence: float | None = None) -> Detection:
     """The reviewer's verdict: validating → validated (``is_valid``) or rejected, with its label and confidence
     (0–1); they replace those of an earlier verdict."""
-    detection = _locked(session, detection)
+    detection = current_row(session, detection)
     transition(detection, DetectionStatus.VALIDATED if is_valid else DetectionStatus.REJECTED)
     detection.is_validated, detection.human_label, detection.validation_confidence = True, label, confidence
     session.flush()

@@ -47,7 +47,7 @@ class NotFound(LookupError):
     """The catalog has no such row."""
 
 
-def _current(session: Session, entity: T) -> T:
+def current_row(session: Session, entity: T) -> T:
     """The entity's row as it is now in the database, in this session, locked for update on PostgreSQL."""
     session.flush()
     found = session.get(type(entity), entity.id, populate_existing=True, with_for_update=True)
@@ -58,7 +58,7 @@ def _current(session: Session, entity: T) -> T:
 
 def set_status(session: Session, entity: T, new_status: Any, *, reason: str | None = None) -> T:
     """Any other status change (e.g. promote or reject a candidate, archive an observation), via the state machine."""
-    entity = _current(session, entity)
+    entity = current_row(session, entity)
     transition(entity, new_status, reason=reason)
     session.flush()
     return entity
@@ -204,7 +204,7 @@ def register_duplicate_file(session: Session, *, original: RawDataFile | uuid.UU
 
 def quarantine_raw_file(session: Session, raw_file: RawDataFile, stored_path: str, reason: str) -> RawDataFile:
     """An accepted file found bad later: it moved to ``stored_path`` in the quarantine folder."""
-    raw_file = _current(session, raw_file)
+    raw_file = current_row(session, raw_file)
     transition(raw_file, RawFileStatus.QUARANTINED, reason=reason)
     raw_file.stored_path = stored_path
     session.flush()
@@ -351,7 +351,7 @@ def start_preprocess_run(session: Session, observation: Observation, parameters:
     ``running`` by a dead worker is first marked failed ("abandoned"). The
     observation moves to ``preprocessing``.
     """
-    observation = _current(session, observation)
+    observation = current_row(session, observation)
     if observation.status != ObservationStatus.PREPROCESSING:  # else: resuming an abandoned attempt
         transition(observation, ObservationStatus.PREPROCESSING)
     run = session.scalar(sa.select(PreprocessRun).where(PreprocessRun.observation_id == observation.id)
@@ -380,7 +380,7 @@ def finish_preprocess_run(session: Session, run: PreprocessRun, *, status: RunSt
     """
     if status not in _PREPROCESS_RESULT:
         raise ValueError(f"a preprocess run ends completed, failed or blocked, not {status!r}")
-    run = _current(session, run)
+    run = current_row(session, run)
     _end_attempt(run, _PREPROCESS_RESULT[status], status, PREPROCESS_OUTCOME, fields)
     session.flush()
     return run
@@ -397,7 +397,7 @@ def start_difference_run(session: Session, observation: Observation, reference: 
     ``differencing``. ``reference`` is None when there is none yet: finish the
     run as blocked (waiting for one) or skipped.
     """
-    observation = _current(session, observation)
+    observation = current_row(session, observation)
     preprocess = observation.preprocess_run
     if preprocess is None or preprocess.status != RunStatus.COMPLETED:
         raise ValueError(f"{observation!r} is not calibrated: no completed preprocess run")
@@ -439,7 +439,7 @@ def finish_difference_run(session: Session, run: DifferenceRun, *, status: RunSt
     """
     if status not in _DIFFERENCE_RESULT:
         raise ValueError(f"a difference run ends completed, failed, blocked or skipped, not {status!r}")
-    run = _current(session, run)
+    run = current_row(session, run)
     _end_attempt(run, _DIFFERENCE_RESULT[status], status, DIFFERENCE_OUTCOME, fields)
     session.flush()
     return run
@@ -518,7 +518,7 @@ def replace_candidates(session: Session, difference_run: DifferenceRun, rows: Se
     significance, snr, fwhm, ellipticity, position_angle, is_* flags, features);
     run, observation and HEALPix index are filled in. Also sets ``candidates_found``.
     """
-    run = _current(session, difference_run)
+    run = current_row(session, difference_run)
     session.execute(sa.delete(Candidate).where(Candidate.difference_run_id == run.id))
     if rows:
         pixels = healpix_indices([row["ra"] for row in rows], [row["dec"] for row in rows])
@@ -535,7 +535,7 @@ def replace_candidates(session: Session, difference_run: DifferenceRun, rows: Se
 def record_candidates(session: Session, difference_run: DifferenceRun, rows: Sequence[dict[str, Any]]) -> int:
     """Store the candidates of a finished difference (:func:`replace_candidates`) and, in the same
     transaction, mark its observation ``differenced``: a reader never sees that status without its rows."""
-    run = _current(session, difference_run)
+    run = current_row(session, difference_run)
     if run.status not in (RunStatus.COMPLETED, RunStatus.SKIPPED):
         raise ValueError(f"{run!r} is {run.status.value}: candidates come from a completed (or skipped) difference")
     stored = replace_candidates(session, run, rows)
@@ -548,7 +548,7 @@ def record_candidates(session: Session, difference_run: DifferenceRun, rows: Seq
 def record_registration_quality(session: Session, difference_run: DifferenceRun, rms_px: float | None) -> None:
     """The frame's ``registration_quality``: the RMS (px) of its registration onto its reference's grid
     (a frame whose WCS was solved keeps that solution's RMS until it is differenced)."""
-    run = _current(session, difference_run)
+    run = current_row(session, difference_run)
     if rms_px is not None and run.observation.preprocess_run is not None:
         run.observation.preprocess_run.registration_quality = float(rms_px)
         session.flush()
@@ -563,7 +563,7 @@ def record_frame_depth(session: Session, difference_run: DifferenceRun, **depth:
     unknown = set(depth) - set(DEPTH_FIELDS)
     if unknown:
         raise TypeError(f"a difference's depth has no field(s) {sorted(unknown)}")
-    run = _current(session, difference_run)
+    run = current_row(session, difference_run)
     if run.status is not RunStatus.COMPLETED:
         raise ValueError(f"{run!r} is not completed: a depth is measured on a finished difference")
     for name, value in depth.items():
