@@ -229,14 +229,6 @@ class ProductStore:
         """One product file of a build of an observation result (``kind``: a key of :data:`RESULT_FILES`)."""
         return self.result_dir(result_key, revision) / RESULT_FILES[kind]
 
-    def examples_path(self, night: str, observation_key: str) -> Path:
-        """The frame's labelled real/bogus examples (injected fakes, known artifacts: realbogus/examples.py)."""
-        return self.observation_dir(night, observation_key) / "realbogus_examples.npz"
-
-    def training_set_path(self, digest: str) -> Path:
-        """A real/bogus training set, named by the digest of its contents."""
-        return self._below("models", "training_sets", f"{safe_path_component(digest, 'unknown')}.npz")
-
     def model_path(self, name: str, version: str) -> Path:
         """The file of one model version (Model.model_path holds it relative to the root)."""
         return self._below("models", safe_path_component(name, "model"), safe_path_component(version, "v"),
@@ -298,23 +290,17 @@ class ProductStore:
             **{f"source_{name}": np.asarray(v) for name, v in c.stars.meta["sources"].items()},
             "params": np.array(json.dumps(c.params)), "code_version": np.array(code_version),
         }
-        return self.write_arrays(path, arrays, compressed=False)  # read at every difference: not inflated each time
+        return self.write_arrays(path, arrays)
 
-    def write_arrays(self, path: Path, arrays: dict[str, np.ndarray], compressed: bool = True) -> Path:
+    def write_arrays(self, path: Path, arrays: dict[str, np.ndarray]) -> Path:
         """Named arrays as one ``.npz`` (no pickled objects: read back with ``allow_pickle=False``)."""
-        save = np.savez_compressed if compressed else np.savez
-
         def write(tmp: Path) -> None:
             with tmp.open("wb") as f:  # a file object: np.savez would append ".npz" to a path
-                save(f, **arrays)
+                np.savez(f, **arrays)
 
         return _atomic_write(inside(self.root, path), write)
 
     # -- reading ------------------------------------------------------------
-    def read_arrays(self, path: Path) -> dict[str, np.ndarray]:
-        with np.load(inside(self.root, path), allow_pickle=False) as z:
-            return {name: z[name] for name in z.files}
-
     def read_planes(self, path: Path) -> ImagePlanes:
         maps, header = self.read_maps(path, ("SCI", "VAR", "MASK"))
         return ImagePlanes(maps["SCI"], maps["VAR"], maps["MASK"], header)

@@ -428,7 +428,7 @@ class Hashed:
 
     signature: tuple[int, int, int]
     sha256: str
-    known: queries.KnownContent
+    known: queries.KnownContent | None  # None: not looked up yet
 
 
 def ingest_file(config: LandingConfig, catalog: Catalog, registry: InstrumentRegistry, path: Path,

@@ -129,8 +129,9 @@ def measure_depth(result: DifferenceResult, params: DifferenceParams | None = No
     fakes = _fakes(result, config, rng)
     added, added_variance = _injected(result, fakes, rng)
     zogy, found = _subtracted(result, added, added_variance, params, config)
-    depth = _completeness(result, fakes, found, params, config)
-    labels, reasons = _labels(found, depth.fakes, params, config)
+    radius = config.match_radius_fwhm * result.psf_new.fwhm_px
+    depth = _completeness(result, fakes, found, params, radius)
+    labels, reasons = _labels(found, depth.fakes, params, config, radius)
     new = result.steps_10_11.grid.new.data + added
     return depth, _examples(found, labels, reasons, (new, result.ref_resampled.data, zogy.D), result, config)
 
@@ -166,11 +167,11 @@ def _positive(found: Table) -> np.ndarray:
 
 
 def _completeness(result: DifferenceResult, fakes: Table, found: Table, params: DifferenceParams,
-                  config: DepthConfig) -> FrameDepth:
-    """Which fakes a candidate at the pipeline's threshold found, and the completeness fitted to that."""
+                  radius: float) -> FrameDepth:
+    """Which fakes a candidate at the pipeline's threshold found (within ``radius`` px), and the completeness
+    fitted to that."""
     positive = _positive(found)
     at_threshold = positive[np.asarray(found["significance"])[positive] >= params.threshold]
-    radius = config.match_radius_fwhm * result.psf_new.fwhm_px
     match = match_fakes(fakes["x"], fakes["y"], found["x"][at_threshold], found["y"][at_threshold], radius)
     fakes["found"] = match.recovered
     fit = completeness_fit(fakes["snr"], fakes["found"])
@@ -178,15 +179,13 @@ def _completeness(result: DifferenceResult, fakes: Table, found: Table, params: 
     return FrameDepth(fit, flux50, fakes)
 
 
-def _labels(found: Table, fakes: Table, params: DifferenceParams, config: DepthConfig
+def _labels(found: Table, fakes: Table, params: DifferenceParams, config: DepthConfig, radius: float
             ) -> tuple[np.ndarray, np.ndarray]:
     """Label and reason of every candidate of the injected difference (module notes); negatives unlabelled."""
     n = len(found)
     label, reason = np.full(n, UNLABELLED, np.int8), np.full(n, "", dtype=object)
     positive = _positive(found)
-    fwhm = float(np.nanmedian(found["fwhm"])) if n else 1.0
-    match = match_fakes(fakes["x"], fakes["y"], found["x"][positive], found["y"][positive],
-                        config.match_radius_fwhm * max(fwhm, 1.0))
+    match = match_fakes(fakes["x"], fakes["y"], found["x"][positive], found["y"][positive], radius)
     evidence = (("sharp", found["is_sharp"]), ("saturated", found["is_saturated"]), ("edge", found["is_edge"]),
                 ("masked", np.asarray(found["masked_fraction"]) > 0),
                 ("dipole", np.asarray(found["n_opposite_pixels"]) >= config.dipole_pixels),

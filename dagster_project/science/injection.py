@@ -75,6 +75,7 @@ __all__ = [
     "FakeMatch",
     "Fakes",
     "completeness_fit",
+    "cutouts",
     "draw_fakes",
     "flux_for_snr",
     "inject_point_sources",
@@ -446,10 +447,10 @@ def _add_stamps(image: np.ndarray, stamps: np.ndarray, cx: np.ndarray, cy: np.nd
             image[rows, cols] += stamp[rows.start - y0 : rows.stop - y0, cols.start - x0 : cols.stop - x0]
 
 
-def _cutouts(image: np.ndarray, x: np.ndarray, y: np.ndarray, stamp_shape: tuple[int, int]) -> np.ndarray:
+def cutouts(image: np.ndarray, x, y, stamp_shape: tuple[int, int]) -> np.ndarray:
     """``(n, *stamp_shape)`` float64 cutouts centred on the nearest pixels of ``(x, y)``, NaN outside the image."""
-    rows, cols, inside = _stamp_indices(image.shape, np.rint(x).astype(int), np.rint(y).astype(int),
-                                        stamp_shape[0] // 2, stamp_shape[1] // 2)
+    cx, cy = (np.rint(np.atleast_1d(np.asarray(v, dtype=float))).astype(int) for v in (x, y))
+    rows, cols, inside = _stamp_indices(image.shape, cx, cy, stamp_shape[0] // 2, stamp_shape[1] // 2)
     return np.where(inside, np.asarray(image)[rows, cols].astype(float), np.nan)
 
 
@@ -531,7 +532,7 @@ def draw_fakes(
     x, y = place_fakes(np.shape(variance), n, rng, mask=mask, avoid_xy=avoid_xy, **placement)
     snr = _draw_snr(len(x), snr_range, distribution, rng)
     p = _unit_stamp(psf)
-    local = _cutouts(variance, x, y, p.shape)
+    local = cutouts(variance, x, y, p.shape)
     return Fakes(x, y, np.asarray(flux_for_snr(snr, p, local, shot_noise=shot_noise), dtype=float), snr)
 
 

@@ -75,6 +75,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 from sklearn.model_selection import GroupShuffleSplit, StratifiedKFold
 from threadpoolctl import threadpool_limits
 
+from .injection import cutouts
 from .parallel import threads_for
 from .psf_models import moffat_alpha
 
@@ -84,6 +85,7 @@ __all__ = [
     "ROW_FEATURES",
     "cutout_triplets",
     "evaluate",
+    "expected_calibration_error",
     "feature_matrix",
     "score",
     "split_held_out",
@@ -294,18 +296,8 @@ def cutout_triplets(new, ref, diff, x, y, size: int = 21) -> np.ndarray:
         raise ValueError(f"new, ref and diff must be 2-D of one shape, got {[i.shape for i in images]}")
     x, y = np.atleast_1d(np.asarray(x, dtype=float)), np.atleast_1d(np.asarray(y, dtype=float))
     cx, cy = np.rint(x).astype(int), np.rint(y).astype(int)
-    stamps = np.stack([_stamps(image, cx, cy, size // 2) for image in images], axis=1)
+    stamps = np.stack([cutouts(image, cx, cy, (size, size)) for image in images], axis=1)
     return _in_noise_units(stamps)
-
-
-def _stamps(image: np.ndarray, cx: np.ndarray, cy: np.ndarray, half: int) -> np.ndarray:
-    """``(n, 2 half + 1, 2 half + 1)`` float64 stamps centred on pixels ``(cx, cy)``, NaN outside the image."""
-    offsets = np.arange(-half, half + 1)
-    rows, cols = np.broadcast_arrays(cy[:, None, None] + offsets[None, :, None],
-                                     cx[:, None, None] + offsets[None, None, :])
-    inside = (rows >= 0) & (rows < image.shape[0]) & (cols >= 0) & (cols < image.shape[1])
-    values = image[np.clip(rows, 0, image.shape[0] - 1), np.clip(cols, 0, image.shape[1] - 1)].astype(float)
-    return np.where(inside, values, np.nan)
 
 
 def _in_noise_units(stamps: np.ndarray) -> np.ndarray:
@@ -448,7 +440,7 @@ def evaluate(y_true, score, *, fnr: float = 0.01, n_bins: int = 15) -> dict:
         "threshold_at_fnr": threshold,
         "fnr_at_threshold": float(np.mean(~called[y])) if real else np.nan,
         "fpr_at_fnr": float(np.mean(called[~y])) if bogus else np.nan,
-        "expected_calibration_error": _calibration_error(y, s, n_bins),
+        "expected_calibration_error": expected_calibration_error(s, y, n_bins),
         "precision": float(precision_score(y, called, zero_division=0.0)),
         "recall": float(recall_score(y, called, zero_division=0.0)),
         "f1_score": float(f1_score(y, called, zero_division=0.0)),
@@ -479,14 +471,26 @@ def _threshold_at_fnr(real_scores: np.ndarray, fnr: float) -> float:
     return float(np.sort(real_scores)[allowed])
 
 
-def _calibration_error(y: np.ndarray, s: np.ndarray, n_bins: int) -> float:
-    """Expected calibration error over ``n_bins`` equal-width bins of [0, 1] (a score of 1 in the last).
+def expected_calibration_error(score, labels, n_bins: int = 15) -> float:
+    """Expected calibration error over ``n_bins`` equal-width bins of [0, 1] (a score of 1 in the last):
+    ``sum_b (n_b / n) |mean score_b - fraction real_b| = sum_b |sum score_b - sum real_b| / n``
+    (Naeini et al. 2015; Guo et al. 2017).
 
-    ``sum_b (n_b / n) |mean s_b - mean y_b| = sum_b |sum s_b - sum y_b| / n``.
+    Examples
+    --------
+    >>> round(expected_calibration_error([0.1, 0.1, 0.9, 0.9], [0, 0, 1, 1]), 6)
+    0.1
+    >>> expected_calibration_error([0.5, 0.5], [0, 1])
+    0.0
     """
+    s, y = np.asarray(score, dtype=np.float64), np.asarray(labels, dtype=np.float64)
+    if s.shape != y.shape or s.ndim != 1 or s.size == 0:
+        raise ValueError(f"scores and labels must be 1-D of one length, got {s.shape} and {y.shape}")
+    if not np.all((s >= 0) & (s <= 1)):
+        raise ValueError("scores must be in [0, 1]")
     bins = np.minimum((s * n_bins).astype(int), n_bins - 1)
     score_sums = np.bincount(bins, weights=s, minlength=n_bins)
-    real_counts = np.bincount(bins, weights=y.astype(float), minlength=n_bins)
+    real_counts = np.bincount(bins, weights=y, minlength=n_bins)
     return float(np.abs(score_sums - real_counts).sum() / s.size)
 
 

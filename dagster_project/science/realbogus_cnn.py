@@ -68,6 +68,8 @@ import torch
 from scipy import optimize, special
 from torch import nn
 
+from .realbogus import expected_calibration_error
+
 __all__ = [
     "CNNConfig",
     "NotAModelError",
@@ -75,7 +77,6 @@ __all__ = [
     "TrainedCNN",
     "TrainingHistory",
     "architecture",
-    "expected_calibration_error",
     "from_bytes",
     "inference_rate",
     "score_cnn",
@@ -544,28 +545,6 @@ def _calibrate(trained: TrainedCNN, logits: np.ndarray, y: np.ndarray) -> None:
     history.calibration_error_before = expected_calibration_error(_probabilities(logits, 1.0, trained.logit_offset), y)
     history.calibration_error_after = expected_calibration_error(
         _probabilities(logits, trained.temperature, trained.logit_offset), y)
-
-
-def expected_calibration_error(probabilities, labels, bins: int = 15) -> float:
-    """Expected calibration error: the mean over equal-width probability bins of |mean score - real fraction|,
-    weighted by the bin's share of the triplets (Naeini et al. 2015; Guo et al. 2017).
-
-    Examples
-    --------
-    >>> round(expected_calibration_error([0.1, 0.1, 0.9, 0.9], [0, 0, 1, 1]), 6)
-    0.1
-    >>> expected_calibration_error([0.5, 0.5], [0, 1])
-    0.0
-    """
-    p, y = np.asarray(probabilities, dtype=np.float64), np.asarray(labels, dtype=np.float64)
-    if p.shape != y.shape or p.ndim != 1 or len(p) == 0:
-        raise ValueError(f"probabilities and labels must be 1-D of one length, got {p.shape} and {y.shape}")
-    if not np.all((p >= 0) & (p <= 1)):
-        raise ValueError("probabilities must be in [0, 1]")
-    which = np.minimum((p * bins).astype(int), bins - 1)
-    count = np.bincount(which, minlength=bins)
-    gap = np.abs(np.bincount(which, p, bins) - np.bincount(which, y, bins))
-    return float(gap.sum() / count.sum())
 
 
 # ---------------------------------------------------------------- scoring

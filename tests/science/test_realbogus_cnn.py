@@ -24,12 +24,12 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from dagster_project.science.realbogus import expected_calibration_error
 from dagster_project.science.realbogus_cnn import (
     CNNConfig,
     NotAModelError,
     RealBogusNet,
     architecture,
-    expected_calibration_error,
     from_bytes,
     inference_rate,
     score_cnn,
